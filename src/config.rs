@@ -1,0 +1,565 @@
+//! The configuration file: its types, loading, and the validation of every cross
+//! reference before the server starts.
+//!
+//! Unknown keys are errors; secrets are `env:NAME` references resolved from the
+//! environment, never inline; every problem is reported with its path and the fix. This
+//! module reads the file and the environment and nothing else: it builds no clients.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A start-up problem with the configuration. Each one names the file and the keys.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}; pass an existing file with --config")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path} has {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))]
+    Invalid { path: PathBuf, problems: Vec<String> },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Gateway keys of the apps allowed to call airbag; empty means an open gateway.
+    #[serde(default)]
+    pub clients: Vec<ClientConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_proxy_listen")]
+    pub listen: SocketAddr,
+    /// Request bodies above this are answered with 413 before they are parsed.
+    #[serde(default = "default_max_body")]
+    pub max_body: ByteSize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_proxy_listen(),
+            max_body: default_max_body(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+    /// Bearer token for the admin listener; required when it listens beyond loopback.
+    pub token: Option<Secret>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+            token: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Any OpenAI-compatible Chat Completions API.
+    Openai,
+    /// Anthropic's Messages API.
+    Anthropic,
+}
+
+impl ProviderKind {
+    pub fn protocol(self) -> crate::protocol::Protocol {
+        match self {
+            ProviderKind::Openai => crate::protocol::Protocol::OpenAi,
+            ProviderKind::Anthropic => crate::protocol::Protocol::Anthropic,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub kind: ProviderKind,
+    /// Up to and including the version segment: `https://api.openai.com/v1`,
+    /// `https://api.anthropic.com/v1`.
+    pub base_url: String,
+    /// API keys; an empty list sends no key (a local server such as vLLM or Ollama).
+    #[serde(default)]
+    pub keys: Vec<KeyConfig>,
+    /// Retries of the same target after its first attempt, for retryable failures.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    #[serde(default)]
+    pub backoff: BackoffConfig,
+    #[serde(default)]
+    pub timeouts: TimeoutConfig,
+    /// A 429's `retry-after` longer than this is not waited for: airbag moves on.
+    #[serde(default = "default_retry_after_max", with = "humantime_serde")]
+    pub retry_after_max: Duration,
+    /// How long a key answered with 401/402/403 is left out of rotation.
+    #[serde(default = "default_key_cooldown", with = "humantime_serde")]
+    pub key_cooldown: Duration,
+    /// `max_tokens` sent to an Anthropic target when the client sent none.
+    #[serde(default = "default_max_tokens")]
+    pub default_max_tokens: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    pub key: Secret,
+    /// Relative share of traffic for this key.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffConfig {
+    #[serde(default = "default_backoff_initial", with = "humantime_serde")]
+    pub initial: Duration,
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub max: Duration,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        BackoffConfig {
+            initial: default_backoff_initial(),
+            max: default_backoff_max(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutConfig {
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect: Duration,
+    /// From sending the request to the response head (non-streaming) or the first
+    /// stream event (streaming).
+    #[serde(default = "default_first_byte_timeout", with = "humantime_serde")]
+    pub first_byte: Duration,
+    /// Longest silence between two stream chunks.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle: Duration,
+    /// The whole attempt, body included.
+    #[serde(default = "default_total_timeout", with = "humantime_serde")]
+    pub total: Duration,
+}
+
+impl Default for TimeoutConfig {
+    fn default() -> Self {
+        TimeoutConfig {
+            connect: default_connect_timeout(),
+            first_byte: default_first_byte_timeout(),
+            idle: default_idle_timeout(),
+            total: default_total_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The model name a client asks for, or a glob (`gpt-4*`). Exact names win over
+    /// globs; among globs the first in the file wins.
+    pub model: String,
+    /// Targets `provider/model`, primary first.
+    pub chain: Vec<String>,
+    /// Where to go when a target answers that the prompt exceeds its context window.
+    pub context_window_fallback: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    pub key: Secret,
+    /// Whose cache entries this client reads and writes.
+    pub tenant: String,
+}
+
+/// An `env:NAME` reference to a secret in the environment.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(reference: impl Into<String>) -> Self {
+        Secret(reference.into())
+    }
+
+    /// The environment variable named, or None when the reference is not `env:NAME`.
+    pub fn variable(&self) -> Option<&str> {
+        self.0
+            .strip_prefix("env:")
+            .filter(|name| !name.is_empty() && !name.contains(char::is_whitespace))
+    }
+
+    /// The secret's value, when its variable is set and not empty.
+    pub fn resolve(&self) -> Option<String> {
+        let name = self.variable()?;
+        std::env::var(name).ok().filter(|value| !value.is_empty())
+    }
+
+    /// How the secret is shown in logs and the admin API: its reference, never its value.
+    pub fn reference(&self) -> &str {
+        if self.variable().is_some() {
+            &self.0
+        } else {
+            "<inline secret>"
+        }
+    }
+}
+
+/// A size written as `"4MiB"`, `"512KiB"`, `"1000"` (bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_byte_size(&text).map(ByteSize).map_err(serde::de::Error::custom)
+    }
+}
+
+fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size; write e.g. \"4MiB\", \"512KiB\" or \"1000\""))?;
+    let multiplier = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}` in `{text}`; use B, KiB, MiB, GiB, KB, MB or GB"
+            ));
+        }
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+fn default_proxy_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8081))
+}
+fn default_max_body() -> ByteSize {
+    ByteSize(4 << 20)
+}
+fn default_retries() -> u32 {
+    2
+}
+fn default_retry_after_max() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_key_cooldown() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_tokens() -> u32 {
+    4096
+}
+fn default_weight() -> u32 {
+    1
+}
+fn default_backoff_initial() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+fn default_first_byte_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_total_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// A target `provider/model`, split.
+pub fn split_target(target: &str) -> Option<(&str, &str)> {
+    target
+        .split_once('/')
+        .filter(|(provider, model)| !provider.is_empty() && !model.is_empty())
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Parse and validate config text; `path` is only used in messages.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|error| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: error.to_string(),
+        })?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            })
+        }
+    }
+
+    /// Every problem in the configuration, each with its path and the fix.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        self.check_admin(&mut problems);
+        for (name, provider) in &self.providers {
+            check_provider(name, provider, &mut problems);
+        }
+        self.check_routes(&mut problems);
+        self.check_clients(&mut problems);
+        problems
+    }
+
+    fn check_admin(&self, problems: &mut Vec<String>) {
+        if let Some(token) = &self.admin.token {
+            check_secret("admin.token", token, problems);
+            if token.variable().is_some() && token.resolve().is_none() {
+                problems.push(format!(
+                    "admin.token: environment variable {} is not set; set it or remove admin.token",
+                    token.variable().unwrap_or_default()
+                ));
+            }
+        }
+        if !self.admin.listen.ip().is_loopback() && self.admin.token.is_none() {
+            problems.push(format!(
+                "admin.listen: {} is beyond loopback but admin.token is not set; set admin.token = \"env:NAME\" or listen on 127.0.0.1",
+                self.admin.listen
+            ));
+        }
+    }
+
+    fn check_routes(&self, problems: &mut Vec<String>) {
+        let mut seen = HashSet::new();
+        for (index, route) in self.routes.iter().enumerate() {
+            let path = format!("routes[{index}]");
+            if route.model.trim().is_empty() {
+                problems.push(format!("{path}.model: is empty; name the model clients ask for"));
+            }
+            if !seen.insert(route.model.as_str()) {
+                problems.push(format!(
+                    "{path}.model: `{}` is routed twice; keep one of the routes",
+                    route.model
+                ));
+            }
+            if route.chain.is_empty() {
+                problems.push(format!(
+                    "{path}.chain: is empty; list at least one target \"provider/model\""
+                ));
+            }
+            for (position, target) in route.chain.iter().enumerate() {
+                self.check_target(&format!("{path}.chain[{position}]"), target, problems);
+            }
+            if let Some(target) = &route.context_window_fallback {
+                self.check_target(&format!("{path}.context_window_fallback"), target, problems);
+            }
+        }
+    }
+
+    fn check_target(&self, path: &str, target: &str, problems: &mut Vec<String>) {
+        let Some((provider, _model)) = split_target(target) else {
+            problems.push(format!(
+                "{path}: `{target}` is not a target; write \"provider/model\""
+            ));
+            return;
+        };
+        if !self.providers.contains_key(provider) {
+            problems.push(format!(
+                "{path}: provider `{provider}` is not defined; add [providers.{provider}] or fix the target"
+            ));
+        }
+    }
+
+    fn check_clients(&self, problems: &mut Vec<String>) {
+        let mut tenants_by_key = HashSet::new();
+        for (index, client) in self.clients.iter().enumerate() {
+            let path = format!("clients[{index}]");
+            check_secret(&format!("{path}.key"), &client.key, problems);
+            if client.key.variable().is_some() && client.key.resolve().is_none() {
+                problems.push(format!(
+                    "{path}.key: environment variable {} is not set; set it or remove the client (a missing client key would lock that app out)",
+                    client.key.variable().unwrap_or_default()
+                ));
+            }
+            if !tenants_by_key.insert(client.key.clone()) {
+                problems.push(format!("{path}.key: the same key is listed twice"));
+            }
+            if client.tenant.trim().is_empty() {
+                problems.push(format!("{path}.tenant: is empty; name the tenant"));
+            }
+        }
+    }
+}
+
+fn check_secret(path: &str, secret: &Secret, problems: &mut Vec<String>) {
+    if secret.variable().is_none() {
+        problems.push(format!(
+            "{path}: secrets are never written inline; write \"env:NAME\" and export NAME"
+        ));
+    }
+}
+
+fn check_provider(name: &str, provider: &ProviderConfig, problems: &mut Vec<String>) {
+    let path = format!("providers.{name}");
+    if name.contains('/') || name.is_empty() {
+        problems.push(format!(
+            "{path}: a provider name cannot be empty or contain `/`; rename it"
+        ));
+    }
+    match reqwest::Url::parse(&provider.base_url) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+        _ => problems.push(format!(
+            "{path}.base_url: `{}` is not an http(s) URL; write e.g. \"https://api.openai.com/v1\"",
+            provider.base_url
+        )),
+    }
+    for (index, key) in provider.keys.iter().enumerate() {
+        check_secret(&format!("{path}.keys[{index}].key"), &key.key, problems);
+        if key.weight == 0 {
+            problems.push(format!(
+                "{path}.keys[{index}].weight: must be at least 1; remove the key to stop using it"
+            ));
+        }
+    }
+    if provider.retries > 10 {
+        problems.push(format!(
+            "{path}.retries: {} is too many; use 0 to 10",
+            provider.retries
+        ));
+    }
+    if provider.backoff.initial > provider.backoff.max {
+        problems.push(format!(
+            "{path}.backoff: initial is longer than max; make initial <= max"
+        ));
+    }
+    let timeouts = &provider.timeouts;
+    for (field, value) in [
+        ("connect", timeouts.connect),
+        ("first_byte", timeouts.first_byte),
+        ("idle", timeouts.idle),
+        ("total", timeouts.total),
+    ] {
+        if value.is_zero() {
+            problems.push(format!(
+                "{path}.timeouts.{field}: must be longer than 0; write e.g. \"5s\""
+            ));
+        }
+    }
+    if provider.default_max_tokens == 0 {
+        problems.push(format!("{path}.default_max_tokens: must be at least 1"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems_of(text: &str) -> String {
+        match Config::from_toml(text, Path::new("test.toml")) {
+            Ok(_) => String::new(),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let message = problems_of(
+            "[providers.a]\nkind = \"openai\"\nbase_url = \"http://x/v1\"\nretriess = 3\n",
+        );
+        assert!(message.contains("retriess"), "{message}");
+        assert!(message.contains("test.toml"), "{message}");
+    }
+
+    #[test]
+    fn cross_references_and_inline_secrets_are_reported_with_paths() {
+        let message = problems_of(
+            r#"
+[providers.a]
+kind = "openai"
+base_url = "not a url"
+keys = [{ key = "sk-inline" }]
+
+[[routes]]
+model = "chat"
+chain = ["a/m", "ghost/m", "nomodel"]
+"#,
+        );
+        assert!(message.contains("providers.a.base_url"), "{message}");
+        assert!(message.contains("providers.a.keys[0].key: secrets are never written inline"), "{message}");
+        assert!(message.contains("routes[0].chain[1]: provider `ghost` is not defined"), "{message}");
+        assert!(message.contains("routes[0].chain[2]: `nomodel` is not a target"), "{message}");
+    }
+
+    #[test]
+    fn admin_beyond_loopback_needs_a_token() {
+        let message = problems_of("[admin]\nlisten = \"0.0.0.0:8081\"\n");
+        assert!(message.contains("admin.listen"), "{message}");
+    }
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        assert_eq!(parse_byte_size("4MiB"), Ok(4 << 20));
+        assert_eq!(parse_byte_size("1000"), Ok(1000));
+        assert!(parse_byte_size("4 parsecs").is_err());
+        let config = Config::from_toml(
+            "[server]\nmax_body = \"1KiB\"\n[providers.a]\nkind = \"anthropic\"\nbase_url = \"http://x/v1\"\ntimeouts = { first_byte = \"250ms\" }\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.server.max_body, ByteSize(1024));
+        assert_eq!(
+            config.providers["a"].timeouts.first_byte,
+            Duration::from_millis(250)
+        );
+    }
+}

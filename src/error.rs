@@ -1,0 +1,100 @@
+//! Request errors: everything that ends a request without an answer from a rung.
+//!
+//! One exhaustive `match` gives each error its status, its body in the caller's protocol
+//! (OpenAI or Anthropic error shape) and a `kind()` label for metrics. Errors are logged
+//! once, by the handler that renders them, not where they are created.
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::protocol::{InvalidBody, Protocol, anthropic, openai};
+use crate::providers::AttemptRecord;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error(
+        "missing or unknown gateway key; send your airbag client key as `Authorization: Bearer KEY` or `x-api-key: KEY`"
+    )]
+    Unauthorized,
+    #[error("the request body is larger than the limit of {limit} bytes (server.max_body)")]
+    BodyTooLarge { limit: usize },
+    #[error("the request body could not be read: {0}")]
+    BodyUnreadable(String),
+    #[error("invalid request: `{}`: {}", .0.field, .0.message)]
+    InvalidBody(InvalidBody),
+    #[error("model `{model}` is not routed by this gateway; ask for one of: {}", known.join(", "))]
+    UnknownModel { model: String, known: Vec<String> },
+    #[error("every target of route `{route}` failed: {}", describe_attempts(attempts))]
+    AllTargetsFailed {
+        route: String,
+        attempts: Vec<AttemptRecord>,
+    },
+}
+
+fn describe_attempts(attempts: &[AttemptRecord]) -> String {
+    attempts
+        .iter()
+        .map(|attempt| format!("{} {}", attempt.target, attempt.outcome))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl RequestError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            RequestError::Unauthorized => StatusCode::UNAUTHORIZED,
+            RequestError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            RequestError::BodyUnreadable(_) | RequestError::InvalidBody(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            RequestError::UnknownModel { .. } => StatusCode::NOT_FOUND,
+            RequestError::AllTargetsFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// A fixed label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RequestError::Unauthorized => "unauthorized",
+            RequestError::BodyTooLarge { .. } => "body_too_large",
+            RequestError::BodyUnreadable(_) => "body_unreadable",
+            RequestError::InvalidBody(_) => "invalid_request",
+            RequestError::UnknownModel { .. } => "unknown_model",
+            RequestError::AllTargetsFailed { .. } => "all_targets_failed",
+        }
+    }
+
+    /// The error body in the caller's protocol.
+    pub fn body(&self, protocol: Protocol) -> Value {
+        let message = self.to_string();
+        let param = match self {
+            RequestError::InvalidBody(invalid) => Some(invalid.field.as_str()),
+            RequestError::UnknownModel { .. } => Some("model"),
+            _ => None,
+        };
+        let mut body = match protocol {
+            Protocol::OpenAi => {
+                let error_type = match self {
+                    RequestError::Unauthorized => "authentication_error",
+                    RequestError::AllTargetsFailed { .. } => "service_unavailable",
+                    _ => "invalid_request_error",
+                };
+                openai::render_error(&message, error_type, self.kind(), param)
+            }
+            Protocol::Anthropic => {
+                let error_type = match self {
+                    RequestError::Unauthorized => "authentication_error",
+                    RequestError::BodyTooLarge { .. } => "request_too_large",
+                    RequestError::UnknownModel { .. } => "not_found_error",
+                    RequestError::AllTargetsFailed { .. } => "overloaded_error",
+                    _ => "invalid_request_error",
+                };
+                anthropic::render_error(&message, error_type)
+            }
+        };
+        if let RequestError::AllTargetsFailed { attempts, .. } = self {
+            body["airbag"] = json!({"error": self.kind(), "attempts": attempts});
+        }
+        body
+    }
+}

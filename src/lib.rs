@@ -1,0 +1,23 @@
+//! airbag: a drop-in HTTP front end for chat apps that keeps answering when LLM
+//! providers fail.
+//!
+//! Modules in reading order:
+//! - [`config`]: the config file, its validation, `env:NAME` secrets.
+//! - [`server`]: the proxy and admin listeners; ingress (auth, limits, parsing) and egress
+//!   (rendering, rung tags, metrics).
+//! - [`ladder`]: the one function that knows the order of the rungs.
+//! - [`providers`]: rung 2, the chain of targets with retries, backoff, key rotation,
+//!   timeouts.
+//! - [`protocol`]: the neutral chat types and the OpenAI and Anthropic wire formats.
+//! - [`error`]: request errors and their bodies in each protocol.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`mock`]: the fake provider behind `airbag mock-provider`.
+
+pub mod config;
+pub mod error;
+pub mod ladder;
+pub mod metrics;
+pub mod mock;
+pub mod protocol;
+pub mod providers;
+pub mod server;

@@ -1,0 +1,229 @@
+//! The `airbag` binary: parses the command line, loads and validates the config, starts
+//! logging and hands over to the library. Nothing here is needed by tests.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use airbag::config::Config;
+use airbag::mock::{Fault, FaultRule, MockOptions, MockProvider};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "airbag", version, about = "Keeps chat apps answering when LLM providers fail")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        #[arg(long, default_value = "config/airbag.toml")]
+        config: PathBuf,
+    },
+    /// Load and validate a config, report every problem, and exit.
+    CheckConfig {
+        #[arg(long, default_value = "config/airbag.toml")]
+        config: PathBuf,
+    },
+    /// Run a fake OpenAI- and Anthropic-compatible provider with fault injection.
+    MockProvider(MockArgs),
+}
+
+#[derive(clap::Args)]
+struct MockArgs {
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    listen: SocketAddr,
+    /// Shown in answers, to tell several mocks apart.
+    #[arg(long, default_value = "mock")]
+    name: String,
+    /// Only these API keys are accepted (repeatable); others get 401.
+    #[arg(long = "key")]
+    keys: Vec<String>,
+    /// Pause between stream events.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    chunk_delay: Duration,
+    /// Answer this status with probability --fail-rate.
+    #[arg(long, default_value_t = 503)]
+    fail_status: u16,
+    #[arg(long, default_value_t = 0.0)]
+    fail_rate: f64,
+    /// Answer 429 with probability --rate-limit-rate, with `retry-after: --retry-after`.
+    #[arg(long, default_value_t = 0.0)]
+    rate_limit_rate: f64,
+    #[arg(long, default_value_t = 1.0)]
+    retry_after: f64,
+    /// Wait this long before every response head.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    first_byte_delay: Option<Duration>,
+    /// Stall streams after --stall-after events, with this probability.
+    #[arg(long, default_value_t = 0.0)]
+    stall_rate: f64,
+    #[arg(long, default_value_t = 3)]
+    stall_after: usize,
+    /// Never answer, with this probability.
+    #[arg(long, default_value_t = 0.0)]
+    hang_rate: f64,
+    /// Break the connection mid-response, with this probability.
+    #[arg(long, default_value_t = 0.0)]
+    reset_rate: f64,
+    /// Answer 200 with broken JSON, with this probability.
+    #[arg(long, default_value_t = 0.0)]
+    malformed_rate: f64,
+}
+
+impl MockArgs {
+    /// Each flag becomes a rule; rules are tried in this order.
+    fn rules(&self) -> Vec<FaultRule> {
+        let candidates = [
+            (self.hang_rate, Fault::Hang),
+            (self.reset_rate, Fault::Reset),
+            (self.malformed_rate, Fault::Malformed),
+            (
+                self.stall_rate,
+                Fault::StallAfter {
+                    chunks: self.stall_after,
+                },
+            ),
+            (
+                self.rate_limit_rate,
+                Fault::Status {
+                    status: 429,
+                    retry_after: Some(self.retry_after),
+                    body: None,
+                },
+            ),
+            (
+                self.fail_rate,
+                Fault::Status {
+                    status: self.fail_status,
+                    retry_after: None,
+                    body: None,
+                },
+            ),
+        ];
+        let mut rules: Vec<FaultRule> = candidates
+            .into_iter()
+            .filter(|(rate, _)| *rate > 0.0)
+            .map(|(rate, fault)| FaultRule {
+                probability: rate.min(1.0),
+                ..FaultRule::always(fault)
+            })
+            .collect();
+        if let Some(delay) = self.first_byte_delay {
+            rules.push(FaultRule::always(Fault::Delay {
+                ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            }));
+        }
+        rules
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn check_config(path: &PathBuf) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            println!("{}: ok", path.display());
+            for (name, provider) in &config.providers {
+                let set = provider
+                    .keys
+                    .iter()
+                    .filter(|key| key.key.resolve().is_some())
+                    .count();
+                let state = if provider.keys.is_empty() || set > 0 {
+                    "enabled"
+                } else {
+                    "disabled: none of its keys are set in the environment"
+                };
+                println!(
+                    "  provider {name} ({:?}): {set}/{} keys set, {state}",
+                    provider.kind,
+                    provider.keys.len()
+                );
+            }
+            for route in &config.routes {
+                println!("  route {} -> {}", route.model, route.chain.join(" -> "));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => check_config(&config),
+        Command::Serve { config } => {
+            init_logging();
+            let config = match Config::load(&config) {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("{error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match airbag::server::run(&config, shutdown_signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("airbag could not start: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::MockProvider(args) => {
+            init_logging();
+            let options = MockOptions {
+                name: args.name.clone(),
+                chunk_delay: args.chunk_delay,
+                valid_keys: (!args.keys.is_empty()).then(|| args.keys.clone()),
+            };
+            let mock = match MockProvider::start(args.listen, options, args.rules()).await {
+                Ok(mock) => mock,
+                Err(error) => {
+                    eprintln!("mock provider cannot listen on {}: {error}", args.listen);
+                    return ExitCode::FAILURE;
+                }
+            };
+            tracing::info!(base_url = %mock.base_url(), "mock provider ready");
+            shutdown_signal().await;
+            mock.stop().await;
+            ExitCode::SUCCESS
+        }
+    }
+}

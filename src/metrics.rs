@@ -1,0 +1,102 @@
+//! Prometheus metrics: one registry per gateway, rendered at `/metrics` on the admin
+//! listener.
+//!
+//! Label values come from small fixed sets (rung, served_by, outcome kinds) or from the
+//! config (targets, routes), never from request content, so cardinality stays bounded.
+//! This module records numbers; it decides nothing.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    /// Requests answered, by rung (`cache`, `provider`, `canned`, `none` for errors),
+    /// served_by, and inbound protocol.
+    pub requests: IntCounterVec,
+    /// Time until the response head is ready (for streams: the first byte), by rung.
+    pub request_duration: HistogramVec,
+    /// Every upstream attempt, by target and outcome (`ok`, `status_503`, `timeout_first_byte`…).
+    pub upstream_attempts: IntCounterVec,
+    /// Retries of the same target.
+    pub retries: IntCounterVec,
+    /// Requests that moved past a route's primary target, by route and the target that served.
+    pub fallbacks: IntCounterVec,
+    /// Streams that failed after their first byte reached the client.
+    pub stream_failures: IntCounterVec,
+    /// Requests refused before the ladder, by kind (`invalid_request`, `body_too_large`…).
+    pub rejected: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("airbag_requests_total", "Requests answered, by rung and what served them"),
+            &["rung", "served_by", "protocol"],
+        )?;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "airbag_request_duration_seconds",
+                "Time from request to response head (first byte for streams), by rung",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0, 60.0,
+            ]),
+            &["rung"],
+        )?;
+        let upstream_attempts = IntCounterVec::new(
+            Opts::new("airbag_upstream_attempts_total", "Upstream attempts by target and outcome"),
+            &["target", "outcome"],
+        )?;
+        let retries = IntCounterVec::new(
+            Opts::new("airbag_retries_total", "Retries of the same target"),
+            &["target"],
+        )?;
+        let fallbacks = IntCounterVec::new(
+            Opts::new(
+                "airbag_fallbacks_total",
+                "Requests served by a target other than the route's primary",
+            ),
+            &["route", "target"],
+        )?;
+        let stream_failures = IntCounterVec::new(
+            Opts::new(
+                "airbag_stream_failures_total",
+                "Streams that failed after the first byte reached the client",
+            ),
+            &["target", "kind"],
+        )?;
+        let rejected = IntCounterVec::new(
+            Opts::new("airbag_rejected_requests_total", "Requests refused before the ladder"),
+            &["kind", "protocol"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(upstream_attempts.clone()))?;
+        registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(fallbacks.clone()))?;
+        registry.register(Box::new(stream_failures.clone()))?;
+        registry.register(Box::new(rejected.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_attempts,
+            retries,
+            fallbacks,
+            stream_failures,
+            rejected,
+        })
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        // Encoding into a Vec cannot fail for I/O reasons; a metric family that cannot be
+        // encoded is skipped rather than failing the scrape.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
+        String::from_utf8_lossy(&buffer).into_owned()
+    }
+}

@@ -1,0 +1,659 @@
+//! `airbag mock-provider`: a fake OpenAI- and Anthropic-compatible provider with fault
+//! injection, for tests, benchmarks and failover drills.
+//!
+//! It serves `POST /v1/chat/completions` and `POST /v1/messages` with deterministic
+//! answers (streaming too), records every request it receives, and misbehaves on demand:
+//! a status with a probability, 429 with `retry-after`, a delay before the first byte, a
+//! stall mid-stream, a hang, a reset connection, malformed JSON. Faults are rules, set at
+//! start-up from the CLI or at any time through `PUT /mock/faults`.
+//!
+//! It reuses airbag's own protocol module to read requests and write answers; it shares
+//! nothing else with the gateway.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use bytes::Bytes;
+use futures_util::stream;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::protocol::{
+    ChatRequest, ChatResponse, Part, Protocol, Role, StopReason, StreamEvent, ToolCall, Usage,
+    anthropic, last_user_text, openai, random_id,
+};
+
+/// One way to misbehave, applied to the requests a [`FaultRule`] matches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Fault {
+    /// Answer with this status and an error body in the request's protocol.
+    Status {
+        status: u16,
+        /// Seconds, sent as the `retry-after` header.
+        #[serde(default)]
+        retry_after: Option<f64>,
+        /// Replaces the default error body.
+        #[serde(default)]
+        body: Option<Value>,
+    },
+    /// 400 with the protocol's "prompt too long for the context window" error.
+    ContextLength,
+    /// Wait before the response head, then answer normally.
+    Delay { ms: u64 },
+    /// Streams: send this many SSE events, then go silent forever. Others: hang.
+    StallAfter { chunks: usize },
+    /// Streams: send this many SSE events, then break the connection.
+    FailAfter { chunks: usize },
+    /// Never answer.
+    Hang,
+    /// Break the connection before a complete answer.
+    Reset,
+    /// A 200 whose body (or first stream event) is not valid JSON.
+    Malformed,
+}
+
+/// When to apply a fault.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultRule {
+    /// Only requests sent with this API key.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Only requests for this model.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Apply to this many matching requests, then stop matching; None is forever.
+    #[serde(default)]
+    pub times: Option<u32>,
+    /// Chance of applying to a matching request.
+    #[serde(default = "always")]
+    pub probability: f64,
+    pub fault: Fault,
+}
+
+fn always() -> f64 {
+    1.0
+}
+
+impl FaultRule {
+    /// A rule that applies to every request.
+    pub fn always(fault: Fault) -> FaultRule {
+        FaultRule {
+            key: None,
+            model: None,
+            times: None,
+            probability: 1.0,
+            fault,
+        }
+    }
+
+    /// A rule that applies to the next `times` requests.
+    pub fn times(times: u32, fault: Fault) -> FaultRule {
+        FaultRule {
+            times: Some(times),
+            ..FaultRule::always(fault)
+        }
+    }
+
+    pub fn for_key(mut self, key: &str) -> FaultRule {
+        self.key = Some(key.to_string());
+        self
+    }
+}
+
+/// What the mock received, for tests and drills to inspect.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReceivedRequest {
+    pub path: String,
+    /// The API key sent (`Authorization: Bearer` or `x-api-key`).
+    pub key: Option<String>,
+    pub anthropic_version: Option<String>,
+    pub model: String,
+    pub stream: bool,
+    pub body: Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct MockOptions {
+    /// Shown in answers so a reader can tell mocks apart.
+    pub name: String,
+    /// Pause between stream events.
+    pub chunk_delay: Duration,
+    /// When set, other keys get 401.
+    pub valid_keys: Option<Vec<String>>,
+}
+
+impl Default for MockOptions {
+    fn default() -> Self {
+        MockOptions {
+            name: "mock".to_string(),
+            chunk_delay: Duration::ZERO,
+            valid_keys: None,
+        }
+    }
+}
+
+struct MockState {
+    options: MockOptions,
+    rules: Mutex<Vec<FaultRule>>,
+    requests: Mutex<Vec<ReceivedRequest>>,
+    /// Responses abandoned by the client before they were complete.
+    cancelled: AtomicUsize,
+}
+
+impl MockState {
+    fn record(&self, request: ReceivedRequest) {
+        if let Ok(mut requests) = self.requests.lock() {
+            requests.push(request);
+        }
+    }
+
+    /// The fault for a request, consuming one use of a counted rule.
+    fn fault_for(&self, key: Option<&str>, model: &str) -> Option<Fault> {
+        let mut rules = self.rules.lock().ok()?;
+        for rule in rules.iter_mut() {
+            let matches = rule.key.as_deref().is_none_or(|wanted| Some(wanted) == key)
+                && rule.model.as_deref().is_none_or(|wanted| wanted == model)
+                && rule.times != Some(0);
+            if !matches {
+                continue;
+            }
+            if rule.probability < 1.0 && fastrand::f64() >= rule.probability {
+                continue;
+            }
+            if let Some(times) = rule.times.as_mut() {
+                *times -= 1;
+            }
+            return Some(rule.fault.clone());
+        }
+        None
+    }
+}
+
+/// Counts a response as cancelled if it is dropped before being disarmed.
+struct CancelGuard {
+    state: Arc<MockState>,
+    armed: bool,
+}
+
+impl CancelGuard {
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.state.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A running mock provider.
+pub struct MockProvider {
+    pub addr: SocketAddr,
+    state: Arc<MockState>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl MockProvider {
+    pub async fn start(
+        listen: SocketAddr,
+        options: MockOptions,
+        rules: Vec<FaultRule>,
+    ) -> std::io::Result<MockProvider> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(MockState {
+            options,
+            rules: Mutex::new(rules),
+            requests: Mutex::new(Vec::new()),
+            cancelled: AtomicUsize::new(0),
+        });
+        let (shutdown, mut watcher) = watch::channel(false);
+        let app = router(state.clone());
+        let task = tokio::spawn(async move {
+            let stop = async move {
+                let _ = watcher.wait_for(|stopped| *stopped).await;
+            };
+            if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+                tracing::error!(%error, "mock provider stopped");
+            }
+        });
+        Ok(MockProvider {
+            addr,
+            state,
+            shutdown,
+            task,
+        })
+    }
+
+    /// The base URL to put in a provider's `base_url`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn set_faults(&self, rules: Vec<FaultRule>) {
+        if let Ok(mut current) = self.state.rules.lock() {
+            *current = rules;
+        }
+    }
+
+    pub fn requests(&self) -> Vec<ReceivedRequest> {
+        self.state
+            .requests
+            .lock()
+            .map(|requests| requests.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.state
+            .requests
+            .lock()
+            .map(|requests| requests.len())
+            .unwrap_or(0)
+    }
+
+    pub fn cancelled_count(&self) -> usize {
+        self.state.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Stop without waiting for hung responses: they are abandoned with the task.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+fn router(state: Arc<MockState>) -> Router {
+    Router::new()
+        .route(
+            "/v1/chat/completions",
+            post(|state, headers, body| answer(state, headers, body, Protocol::OpenAi)),
+        )
+        .route(
+            "/v1/messages",
+            post(|state, headers, body| answer(state, headers, body, Protocol::Anthropic)),
+        )
+        .route("/mock/requests", get(list_requests).delete(clear_requests))
+        .route("/mock/faults", put(replace_faults))
+        .route("/mock/stats", get(stats))
+        .with_state(state)
+}
+
+async fn list_requests(State(state): State<Arc<MockState>>) -> Response {
+    let requests = state
+        .requests
+        .lock()
+        .map(|requests| requests.clone())
+        .unwrap_or_default();
+    axum::Json(requests).into_response()
+}
+
+async fn clear_requests(State(state): State<Arc<MockState>>) -> StatusCode {
+    if let Ok(mut requests) = state.requests.lock() {
+        requests.clear();
+    }
+    StatusCode::NO_CONTENT
+}
+
+async fn replace_faults(State(state): State<Arc<MockState>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Vec<FaultRule>>(&body) {
+        Ok(rules) => {
+            if let Ok(mut current) = state.rules.lock() {
+                *current = rules;
+            }
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(error) => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": format!("faults must be a JSON list of rules: {error}")})),
+        )
+            .into_response(),
+    }
+}
+
+async fn stats(State(state): State<Arc<MockState>>) -> Response {
+    let requests = state.requests.lock().map(|r| r.len()).unwrap_or(0);
+    axum::Json(json!({"requests": requests, "cancelled": state.cancelled.load(Ordering::SeqCst)}))
+        .into_response()
+}
+
+fn error_response(protocol: Protocol, status: u16, message: &str, error_type: &str) -> Response {
+    let body = match protocol {
+        Protocol::OpenAi => openai::render_error(message, error_type, error_type, None),
+        Protocol::Anthropic => anthropic::render_error(message, error_type),
+    };
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(body)).into_response()
+}
+
+async fn answer(
+    State(state): State<Arc<MockState>>,
+    headers: HeaderMap,
+    body: Bytes,
+    protocol: Protocol,
+) -> Response {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string)
+    };
+    let key = header("authorization")
+        .and_then(|value| value.strip_prefix("Bearer ").map(str::to_string))
+        .or_else(|| header("x-api-key"));
+    let raw: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let model = raw["model"].as_str().unwrap_or_default().to_string();
+    state.record(ReceivedRequest {
+        path: match protocol {
+            Protocol::OpenAi => "/v1/chat/completions".to_string(),
+            Protocol::Anthropic => "/v1/messages".to_string(),
+        },
+        key: key.clone(),
+        anthropic_version: header("anthropic-version"),
+        model: model.clone(),
+        stream: raw["stream"].as_bool().unwrap_or(false),
+        body: raw,
+    });
+    let parsed = match protocol {
+        Protocol::OpenAi => openai::parse_request(&body),
+        Protocol::Anthropic => anthropic::parse_request(&body),
+    };
+    let request = match parsed {
+        Ok(request) => request,
+        Err(invalid) => {
+            let message = format!("{}: {}", invalid.field, invalid.message);
+            return error_response(protocol, 400, &message, "invalid_request_error");
+        }
+    };
+    if protocol == Protocol::Anthropic && header("anthropic-version").is_none() {
+        return error_response(protocol, 400, "anthropic-version header is required", "invalid_request_error");
+    }
+    if let Some(valid) = &state.options.valid_keys
+        && !key.as_ref().is_some_and(|key| valid.contains(key))
+    {
+        return error_response(protocol, 401, "invalid x-api-key", "authentication_error");
+    }
+
+    let mut guard = CancelGuard {
+        state: state.clone(),
+        armed: true,
+    };
+    let fault = state.fault_for(key.as_deref(), &model);
+    let reply = reply_for(&state.options.name, &request);
+    let mut stall_after = None;
+    let mut fail_after = None;
+    match fault {
+        None => {}
+        Some(Fault::Status {
+            status,
+            retry_after,
+            body,
+        }) => {
+            guard.disarm();
+            let mut response = match body {
+                Some(body) => {
+                    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+                    (status, axum::Json(body)).into_response()
+                }
+                None => {
+                    let error_type = match status {
+                        429 => "rate_limit_error",
+                        401 => "authentication_error",
+                        529 => "overloaded_error",
+                        400..=499 => "invalid_request_error",
+                        _ => "api_error",
+                    };
+                    error_response(protocol, status, &format!("mock {status}"), error_type)
+                }
+            };
+            if let Some(seconds) = retry_after
+                && let Ok(value) = header::HeaderValue::from_str(&seconds.to_string())
+            {
+                response.headers_mut().insert("retry-after", value);
+            }
+            return response;
+        }
+        Some(Fault::ContextLength) => {
+            guard.disarm();
+            return match protocol {
+                Protocol::OpenAi => (
+                    StatusCode::BAD_REQUEST,
+                    axum::Json(openai::render_error(
+                        "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens.",
+                        "invalid_request_error",
+                        "context_length_exceeded",
+                        Some("messages"),
+                    )),
+                )
+                    .into_response(),
+                Protocol::Anthropic => error_response(
+                    protocol,
+                    400,
+                    "prompt is too long: 250000 tokens > 200000 maximum",
+                    "invalid_request_error",
+                ),
+            };
+        }
+        Some(Fault::Delay { ms }) => tokio::time::sleep(Duration::from_millis(ms)).await,
+        Some(Fault::Hang) => std::future::pending::<()>().await,
+        Some(Fault::StallAfter { chunks }) => {
+            if !request.stream {
+                std::future::pending::<()>().await;
+            }
+            stall_after = Some(chunks);
+        }
+        Some(Fault::FailAfter { chunks }) => fail_after = Some(chunks),
+        Some(Fault::Reset) => fail_after = Some(0),
+        Some(Fault::Malformed) => {
+            guard.disarm();
+            let body = if request.stream {
+                "data: {\"choices\": [{\"delta\": \n\n"
+            } else {
+                "{\"id\": \"broken\", \"choices\": ["
+            };
+            let content_type = if request.stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            };
+            return ([(header::CONTENT_TYPE, content_type)], body).into_response();
+        }
+    }
+
+    let mut chunks: Vec<Bytes> = if request.stream {
+        stream_chunks(protocol, &request, &reply)
+    } else {
+        let body = match protocol {
+            Protocol::OpenAi => openai::render_response(&reply),
+            Protocol::Anthropic => anthropic::render_response(&reply),
+        };
+        vec![Bytes::from(body.to_string())]
+    };
+    if fail_after.is_none() && stall_after.is_none() && state.options.chunk_delay.is_zero() {
+        guard.disarm();
+        let content_type = if request.stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
+        let body: Vec<u8> = chunks.concat();
+        return ([(header::CONTENT_TYPE, content_type)], body).into_response();
+    }
+    if fail_after == Some(0) && !request.stream {
+        // A reset part-way through a JSON body.
+        chunks = vec![Bytes::from_static(b"{\"id\": \"chatcmpl-reset\", ")];
+        fail_after = Some(1);
+    }
+    let content_type = if request.stream {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
+    let body = paced_body(chunks, state.options.chunk_delay, stall_after, fail_after, guard);
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// A body sent chunk by chunk, which may stall or break after some chunks. The cancel
+/// guard rides along and is disarmed only when the body is complete.
+fn paced_body(
+    chunks: Vec<Bytes>,
+    delay: Duration,
+    stall_after: Option<usize>,
+    fail_after: Option<usize>,
+    guard: CancelGuard,
+) -> Body {
+    let state = (chunks.into_iter().enumerate(), guard);
+    let body = stream::unfold(state, move |(mut chunks, mut guard)| async move {
+        let Some((index, chunk)) = chunks.next() else {
+            guard.disarm();
+            return None;
+        };
+        if stall_after == Some(index) {
+            std::future::pending::<()>().await;
+        }
+        if fail_after == Some(index) {
+            // The client sees the connection break mid-response.
+            return Some((Err(std::io::Error::other("mock reset")), (chunks, guard)));
+        }
+        if index > 0 && !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Some((Ok::<Bytes, std::io::Error>(chunk), (chunks, guard)))
+    });
+    Body::from_stream(body)
+}
+
+fn word_count(text: &str) -> u64 {
+    text.split_whitespace().count() as u64
+}
+
+/// The deterministic answer: a tool call when tools are offered and none has been
+/// answered yet, otherwise an echo of the last user message.
+fn reply_for(name: &str, request: &ChatRequest) -> ChatResponse {
+    let input_tokens: u64 = request
+        .messages
+        .iter()
+        .flat_map(|message| message.content.iter())
+        .map(|part| match part {
+            Part::Text(text) => word_count(text),
+            Part::ToolResult(result) => word_count(&result.content),
+            _ => 1,
+        })
+        .sum::<u64>()
+        + request.system.as_deref().map_or(0, word_count);
+    let last_user = request.messages.iter().rev().find(|m| m.role == Role::User);
+    let tool_result = last_user.and_then(|message| {
+        message.content.iter().find_map(|part| match part {
+            Part::ToolResult(result) => Some(result.content.clone()),
+            _ => None,
+        })
+    });
+    let wants_tool = !request.tools.is_empty()
+        && request.tool_choice != Some(crate::protocol::ToolChoice::None)
+        && tool_result.is_none();
+    let (content, stop_reason) = if wants_tool {
+        let tool = &request.tools[0];
+        let arguments = json!({"query": last_user_text(&request.messages)}).to_string();
+        (
+            vec![Part::ToolCall(ToolCall {
+                id: random_id("call_"),
+                name: tool.name.clone(),
+                arguments,
+            })],
+            StopReason::ToolUse,
+        )
+    } else {
+        let text = match tool_result {
+            Some(result) => format!("mock {name} read the tool result: {result}"),
+            None => format!("mock {name} answers: {}", last_user_text(&request.messages)),
+        };
+        (vec![Part::Text(text)], StopReason::EndTurn)
+    };
+    let output_tokens = content
+        .iter()
+        .map(|part| match part {
+            Part::Text(text) => word_count(text),
+            _ => 5,
+        })
+        .sum();
+    ChatResponse {
+        id: random_id("mock-"),
+        model: request.model.clone(),
+        content,
+        stop_reason,
+        usage: Usage {
+            input_tokens,
+            output_tokens,
+        },
+    }
+}
+
+/// The answer as SSE chunks in the request's protocol: one chunk per word.
+fn stream_chunks(protocol: Protocol, request: &ChatRequest, reply: &ChatResponse) -> Vec<Bytes> {
+    let mut events = vec![StreamEvent::Start {
+        id: reply.id.clone(),
+        model: reply.model.clone(),
+    }];
+    let mut tool_index = 0;
+    for part in &reply.content {
+        match part {
+            Part::Text(text) => {
+                let words: Vec<&str> = text.split_inclusive(' ').collect();
+                events.extend(words.into_iter().map(|word| StreamEvent::TextDelta(word.to_string())));
+            }
+            Part::ToolCall(call) => {
+                events.push(StreamEvent::ToolCallStart {
+                    index: tool_index,
+                    id: call.id.clone(),
+                    name: call.name.clone(),
+                });
+                events.push(StreamEvent::ToolCallDelta {
+                    index: tool_index,
+                    arguments: call.arguments.clone(),
+                });
+                tool_index += 1;
+            }
+            _ => {}
+        }
+    }
+    events.push(StreamEvent::Finish {
+        stop_reason: reply.stop_reason,
+    });
+    events.push(StreamEvent::Usage(reply.usage));
+    let mut chunks = Vec::new();
+    match protocol {
+        Protocol::OpenAi => {
+            let mut writer = openai::StreamWriter::new(&reply.model, request.include_usage);
+            for event in events {
+                chunks.extend(writer.event(event));
+            }
+            chunks.extend(writer.finish());
+        }
+        Protocol::Anthropic => {
+            let mut writer = anthropic::StreamWriter::new(&reply.model);
+            for event in events {
+                chunks.extend(writer.event(event));
+            }
+            chunks.extend(writer.finish());
+        }
+    }
+    chunks
+}

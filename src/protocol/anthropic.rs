@@ -1,0 +1,740 @@
+//! The Anthropic Messages wire format, both as airbag's inbound protocol and as the
+//! `anthropic` provider kind.
+//!
+//! Parsing turns a client body into a neutral [`ChatRequest`]; rendering turns neutral
+//! answers into Anthropic JSON and its SSE event sequence (`message_start`,
+//! `content_block_*`, `message_delta`, `message_stop`); the upstream half builds request
+//! bodies for an `anthropic` target and reads its answers and events back.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{
+    ChatRequest, ChatResponse, Image, InvalidBody, Message, OutputParams, Part, Role,
+    StopReason, StreamEvent, StreamFailure, Tool, ToolCall, ToolChoice, ToolResult, Usage,
+    parse_json_body, random_id, sse,
+};
+
+// ---------------------------------------------------------------------------------------
+// Inbound: what an Anthropic SDK sends.
+
+#[derive(Debug, Deserialize)]
+struct WireRequest {
+    model: String,
+    messages: Vec<WireMessage>,
+    max_tokens: Option<u32>,
+    system: Option<WireSystem>,
+    #[serde(default)]
+    stream: bool,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    stop_sequences: Option<Vec<String>>,
+    tools: Option<Vec<WireTool>>,
+    tool_choice: Option<WireToolChoice>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum WireSystem {
+    Text(String),
+    Blocks(Vec<WireTextBlock>),
+}
+
+#[derive(Debug, Deserialize)]
+struct WireTextBlock {
+    text: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum WireRole {
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireMessage {
+    role: WireRole,
+    content: WireContent,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum WireContent {
+    Text(String),
+    Blocks(Vec<WireBlock>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WireBlock {
+    Text {
+        text: String,
+    },
+    Image {
+        source: WireImageSource,
+    },
+    ToolUse {
+        id: String,
+        name: String,
+        input: Value,
+    },
+    ToolResult {
+        tool_use_id: String,
+        #[serde(default)]
+        content: Option<WireToolResultContent>,
+        #[serde(default)]
+        is_error: bool,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WireImageSource {
+    Base64 { media_type: String, data: String },
+    Url { url: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum WireToolResultContent {
+    Text(String),
+    Blocks(Vec<WireTextBlock>),
+}
+
+#[derive(Debug, Deserialize)]
+struct WireTool {
+    name: String,
+    description: Option<String>,
+    input_schema: Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WireToolChoice {
+    Auto,
+    Any,
+    None,
+    Tool { name: String },
+}
+
+/// Parse an Anthropic Messages body. Errors name the JSON path at fault.
+pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
+    let wire: WireRequest = parse_json_body(body)?;
+    if wire.model.trim().is_empty() {
+        return Err(InvalidBody::new("model", "must name a model"));
+    }
+    if wire.messages.is_empty() {
+        return Err(InvalidBody::new("messages", "must hold at least one message"));
+    }
+    let messages = wire
+        .messages
+        .into_iter()
+        .map(|message| Message {
+            role: match message.role {
+                WireRole::User => Role::User,
+                WireRole::Assistant => Role::Assistant,
+            },
+            content: match message.content {
+                WireContent::Text(text) => vec![Part::Text(text)],
+                WireContent::Blocks(blocks) => blocks.into_iter().map(block_to_part).collect(),
+            },
+        })
+        .collect();
+    let system = wire.system.map(|system| match system {
+        WireSystem::Text(text) => text,
+        WireSystem::Blocks(blocks) => blocks
+            .into_iter()
+            .map(|block| block.text)
+            .collect::<Vec<_>>()
+            .join("\n\n"),
+    });
+    Ok(ChatRequest {
+        model: wire.model,
+        system,
+        messages,
+        tools: wire
+            .tools
+            .unwrap_or_default()
+            .into_iter()
+            .map(|tool| Tool {
+                name: tool.name,
+                description: tool.description,
+                parameters: tool.input_schema,
+            })
+            .collect(),
+        tool_choice: wire.tool_choice.map(|choice| match choice {
+            WireToolChoice::Auto => ToolChoice::Auto,
+            WireToolChoice::Any => ToolChoice::Required,
+            WireToolChoice::None => ToolChoice::None,
+            WireToolChoice::Tool { name } => ToolChoice::Tool(name),
+        }),
+        params: OutputParams {
+            temperature: wire.temperature,
+            top_p: wire.top_p,
+            max_tokens: wire.max_tokens,
+            stop: wire.stop_sequences.unwrap_or_default(),
+            seed: None,
+            response_format: None,
+        },
+        stream: wire.stream,
+        include_usage: true,
+    })
+}
+
+fn block_to_part(block: WireBlock) -> Part {
+    match block {
+        WireBlock::Text { text } => Part::Text(text),
+        WireBlock::Image { source } => Part::Image(match source {
+            WireImageSource::Base64 { media_type, data } => Image::Base64 { media_type, data },
+            WireImageSource::Url { url } => Image::Url(url),
+        }),
+        WireBlock::ToolUse { id, name, input } => Part::ToolCall(ToolCall {
+            id,
+            name,
+            arguments: input.to_string(),
+        }),
+        WireBlock::ToolResult {
+            tool_use_id,
+            content,
+            is_error,
+        } => Part::ToolResult(ToolResult {
+            tool_call_id: tool_use_id,
+            content: match content {
+                None => String::new(),
+                Some(WireToolResultContent::Text(text)) => text,
+                Some(WireToolResultContent::Blocks(blocks)) => blocks
+                    .into_iter()
+                    .map(|block| block.text)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            },
+            is_error,
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Outbound to a client.
+
+pub fn stop_reason_name(reason: StopReason) -> &'static str {
+    match reason {
+        StopReason::EndTurn | StopReason::ContentFilter => "end_turn",
+        StopReason::MaxTokens => "max_tokens",
+        StopReason::StopSequence => "stop_sequence",
+        StopReason::ToolUse => "tool_use",
+    }
+}
+
+/// Tool arguments arrive as JSON text; Anthropic wants an object. Unparseable text is
+/// wrapped rather than dropped so nothing the model said is lost.
+fn arguments_object(arguments: &str) -> Value {
+    if arguments.trim().is_empty() {
+        return json!({});
+    }
+    serde_json::from_str(arguments).unwrap_or_else(|_| json!({"_raw": arguments}))
+}
+
+fn content_blocks(content: &[Part]) -> Vec<Value> {
+    content
+        .iter()
+        .filter_map(|part| match part {
+            Part::Text(text) => Some(json!({"type": "text", "text": text})),
+            Part::ToolCall(call) => Some(json!({
+                "type": "tool_use", "id": call.id, "name": call.name,
+                "input": arguments_object(&call.arguments),
+            })),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A `message` body.
+pub fn render_response(response: &ChatResponse) -> Value {
+    json!({
+        "id": response.id,
+        "type": "message",
+        "role": "assistant",
+        "model": response.model,
+        "content": content_blocks(&response.content),
+        "stop_reason": stop_reason_name(response.stop_reason),
+        "stop_sequence": Value::Null,
+        "usage": {
+            "input_tokens": response.usage.input_tokens,
+            "output_tokens": response.usage.output_tokens,
+        },
+    })
+}
+
+/// An error body in Anthropic's shape. Anthropic has no `param`; the field at fault is
+/// named in the message.
+pub fn render_error(message: &str, error_type: &str) -> Value {
+    json!({"type": "error", "error": {"type": error_type, "message": message}})
+}
+
+/// Which content block is open in the client's stream.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum OpenBlock {
+    None,
+    Text,
+    Tool(usize),
+}
+
+/// Renders neutral stream events as Anthropic's SSE event sequence. The stop reason and
+/// usage are held back until the end, because an OpenAI upstream sends its usage after
+/// the finish reason and Anthropic wants both in one `message_delta`.
+pub struct StreamWriter {
+    model: String,
+    started: bool,
+    block_index: usize,
+    open: OpenBlock,
+    stop_reason: Option<StopReason>,
+    usage: Usage,
+}
+
+impl StreamWriter {
+    pub fn new(model: &str) -> Self {
+        StreamWriter {
+            model: model.to_string(),
+            started: false,
+            block_index: 0,
+            open: OpenBlock::None,
+            stop_reason: None,
+            usage: Usage::default(),
+        }
+    }
+
+    fn start(&mut self, id: String, out: &mut Vec<bytes::Bytes>) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        let start = json!({"type": "message_start", "message": {
+            "id": id, "type": "message", "role": "assistant", "model": self.model,
+            "content": [], "stop_reason": Value::Null, "stop_sequence": Value::Null,
+            "usage": {"input_tokens": self.usage.input_tokens, "output_tokens": 0},
+        }});
+        out.push(sse::encode(Some("message_start"), &start.to_string()));
+    }
+
+    fn close_block(&mut self, out: &mut Vec<bytes::Bytes>) {
+        if self.open == OpenBlock::None {
+            return;
+        }
+        let stop = json!({"type": "content_block_stop", "index": self.block_index});
+        out.push(sse::encode(Some("content_block_stop"), &stop.to_string()));
+        self.block_index += 1;
+        self.open = OpenBlock::None;
+    }
+
+    pub fn event(&mut self, event: StreamEvent) -> Vec<bytes::Bytes> {
+        let mut out = Vec::new();
+        match event {
+            StreamEvent::Start { id, model } => {
+                if !model.is_empty() {
+                    self.model = model;
+                }
+                self.start(id, &mut out);
+            }
+            StreamEvent::TextDelta(text) => {
+                self.start(random_id("msg_"), &mut out);
+                if self.open != OpenBlock::Text {
+                    self.close_block(&mut out);
+                    let start = json!({"type": "content_block_start", "index": self.block_index,
+                        "content_block": {"type": "text", "text": ""}});
+                    out.push(sse::encode(Some("content_block_start"), &start.to_string()));
+                    self.open = OpenBlock::Text;
+                }
+                let delta = json!({"type": "content_block_delta", "index": self.block_index,
+                    "delta": {"type": "text_delta", "text": text}});
+                out.push(sse::encode(Some("content_block_delta"), &delta.to_string()));
+            }
+            StreamEvent::ToolCallStart { index, id, name } => {
+                self.start(random_id("msg_"), &mut out);
+                self.close_block(&mut out);
+                let start = json!({"type": "content_block_start", "index": self.block_index,
+                    "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}});
+                out.push(sse::encode(Some("content_block_start"), &start.to_string()));
+                self.open = OpenBlock::Tool(index);
+            }
+            StreamEvent::ToolCallDelta { index, arguments } => {
+                // Deltas for a tool call that is not the open block cannot be expressed
+                // in Anthropic's sequence; OpenAI upstreams send them in order.
+                if self.open == OpenBlock::Tool(index) {
+                    let delta = json!({"type": "content_block_delta", "index": self.block_index,
+                        "delta": {"type": "input_json_delta", "partial_json": arguments}});
+                    out.push(sse::encode(Some("content_block_delta"), &delta.to_string()));
+                }
+            }
+            StreamEvent::Finish { stop_reason } => self.stop_reason = Some(stop_reason),
+            StreamEvent::Usage(usage) => self.usage = usage,
+        }
+        out
+    }
+
+    /// The end of a stream that finished normally.
+    pub fn finish(&mut self) -> Vec<bytes::Bytes> {
+        let mut out = Vec::new();
+        self.start(random_id("msg_"), &mut out);
+        self.close_block(&mut out);
+        let stop_reason = self.stop_reason.unwrap_or(StopReason::EndTurn);
+        let delta = json!({"type": "message_delta",
+            "delta": {"stop_reason": stop_reason_name(stop_reason), "stop_sequence": Value::Null},
+            "usage": {"input_tokens": self.usage.input_tokens, "output_tokens": self.usage.output_tokens}});
+        out.push(sse::encode(Some("message_delta"), &delta.to_string()));
+        out.push(sse::encode(
+            Some("message_stop"),
+            &json!({"type": "message_stop"}).to_string(),
+        ));
+        out
+    }
+
+    /// The end of a stream that failed after its first byte: Anthropic's `error` event.
+    pub fn fail(&mut self, message: &str) -> Vec<bytes::Bytes> {
+        let body = render_error(message, "api_error");
+        vec![sse::encode(Some("error"), &body.to_string())]
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Upstream: talking to an `anthropic` provider.
+
+/// The body airbag sends to an Anthropic target. `default_max_tokens` fills the field
+/// Anthropic requires when the client (an OpenAI SDK, say) did not send it.
+pub fn upstream_body(request: &ChatRequest, model: &str, default_max_tokens: u32) -> Value {
+    let messages: Vec<Value> = request
+        .messages
+        .iter()
+        .map(|message| {
+            json!({
+                "role": match message.role { Role::User => "user", Role::Assistant => "assistant" },
+                "content": message.content.iter().map(upstream_block).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let params = &request.params;
+    let mut body = json!({
+        "model": model,
+        "messages": messages,
+        "max_tokens": params.max_tokens.unwrap_or(default_max_tokens),
+    });
+    if request.stream {
+        body["stream"] = json!(true);
+    }
+    if let Some(system) = &request.system {
+        body["system"] = json!(system);
+    }
+    if let Some(temperature) = params.temperature {
+        // Anthropic's range is 0..1, OpenAI's 0..2.
+        body["temperature"] = json!(temperature.min(1.0));
+    }
+    if let Some(top_p) = params.top_p {
+        body["top_p"] = json!(top_p);
+    }
+    if !params.stop.is_empty() {
+        body["stop_sequences"] = json!(params.stop);
+    }
+    if !request.tools.is_empty() {
+        body["tools"] = request
+            .tools
+            .iter()
+            .map(|tool| {
+                let mut wire = json!({"name": tool.name, "input_schema": tool.parameters});
+                if let Some(description) = &tool.description {
+                    wire["description"] = json!(description);
+                }
+                wire
+            })
+            .collect();
+    }
+    if let Some(choice) = &request.tool_choice {
+        body["tool_choice"] = match choice {
+            ToolChoice::Auto => json!({"type": "auto"}),
+            ToolChoice::None => json!({"type": "none"}),
+            ToolChoice::Required => json!({"type": "any"}),
+            ToolChoice::Tool(name) => json!({"type": "tool", "name": name}),
+        };
+    }
+    body
+}
+
+fn upstream_block(part: &Part) -> Value {
+    match part {
+        Part::Text(text) => json!({"type": "text", "text": text}),
+        Part::Image(Image::Base64 { media_type, data }) => json!({"type": "image",
+            "source": {"type": "base64", "media_type": media_type, "data": data}}),
+        Part::Image(Image::Url(url)) => {
+            json!({"type": "image", "source": {"type": "url", "url": url}})
+        }
+        Part::ToolCall(call) => json!({"type": "tool_use", "id": call.id, "name": call.name,
+            "input": arguments_object(&call.arguments)}),
+        Part::ToolResult(result) => json!({"type": "tool_result",
+            "tool_use_id": result.tool_call_id, "content": result.content,
+            "is_error": result.is_error}),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct UpstreamResponse {
+    id: Option<String>,
+    model: Option<String>,
+    content: Vec<UpstreamBlock>,
+    stop_reason: Option<String>,
+    usage: Option<UpstreamUsage>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum UpstreamBlock {
+    Text {
+        text: String,
+    },
+    ToolUse {
+        id: String,
+        name: String,
+        input: Value,
+    },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+struct UpstreamUsage {
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    output_tokens: u64,
+}
+
+fn parse_stop_reason(reason: Option<&str>) -> StopReason {
+    match reason {
+        Some("max_tokens") => StopReason::MaxTokens,
+        Some("stop_sequence") => StopReason::StopSequence,
+        Some("tool_use") => StopReason::ToolUse,
+        Some("refusal") => StopReason::ContentFilter,
+        _ => StopReason::EndTurn,
+    }
+}
+
+/// Read a complete upstream answer.
+pub fn parse_upstream_response(body: &[u8], model: &str) -> Result<ChatResponse, String> {
+    let wire: UpstreamResponse =
+        serde_json::from_slice(body).map_err(|error| format!("not a message: {error}"))?;
+    let content = wire
+        .content
+        .into_iter()
+        .filter_map(|block| match block {
+            UpstreamBlock::Text { text } => Some(Part::Text(text)),
+            UpstreamBlock::ToolUse { id, name, input } => Some(Part::ToolCall(ToolCall {
+                id,
+                name,
+                arguments: input.to_string(),
+            })),
+            UpstreamBlock::Other => None,
+        })
+        .collect();
+    let usage = wire.usage.unwrap_or_default();
+    Ok(ChatResponse {
+        id: wire.id.unwrap_or_else(|| random_id("msg_")),
+        model: wire.model.unwrap_or_else(|| model.to_string()),
+        content,
+        stop_reason: parse_stop_reason(wire.stop_reason.as_deref()),
+        usage: Usage {
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+        },
+    })
+}
+
+/// Turns an Anthropic upstream event stream into neutral events.
+#[derive(Debug, Default)]
+pub struct StreamParser {
+    input_tokens: u64,
+    /// Anthropic block index → OpenAI-style tool call index.
+    tool_blocks: HashMap<u64, usize>,
+    finished: bool,
+    done: bool,
+}
+
+impl StreamParser {
+    /// True once `message_delta` said how the message ended.
+    pub fn is_complete(&self) -> bool {
+        self.finished
+    }
+
+    /// True after `message_stop`.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    pub fn parse(&mut self, event: &sse::SseEvent) -> Result<Vec<StreamEvent>, StreamFailure> {
+        let data: Value = serde_json::from_str(&event.data).map_err(|error| {
+            StreamFailure::new("malformed", format!("unreadable stream event: {error}"))
+        })?;
+        let kind = data
+            .get("type")
+            .and_then(Value::as_str)
+            .or(event.event.as_deref())
+            .unwrap_or_default();
+        let mut events = Vec::new();
+        match kind {
+            "message_start" => {
+                let message = &data["message"];
+                self.input_tokens = message["usage"]["input_tokens"].as_u64().unwrap_or(0);
+                events.push(StreamEvent::Start {
+                    id: message["id"].as_str().unwrap_or_default().to_string(),
+                    model: message["model"].as_str().unwrap_or_default().to_string(),
+                });
+            }
+            "content_block_start" => {
+                let block = &data["content_block"];
+                if block["type"] == "tool_use" {
+                    let index = self.tool_blocks.len();
+                    let block_index = data["index"].as_u64().unwrap_or(0);
+                    self.tool_blocks.insert(block_index, index);
+                    events.push(StreamEvent::ToolCallStart {
+                        index,
+                        id: block["id"].as_str().unwrap_or_default().to_string(),
+                        name: block["name"].as_str().unwrap_or_default().to_string(),
+                    });
+                } else if let Some(text) = block["text"].as_str().filter(|text| !text.is_empty())
+                {
+                    events.push(StreamEvent::TextDelta(text.to_string()));
+                }
+            }
+            "content_block_delta" => {
+                let delta = &data["delta"];
+                match delta["type"].as_str() {
+                    Some("text_delta") => {
+                        let text = delta["text"].as_str().unwrap_or_default();
+                        if !text.is_empty() {
+                            events.push(StreamEvent::TextDelta(text.to_string()));
+                        }
+                    }
+                    Some("input_json_delta") => {
+                        let block_index = data["index"].as_u64().unwrap_or(0);
+                        if let Some(&index) = self.tool_blocks.get(&block_index) {
+                            events.push(StreamEvent::ToolCallDelta {
+                                index,
+                                arguments: delta["partial_json"]
+                                    .as_str()
+                                    .unwrap_or_default()
+                                    .to_string(),
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            "message_delta" => {
+                self.finished = true;
+                events.push(StreamEvent::Finish {
+                    stop_reason: parse_stop_reason(data["delta"]["stop_reason"].as_str()),
+                });
+                let usage = &data["usage"];
+                events.push(StreamEvent::Usage(Usage {
+                    input_tokens: usage["input_tokens"].as_u64().unwrap_or(self.input_tokens),
+                    output_tokens: usage["output_tokens"].as_u64().unwrap_or(0),
+                }));
+            }
+            "message_stop" => self.done = true,
+            "error" => {
+                return Err(StreamFailure::new(
+                    "upstream_error",
+                    data.pointer("/error/message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("the provider reported an error mid-stream")
+                        .to_string(),
+                ));
+            }
+            _ => {}
+        }
+        Ok(events)
+    }
+}
+
+/// Whether an Anthropic-shaped error body says the prompt is too long for the model.
+pub fn upstream_error_is_context_length(body: &Value) -> bool {
+    let message = body
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    message.contains("prompt is too long")
+        || message.contains("context window")
+        || message.contains("context length")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_tools_and_system_are_parsed() {
+        let body = json!({
+            "model": "chat", "max_tokens": 100,
+            "system": [{"type": "text", "text": "be brief"}],
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "hi"},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}]},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {"a": 1}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}]},
+            ],
+            "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+            "tool_choice": {"type": "any"},
+        });
+        let request = parse_request(body.to_string().as_bytes()).unwrap();
+        assert_eq!(request.system.as_deref(), Some("be brief"));
+        assert_eq!(request.tool_choice, Some(ToolChoice::Required));
+        assert!(matches!(request.messages[0].content[1], Part::Image(Image::Base64 { .. })));
+        let upstream = upstream_body(&request, "claude-x", 4096);
+        assert_eq!(upstream["messages"][1]["content"][0]["input"]["a"], 1);
+        assert_eq!(upstream["tool_choice"]["type"], "any");
+    }
+
+    #[test]
+    fn an_unknown_block_type_is_named() {
+        let error = parse_request(
+            br#"{"model":"chat","max_tokens":5,"messages":[{"role":"user","content":[{"type":"hologram"}]}]}"#,
+        )
+        .unwrap_err();
+        assert!(error.field.starts_with("messages[0].content"), "{error:?}");
+    }
+
+    #[test]
+    fn writer_emits_the_full_event_sequence() {
+        let mut writer = StreamWriter::new("chat");
+        let mut out = writer.event(StreamEvent::Start {
+            id: "msg_1".into(),
+            model: "m".into(),
+        });
+        out.extend(writer.event(StreamEvent::TextDelta("Hi".into())));
+        out.extend(writer.event(StreamEvent::Finish {
+            stop_reason: StopReason::EndTurn,
+        }));
+        out.extend(writer.finish());
+        let names: Vec<String> = out
+            .iter()
+            .map(|chunk| {
+                String::from_utf8_lossy(chunk)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                "event: message_start",
+                "event: content_block_start",
+                "event: content_block_delta",
+                "event: content_block_stop",
+                "event: message_delta",
+                "event: message_stop"
+            ]
+        );
+    }
+}

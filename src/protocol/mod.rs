@@ -1,0 +1,276 @@
+//! The neutral chat types that sit between the wire protocols.
+//!
+//! Every inbound request (OpenAI or Anthropic) is parsed into a [`ChatRequest`]; every
+//! upstream answer comes back as a [`ChatResponse`] or a stream of [`StreamEvent`]s; the
+//! caller's protocol renders them again. Translation between protocols therefore only
+//! ever goes wire → neutral → wire. This module owns the types and nothing else: it knows
+//! no HTTP, no providers and no rungs.
+
+pub mod anthropic;
+pub mod openai;
+pub mod sse;
+
+use std::pin::Pin;
+
+use futures_util::Stream;
+use serde_json::Value;
+
+/// The wire protocol a client speaks to airbag, or a provider kind speaks to airbag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    OpenAi,
+    Anthropic,
+}
+
+impl Protocol {
+    /// The label used in metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::OpenAi => "openai",
+            Protocol::Anthropic => "anthropic",
+        }
+    }
+}
+
+/// A chat request with the protocol's spelling removed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatRequest {
+    /// The model name the client asked for; airbag resolves it to a route.
+    pub model: String,
+    /// System prompt; OpenAI `system`/`developer` messages and Anthropic `system` land here.
+    pub system: Option<String>,
+    pub messages: Vec<Message>,
+    pub tools: Vec<Tool>,
+    pub tool_choice: Option<ToolChoice>,
+    pub params: OutputParams,
+    pub stream: bool,
+    /// OpenAI `stream_options.include_usage`: the client wants a final usage chunk.
+    pub include_usage: bool,
+}
+
+/// Every request parameter that changes what the model answers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OutputParams {
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub max_tokens: Option<u32>,
+    pub stop: Vec<String>,
+    pub seed: Option<i64>,
+    /// OpenAI `response_format`, kept as JSON because its schema is open-ended.
+    pub response_format: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub role: Role,
+    pub content: Vec<Part>,
+}
+
+/// One piece of a message. Tool results live in user messages (Anthropic's model);
+/// the OpenAI side turns them into `tool` role messages and back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Part {
+    Text(String),
+    Image(Image),
+    ToolCall(ToolCall),
+    ToolResult(ToolResult),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Image {
+    Url(String),
+    Base64 { media_type: String, data: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// The arguments as a JSON text, as OpenAI sends them.
+    pub arguments: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolResult {
+    pub tool_call_id: String,
+    pub content: String,
+    pub is_error: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tool {
+    pub name: String,
+    pub description: Option<String>,
+    /// JSON Schema of the arguments.
+    pub parameters: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolChoice {
+    Auto,
+    None,
+    Required,
+    Tool(String),
+}
+
+/// A complete answer from a model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatResponse {
+    pub id: String,
+    pub model: String,
+    /// Text and tool calls, in order.
+    pub content: Vec<Part>,
+    pub stop_reason: StopReason,
+    pub usage: Usage,
+}
+
+impl ChatResponse {
+    /// All text parts joined, for callers that want just the words.
+    pub fn text(&self) -> String {
+        self.content
+            .iter()
+            .filter_map(|part| match part {
+                Part::Text(text) => Some(text.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn tool_calls(&self) -> impl Iterator<Item = &ToolCall> {
+        self.content.iter().filter_map(|part| match part {
+            Part::ToolCall(call) => Some(call),
+            _ => None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    EndTurn,
+    MaxTokens,
+    StopSequence,
+    ToolUse,
+    ContentFilter,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+/// One step of a streamed answer, in the order a client must see them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    Start { id: String, model: String },
+    TextDelta(String),
+    /// A tool call begins; `index` counts tool calls only (OpenAI's numbering).
+    ToolCallStart { index: usize, id: String, name: String },
+    ToolCallDelta { index: usize, arguments: String },
+    Finish { stop_reason: StopReason },
+    Usage(Usage),
+}
+
+/// Why a stream could not be finished. `kind` is a fixed label for metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamFailure {
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl StreamFailure {
+    pub fn new(kind: &'static str, message: impl Into<String>) -> Self {
+        StreamFailure {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, StreamFailure>> + Send>>;
+
+/// The text of the last user message, for logs-free uses such as the mock provider and
+/// (later) the semantic cache key.
+pub fn last_user_text(messages: &[Message]) -> String {
+    messages
+        .iter()
+        .rev()
+        .find(|message| message.role == Role::User)
+        .map(|message| {
+            message
+                .content
+                .iter()
+                .filter_map(|part| match part {
+                    Part::Text(text) => Some(text.as_str()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
+/// Seconds since the Unix epoch, for the `created` fields of OpenAI bodies.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or(0)
+}
+
+/// A random id with a protocol prefix (`chatcmpl-…`, `msg_…`).
+pub fn random_id(prefix: &str) -> String {
+    let suffix: String = std::iter::repeat_with(fastrand::alphanumeric)
+        .take(24)
+        .collect();
+    format!("{prefix}{suffix}")
+}
+
+/// A request body that could not be parsed; `field` is the JSON path at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidBody {
+    pub field: String,
+    pub message: String,
+}
+
+impl InvalidBody {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        InvalidBody {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Deserialise a JSON body and, on failure, name the path of the field at fault.
+pub fn parse_json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, InvalidBody> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        let message_text = inner.to_string();
+        // serde reports a missing field at its parent; name the field itself.
+        let missing = message_text
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split_once('`'))
+            .map(|(name, _)| name.to_string());
+        let field = match (path.as_str(), missing) {
+            (".", Some(name)) => name,
+            (".", None) => "body".to_string(),
+            (_, Some(name)) => format!("{path}.{name}"),
+            (_, None) => path,
+        };
+        let message = if inner.is_syntax() || inner.is_eof() {
+            format!("the body is not valid JSON: {inner}")
+        } else {
+            message_text
+        };
+        InvalidBody::new(field, message)
+    })
+}

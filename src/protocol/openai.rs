@@ -1,0 +1,846 @@
+//! The OpenAI Chat Completions wire format, both as airbag's inbound protocol and as the
+//! `openai` provider kind (any OpenAI-compatible API).
+//!
+//! Parsing turns a client body into a neutral [`ChatRequest`]; rendering turns neutral
+//! answers into OpenAI JSON and SSE chunks; the upstream half builds request bodies for an
+//! `openai` target and reads its answers and stream chunks back into neutral types.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{
+    ChatRequest, ChatResponse, Image, InvalidBody, Message, OutputParams, Part, Role,
+    StopReason, StreamEvent, StreamFailure, Tool, ToolCall, ToolChoice, ToolResult, Usage,
+    parse_json_body, random_id, sse, unix_now,
+};
+
+// ---------------------------------------------------------------------------------------
+// Inbound: what an OpenAI SDK sends.
+
+#[derive(Debug, Deserialize)]
+struct WireRequest {
+    model: String,
+    messages: Vec<WireMessage>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<WireStreamOptions>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    max_tokens: Option<u32>,
+    max_completion_tokens: Option<u32>,
+    stop: Option<StringOrList>,
+    seed: Option<i64>,
+    response_format: Option<Value>,
+    tools: Option<Vec<WireTool>>,
+    tool_choice: Option<Value>,
+    n: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireStreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum StringOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum WireRole {
+    System,
+    Developer,
+    User,
+    Assistant,
+    Tool,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireMessage {
+    role: WireRole,
+    #[serde(default)]
+    content: Option<WireContent>,
+    tool_calls: Option<Vec<WireToolCall>>,
+    tool_call_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum WireContent {
+    Text(String),
+    Parts(Vec<WirePart>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WirePart {
+    Text { text: String },
+    ImageUrl { image_url: WireImageUrl },
+}
+
+#[derive(Debug, Deserialize)]
+struct WireImageUrl {
+    url: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireToolCall {
+    id: String,
+    function: WireFunctionCall,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireFunctionCall {
+    name: String,
+    #[serde(default)]
+    arguments: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireTool {
+    function: WireFunction,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireFunction {
+    name: String,
+    description: Option<String>,
+    parameters: Option<Value>,
+}
+
+/// Parse an OpenAI Chat Completions body. Errors name the JSON path at fault.
+pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
+    let wire: WireRequest = parse_json_body(body)?;
+    if wire.n.is_some_and(|n| n != 1) {
+        return Err(InvalidBody::new("n", "only n=1 is supported"));
+    }
+    if wire.model.trim().is_empty() {
+        return Err(InvalidBody::new("model", "must name a model"));
+    }
+    if wire.messages.is_empty() {
+        return Err(InvalidBody::new("messages", "must hold at least one message"));
+    }
+    let mut system_parts = Vec::new();
+    let mut messages: Vec<Message> = Vec::new();
+    for (index, message) in wire.messages.into_iter().enumerate() {
+        let field = format!("messages[{index}]");
+        match message.role {
+            WireRole::System | WireRole::Developer => {
+                system_parts.push(content_text(message.content, &field)?);
+            }
+            WireRole::User => {
+                let content = content_parts(message.content, &field)?;
+                push_message(&mut messages, Role::User, content);
+            }
+            WireRole::Assistant => {
+                let mut content = match message.content {
+                    Some(content) => content_parts(Some(content), &field)?,
+                    None => Vec::new(),
+                };
+                for call in message.tool_calls.unwrap_or_default() {
+                    content.push(Part::ToolCall(ToolCall {
+                        id: call.id,
+                        name: call.function.name,
+                        arguments: call.function.arguments,
+                    }));
+                }
+                push_message(&mut messages, Role::Assistant, content);
+            }
+            WireRole::Tool => {
+                let Some(tool_call_id) = message.tool_call_id else {
+                    return Err(InvalidBody::new(
+                        format!("{field}.tool_call_id"),
+                        "a tool message needs the id of the call it answers",
+                    ));
+                };
+                let content = content_text(message.content, &field)?;
+                let result = Part::ToolResult(ToolResult {
+                    tool_call_id,
+                    content,
+                    is_error: false,
+                });
+                push_message(&mut messages, Role::User, vec![result]);
+            }
+        }
+    }
+    let tools = wire
+        .tools
+        .unwrap_or_default()
+        .into_iter()
+        .map(|tool| Tool {
+            name: tool.function.name,
+            description: tool.function.description,
+            parameters: tool
+                .function
+                .parameters
+                .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+        })
+        .collect();
+    let tool_choice = wire.tool_choice.map(parse_tool_choice).transpose()?;
+    Ok(ChatRequest {
+        model: wire.model,
+        system: (!system_parts.is_empty()).then(|| system_parts.join("\n\n")),
+        messages,
+        tools,
+        tool_choice,
+        params: OutputParams {
+            temperature: wire.temperature,
+            top_p: wire.top_p,
+            max_tokens: wire.max_completion_tokens.or(wire.max_tokens),
+            stop: match wire.stop {
+                None => Vec::new(),
+                Some(StringOrList::One(stop)) => vec![stop],
+                Some(StringOrList::Many(stops)) => stops,
+            },
+            seed: wire.seed,
+            response_format: wire.response_format,
+        },
+        stream: wire.stream,
+        include_usage: wire.stream_options.is_some_and(|options| options.include_usage),
+    })
+}
+
+/// Consecutive messages of one role merge, so `tool` messages answering one assistant
+/// turn become a single user message of tool results.
+fn push_message(messages: &mut Vec<Message>, role: Role, content: Vec<Part>) {
+    if let Some(last) = messages.last_mut()
+        && last.role == role
+    {
+        last.content.extend(content);
+        return;
+    }
+    messages.push(Message { role, content });
+}
+
+fn content_text(content: Option<WireContent>, field: &str) -> Result<String, InvalidBody> {
+    match content {
+        None => Ok(String::new()),
+        Some(WireContent::Text(text)) => Ok(text),
+        Some(WireContent::Parts(parts)) => {
+            let mut texts = Vec::new();
+            for (index, part) in parts.into_iter().enumerate() {
+                match part {
+                    WirePart::Text { text } => texts.push(text),
+                    WirePart::ImageUrl { .. } => {
+                        return Err(InvalidBody::new(
+                            format!("{field}.content[{index}]"),
+                            "images are only allowed in user messages",
+                        ));
+                    }
+                }
+            }
+            Ok(texts.join("\n"))
+        }
+    }
+}
+
+fn content_parts(content: Option<WireContent>, field: &str) -> Result<Vec<Part>, InvalidBody> {
+    match content {
+        None => Err(InvalidBody::new(
+            format!("{field}.content"),
+            "missing field `content`",
+        )),
+        Some(WireContent::Text(text)) => Ok(vec![Part::Text(text)]),
+        Some(WireContent::Parts(parts)) => Ok(parts
+            .into_iter()
+            .map(|part| match part {
+                WirePart::Text { text } => Part::Text(text),
+                WirePart::ImageUrl { image_url } => Part::Image(image_from_url(image_url.url)),
+            })
+            .collect()),
+    }
+}
+
+/// `data:` URLs become inline base64 images so an Anthropic target can take them.
+fn image_from_url(url: String) -> Image {
+    if let Some(rest) = url.strip_prefix("data:")
+        && let Some((media_type, data)) = rest.split_once(";base64,")
+    {
+        return Image::Base64 {
+            media_type: media_type.to_string(),
+            data: data.to_string(),
+        };
+    }
+    Image::Url(url)
+}
+
+fn parse_tool_choice(value: Value) -> Result<ToolChoice, InvalidBody> {
+    let invalid = || {
+        InvalidBody::new(
+            "tool_choice",
+            "expected \"auto\", \"none\", \"required\" or {\"type\":\"function\",\"function\":{\"name\":…}}",
+        )
+    };
+    match &value {
+        Value::String(choice) => match choice.as_str() {
+            "auto" => Ok(ToolChoice::Auto),
+            "none" => Ok(ToolChoice::None),
+            "required" => Ok(ToolChoice::Required),
+            _ => Err(invalid()),
+        },
+        Value::Object(_) => value
+            .pointer("/function/name")
+            .and_then(Value::as_str)
+            .map(|name| ToolChoice::Tool(name.to_string()))
+            .ok_or_else(invalid),
+        _ => Err(invalid()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Outbound to a client.
+
+pub fn finish_reason(reason: StopReason) -> &'static str {
+    match reason {
+        StopReason::EndTurn | StopReason::StopSequence => "stop",
+        StopReason::MaxTokens => "length",
+        StopReason::ToolUse => "tool_calls",
+        StopReason::ContentFilter => "content_filter",
+    }
+}
+
+fn usage_json(usage: Usage) -> Value {
+    json!({
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+    })
+}
+
+/// A `chat.completion` body.
+pub fn render_response(response: &ChatResponse) -> Value {
+    let text = response.text();
+    let tool_calls: Vec<Value> = response
+        .tool_calls()
+        .map(|call| {
+            json!({
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            })
+        })
+        .collect();
+    let mut message = json!({
+        "role": "assistant",
+        "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { Value::String(text) },
+        "refusal": Value::Null,
+    });
+    if !tool_calls.is_empty() {
+        message["tool_calls"] = Value::Array(tool_calls);
+    }
+    json!({
+        "id": response.id,
+        "object": "chat.completion",
+        "created": unix_now(),
+        "model": response.model,
+        "choices": [{
+            "index": 0,
+            "message": message,
+            "finish_reason": finish_reason(response.stop_reason),
+            "logprobs": Value::Null,
+        }],
+        "usage": usage_json(response.usage),
+    })
+}
+
+/// An error body in OpenAI's shape; `param` names the field at fault when there is one.
+pub fn render_error(message: &str, error_type: &str, code: &str, param: Option<&str>) -> Value {
+    json!({
+        "error": {
+            "message": message,
+            "type": error_type,
+            "param": param,
+            "code": code,
+        }
+    })
+}
+
+/// Renders neutral stream events as `chat.completion.chunk` SSE events.
+pub struct StreamWriter {
+    id: String,
+    model: String,
+    created: u64,
+    include_usage: bool,
+    usage: Option<Usage>,
+}
+
+impl StreamWriter {
+    pub fn new(model: &str, include_usage: bool) -> Self {
+        StreamWriter {
+            id: random_id("chatcmpl-"),
+            model: model.to_string(),
+            created: unix_now(),
+            include_usage,
+            usage: None,
+        }
+    }
+
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> bytes::Bytes {
+        let chunk = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": Value::Null}],
+        });
+        sse::encode(None, &chunk.to_string())
+    }
+
+    pub fn event(&mut self, event: StreamEvent) -> Vec<bytes::Bytes> {
+        match event {
+            StreamEvent::Start { id, model } => {
+                self.id = id;
+                self.model = model;
+                vec![self.chunk(json!({"role": "assistant", "content": ""}), None)]
+            }
+            StreamEvent::TextDelta(text) => vec![self.chunk(json!({"content": text}), None)],
+            StreamEvent::ToolCallStart { index, id, name } => vec![self.chunk(
+                json!({"tool_calls": [{"index": index, "id": id, "type": "function",
+                    "function": {"name": name, "arguments": ""}}]}),
+                None,
+            )],
+            StreamEvent::ToolCallDelta { index, arguments } => vec![self.chunk(
+                json!({"tool_calls": [{"index": index, "function": {"arguments": arguments}}]}),
+                None,
+            )],
+            StreamEvent::Finish { stop_reason } => {
+                vec![self.chunk(json!({}), Some(finish_reason(stop_reason)))]
+            }
+            StreamEvent::Usage(usage) => {
+                self.usage = Some(usage);
+                Vec::new()
+            }
+        }
+    }
+
+    /// The end of a stream that finished normally: the usage chunk if asked, then `[DONE]`.
+    pub fn finish(&mut self) -> Vec<bytes::Bytes> {
+        let mut out = Vec::new();
+        if self.include_usage {
+            let chunk = json!({
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": [],
+                "usage": usage_json(self.usage.unwrap_or_default()),
+            });
+            out.push(sse::encode(None, &chunk.to_string()));
+        }
+        out.push(sse::encode(None, "[DONE]"));
+        out
+    }
+
+    /// The end of a stream that failed after its first byte: an error chunk, which the
+    /// OpenAI SDKs raise as an `APIError`. No `[DONE]` follows, so the stream reads as
+    /// incomplete to anything that checks.
+    pub fn fail(&mut self, message: &str) -> Vec<bytes::Bytes> {
+        let body = render_error(message, "server_error", "upstream_stream_failed", None);
+        vec![sse::encode(None, &body.to_string())]
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Upstream: talking to an `openai` provider.
+
+/// The body airbag sends to an OpenAI-compatible target.
+pub fn upstream_body(request: &ChatRequest, model: &str) -> Value {
+    let mut messages = Vec::new();
+    if let Some(system) = &request.system {
+        messages.push(json!({"role": "system", "content": system}));
+    }
+    for message in &request.messages {
+        push_upstream_message(&mut messages, message);
+    }
+    let mut body = json!({
+        "model": model,
+        "messages": messages,
+        "stream": request.stream,
+    });
+    if request.stream {
+        // Always ask for usage so airbag can count tokens; the client only sees the
+        // usage chunk when it asked for it.
+        body["stream_options"] = json!({"include_usage": true});
+    }
+    let params = &request.params;
+    if let Some(temperature) = params.temperature {
+        body["temperature"] = json!(temperature);
+    }
+    if let Some(top_p) = params.top_p {
+        body["top_p"] = json!(top_p);
+    }
+    if let Some(max_tokens) = params.max_tokens {
+        body["max_tokens"] = json!(max_tokens);
+    }
+    if !params.stop.is_empty() {
+        body["stop"] = json!(params.stop);
+    }
+    if let Some(seed) = params.seed {
+        body["seed"] = json!(seed);
+    }
+    if let Some(format) = &params.response_format {
+        body["response_format"] = format.clone();
+    }
+    if !request.tools.is_empty() {
+        body["tools"] = request
+            .tools
+            .iter()
+            .map(|tool| {
+                json!({"type": "function", "function": {
+                    "name": tool.name,
+                    "description": tool.description,
+                    "parameters": tool.parameters,
+                }})
+            })
+            .collect();
+    }
+    if let Some(choice) = &request.tool_choice {
+        body["tool_choice"] = match choice {
+            ToolChoice::Auto => json!("auto"),
+            ToolChoice::None => json!("none"),
+            ToolChoice::Required => json!("required"),
+            ToolChoice::Tool(name) => json!({"type": "function", "function": {"name": name}}),
+        };
+    }
+    body
+}
+
+fn push_upstream_message(out: &mut Vec<Value>, message: &Message) {
+    match message.role {
+        Role::Assistant => {
+            let text: String = message
+                .content
+                .iter()
+                .filter_map(|part| match part {
+                    Part::Text(text) => Some(text.as_str()),
+                    _ => None,
+                })
+                .collect();
+            let calls: Vec<Value> = message
+                .content
+                .iter()
+                .filter_map(|part| match part {
+                    Part::ToolCall(call) => Some(json!({
+                        "id": call.id, "type": "function",
+                        "function": {"name": call.name, "arguments": call.arguments},
+                    })),
+                    _ => None,
+                })
+                .collect();
+            let mut wire = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { Value::String(text) }});
+            if !calls.is_empty() {
+                wire["tool_calls"] = Value::Array(calls);
+            }
+            out.push(wire);
+        }
+        Role::User => {
+            // Tool results become `tool` messages; the rest stays one user message.
+            let mut parts = Vec::new();
+            for part in &message.content {
+                match part {
+                    Part::ToolResult(result) => out.push(json!({
+                        "role": "tool",
+                        "tool_call_id": result.tool_call_id,
+                        "content": result.content,
+                    })),
+                    Part::Text(text) => parts.push(json!({"type": "text", "text": text})),
+                    Part::Image(Image::Url(url)) => {
+                        parts.push(json!({"type": "image_url", "image_url": {"url": url}}))
+                    }
+                    Part::Image(Image::Base64 { media_type, data }) => parts.push(
+                        json!({"type": "image_url", "image_url": {"url": format!("data:{media_type};base64,{data}")}}),
+                    ),
+                    Part::ToolCall(_) => {}
+                }
+            }
+            if parts.is_empty() {
+                return;
+            }
+            let only_text = parts.len() == 1 && parts[0]["type"] == "text";
+            let content = if only_text {
+                parts[0]["text"].clone()
+            } else {
+                Value::Array(parts)
+            };
+            out.push(json!({"role": "user", "content": content}));
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct UpstreamResponse {
+    id: Option<String>,
+    model: Option<String>,
+    choices: Vec<UpstreamChoice>,
+    usage: Option<UpstreamUsage>,
+}
+
+#[derive(Debug, Deserialize)]
+struct UpstreamChoice {
+    message: UpstreamMessage,
+    finish_reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct UpstreamMessage {
+    content: Option<String>,
+    tool_calls: Option<Vec<WireToolCall>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+struct UpstreamUsage {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+}
+
+impl From<UpstreamUsage> for Usage {
+    fn from(usage: UpstreamUsage) -> Self {
+        Usage {
+            input_tokens: usage.prompt_tokens,
+            output_tokens: usage.completion_tokens,
+        }
+    }
+}
+
+fn parse_finish_reason(reason: Option<&str>) -> StopReason {
+    match reason {
+        Some("length") => StopReason::MaxTokens,
+        Some("tool_calls") | Some("function_call") => StopReason::ToolUse,
+        Some("content_filter") => StopReason::ContentFilter,
+        _ => StopReason::EndTurn,
+    }
+}
+
+/// Read a complete upstream answer.
+pub fn parse_upstream_response(body: &[u8], model: &str) -> Result<ChatResponse, String> {
+    let wire: UpstreamResponse =
+        serde_json::from_slice(body).map_err(|error| format!("not a chat completion: {error}"))?;
+    let Some(choice) = wire.choices.into_iter().next() else {
+        return Err("the completion has no choices".to_string());
+    };
+    let mut content = Vec::new();
+    if let Some(text) = choice.message.content.filter(|text| !text.is_empty()) {
+        content.push(Part::Text(text));
+    }
+    for call in choice.message.tool_calls.unwrap_or_default() {
+        content.push(Part::ToolCall(ToolCall {
+            id: call.id,
+            name: call.function.name,
+            arguments: call.function.arguments,
+        }));
+    }
+    Ok(ChatResponse {
+        id: wire.id.unwrap_or_else(|| random_id("chatcmpl-")),
+        model: wire.model.unwrap_or_else(|| model.to_string()),
+        content,
+        stop_reason: parse_finish_reason(choice.finish_reason.as_deref()),
+        usage: wire.usage.map(Usage::from).unwrap_or_default(),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct UpstreamChunk {
+    id: Option<String>,
+    model: Option<String>,
+    #[serde(default)]
+    choices: Vec<UpstreamChunkChoice>,
+    usage: Option<UpstreamUsage>,
+    error: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct UpstreamChunkChoice {
+    #[serde(default)]
+    delta: UpstreamDelta,
+    finish_reason: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct UpstreamDelta {
+    content: Option<String>,
+    tool_calls: Option<Vec<UpstreamToolCallDelta>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct UpstreamToolCallDelta {
+    #[serde(default)]
+    index: usize,
+    id: Option<String>,
+    function: Option<UpstreamFunctionDelta>,
+}
+
+#[derive(Debug, Deserialize)]
+struct UpstreamFunctionDelta {
+    name: Option<String>,
+    arguments: Option<String>,
+}
+
+/// Turns an OpenAI upstream SSE stream into neutral events.
+#[derive(Debug, Default)]
+pub struct StreamParser {
+    started: bool,
+    finished: bool,
+    done: bool,
+}
+
+impl StreamParser {
+    /// True once the stream said how it ended (a finish reason or `[DONE]`).
+    pub fn is_complete(&self) -> bool {
+        self.finished || self.done
+    }
+
+    /// True after `[DONE]`: nothing more will come.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    pub fn parse(&mut self, event: &sse::SseEvent) -> Result<Vec<StreamEvent>, StreamFailure> {
+        if event.data == "[DONE]" {
+            self.done = true;
+            return Ok(Vec::new());
+        }
+        let chunk: UpstreamChunk = serde_json::from_str(&event.data).map_err(|error| {
+            StreamFailure::new("malformed", format!("unreadable stream chunk: {error}"))
+        })?;
+        if let Some(error) = chunk.error {
+            return Err(StreamFailure::new(
+                "upstream_error",
+                error
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("the provider reported an error mid-stream")
+                    .to_string(),
+            ));
+        }
+        let mut events = Vec::new();
+        if !self.started {
+            self.started = true;
+            events.push(StreamEvent::Start {
+                id: chunk.id.clone().unwrap_or_else(|| random_id("chatcmpl-")),
+                model: chunk.model.clone().unwrap_or_default(),
+            });
+        }
+        for choice in chunk.choices {
+            if let Some(text) = choice.delta.content.filter(|text| !text.is_empty()) {
+                events.push(StreamEvent::TextDelta(text));
+            }
+            for call in choice.delta.tool_calls.unwrap_or_default() {
+                let function = call.function.unwrap_or(UpstreamFunctionDelta {
+                    name: None,
+                    arguments: None,
+                });
+                if let (Some(id), Some(name)) = (call.id, function.name) {
+                    events.push(StreamEvent::ToolCallStart {
+                        index: call.index,
+                        id,
+                        name,
+                    });
+                }
+                if let Some(arguments) = function.arguments.filter(|args| !args.is_empty()) {
+                    events.push(StreamEvent::ToolCallDelta {
+                        index: call.index,
+                        arguments,
+                    });
+                }
+            }
+            if let Some(reason) = choice.finish_reason {
+                self.finished = true;
+                events.push(StreamEvent::Finish {
+                    stop_reason: parse_finish_reason(Some(&reason)),
+                });
+            }
+        }
+        if let Some(usage) = chunk.usage {
+            events.push(StreamEvent::Usage(usage.into()));
+        }
+        Ok(events)
+    }
+}
+
+/// The message of an OpenAI-shaped error body, and whether it says the prompt is longer
+/// than the model's context window.
+pub fn upstream_error_is_context_length(body: &Value) -> bool {
+    let code = body.pointer("/error/code").and_then(Value::as_str);
+    if code == Some("context_length_exceeded") {
+        return true;
+    }
+    let message = body
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    message.contains("context length") || message.contains("context window")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_messages_become_tool_results_and_back() {
+        let body = json!({
+            "model": "chat",
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}}
+                ]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "rain"},
+            ],
+        });
+        let request = parse_request(body.to_string().as_bytes()).unwrap();
+        assert_eq!(request.system.as_deref(), Some("be brief"));
+        assert_eq!(request.messages.len(), 3);
+        assert!(matches!(
+            &request.messages[2].content[0],
+            Part::ToolResult(ToolResult { tool_call_id, content, .. }) if tool_call_id == "call_1" && content == "rain"
+        ));
+        let upstream = upstream_body(&request, "gpt-x");
+        assert_eq!(upstream["messages"][0]["role"], "system");
+        assert_eq!(upstream["messages"][2]["tool_calls"][0]["id"], "call_1");
+        assert_eq!(upstream["messages"][3]["role"], "tool");
+        assert_eq!(upstream["messages"][3]["content"], "rain");
+    }
+
+    #[test]
+    fn a_wrongly_typed_field_is_named() {
+        let error = parse_request(br#"{"model":"chat","messages":[{"role":"user","content":"hi"}],"temperature":"hot"}"#)
+            .unwrap_err();
+        assert_eq!(error.field, "temperature");
+        let error = parse_request(br#"{"model":"chat","messages":[{"role":"wizard","content":"hi"}]}"#)
+            .unwrap_err();
+        assert_eq!(error.field, "messages[0].role");
+        let error = parse_request(br#"{"messages":[]}"#).unwrap_err();
+        assert!(error.message.contains("model"), "{error:?}");
+    }
+
+    #[test]
+    fn stream_chunks_become_events() {
+        let mut parser = StreamParser::default();
+        let chunk = |data: &str| sse::SseEvent {
+            event: None,
+            data: data.to_string(),
+        };
+        let events = parser
+            .parse(&chunk(r#"{"id":"c1","model":"m","choices":[{"delta":{"role":"assistant","content":"Hi"},"finish_reason":null}]}"#))
+            .unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[1], StreamEvent::TextDelta("Hi".into()));
+        let events = parser
+            .parse(&chunk(r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#))
+            .unwrap();
+        assert_eq!(
+            events,
+            vec![StreamEvent::Finish {
+                stop_reason: StopReason::EndTurn
+            }]
+        );
+        parser.parse(&chunk("[DONE]")).unwrap();
+        assert!(parser.is_done());
+    }
+}

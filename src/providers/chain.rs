@@ -1,0 +1,311 @@
+//! Walking a route's chain of targets: the table in DESIGN.md "Rung 2" in code.
+//!
+//! | upstream answer | what happens |
+//! | --- | --- |
+//! | network error, timeout, malformed, 5xx, 529, 408 | retry the same target (backoff + full jitter), then the next target |
+//! | 429 | rest the key, rotate to another; without one, wait a short `retry-after`, else move on |
+//! | 401/402/403 | rest the key for `key_cooldown`, rotate at once, no backoff, no retry spent |
+//! | 400 context length exceeded | the route's context-window fallback, if configured |
+//! | other 4xx | the client's fault: returned as is, no retry, no fallback |
+//!
+//! Each target has its own retry budget. Disabled providers are skipped without a call.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::attempt::{AttemptFailure, UpstreamAnswer, attempt};
+use super::{Route, Target};
+use crate::config::ProviderKind;
+use crate::metrics::Metrics;
+use crate::protocol::{ChatRequest, anthropic, openai};
+
+/// One line of the attempts list shown to clients: never a key, never a prompt.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub target: String,
+    /// `ok`, `status_503`, `timeout_first_byte`, `connect`, `disabled`, `no_key_available`…
+    pub outcome: String,
+}
+
+pub enum ChainOutcome {
+    Answered {
+        answer: UpstreamAnswer,
+        target: String,
+        depth: usize,
+        attempts: Vec<AttemptRecord>,
+    },
+    /// The provider said the request itself is wrong; the client gets this answer.
+    Refused {
+        status: u16,
+        body: Bytes,
+        kind: ProviderKind,
+        target: String,
+        depth: usize,
+        attempts: Vec<AttemptRecord>,
+    },
+    Exhausted { attempts: Vec<AttemptRecord> },
+}
+
+enum TargetResult {
+    Answered(UpstreamAnswer),
+    Refused { status: u16, body: Bytes },
+    ContextTooLong { status: u16, body: Bytes },
+    GaveUp,
+}
+
+/// What to do after a failed attempt, per the table above.
+enum Next {
+    Retry,
+    RateLimited(Option<Duration>),
+    KeyRejected,
+    ContextTooLong,
+    Refused,
+}
+
+fn next_step(failure: &AttemptFailure, kind: ProviderKind) -> Next {
+    let AttemptFailure::Status {
+        status,
+        body,
+        retry_after,
+    } = failure
+    else {
+        return Next::Retry;
+    };
+    match *status {
+        429 => Next::RateLimited(*retry_after),
+        401..=403 => Next::KeyRejected,
+        400 | 413 if says_context_too_long(body, kind) => Next::ContextTooLong,
+        408 => Next::Retry,
+        400..=499 => Next::Refused,
+        _ => Next::Retry,
+    }
+}
+
+fn says_context_too_long(body: &[u8], kind: ProviderKind) -> bool {
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    match kind {
+        ProviderKind::Openai => openai::upstream_error_is_context_length(&json),
+        ProviderKind::Anthropic => anthropic::upstream_error_is_context_length(&json),
+    }
+}
+
+/// Exponential backoff with full jitter: a random wait between zero and
+/// `min(max, initial * 2^step)`.
+pub fn backoff_delay(initial: Duration, max: Duration, step: u32) -> Duration {
+    let cap = initial
+        .saturating_mul(1u32.checked_shl(step.min(20)).unwrap_or(u32::MAX))
+        .min(max);
+    let micros = u64::try_from(cap.as_micros()).unwrap_or(u64::MAX);
+    Duration::from_micros(fastrand::u64(0..=micros))
+}
+
+/// Walk the route's chain until a target answers, the client is at fault, or every
+/// target has failed.
+pub async fn walk(route: &Route, request: &ChatRequest, metrics: &Metrics) -> ChainOutcome {
+    let mut attempts = Vec::new();
+    let mut queue: Vec<(usize, &Target)> = route.chain.iter().enumerate().collect();
+    let mut context_fallback_queued = false;
+    let mut position = 0;
+    while let Some(&(depth, target)) = queue.get(position) {
+        position += 1;
+        let kind = target
+            .provider
+            .as_ref()
+            .map_or(ProviderKind::Openai, |provider| provider.kind);
+        match try_target(target, request, &mut attempts, metrics).await {
+            TargetResult::Answered(answer) => {
+                if depth > 0 {
+                    metrics
+                        .fallbacks
+                        .with_label_values(&[&route.model, &target.label])
+                        .inc();
+                }
+                return ChainOutcome::Answered {
+                    answer,
+                    target: target.label.clone(),
+                    depth,
+                    attempts,
+                };
+            }
+            TargetResult::ContextTooLong { status, body } => {
+                match (&route.context_window_fallback, context_fallback_queued) {
+                    (Some(fallback), false) => {
+                        context_fallback_queued = true;
+                        queue.insert(position, (route.chain.len(), fallback));
+                    }
+                    _ => {
+                        return ChainOutcome::Refused {
+                            status,
+                            body,
+                            kind,
+                            target: target.label.clone(),
+                            depth,
+                            attempts,
+                        };
+                    }
+                }
+            }
+            TargetResult::Refused { status, body } => {
+                return ChainOutcome::Refused {
+                    status,
+                    body,
+                    kind,
+                    target: target.label.clone(),
+                    depth,
+                    attempts,
+                };
+            }
+            TargetResult::GaveUp => {}
+        }
+    }
+    ChainOutcome::Exhausted { attempts }
+}
+
+fn record(attempts: &mut Vec<AttemptRecord>, metrics: &Metrics, target: &Target, outcome: String) {
+    metrics
+        .upstream_attempts
+        .with_label_values(&[&target.label, &outcome])
+        .inc();
+    attempts.push(AttemptRecord {
+        target: target.label.clone(),
+        outcome,
+    });
+}
+
+/// Attempts against one target, with its own retry budget and key rotation.
+async fn try_target(
+    target: &Target,
+    request: &ChatRequest,
+    attempts: &mut Vec<AttemptRecord>,
+    metrics: &Metrics,
+) -> TargetResult {
+    let Some(provider) = &target.provider else {
+        attempts.push(AttemptRecord {
+            target: target.label.clone(),
+            outcome: "disabled".to_string(),
+        });
+        return TargetResult::GaveUp;
+    };
+    let policy = &provider.config;
+    let mut retries_left = policy.retries;
+    let mut backoff_step = 0;
+    let mut key = provider.keys.pick(None);
+    loop {
+        let Some(key_index) = key else {
+            attempts.push(AttemptRecord {
+                target: target.label.clone(),
+                outcome: "no_key_available".to_string(),
+            });
+            return TargetResult::GaveUp;
+        };
+        let failure = match attempt(provider, target, key_index, request).await {
+            Ok(answer) => {
+                record(attempts, metrics, target, "ok".to_string());
+                return TargetResult::Answered(answer);
+            }
+            Err(failure) => failure,
+        };
+        record(attempts, metrics, target, failure.outcome());
+        tracing::debug!(target = %target.label, outcome = %failure.outcome(), "upstream attempt failed");
+        let step = next_step(&failure, provider.kind);
+        let wait = match step {
+            Next::Refused | Next::ContextTooLong => {
+                let AttemptFailure::Status { status, body, .. } = failure else {
+                    return TargetResult::GaveUp;
+                };
+                return if matches!(step, Next::ContextTooLong) {
+                    TargetResult::ContextTooLong { status, body }
+                } else {
+                    TargetResult::Refused { status, body }
+                };
+            }
+            Next::KeyRejected => {
+                provider.keys.rest(key_index, policy.key_cooldown);
+                key = provider.keys.pick(Some(key_index));
+                continue;
+            }
+            Next::RateLimited(retry_after) => {
+                provider.keys.rest(
+                    key_index,
+                    retry_after.unwrap_or(policy.backoff.initial.max(Duration::from_secs(1))),
+                );
+                if retries_left == 0 {
+                    return TargetResult::GaveUp;
+                }
+                match provider.keys.pick(Some(key_index)) {
+                    Some(other) => {
+                        key = Some(other);
+                        backoff_delay(policy.backoff.initial, policy.backoff.max, backoff_step)
+                    }
+                    None => match retry_after {
+                        Some(wait) if wait > policy.retry_after_max => {
+                            return TargetResult::GaveUp;
+                        }
+                        Some(wait) => wait,
+                        None => {
+                            backoff_delay(policy.backoff.initial, policy.backoff.max, backoff_step)
+                        }
+                    },
+                }
+            }
+            Next::Retry => {
+                if retries_left == 0 {
+                    return TargetResult::GaveUp;
+                }
+                key = provider.keys.pick(None).or(Some(key_index));
+                backoff_delay(policy.backoff.initial, policy.backoff.max, backoff_step)
+            }
+        };
+        retries_left -= 1;
+        backoff_step += 1;
+        metrics.retries.with_label_values(&[&target.label]).inc();
+        tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_stays_under_its_cap() {
+        let initial = Duration::from_millis(100);
+        let max = Duration::from_secs(2);
+        for step in 0..40 {
+            let cap = initial
+                .saturating_mul(1u32.checked_shl(step.min(20)).unwrap_or(u32::MAX))
+                .min(max);
+            for _ in 0..50 {
+                assert!(backoff_delay(initial, max, step) <= cap);
+            }
+        }
+    }
+
+    #[test]
+    fn statuses_map_to_the_design_table() {
+        let status = |status: u16, body: &str| AttemptFailure::Status {
+            status,
+            body: Bytes::from(body.to_string()),
+            retry_after: None,
+        };
+        let kind = ProviderKind::Openai;
+        assert!(matches!(next_step(&status(503, ""), kind), Next::Retry));
+        assert!(matches!(next_step(&status(529, ""), kind), Next::Retry));
+        assert!(matches!(next_step(&status(429, ""), kind), Next::RateLimited(None)));
+        assert!(matches!(next_step(&status(401, ""), kind), Next::KeyRejected));
+        assert!(matches!(next_step(&status(402, ""), kind), Next::KeyRejected));
+        assert!(matches!(next_step(&status(404, ""), kind), Next::Refused));
+        assert!(matches!(next_step(&status(422, ""), kind), Next::Refused));
+        let context = r#"{"error":{"code":"context_length_exceeded","message":"too long"}}"#;
+        assert!(matches!(next_step(&status(400, context), kind), Next::ContextTooLong));
+        let anthropic_context = r#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 300000 tokens > 200000 maximum"}}"#;
+        assert!(matches!(
+            next_step(&status(400, anthropic_context), ProviderKind::Anthropic),
+            Next::ContextTooLong
+        ));
+    }
+}

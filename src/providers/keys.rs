@@ -1,0 +1,167 @@
+//! A provider's API keys: weighted choice, and resting a key that was rate-limited or
+//! rejected so other requests rotate away from it.
+//!
+//! Key values never leave this module except into the request header; everything else
+//! sees the key's `env:NAME` reference.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::config::KeyConfig;
+
+pub struct ApiKey {
+    /// The value sent upstream; empty for a provider that takes no key.
+    secret: String,
+    /// `env:NAME`, safe to show.
+    pub reference: String,
+    weight: u32,
+    /// Until when the key is left out of rotation (after a 429 or a 401/402/403).
+    resting_until: Mutex<Option<Instant>>,
+}
+
+impl ApiKey {
+    /// The value for the auth header, or None when the provider takes no key.
+    pub fn secret(&self) -> Option<&str> {
+        (!self.secret.is_empty()).then_some(self.secret.as_str())
+    }
+
+    fn is_available(&self, now: Instant) -> bool {
+        match self.resting_until.lock() {
+            Ok(until) => until.is_none_or(|until| until <= now),
+            // A poisoned lock only means another thread panicked mid-update; treating the
+            // key as available is the safe side for serving traffic.
+            Err(_) => true,
+        }
+    }
+}
+
+pub struct KeyPool {
+    keys: Vec<ApiKey>,
+}
+
+impl KeyPool {
+    /// The keys whose variables are set. None when keys are configured but none is set.
+    /// No keys configured at all gives one empty key: the provider takes none.
+    pub fn from_config(configs: &[KeyConfig]) -> Option<KeyPool> {
+        if configs.is_empty() {
+            return Some(KeyPool {
+                keys: vec![ApiKey {
+                    secret: String::new(),
+                    reference: "none".to_string(),
+                    weight: 1,
+                    resting_until: Mutex::new(None),
+                }],
+            });
+        }
+        let keys: Vec<ApiKey> = configs
+            .iter()
+            .filter_map(|config| {
+                let secret = config.key.resolve()?;
+                Some(ApiKey {
+                    secret,
+                    reference: config.key.reference().to_string(),
+                    weight: config.weight.max(1),
+                    resting_until: Mutex::new(None),
+                })
+            })
+            .collect();
+        (!keys.is_empty()).then_some(KeyPool { keys })
+    }
+
+    pub fn get(&self, index: usize) -> Option<&ApiKey> {
+        self.keys.get(index)
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// A key chosen at random by weight among those not resting, other than `avoid`.
+    pub fn pick(&self, avoid: Option<usize>) -> Option<usize> {
+        let now = Instant::now();
+        let candidates: Vec<(usize, u32)> = self
+            .keys
+            .iter()
+            .enumerate()
+            .filter(|(index, key)| Some(*index) != avoid && key.is_available(now))
+            .map(|(index, key)| (index, key.weight))
+            .collect();
+        let total: u32 = candidates.iter().map(|(_, weight)| weight).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut ticket = fastrand::u32(0..total);
+        for (index, weight) in candidates {
+            if ticket < weight {
+                return Some(index);
+            }
+            ticket -= weight;
+        }
+        None
+    }
+
+    /// Leave a key out of rotation for a while.
+    pub fn rest(&self, index: usize, duration: Duration) {
+        let Some(key) = self.keys.get(index) else {
+            return;
+        };
+        if let Ok(mut until) = key.resting_until.lock() {
+            let candidate = Instant::now() + duration;
+            *until = Some(until.map_or(candidate, |current| current.max(candidate)));
+        }
+    }
+
+    /// How many keys are resting now, for status pages.
+    pub fn resting_count(&self) -> usize {
+        let now = Instant::now();
+        self.keys.iter().filter(|key| !key.is_available(now)).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn pool(names: &[(&str, u32)]) -> KeyPool {
+        KeyPool {
+            keys: names
+                .iter()
+                .map(|(name, weight)| ApiKey {
+                    secret: name.to_string(),
+                    reference: format!("env:{name}"),
+                    weight: *weight,
+                    resting_until: Mutex::new(None),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn picks_follow_weights_and_skip_resting_keys() {
+        let pool = pool(&[("a", 3), ("b", 1)]);
+        let picks: Vec<usize> = (0..4000).filter_map(|_| pool.pick(None)).collect();
+        let a_share = picks.iter().filter(|&&i| i == 0).count() as f64 / picks.len() as f64;
+        assert!((0.7..0.8).contains(&a_share), "a share {a_share}");
+        pool.rest(0, Duration::from_secs(60));
+        assert!((0..100).all(|_| pool.pick(None) == Some(1)));
+        assert_eq!(pool.pick(Some(1)), None);
+        assert_eq!(pool.resting_count(), 1);
+    }
+
+    #[test]
+    fn keys_missing_from_the_environment_are_dropped() {
+        let configs = vec![KeyConfig {
+            key: Secret::new("env:AIRBAG_TEST_SURELY_UNSET_KEY"),
+            weight: 1,
+        }];
+        assert!(KeyPool::from_config(&configs).is_none());
+        let open = KeyPool::from_config(&[]).unwrap();
+        assert_eq!(open.len(), 1);
+        assert_eq!(open.get(0).unwrap().secret(), None);
+    }
+}

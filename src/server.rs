@@ -1,0 +1,591 @@
+//! The HTTP surfaces: ingress (auth, body limit, parsing) and egress (rendering in the
+//! caller's protocol, rung tags, metrics) around the ladder, plus the admin listener.
+//!
+//! Ingress turns a request into a neutral `ChatRequest` or an error; it never decides
+//! which rung serves. Egress renders whatever the ladder returns; it never retries.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use futures_util::{StreamExt, stream};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::error::RequestError;
+use crate::ladder::{self, Answer, RungTag, Served};
+use crate::metrics::Metrics;
+use crate::protocol::{EventStream, Protocol, anthropic, openai};
+use crate::providers::{Provider, Routes};
+
+/// The tenant of every caller when no client keys are configured.
+pub const OPEN_TENANT: &str = "default";
+
+/// Everything a request needs, built once from the config.
+pub struct Gateway {
+    pub routes: Routes,
+    pub providers: BTreeMap<String, Arc<Provider>>,
+    pub metrics: Metrics,
+    /// blake3 of each client key → tenant. Hashing first means the lookup's timing says
+    /// nothing about the keys themselves.
+    clients: HashMap<[u8; 32], String>,
+    max_body: usize,
+    admin_token: Option<String>,
+}
+
+/// A start-up problem outside the config file itself.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot listen on {addr} ({what}): {source}; free the port or change {key} in the config")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        key: &'static str,
+        source: std::io::Error,
+    },
+    #[error("cannot set up metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+impl Gateway {
+    /// Build the gateway from a validated config. Providers whose keys are all missing
+    /// from the environment are disabled with a warning, so a fresh machine still starts.
+    pub fn from_config(config: &Config) -> Result<Gateway, StartupError> {
+        let mut providers = BTreeMap::new();
+        for (name, provider_config) in &config.providers {
+            match Provider::build(name, provider_config) {
+                Ok(provider) => {
+                    providers.insert(name.clone(), Arc::new(provider));
+                }
+                Err(reason) => tracing::warn!("{reason}; its targets will be skipped"),
+            }
+        }
+        let routes = Routes::build(&config.routes, &providers);
+        let clients: HashMap<[u8; 32], String> = config
+            .clients
+            .iter()
+            .filter_map(|client| {
+                let key = client.key.resolve()?;
+                Some((*blake3::hash(key.as_bytes()).as_bytes(), client.tenant.clone()))
+            })
+            .collect();
+        if config.clients.is_empty() {
+            tracing::warn!(
+                "no client keys configured: the gateway is open and every caller shares the tenant `{OPEN_TENANT}`"
+            );
+        }
+        Ok(Gateway {
+            routes,
+            providers,
+            metrics: Metrics::new()?,
+            clients,
+            max_body: usize::try_from(config.server.max_body.0).unwrap_or(usize::MAX),
+            admin_token: config.admin.token.as_ref().and_then(|token| token.resolve()),
+        })
+    }
+
+    /// The tenant of the caller, from `Authorization: Bearer` or `x-api-key`.
+    fn tenant(&self, headers: &HeaderMap) -> Result<String, RequestError> {
+        if self.clients.is_empty() {
+            return Ok(OPEN_TENANT.to_string());
+        }
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        let api_key = headers.get("x-api-key").and_then(|value| value.to_str().ok());
+        let key = bearer.or(api_key).ok_or(RequestError::Unauthorized)?;
+        self.clients
+            .get(blake3::hash(key.trim().as_bytes()).as_bytes())
+            .cloned()
+            .ok_or(RequestError::Unauthorized)
+    }
+
+    /// True when some route has at least one target whose provider is enabled.
+    fn can_serve(&self) -> bool {
+        self.routes
+            .iter()
+            .any(|route| route.chain.iter().any(|target| target.provider.is_some()))
+    }
+}
+
+/// A gateway listening on its proxy and admin addresses.
+pub struct RunningGateway {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningGateway {
+    /// Stop accepting, let in-flight requests finish, and wait for both listeners.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Bind both listeners and start serving. Binding to port 0 picks free ports (tests).
+pub async fn start(config: &Config) -> Result<RunningGateway, StartupError> {
+    let gateway = Arc::new(Gateway::from_config(config)?);
+    let bind = |addr: SocketAddr, what: &'static str, key: &'static str| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartupError::Bind {
+                addr,
+                what,
+                key,
+                source,
+            })
+    };
+    let proxy = bind(config.server.listen, "proxy", "server.listen").await?;
+    let admin = bind(config.admin.listen, "admin", "admin.listen").await?;
+    let proxy_addr = proxy.local_addr().map_err(|source| StartupError::Bind {
+        addr: config.server.listen,
+        what: "proxy",
+        key: "server.listen",
+        source,
+    })?;
+    let admin_addr = admin.local_addr().map_err(|source| StartupError::Bind {
+        addr: config.admin.listen,
+        what: "admin",
+        key: "admin.listen",
+        source,
+    })?;
+    let (shutdown, watcher) = watch::channel(false);
+    let tasks = vec![
+        spawn_server(proxy, proxy_router(gateway.clone()), watcher.clone()),
+        spawn_server(admin, admin_router(gateway.clone()), watcher),
+    ];
+    tracing::info!(%proxy_addr, %admin_addr, "airbag is listening");
+    Ok(RunningGateway {
+        proxy_addr,
+        admin_addr,
+        gateway,
+        shutdown,
+        tasks,
+    })
+}
+
+fn spawn_server(
+    listener: TcpListener,
+    router: Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let stop = async move {
+            let _ = shutdown.wait_for(|stopped| *stopped).await;
+        };
+        if let Err(error) = axum::serve(listener, router)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::error!(%error, "listener stopped");
+        }
+    })
+}
+
+pub fn proxy_router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route(
+            "/v1/chat/completions",
+            post(|state, headers, body| chat(state, headers, body, Protocol::OpenAi)),
+        )
+        .route(
+            "/v1/messages",
+            post(|state, headers, body| chat(state, headers, body, Protocol::Anthropic)),
+        )
+        .route("/v1/models", get(models))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(gateway)
+}
+
+pub fn admin_router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(gateway)
+}
+
+// ---------------------------------------------------------------------------------------
+// Ingress.
+
+async fn chat(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Body,
+    protocol: Protocol,
+) -> Response {
+    let started = Instant::now();
+    match serve_chat(&gateway, &headers, body, protocol, started).await {
+        Ok(response) => response,
+        Err(error) => {
+            // The one place request errors are logged.
+            tracing::warn!(protocol = protocol.label(), kind = error.kind(), "{error}");
+            if matches!(error, RequestError::AllTargetsFailed { .. }) {
+                gateway
+                    .metrics
+                    .requests
+                    .with_label_values(&["none", "none", protocol.label()])
+                    .inc();
+            } else {
+                gateway
+                    .metrics
+                    .rejected
+                    .with_label_values(&[error.kind(), protocol.label()])
+                    .inc();
+            }
+            let mut response = (error.status(), axum::Json(error.body(protocol))).into_response();
+            response.headers_mut().insert(
+                "x-airbag-error",
+                HeaderValue::from_static(error.kind()),
+            );
+            response
+        }
+    }
+}
+
+async fn serve_chat(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+    body: Body,
+    protocol: Protocol,
+    started: Instant,
+) -> Result<Response, RequestError> {
+    let _tenant = gateway.tenant(headers)?;
+    let body = read_body(body, headers, gateway.max_body).await?;
+    let request = match protocol {
+        Protocol::OpenAi => openai::parse_request(&body),
+        Protocol::Anthropic => anthropic::parse_request(&body),
+    }
+    .map_err(RequestError::InvalidBody)?;
+    let include_usage = request.include_usage;
+    let served = ladder::answer(gateway, &request).await?;
+    Ok(render(
+        gateway,
+        served,
+        protocol,
+        &request.model,
+        include_usage,
+        started,
+    ))
+}
+
+/// Read the body, refusing it as soon as it passes the limit.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, RequestError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(RequestError::BodyTooLarge { limit });
+    }
+    let mut collected = Vec::with_capacity(declared.unwrap_or(0));
+    let mut chunks = body.into_data_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|error| RequestError::BodyUnreadable(error.to_string()))?;
+        if collected.len() + chunk.len() > limit {
+            return Err(RequestError::BodyTooLarge { limit });
+        }
+        collected.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(collected))
+}
+
+// ---------------------------------------------------------------------------------------
+// Egress.
+
+fn render(
+    gateway: &Gateway,
+    served: Served,
+    protocol: Protocol,
+    model: &str,
+    include_usage: bool,
+    started: Instant,
+) -> Response {
+    let Served { answer, tag } = served;
+    let rung = tag.rung.label();
+    let metrics = &gateway.metrics;
+    metrics
+        .requests
+        .with_label_values(&[rung, &tag.served_by, protocol.label()])
+        .inc();
+    metrics
+        .request_duration
+        .with_label_values(&[rung])
+        .observe(started.elapsed().as_secs_f64());
+    tracing::info!(
+        protocol = protocol.label(),
+        model,
+        rung,
+        served_by = %tag.served_by,
+        fallback_depth = tag.fallback_depth,
+        attempts = tag.attempts.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "request served"
+    );
+    let mut response = match answer {
+        Answer::Complete(chat_response) => {
+            let mut body = match protocol {
+                Protocol::OpenAi => openai::render_response(&chat_response),
+                Protocol::Anthropic => anthropic::render_response(&chat_response),
+            };
+            body["airbag"] = tag.to_json();
+            (StatusCode::OK, axum::Json(body)).into_response()
+        }
+        Answer::Stream(events) => {
+            let target = tag.served_by.clone();
+            let body = sse_body(events, protocol, model, include_usage, target, gateway);
+            Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "text/event-stream")
+                .header(header::CACHE_CONTROL, "no-cache")
+                .body(body)
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+        }
+        Answer::Refused { status, body, kind } => refused_response(status, body, kind, protocol),
+    };
+    set_tag_headers(response.headers_mut(), &tag);
+    response
+}
+
+fn set_tag_headers(headers: &mut HeaderMap, tag: &RungTag) {
+    let values = [
+        ("x-airbag-rung", tag.rung.label().to_string()),
+        ("x-airbag-served-by", tag.served_by.clone()),
+        ("x-airbag-fallback-depth", tag.fallback_depth.to_string()),
+        ("x-airbag-attempts", tag.attempts.len().to_string()),
+    ];
+    for (name, value) in values {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+}
+
+/// A provider's refusal goes back as it came when the caller speaks the provider's
+/// protocol; otherwise its message is carried over into the caller's error shape.
+fn refused_response(status: u16, body: Bytes, kind: crate::config::ProviderKind, protocol: Protocol) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    if kind.protocol() == protocol && serde_json::from_slice::<Value>(&body).is_ok() {
+        return Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    }
+    let upstream: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let message = upstream
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(2000).collect());
+    let translated = match protocol {
+        Protocol::OpenAi => openai::render_error(&message, "invalid_request_error", "upstream_refused", None),
+        Protocol::Anthropic => anthropic::render_error(&message, "invalid_request_error"),
+    };
+    (status, axum::Json(translated)).into_response()
+}
+
+enum Writer {
+    OpenAi(openai::StreamWriter),
+    Anthropic(anthropic::StreamWriter),
+}
+
+impl Writer {
+    fn event(&mut self, event: crate::protocol::StreamEvent) -> Vec<Bytes> {
+        match self {
+            Writer::OpenAi(writer) => writer.event(event),
+            Writer::Anthropic(writer) => writer.event(event),
+        }
+    }
+    fn finish(&mut self) -> Vec<Bytes> {
+        match self {
+            Writer::OpenAi(writer) => writer.finish(),
+            Writer::Anthropic(writer) => writer.finish(),
+        }
+    }
+    fn fail(&mut self, message: &str) -> Vec<Bytes> {
+        match self {
+            Writer::OpenAi(writer) => writer.fail(message),
+            Writer::Anthropic(writer) => writer.fail(message),
+        }
+    }
+}
+
+struct SseState {
+    events: EventStream,
+    writer: Writer,
+    queue: VecDeque<Bytes>,
+    finished: bool,
+    served_by: String,
+    stream_failures: prometheus::IntCounterVec,
+}
+
+/// The client's SSE body. Dropping it (the client went away) drops the upstream stream,
+/// which closes the upstream connection.
+fn sse_body(
+    events: EventStream,
+    protocol: Protocol,
+    model: &str,
+    include_usage: bool,
+    served_by: String,
+    gateway: &Gateway,
+) -> Body {
+    let writer = match protocol {
+        Protocol::OpenAi => Writer::OpenAi(openai::StreamWriter::new(model, include_usage)),
+        Protocol::Anthropic => Writer::Anthropic(anthropic::StreamWriter::new(model)),
+    };
+    let state = SseState {
+        events,
+        writer,
+        queue: VecDeque::new(),
+        finished: false,
+        served_by,
+        stream_failures: gateway.metrics.stream_failures.clone(),
+    };
+    let chunks = stream::unfold(state, |mut state| async move {
+        loop {
+            if let Some(chunk) = state.queue.pop_front() {
+                return Some((Ok::<Bytes, Infallible>(chunk), state));
+            }
+            if state.finished {
+                return None;
+            }
+            match state.events.next().await {
+                Some(Ok(event)) => {
+                    let chunks = state.writer.event(event);
+                    state.queue.extend(chunks);
+                }
+                Some(Err(failure)) => {
+                    tracing::warn!(served_by = %state.served_by, kind = failure.kind,
+                        "stream failed after its first byte: {}", failure.message);
+                    state
+                        .stream_failures
+                        .with_label_values(&[&state.served_by, failure.kind])
+                        .inc();
+                    let message = format!(
+                        "the upstream stream failed after it started ({}): {}",
+                        failure.kind, failure.message
+                    );
+                    let chunks = state.writer.fail(&message);
+                    state.queue.extend(chunks);
+                    state.finished = true;
+                }
+                None => {
+                    let chunks = state.writer.finish();
+                    state.queue.extend(chunks);
+                    state.finished = true;
+                }
+            }
+        }
+    });
+    Body::from_stream(chunks)
+}
+
+// ---------------------------------------------------------------------------------------
+// Other proxy endpoints.
+
+/// The routes, in the OpenAI list shape, or Anthropic's when an Anthropic SDK asks.
+async fn models(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    let names: Vec<&str> = gateway.routes.iter().map(|route| route.model.as_str()).collect();
+    let body = if headers.contains_key("anthropic-version") {
+        json!({
+            "data": names.iter().map(|name| json!({"type": "model", "id": name,
+                "display_name": name, "created_at": "1970-01-01T00:00:00Z"})).collect::<Vec<_>>(),
+            "has_more": false,
+            "first_id": names.first(),
+            "last_id": names.last(),
+        })
+    } else {
+        json!({
+            "object": "list",
+            "data": names.iter().map(|name| json!({"id": name, "object": "model",
+                "created": 0, "owned_by": "airbag"})).collect::<Vec<_>>(),
+        })
+    };
+    axum::Json(body).into_response()
+}
+
+/// Ready when at least one rung can serve: today, when some route has an enabled target.
+async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
+    let enabled: Vec<&str> = gateway.providers.keys().map(String::as_str).collect();
+    if gateway.can_serve() {
+        (StatusCode::OK, axum::Json(json!({"ready": true, "providers_enabled": enabled}))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"ready": false, "providers_enabled": enabled,
+                "reason": "no route has a target whose provider has keys in the environment"})),
+        )
+            .into_response()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Admin listener.
+
+async fn metrics(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if !admin_authorized(&gateway, &headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"error": "send the admin token as `Authorization: Bearer TOKEN`"})),
+        )
+            .into_response();
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        gateway.metrics.render(),
+    )
+        .into_response()
+}
+
+fn admin_authorized(gateway: &Gateway, headers: &HeaderMap) -> bool {
+    let Some(expected) = &gateway.admin_token else {
+        return true;
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    constant_time_eq(presented.as_bytes(), expected.as_bytes())
+}
+
+/// Compares without stopping at the first difference, so timing says nothing about how
+/// much of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let length_differs = a.len() != b.len();
+    let mut difference = 0u8;
+    for (index, &byte) in b.iter().enumerate() {
+        difference |= byte ^ a.get(index).copied().unwrap_or(0);
+    }
+    !length_differs && difference == 0
+}
+
+/// Run until `shutdown` resolves.
+pub async fn run(
+    config: &Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), StartupError> {
+    let running = start(config).await?;
+    shutdown.await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    running.shutdown().await;
+    Ok(())
+}
