@@ -5,7 +5,7 @@
 //! environment, never inline; every problem is reported with its path and the fix. This
 //! module reads the file and the environment and nothing else: it builds no clients.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -218,9 +218,8 @@ impl Secret {
     }
 
     /// The secret's value, when its variable is set and not empty.
-    pub fn resolve(&self) -> Option<String> {
-        let name = self.variable()?;
-        std::env::var(name).ok().filter(|value| !value.is_empty())
+    pub fn resolve(&self, env: &Env) -> Option<String> {
+        env.get(self.variable()?).map(str::to_string)
     }
 
     /// How the secret is shown in logs and the admin API: its reference, never its value.
@@ -230,6 +229,40 @@ impl Secret {
         } else {
             "<inline secret>"
         }
+    }
+}
+
+/// The environment variables secrets are read from, captured once at start-up so tests
+/// can hand in their own without touching the process environment.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    vars: HashMap<String, String>,
+}
+
+impl Env {
+    pub fn from_process() -> Env {
+        Env {
+            vars: std::env::vars().collect(),
+        }
+    }
+
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Env {
+        Env {
+            vars: pairs
+                .into_iter()
+                .map(|(key, value)| (key.into(), value.into()))
+                .collect(),
+        }
+    }
+
+    /// A variable's value; empty counts as unset.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars
+            .get(name)
+            .map(String::as_str)
+            .filter(|value| !value.is_empty())
     }
 }
 
@@ -324,21 +357,21 @@ pub fn split_target(target: &str) -> Option<(&str, &str)> {
 
 impl Config {
     /// Read, parse and validate a config file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    pub fn load(path: &Path, env: &Env) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::from_toml(&text, path)
+        Config::from_toml(&text, path, env)
     }
 
     /// Parse and validate config text; `path` is only used in messages.
-    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    pub fn from_toml(text: &str, path: &Path, env: &Env) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|error| ConfigError::Parse {
             path: path.to_path_buf(),
             message: error.to_string(),
         })?;
-        let problems = config.problems();
+        let problems = config.problems(env);
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -350,21 +383,21 @@ impl Config {
     }
 
     /// Every problem in the configuration, each with its path and the fix.
-    pub fn problems(&self) -> Vec<String> {
+    pub fn problems(&self, env: &Env) -> Vec<String> {
         let mut problems = Vec::new();
-        self.check_admin(&mut problems);
+        self.check_admin(env, &mut problems);
         for (name, provider) in &self.providers {
             check_provider(name, provider, &mut problems);
         }
         self.check_routes(&mut problems);
-        self.check_clients(&mut problems);
+        self.check_clients(env, &mut problems);
         problems
     }
 
-    fn check_admin(&self, problems: &mut Vec<String>) {
+    fn check_admin(&self, env: &Env, problems: &mut Vec<String>) {
         if let Some(token) = &self.admin.token {
             check_secret("admin.token", token, problems);
-            if token.variable().is_some() && token.resolve().is_none() {
+            if token.variable().is_some() && token.resolve(env).is_none() {
                 problems.push(format!(
                     "admin.token: environment variable {} is not set; set it or remove admin.token",
                     token.variable().unwrap_or_default()
@@ -420,12 +453,12 @@ impl Config {
         }
     }
 
-    fn check_clients(&self, problems: &mut Vec<String>) {
+    fn check_clients(&self, env: &Env, problems: &mut Vec<String>) {
         let mut tenants_by_key = HashSet::new();
         for (index, client) in self.clients.iter().enumerate() {
             let path = format!("clients[{index}]");
             check_secret(&format!("{path}.key"), &client.key, problems);
-            if client.key.variable().is_some() && client.key.resolve().is_none() {
+            if client.key.variable().is_some() && client.key.resolve(env).is_none() {
                 problems.push(format!(
                     "{path}.key: environment variable {} is not set; set it or remove the client (a missing client key would lock that app out)",
                     client.key.variable().unwrap_or_default()
@@ -505,7 +538,7 @@ mod tests {
     use super::*;
 
     fn problems_of(text: &str) -> String {
-        match Config::from_toml(text, Path::new("test.toml")) {
+        match Config::from_toml(text, Path::new("test.toml"), &Env::default()) {
             Ok(_) => String::new(),
             Err(error) => error.to_string(),
         }
@@ -554,6 +587,7 @@ chain = ["a/m", "ghost/m", "nomodel"]
         let config = Config::from_toml(
             "[server]\nmax_body = \"1KiB\"\n[providers.a]\nkind = \"anthropic\"\nbase_url = \"http://x/v1\"\ntimeouts = { first_byte = \"250ms\" }\n",
             Path::new("t.toml"),
+            &Env::default(),
         )
         .unwrap();
         assert_eq!(config.server.max_body, ByteSize(1024));

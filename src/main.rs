@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use airbag::config::Config;
+use airbag::config::{Config, Env};
 use airbag::mock::{Fault, FaultRule, MockOptions, MockProvider};
 use clap::{Parser, Subcommand};
 
@@ -152,14 +152,15 @@ async fn shutdown_signal() {
 }
 
 fn check_config(path: &PathBuf) -> ExitCode {
-    match Config::load(path) {
+    let env = Env::from_process();
+    match Config::load(path, &env) {
         Ok(config) => {
             println!("{}: ok", path.display());
             for (name, provider) in &config.providers {
                 let set = provider
                     .keys
                     .iter()
-                    .filter(|key| key.key.resolve().is_some())
+                    .filter(|key| key.key.resolve(&env).is_some())
                     .count();
                 let state = if provider.keys.is_empty() || set > 0 {
                     "enabled"
@@ -191,14 +192,15 @@ async fn main() -> ExitCode {
         Command::CheckConfig { config } => check_config(&config),
         Command::Serve { config } => {
             init_logging();
-            let config = match Config::load(&config) {
+            let env = Env::from_process();
+            let config = match Config::load(&config, &env) {
                 Ok(config) => config,
                 Err(error) => {
                     eprintln!("{error}");
                     return ExitCode::FAILURE;
                 }
             };
-            match airbag::server::run(&config, shutdown_signal()).await {
+            match airbag::server::run(&config, &env, shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("airbag could not start: {error}");

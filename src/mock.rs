@@ -520,23 +520,27 @@ fn paced_body(
     fail_after: Option<usize>,
     guard: CancelGuard,
 ) -> Body {
-    let state = (chunks.into_iter().enumerate(), guard);
-    let body = stream::unfold(state, move |(mut chunks, mut guard)| async move {
-        let Some((index, chunk)) = chunks.next() else {
-            guard.disarm();
-            return None;
-        };
+    let state = (chunks.into_iter(), 0usize, guard);
+    let body = stream::unfold(state, move |(mut chunks, index, mut guard)| async move {
         if stall_after == Some(index) {
             std::future::pending::<()>().await;
         }
         if fail_after == Some(index) {
             // The client sees the connection break mid-response.
-            return Some((Err(std::io::Error::other("mock reset")), (chunks, guard)));
+            let error = std::io::Error::other("mock reset");
+            return Some((Err(error), (chunks, usize::MAX, guard)));
         }
+        if index == usize::MAX {
+            return None;
+        }
+        let Some(chunk) = chunks.next() else {
+            guard.disarm();
+            return None;
+        };
         if index > 0 && !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        Some((Ok::<Bytes, std::io::Error>(chunk), (chunks, guard)))
+        Some((Ok::<Bytes, std::io::Error>(chunk), (chunks, index + 1, guard)))
     });
     Body::from_stream(body)
 }

@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, Env};
 use crate::error::RequestError;
 use crate::ladder::{self, Answer, RungTag, Served};
 use crate::metrics::Metrics;
@@ -62,10 +62,10 @@ pub enum StartupError {
 impl Gateway {
     /// Build the gateway from a validated config. Providers whose keys are all missing
     /// from the environment are disabled with a warning, so a fresh machine still starts.
-    pub fn from_config(config: &Config) -> Result<Gateway, StartupError> {
+    pub fn from_config(config: &Config, env: &Env) -> Result<Gateway, StartupError> {
         let mut providers = BTreeMap::new();
         for (name, provider_config) in &config.providers {
-            match Provider::build(name, provider_config) {
+            match Provider::build(name, provider_config, env) {
                 Ok(provider) => {
                     providers.insert(name.clone(), Arc::new(provider));
                 }
@@ -77,7 +77,7 @@ impl Gateway {
             .clients
             .iter()
             .filter_map(|client| {
-                let key = client.key.resolve()?;
+                let key = client.key.resolve(env)?;
                 Some((*blake3::hash(key.as_bytes()).as_bytes(), client.tenant.clone()))
             })
             .collect();
@@ -92,7 +92,7 @@ impl Gateway {
             metrics: Metrics::new()?,
             clients,
             max_body: usize::try_from(config.server.max_body.0).unwrap_or(usize::MAX),
-            admin_token: config.admin.token.as_ref().and_then(|token| token.resolve()),
+            admin_token: config.admin.token.as_ref().and_then(|token| token.resolve(env)),
         })
     }
 
@@ -141,8 +141,8 @@ impl RunningGateway {
 }
 
 /// Bind both listeners and start serving. Binding to port 0 picks free ports (tests).
-pub async fn start(config: &Config) -> Result<RunningGateway, StartupError> {
-    let gateway = Arc::new(Gateway::from_config(config)?);
+pub async fn start(config: &Config, env: &Env) -> Result<RunningGateway, StartupError> {
+    let gateway = Arc::new(Gateway::from_config(config, env)?);
     let bind = |addr: SocketAddr, what: &'static str, key: &'static str| async move {
         TcpListener::bind(addr)
             .await
@@ -581,9 +581,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Run until `shutdown` resolves.
 pub async fn run(
     config: &Config,
+    env: &Env,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), StartupError> {
-    let running = start(config).await?;
+    let running = start(config, env).await?;
     shutdown.await;
     tracing::info!("shutting down: finishing in-flight requests");
     running.shutdown().await;

@@ -7,7 +7,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::config::KeyConfig;
+use crate::config::{Env, KeyConfig};
 
 pub struct ApiKey {
     /// The value sent upstream; empty for a provider that takes no key.
@@ -42,7 +42,7 @@ pub struct KeyPool {
 impl KeyPool {
     /// The keys whose variables are set. None when keys are configured but none is set.
     /// No keys configured at all gives one empty key: the provider takes none.
-    pub fn from_config(configs: &[KeyConfig]) -> Option<KeyPool> {
+    pub fn from_config(configs: &[KeyConfig], env: &Env) -> Option<KeyPool> {
         if configs.is_empty() {
             return Some(KeyPool {
                 keys: vec![ApiKey {
@@ -56,7 +56,7 @@ impl KeyPool {
         let keys: Vec<ApiKey> = configs
             .iter()
             .filter_map(|config| {
-                let secret = config.key.resolve()?;
+                let secret = config.key.resolve(env)?;
                 Some(ApiKey {
                     secret,
                     reference: config.key.reference().to_string(),
@@ -159,8 +159,10 @@ mod tests {
             key: Secret::new("env:AIRBAG_TEST_SURELY_UNSET_KEY"),
             weight: 1,
         }];
-        assert!(KeyPool::from_config(&configs).is_none());
-        let open = KeyPool::from_config(&[]).unwrap();
+        assert!(KeyPool::from_config(&configs, &Env::default()).is_none());
+        let env = Env::from_pairs([("AIRBAG_TEST_SURELY_UNSET_KEY", "sk-1")]);
+        assert_eq!(KeyPool::from_config(&configs, &env).unwrap().len(), 1);
+        let open = KeyPool::from_config(&[], &env).unwrap();
         assert_eq!(open.len(), 1);
         assert_eq!(open.get(0).unwrap().secret(), None);
     }

@@ -11,7 +11,7 @@ pub mod keys;
 
 use std::sync::Arc;
 
-use crate::config::{ProviderConfig, ProviderKind, RouteConfig, split_target};
+use crate::config::{Env, ProviderConfig, ProviderKind, RouteConfig, split_target};
 
 pub use attempt::{AttemptFailure, UpstreamAnswer};
 pub use chain::{AttemptRecord, ChainOutcome};
@@ -29,8 +29,8 @@ pub struct Provider {
 impl Provider {
     /// Builds the provider, or returns None (with the reason) when none of its keys are in
     /// the environment: such a provider is disabled and its targets are skipped.
-    pub fn build(name: &str, config: &ProviderConfig) -> Result<Provider, String> {
-        let keys = KeyPool::from_config(&config.keys).ok_or_else(|| {
+    pub fn build(name: &str, config: &ProviderConfig, env: &Env) -> Result<Provider, String> {
+        let keys = KeyPool::from_config(&config.keys, env).ok_or_else(|| {
             let names: Vec<&str> = config.keys.iter().map(|key| key.key.reference()).collect();
             format!(
                 "provider `{name}` is disabled: none of its keys are set in the environment ({})",

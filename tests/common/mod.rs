@@ -1,0 +1,204 @@
+//! The behaviour-test harness: the real gateway on `127.0.0.1:0` in front of real mock
+//! providers on their own random ports, driven over HTTP like a client would.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use airbag::config::{Config, Env};
+use airbag::mock::{FaultRule, MockOptions, MockProvider};
+use airbag::protocol::sse::SseDecoder;
+use airbag::server::{self, RunningGateway};
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+
+pub struct TestGateway {
+    pub running: RunningGateway,
+    pub client: reqwest::Client,
+}
+
+/// A provider section for a mock, with test-sized timeouts and backoff. `extra` adds or
+/// overrides keys (TOML lines).
+pub fn provider(name: &str, kind: &str, mock: &MockProvider, extra: &str) -> String {
+    let mut section = format!(
+        "[providers.{name}]\nkind = \"{kind}\"\nbase_url = \"{}\"\n",
+        mock.base_url()
+    );
+    let has = |key: &str| extra.lines().any(|line| line.trim_start().starts_with(key));
+    if !has("retries") {
+        section.push_str("retries = 2\n");
+    }
+    if !has("backoff") {
+        section.push_str("backoff = { initial = \"1ms\", max = \"5ms\" }\n");
+    }
+    if !has("timeouts") {
+        section.push_str(
+            "timeouts = { connect = \"1s\", first_byte = \"2s\", idle = \"1s\", total = \"10s\" }\n",
+        );
+    }
+    section.push_str(extra);
+    section.push('\n');
+    section
+}
+
+pub fn route(model: &str, chain: &[&str]) -> String {
+    let chain: Vec<String> = chain.iter().map(|target| format!("\"{target}\"")).collect();
+    format!("[[routes]]\nmodel = \"{model}\"\nchain = [{}]\n", chain.join(", "))
+}
+
+pub async fn mock(name: &str) -> MockProvider {
+    mock_with(name, MockOptions::default(), Vec::new()).await
+}
+
+pub async fn mock_with(name: &str, options: MockOptions, rules: Vec<FaultRule>) -> MockProvider {
+    let options = MockOptions {
+        name: name.to_string(),
+        ..options
+    };
+    MockProvider::start("127.0.0.1:0".parse().expect("loopback address"), options, rules)
+        .await
+        .expect("mock provider starts")
+}
+
+impl TestGateway {
+    /// Start a gateway from config text (listeners are forced onto free loopback ports)
+    /// with `env` as its whole environment.
+    pub async fn start(config: &str, env: &[(&str, &str)]) -> TestGateway {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{config}"
+        );
+        let env = Env::from_pairs(env.iter().copied());
+        let config = Config::from_toml(&text, Path::new("test.toml"), &env)
+            .unwrap_or_else(|error| panic!("test config is valid: {error}\n{text}"));
+        TestGateway::start_config(&config, &env).await
+    }
+
+    pub async fn start_config(config: &Config, env: &Env) -> TestGateway {
+        let running = server::start(config, env).await.expect("gateway starts");
+        TestGateway {
+            running,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.proxy_addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.admin_addr)
+    }
+
+    pub async fn openai(&self, body: Value) -> Reply {
+        self.post("/v1/chat/completions", body, &[]).await
+    }
+
+    pub async fn anthropic(&self, body: Value) -> Reply {
+        self.post("/v1/messages", body, &[("anthropic-version", "2023-06-01")])
+            .await
+    }
+
+    pub async fn post(&self, path: &str, body: Value, headers: &[(&str, &str)]) -> Reply {
+        let mut request = self
+            .client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        Reply::read(request.send().await.expect("gateway answers")).await
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("admin answers")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+}
+
+/// What a client got back.
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub text: String,
+}
+
+impl Reply {
+    pub async fn read(response: reqwest::Response) -> Reply {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap_or_default();
+        Reply {
+            status,
+            headers,
+            text,
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|error| panic!("body is JSON ({error}): {}", self.text))
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("")
+    }
+
+    pub fn served_by(&self) -> &str {
+        self.header("x-airbag-served-by")
+    }
+
+    pub fn rung(&self) -> &str {
+        self.header("x-airbag-rung")
+    }
+
+    pub fn depth(&self) -> &str {
+        self.header("x-airbag-fallback-depth")
+    }
+
+    /// The SSE events of a streamed body: (event name, data).
+    pub fn events(&self) -> Vec<(Option<String>, String)> {
+        SseDecoder::default()
+            .push(self.text.as_bytes())
+            .into_iter()
+            .map(|event| (event.event, event.data))
+            .collect()
+    }
+
+    /// The text a streamed OpenAI body carried.
+    pub fn openai_stream_text(&self) -> String {
+        self.events()
+            .iter()
+            .filter(|(_, data)| data != "[DONE]")
+            .filter_map(|(_, data)| serde_json::from_str::<Value>(data).ok())
+            .filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// The text a streamed Anthropic body carried.
+    pub fn anthropic_stream_text(&self) -> String {
+        self.events()
+            .iter()
+            .filter_map(|(_, data)| serde_json::from_str::<Value>(data).ok())
+            .filter(|event| event["type"] == "content_block_delta")
+            .filter_map(|event| event["delta"]["text"].as_str().map(str::to_string))
+            .collect()
+    }
+}
+
+pub fn openai_chat(model: &str, text: &str) -> Value {
+    serde_json::json!({"model": model, "messages": [{"role": "user", "content": text}]})
+}
+
+pub fn anthropic_chat(model: &str, text: &str) -> Value {
+    serde_json::json!({"model": model, "max_tokens": 100, "messages": [{"role": "user", "content": text}]})
+}
