@@ -526,6 +526,11 @@ fn paced_body(
             std::future::pending::<()>().await;
         }
         if fail_after == Some(index) {
+            if index > 0 {
+                // Let the chunks already written reach the client before the break, as
+                // they would from a provider that dies mid-answer.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             // The client sees the connection break mid-response.
             let error = std::io::Error::other("mock reset");
             return Some((Err(error), (chunks, usize::MAX, guard)));

@@ -1,0 +1,29 @@
+# The two commands of README.md: `make run` and `make test`.
+# Everything they need comes from crates.io and PyPI.
+
+SDK_PYTHON := $(CURDIR)/.venv-sdk/bin/python
+
+.PHONY: run test lint sdk-venv bench demo
+
+## Run the gateway with the shipped config (builds it first).
+run:
+	cargo run --release -- serve --config config/airbag.toml
+
+## Everything CI checks: formatting, lints, unit and behaviour tests, the Python SDK test.
+test: sdk-venv lint
+	AIRBAG_SDK_PYTHON=$(SDK_PYTHON) cargo test
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+
+## The official openai and anthropic Python SDKs, pinned, in .venv-sdk.
+sdk-venv:
+	bash scripts/sdk-venv.sh
+
+## A mock provider on :9000 and the gateway on :8080, for trying the `demo` route.
+demo:
+	cargo build --release
+	./target/release/airbag mock-provider --listen 127.0.0.1:9000 & \
+	  MOCK=$$!; trap "kill $$MOCK" EXIT; \
+	  ./target/release/airbag serve --config config/airbag.toml

@@ -1,0 +1,252 @@
+//! What happens before the ladder: client keys and tenants, body limits, malformed input
+//! (which must never reach a provider), unknown models, and the small endpoints.
+
+mod common;
+
+use airbag::mock::MockProvider;
+use common::{TestGateway, anthropic_chat, mock, openai_chat, provider, route};
+use serde_json::json;
+
+async fn simple(extra: &str, env: &[(&str, &str)]) -> (TestGateway, MockProvider) {
+    let upstream = mock("up").await;
+    let config = format!(
+        "{}{}{extra}",
+        provider("up", "openai", &upstream, ""),
+        route("chat", &["up/m"]),
+    );
+    (TestGateway::start(&config, env).await, upstream)
+}
+
+async fn post_raw(gateway: &TestGateway, path: &str, body: &str) -> common::Reply {
+    let response = gateway
+        .client
+        .post(gateway.url(path))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    common::Reply::read(response).await
+}
+
+#[tokio::test]
+async fn malformed_json_is_a_400_in_the_callers_shape() {
+    let (gateway, upstream) = simple("", &[]).await;
+    let reply = post_raw(&gateway, "/v1/chat/completions", "{\"model\": \"chat\", ").await;
+    assert_eq!(reply.status, 400);
+    let body = reply.json();
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert!(body["error"]["message"].as_str().unwrap().contains("not valid JSON"));
+
+    let reply = post_raw(&gateway, "/v1/messages", "not json at all").await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.json()["type"], "error");
+    assert_eq!(reply.json()["error"]["type"], "invalid_request_error");
+    assert_eq!(upstream.request_count(), 0, "bad input never goes down the ladder");
+}
+
+#[tokio::test]
+async fn a_missing_or_ill_typed_field_is_named() {
+    let (gateway, upstream) = simple("", &[]).await;
+    let cases = [
+        (json!({"messages": [{"role": "user", "content": "hi"}]}), "model"),
+        (json!({"model": "chat"}), "messages"),
+        (
+            json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "temperature": "warm"}),
+            "temperature",
+        ),
+        (
+            json!({"model": "chat", "messages": [{"role": "robot", "content": "hi"}]}),
+            "messages[0].role",
+        ),
+        (
+            json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": -5}),
+            "max_tokens",
+        ),
+        (
+            json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "n": 3}),
+            "n",
+        ),
+    ];
+    for (body, field) in cases {
+        let reply = gateway.openai(body.clone()).await;
+        assert_eq!(reply.status, 400, "{body}");
+        let error = reply.json();
+        assert_eq!(error["error"]["param"], field, "{body}: {}", reply.text);
+        assert!(error["error"]["message"].as_str().unwrap().contains(field));
+        assert_eq!(reply.header("x-airbag-error"), "invalid_request");
+    }
+    let reply = gateway
+        .anthropic(json!({"model": "chat", "max_tokens": 10, "messages": [{"role": "user", "content": 42}]}))
+        .await;
+    assert_eq!(reply.status, 400);
+    let message = reply.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("messages[0].content"), "{message}");
+    assert_eq!(upstream.request_count(), 0);
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_a_413() {
+    let (gateway, upstream) = simple("", &[]).await;
+    // The shared harness config has the default 4 MiB limit.
+    let huge = "x".repeat(5 << 20);
+    let reply = gateway.openai(openai_chat("chat", &huge)).await;
+    assert_eq!(reply.status, 413);
+    assert_eq!(reply.json()["error"]["code"], "body_too_large");
+    let reply = gateway.anthropic(anthropic_chat("chat", &huge)).await;
+    assert_eq!(reply.status, 413);
+    assert_eq!(reply.json()["error"]["type"], "request_too_large");
+    assert_eq!(upstream.request_count(), 0);
+    // Just under the limit still passes.
+    let reply = gateway.openai(openai_chat("chat", &"y".repeat(1 << 20))).await;
+    assert_eq!(reply.status, 200);
+}
+
+#[tokio::test]
+async fn an_unknown_model_is_a_404_that_lists_the_routes() {
+    let (gateway, upstream) = simple("", &[]).await;
+    let reply = gateway.openai(openai_chat("gpt-17", "hi")).await;
+    assert_eq!(reply.status, 404);
+    let body = reply.json();
+    assert_eq!(body["error"]["param"], "model");
+    assert!(body["error"]["message"].as_str().unwrap().contains("chat"));
+    let reply = gateway.anthropic(anthropic_chat("gpt-17", "hi")).await;
+    assert_eq!(reply.status, 404);
+    assert_eq!(reply.json()["error"]["type"], "not_found_error");
+    assert_eq!(upstream.request_count(), 0);
+}
+
+#[tokio::test]
+async fn globs_route_model_families_and_exact_names_win() {
+    let upstream = mock("up").await;
+    let other = mock("other").await;
+    let config = format!(
+        "{}{}{}{}",
+        provider("up", "openai", &upstream, ""),
+        provider("other", "openai", &other, ""),
+        route("gpt-4*", &["up/family"]),
+        route("gpt-4o", &["other/exact"]),
+    );
+    let gateway = TestGateway::start(&config, &[]).await;
+    assert_eq!(gateway.openai(openai_chat("gpt-4o-mini", "hi")).await.served_by(), "provider:up/family");
+    assert_eq!(gateway.openai(openai_chat("gpt-4o", "hi")).await.served_by(), "provider:other/exact");
+}
+
+#[tokio::test]
+async fn client_keys_gate_the_gateway() {
+    let clients = "[[clients]]\nkey = \"env:ACME_KEY\"\ntenant = \"acme\"\n";
+    let (gateway, upstream) = simple(clients, &[("ACME_KEY", "gw-acme")]).await;
+    let reply = gateway.openai(openai_chat("chat", "hi")).await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(reply.json()["error"]["type"], "authentication_error");
+    let reply = gateway
+        .post("/v1/chat/completions", openai_chat("chat", "hi"), &[("authorization", "Bearer wrong")])
+        .await;
+    assert_eq!(reply.status, 401);
+    let reply = gateway
+        .post("/v1/chat/completions", openai_chat("chat", "hi"), &[("authorization", "Bearer gw-acme")])
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let reply = gateway
+        .post("/v1/messages", anthropic_chat("chat", "hi"), &[("x-api-key", "gw-acme"), ("anthropic-version", "2023-06-01")])
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(upstream.request_count(), 2);
+    let forwarded: Vec<Option<String>> = upstream.requests().into_iter().map(|r| r.key).collect();
+    assert!(
+        forwarded.iter().all(|key| key.as_deref() != Some("gw-acme")),
+        "the gateway key is never forwarded upstream"
+    );
+}
+
+#[tokio::test]
+async fn a_configured_client_key_missing_from_the_environment_stops_start_up() {
+    let text = "[[clients]]\nkey = \"env:NOBODY_SET_THIS\"\ntenant = \"acme\"\n";
+    let error = airbag::config::Config::from_toml(
+        text,
+        std::path::Path::new("airbag.toml"),
+        &airbag::config::Env::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("clients[0].key: environment variable NOBODY_SET_THIS is not set"), "{error}");
+}
+
+#[tokio::test]
+async fn models_health_and_readiness() {
+    let (gateway, _upstream) = simple("", &[]).await;
+    let models: serde_json::Value = gateway.client.get(gateway.url("/v1/models")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"][0]["id"], "chat");
+    let anthropic_models: serde_json::Value = gateway
+        .client
+        .get(gateway.url("/v1/models"))
+        .header("anthropic-version", "2023-06-01")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(anthropic_models["data"][0]["type"], "model");
+    assert_eq!(anthropic_models["has_more"], false);
+    let health = gateway.client.get(gateway.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = gateway.client.get(gateway.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    // A gateway whose only provider has no keys cannot serve: not ready.
+    let upstream = mock("up").await;
+    let config = format!(
+        "{}{}",
+        provider("up", "openai", &upstream, "keys = [{ key = \"env:UNSET_KEY\" }]"),
+        route("chat", &["up/m"]),
+    );
+    let gateway = TestGateway::start(&config, &[]).await;
+    let ready = gateway.client.get(gateway.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_rung_and_the_admin_token_guards_them() {
+    let (gateway, _upstream) = simple(
+        "",
+        &[],
+    )
+    .await;
+    gateway.openai(openai_chat("chat", "hi")).await;
+    gateway.anthropic(anthropic_chat("chat", "hi")).await;
+    gateway.openai(openai_chat("nope", "hi")).await;
+    let metrics = gateway.metrics().await;
+    for line in [
+        "airbag_requests_total{protocol=\"openai\",rung=\"provider\",served_by=\"provider:up/m\"} 1",
+        "airbag_requests_total{protocol=\"anthropic\",rung=\"provider\",served_by=\"provider:up/m\"} 1",
+        "airbag_request_duration_seconds_count{rung=\"provider\"} 2",
+        "airbag_upstream_attempts_total{outcome=\"ok\",target=\"up/m\"} 2",
+        "airbag_rejected_requests_total{kind=\"unknown_model\",protocol=\"openai\"} 1",
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
+
+    let upstream = mock("up").await;
+    let config = format!(
+        "[admin]\ntoken = \"env:ADMIN_TOKEN\"\n{}{}",
+        provider("up", "openai", &upstream, ""),
+        route("chat", &["up/m"]),
+    );
+    // The harness puts its own [admin] first; build this one by hand.
+    let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n{}", config.replace("[admin]\n", "[admin]\nlisten = \"127.0.0.1:0\"\n"));
+    let env = airbag::config::Env::from_pairs([("ADMIN_TOKEN", "s3cret")]);
+    let config = airbag::config::Config::from_toml(&text, std::path::Path::new("t.toml"), &env).unwrap();
+    let gateway = TestGateway::start_config(&config, &env).await;
+    let denied = gateway.client.get(gateway.admin_url("/metrics")).send().await.unwrap();
+    assert_eq!(denied.status(), 401);
+    let allowed = gateway
+        .client
+        .get(gateway.admin_url("/metrics"))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), 200);
+}
