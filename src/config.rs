@@ -23,7 +23,10 @@ pub enum ConfigError {
     #[error("config file {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config file {path} has {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))]
-    Invalid { path: PathBuf, problems: Vec<String> },
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -273,7 +276,9 @@ pub struct ByteSize(pub u64);
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        parse_byte_size(&text).map(ByteSize).map_err(serde::de::Error::custom)
+        parse_byte_size(&text)
+            .map(ByteSize)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -283,9 +288,9 @@ fn parse_byte_size(text: &str) -> Result<u64, String> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(trimmed.len());
     let (number, unit) = trimmed.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size; write e.g. \"4MiB\", \"512KiB\" or \"1000\""))?;
+    let number: u64 = number.parse().map_err(|_| {
+        format!("`{text}` is not a size; write e.g. \"4MiB\", \"512KiB\" or \"1000\"")
+    })?;
     let multiplier = match unit.trim() {
         "" | "B" => 1,
         "KiB" => 1 << 10,
@@ -417,7 +422,9 @@ impl Config {
         for (index, route) in self.routes.iter().enumerate() {
             let path = format!("routes[{index}]");
             if route.model.trim().is_empty() {
-                problems.push(format!("{path}.model: is empty; name the model clients ask for"));
+                problems.push(format!(
+                    "{path}.model: is empty; name the model clients ask for"
+                ));
             }
             if !seen.insert(route.model.as_str()) {
                 problems.push(format!(
@@ -568,9 +575,18 @@ chain = ["a/m", "ghost/m", "nomodel"]
 "#,
         );
         assert!(message.contains("providers.a.base_url"), "{message}");
-        assert!(message.contains("providers.a.keys[0].key: secrets are never written inline"), "{message}");
-        assert!(message.contains("routes[0].chain[1]: provider `ghost` is not defined"), "{message}");
-        assert!(message.contains("routes[0].chain[2]: `nomodel` is not a target"), "{message}");
+        assert!(
+            message.contains("providers.a.keys[0].key: secrets are never written inline"),
+            "{message}"
+        );
+        assert!(
+            message.contains("routes[0].chain[1]: provider `ghost` is not defined"),
+            "{message}"
+        );
+        assert!(
+            message.contains("routes[0].chain[2]: `nomodel` is not a target"),
+            "{message}"
+        );
     }
 
     #[test]

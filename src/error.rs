@@ -24,7 +24,10 @@ pub enum RequestError {
     InvalidBody(InvalidBody),
     #[error("model `{model}` is not routed by this gateway; ask for one of: {}", known.join(", "))]
     UnknownModel { model: String, known: Vec<String> },
-    #[error("every target of route `{route}` failed: {}", describe_attempts(attempts))]
+    #[error(
+        "every target of route `{route}` failed: {}",
+        describe_attempts(attempts)
+    )]
     AllTargetsFailed {
         route: String,
         attempts: Vec<AttemptRecord>,

@@ -88,7 +88,11 @@ pub async fn answer(gateway: &Gateway, request: &ChatRequest) -> Result<Served, 
     let Some(route) = gateway.routes.find(&request.model) else {
         return Err(RequestError::UnknownModel {
             model: request.model.clone(),
-            known: gateway.routes.iter().map(|route| route.model.clone()).collect(),
+            known: gateway
+                .routes
+                .iter()
+                .map(|route| route.model.clone())
+                .collect(),
         });
     };
 

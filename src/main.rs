@@ -2,7 +2,7 @@
 //! logging and hands over to the library. Nothing here is needed by tests.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,7 +11,11 @@ use airbag::mock::{Fault, FaultRule, MockOptions, MockProvider};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "airbag", version, about = "Keeps chat apps answering when LLM providers fail")]
+#[command(
+    name = "airbag",
+    version,
+    about = "Keeps chat apps answering when LLM providers fail"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -151,7 +155,7 @@ async fn shutdown_signal() {
     }
 }
 
-fn check_config(path: &PathBuf) -> ExitCode {
+fn check_config(path: &Path) -> ExitCode {
     let env = Env::from_process();
     match Config::load(path, &env) {
         Ok(config) => {

@@ -32,7 +32,10 @@ impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("airbag_requests_total", "Requests answered, by rung and what served them"),
+            Opts::new(
+                "airbag_requests_total",
+                "Requests answered, by rung and what served them",
+            ),
             &["rung", "served_by", "protocol"],
         )?;
         let request_duration = HistogramVec::new(
@@ -47,7 +50,10 @@ impl Metrics {
             &["rung"],
         )?;
         let upstream_attempts = IntCounterVec::new(
-            Opts::new("airbag_upstream_attempts_total", "Upstream attempts by target and outcome"),
+            Opts::new(
+                "airbag_upstream_attempts_total",
+                "Upstream attempts by target and outcome",
+            ),
             &["target", "outcome"],
         )?;
         let retries = IntCounterVec::new(
@@ -69,7 +75,10 @@ impl Metrics {
             &["target", "kind"],
         )?;
         let rejected = IntCounterVec::new(
-            Opts::new("airbag_rejected_requests_total", "Requests refused before the ladder"),
+            Opts::new(
+                "airbag_rejected_requests_total",
+                "Requests refused before the ladder",
+            ),
             &["kind", "protocol"],
         )?;
         registry.register(Box::new(requests.clone()))?;

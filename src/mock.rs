@@ -230,7 +230,10 @@ impl MockProvider {
             let stop = async move {
                 let _ = watcher.wait_for(|stopped| *stopped).await;
             };
-            if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+            if let Err(error) = axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+            {
                 tracing::error!(%error, "mock provider stopped");
             }
         });
@@ -384,7 +387,12 @@ async fn answer(
         }
     };
     if protocol == Protocol::Anthropic && header("anthropic-version").is_none() {
-        return error_response(protocol, 400, "anthropic-version header is required", "invalid_request_error");
+        return error_response(
+            protocol,
+            400,
+            "anthropic-version header is required",
+            "invalid_request_error",
+        );
     }
     if let Some(valid) = &state.options.valid_keys
         && !key.as_ref().is_some_and(|key| valid.contains(key))
@@ -507,7 +515,13 @@ async fn answer(
     } else {
         "application/json"
     };
-    let body = paced_body(chunks, state.options.chunk_delay, stall_after, fail_after, guard);
+    let body = paced_body(
+        chunks,
+        state.options.chunk_delay,
+        stall_after,
+        fail_after,
+        guard,
+    );
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
@@ -545,7 +559,10 @@ fn paced_body(
         if index > 0 && !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        Some((Ok::<Bytes, std::io::Error>(chunk), (chunks, index + 1, guard)))
+        Some((
+            Ok::<Bytes, std::io::Error>(chunk),
+            (chunks, index + 1, guard),
+        ))
     });
     Body::from_stream(body)
 }
@@ -626,7 +643,11 @@ fn stream_chunks(protocol: Protocol, request: &ChatRequest, reply: &ChatResponse
         match part {
             Part::Text(text) => {
                 let words: Vec<&str> = text.split_inclusive(' ').collect();
-                events.extend(words.into_iter().map(|word| StreamEvent::TextDelta(word.to_string())));
+                events.extend(
+                    words
+                        .into_iter()
+                        .map(|word| StreamEvent::TextDelta(word.to_string())),
+                );
             }
             Part::ToolCall(call) => {
                 events.push(StreamEvent::ToolCallStart {

@@ -30,6 +30,9 @@ use crate::metrics::Metrics;
 use crate::protocol::{EventStream, Protocol, anthropic, openai};
 use crate::providers::{Provider, Routes};
 
+/// How long a shutdown waits for in-flight requests.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The tenant of every caller when no client keys are configured.
 pub const OPEN_TENANT: &str = "default";
 
@@ -48,7 +51,9 @@ pub struct Gateway {
 /// A start-up problem outside the config file itself.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("cannot listen on {addr} ({what}): {source}; free the port or change {key} in the config")]
+    #[error(
+        "cannot listen on {addr} ({what}): {source}; free the port or change {key} in the config"
+    )]
     Bind {
         addr: SocketAddr,
         what: &'static str,
@@ -78,7 +83,10 @@ impl Gateway {
             .iter()
             .filter_map(|client| {
                 let key = client.key.resolve(env)?;
-                Some((*blake3::hash(key.as_bytes()).as_bytes(), client.tenant.clone()))
+                Some((
+                    *blake3::hash(key.as_bytes()).as_bytes(),
+                    client.tenant.clone(),
+                ))
             })
             .collect();
         if config.clients.is_empty() {
@@ -92,7 +100,11 @@ impl Gateway {
             metrics: Metrics::new()?,
             clients,
             max_body: usize::try_from(config.server.max_body.0).unwrap_or(usize::MAX),
-            admin_token: config.admin.token.as_ref().and_then(|token| token.resolve(env)),
+            admin_token: config
+                .admin
+                .token
+                .as_ref()
+                .and_then(|token| token.resolve(env)),
         })
     }
 
@@ -105,7 +117,9 @@ impl Gateway {
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "));
-        let api_key = headers.get("x-api-key").and_then(|value| value.to_str().ok());
+        let api_key = headers
+            .get("x-api-key")
+            .and_then(|value| value.to_str().ok());
         let key = bearer.or(api_key).ok_or(RequestError::Unauthorized)?;
         self.clients
             .get(blake3::hash(key.trim().as_bytes()).as_bytes())
@@ -131,11 +145,18 @@ pub struct RunningGateway {
 }
 
 impl RunningGateway {
-    /// Stop accepting, let in-flight requests finish, and wait for both listeners.
+    /// Stop accepting, let in-flight requests finish for up to [`SHUTDOWN_GRACE`], then
+    /// cut what is left (a long stream must not hold a deploy hostage).
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        for task in self.tasks {
-            let _ = task.await;
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        for mut task in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                tracing::warn!(
+                    "in-flight requests outlived the shutdown grace period; closing them"
+                );
+                task.abort();
+            }
         }
     }
 }
@@ -251,10 +272,9 @@ async fn chat(
                     .inc();
             }
             let mut response = (error.status(), axum::Json(error.body(protocol))).into_response();
-            response.headers_mut().insert(
-                "x-airbag-error",
-                HeaderValue::from_static(error.kind()),
-            );
+            response
+                .headers_mut()
+                .insert("x-airbag-error", HeaderValue::from_static(error.kind()));
             response
         }
     }
@@ -380,7 +400,12 @@ fn set_tag_headers(headers: &mut HeaderMap, tag: &RungTag) {
 
 /// A provider's refusal goes back as it came when the caller speaks the provider's
 /// protocol; otherwise its message is carried over into the caller's error shape.
-fn refused_response(status: u16, body: Bytes, kind: crate::config::ProviderKind, protocol: Protocol) -> Response {
+fn refused_response(
+    status: u16,
+    body: Bytes,
+    kind: crate::config::ProviderKind,
+    protocol: Protocol,
+) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
     if kind.protocol() == protocol && serde_json::from_slice::<Value>(&body).is_ok() {
         return Response::builder()
@@ -396,7 +421,9 @@ fn refused_response(status: u16, body: Bytes, kind: crate::config::ProviderKind,
         .map(str::to_string)
         .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(2000).collect());
     let translated = match protocol {
-        Protocol::OpenAi => openai::render_error(&message, "invalid_request_error", "upstream_refused", None),
+        Protocol::OpenAi => {
+            openai::render_error(&message, "invalid_request_error", "upstream_refused", None)
+        }
         Protocol::Anthropic => anthropic::render_error(&message, "invalid_request_error"),
     };
     (status, axum::Json(translated)).into_response()
@@ -503,7 +530,11 @@ fn sse_body(
 
 /// The routes, in the OpenAI list shape, or Anthropic's when an Anthropic SDK asks.
 async fn models(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    let names: Vec<&str> = gateway.routes.iter().map(|route| route.model.as_str()).collect();
+    let names: Vec<&str> = gateway
+        .routes
+        .iter()
+        .map(|route| route.model.as_str())
+        .collect();
     let body = if headers.contains_key("anthropic-version") {
         json!({
             "data": names.iter().map(|name| json!({"type": "model", "id": name,
@@ -526,7 +557,11 @@ async fn models(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Resp
 async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
     let enabled: Vec<&str> = gateway.providers.keys().map(String::as_str).collect();
     if gateway.can_serve() {
-        (StatusCode::OK, axum::Json(json!({"ready": true, "providers_enabled": enabled}))).into_response()
+        (
+            StatusCode::OK,
+            axum::Json(json!({"ready": true, "providers_enabled": enabled})),
+        )
+            .into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,

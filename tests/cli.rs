@@ -44,9 +44,16 @@ fn the_shipped_config_checks_clean_on_a_machine_without_keys() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(stdout.contains("provider openai"), "{stdout}");
-    assert!(stdout.contains("disabled: none of its keys are set"), "{stdout}");
+    assert!(
+        stdout.contains("disabled: none of its keys are set"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -76,12 +83,29 @@ chain = ["openai/gpt-4o", "azure/gpt-4o"]
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("bad.toml"), "{stderr}");
-    assert!(stderr.contains("providers.openai.keys[0].key: secrets are never written inline"), "{stderr}");
-    assert!(stderr.contains("providers.openai.timeouts.first_byte: must be longer than 0"), "{stderr}");
-    assert!(stderr.contains("routes[0].chain[1]: provider `azure` is not defined; add [providers.azure]"), "{stderr}");
-    assert!(!stderr.contains("sk-live-inline-secret"), "the secret itself is never echoed");
+    assert!(
+        stderr.contains("providers.openai.keys[0].key: secrets are never written inline"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("providers.openai.timeouts.first_byte: must be longer than 0"),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .contains("routes[0].chain[1]: provider `azure` is not defined; add [providers.azure]"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("sk-live-inline-secret"),
+        "the secret itself is never echoed"
+    );
 
-    std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:1\"\nmax_bodyy = \"1MiB\"\n").unwrap();
+    std::fs::write(
+        &path,
+        "[server]\nlisten = \"127.0.0.1:1\"\nmax_bodyy = \"1MiB\"\n",
+    )
+    .unwrap();
     let output = Command::new(AIRBAG)
         .args(["check-config", "--config"])
         .arg(&path)
@@ -105,7 +129,13 @@ async fn serve_and_mock_provider_work_together_from_the_command_line() {
     let (mock_port, proxy_port, admin_port) = (free_port(), free_port(), free_port());
     let _mock = Running(
         Command::new(AIRBAG)
-            .args(["mock-provider", "--listen", &format!("127.0.0.1:{mock_port}"), "--name", "cli"])
+            .args([
+                "mock-provider",
+                "--listen",
+                &format!("127.0.0.1:{mock_port}"),
+                "--name",
+                "cli",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -141,9 +171,15 @@ async fn serve_and_mock_provider_work_together_from_the_command_line() {
         .await
         .unwrap();
     assert_eq!(reply.status(), 200);
-    assert_eq!(reply.headers()["x-airbag-served-by"], "provider:mock/demo-model");
+    assert_eq!(
+        reply.headers()["x-airbag-served-by"],
+        "provider:mock/demo-model"
+    );
     let body: serde_json::Value = reply.json().await.unwrap();
-    assert_eq!(body["choices"][0]["message"]["content"], "mock cli answers: ping");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "mock cli answers: ping"
+    );
 
     // The `chat` route's providers have no keys here: every target is skipped.
     let reply = client
@@ -168,14 +204,23 @@ async fn serve_and_mock_provider_work_together_from_the_command_line() {
 
     // SIGTERM: a graceful stop with exit status 0.
     let pid = gateway.0.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(status) = gateway.0.try_wait().unwrap() {
             assert!(status.success(), "{status}");
             break;
         }
-        assert!(Instant::now() < deadline, "the gateway did not stop on SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not stop on SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

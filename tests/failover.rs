@@ -19,7 +19,11 @@ fn status(status: u16) -> Fault {
 /// the primary and B1 for the fallback.
 async fn two_targets(
     primary_extra: &str,
-) -> (TestGateway, airbag::mock::MockProvider, airbag::mock::MockProvider) {
+) -> (
+    TestGateway,
+    airbag::mock::MockProvider,
+    airbag::mock::MockProvider,
+) {
     let primary = mock("primary").await;
     let fallback = mock("fallback").await;
     let config = format!(
@@ -40,7 +44,10 @@ async fn two_targets(
     );
     let gateway = TestGateway::start(
         &config,
-        &[("PRIMARY_KEY", "sk-primary"), ("FALLBACK_KEY", "sk-fallback")],
+        &[
+            ("PRIMARY_KEY", "sk-primary"),
+            ("FALLBACK_KEY", "sk-fallback"),
+        ],
     )
     .await;
     (gateway, primary, fallback)
@@ -81,7 +88,11 @@ async fn server_errors_are_retried_on_the_same_target_before_falling_back() {
         let reply = gateway.openai(openai_chat("chat", "hi")).await;
         assert_eq!(reply.status, 200, "{code}: {}", reply.text);
         assert_eq!(reply.served_by(), "provider:primary/big", "{code}");
-        assert_eq!(primary.request_count(), 3, "{code}: two failures and a success");
+        assert_eq!(
+            primary.request_count(),
+            3,
+            "{code}: two failures and a success"
+        );
         assert_eq!(fallback.request_count(), 0, "{code}");
         let attempts = &reply.json()["airbag"]["attempts"];
         assert_eq!(attempts[0]["outcome"], format!("status_{code}"));
@@ -101,13 +112,20 @@ async fn an_exhausted_primary_falls_back_with_depth_one() {
     assert_eq!(fallback.request_count(), 1);
     assert_eq!(fallback.requests()[0].model, "small");
     let metrics = gateway.metrics().await;
-    assert!(metrics.contains(
-        "airbag_upstream_attempts_total{outcome=\"status_503\",target=\"primary/big\"} 3"
-    ), "{metrics}");
-    assert!(metrics.contains(
-        "airbag_fallbacks_total{route=\"chat\",target=\"fallback/small\"} 1"
-    ), "{metrics}");
-    assert!(metrics.contains("airbag_retries_total{target=\"primary/big\"} 2"), "{metrics}");
+    assert!(
+        metrics.contains(
+            "airbag_upstream_attempts_total{outcome=\"status_503\",target=\"primary/big\"} 3"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("airbag_fallbacks_total{route=\"chat\",target=\"fallback/small\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("airbag_retries_total{target=\"primary/big\"} 2"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -127,7 +145,8 @@ async fn network_failures_timeouts_and_malformed_answers_are_retried() {
         assert_eq!(primary.request_count(), 2, "{fault:?}");
         assert_eq!(fallback.request_count(), 0, "{fault:?}");
         assert_eq!(
-            reply.json()["airbag"]["attempts"][0]["outcome"], outcome,
+            reply.json()["airbag"]["attempts"][0]["outcome"],
+            outcome,
             "{fault:?}"
         );
     }
@@ -186,12 +205,22 @@ async fn context_length_exceeded_goes_to_the_context_window_fallback() {
         provider("long", "anthropic", &long, ""),
     );
     let gateway = TestGateway::start(&config, &[]).await;
-    let reply = gateway.openai(openai_chat("chat", "a very long prompt")).await;
+    let reply = gateway
+        .openai(openai_chat("chat", "a very long prompt"))
+        .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(reply.served_by(), "provider:long/m-200k");
-    assert_eq!(reply.depth(), "2", "the context fallback sits after the chain");
+    assert_eq!(
+        reply.depth(),
+        "2",
+        "the context fallback sits after the chain"
+    );
     assert_eq!(primary.request_count(), 1, "no retry of a context error");
-    assert_eq!(fallback.request_count(), 0, "a smaller model would not help");
+    assert_eq!(
+        fallback.request_count(),
+        0,
+        "a smaller model would not help"
+    );
     assert_eq!(long.requests()[0].model, "m-200k");
 
     // Without a context-window fallback the error goes back as it came.
@@ -201,7 +230,9 @@ async fn context_length_exceeded_goes_to_the_context_window_fallback() {
         route("chat", &["primary/m"])
     );
     let gateway = TestGateway::start(&config, &[]).await;
-    let reply = gateway.openai(openai_chat("chat", "a very long prompt")).await;
+    let reply = gateway
+        .openai(openai_chat("chat", "a very long prompt"))
+        .await;
     assert_eq!(reply.status, 400);
     assert_eq!(reply.json()["error"]["code"], "context_length_exceeded");
 }
@@ -238,7 +269,12 @@ async fn rate_limits_rotate_to_another_key() {
         let reply = gateway.openai(openai_chat("chat", "again")).await;
         assert_eq!(reply.status, 200);
     }
-    let later: Vec<Option<String>> = primary.requests().into_iter().skip(keys.len()).map(|r| r.key).collect();
+    let later: Vec<Option<String>> = primary
+        .requests()
+        .into_iter()
+        .skip(keys.len())
+        .map(|r| r.key)
+        .collect();
     assert_eq!(later, vec![Some("sk-b".to_string()); 5]);
 }
 
@@ -257,7 +293,10 @@ async fn a_short_retry_after_is_honoured_with_a_single_key() {
     let reply = gateway.openai(openai_chat("chat", "hi")).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(reply.served_by(), "provider:primary/big");
-    assert!(started.elapsed() >= std::time::Duration::from_millis(200), "waited for retry-after");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(200),
+        "waited for retry-after"
+    );
     assert_eq!(primary.request_count(), 2);
     assert_eq!(fallback.request_count(), 0);
 }
@@ -293,11 +332,18 @@ async fn a_rejected_key_rests_and_rotation_is_immediate() {
         ),
         route("chat", &["primary/m"]),
     );
-    let gateway =
-        TestGateway::start(&config, &[("KEY_REVOKED", "sk-revoked"), ("KEY_GOOD", "sk-good")]).await;
+    let gateway = TestGateway::start(
+        &config,
+        &[("KEY_REVOKED", "sk-revoked"), ("KEY_GOOD", "sk-good")],
+    )
+    .await;
     for _ in 0..5 {
         let reply = gateway.openai(openai_chat("chat", "hi")).await;
-        assert_eq!(reply.status, 200, "rotation needs no retry budget: {}", reply.text);
+        assert_eq!(
+            reply.status, 200,
+            "rotation needs no retry budget: {}",
+            reply.text
+        );
     }
     let keys: Vec<String> = primary
         .requests()
@@ -305,7 +351,10 @@ async fn a_rejected_key_rests_and_rotation_is_immediate() {
         .filter_map(|request| request.key)
         .collect();
     let revoked = keys.iter().filter(|key| *key == "sk-revoked").count();
-    assert!(revoked <= 1, "a rejected key is not used again during its cool-down: {keys:?}");
+    assert!(
+        revoked <= 1,
+        "a rejected key is not used again during its cool-down: {keys:?}"
+    );
     assert_eq!(keys.iter().filter(|key| *key == "sk-good").count(), 5);
 }
 
@@ -321,14 +370,22 @@ async fn every_target_failing_gives_503_listing_attempts_and_no_keys() {
     assert_eq!(body["error"]["code"], "all_targets_failed");
     let attempts = body["airbag"]["attempts"].as_array().unwrap().clone();
     assert_eq!(attempts.len(), 6);
-    assert_eq!(attempts[0], json!({"target": "primary/big", "outcome": "status_503"}));
-    assert_eq!(attempts[5], json!({"target": "fallback/small", "outcome": "status_500"}));
+    assert_eq!(
+        attempts[0],
+        json!({"target": "primary/big", "outcome": "status_503"})
+    );
+    assert_eq!(
+        attempts[5],
+        json!({"target": "fallback/small", "outcome": "status_500"})
+    );
     assert!(!reply.text.contains("sk-primary") && !reply.text.contains("sk-fallback"));
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("primary/big status_503"), "{message}");
 
     // The same failure in Anthropic's shape.
-    let reply = gateway.anthropic(common::anthropic_chat("chat", "hi")).await;
+    let reply = gateway
+        .anthropic(common::anthropic_chat("chat", "hi"))
+        .await;
     assert_eq!(reply.status, 503);
     let body = reply.json();
     assert_eq!(body["type"], "error");
@@ -342,7 +399,12 @@ async fn a_provider_without_keys_in_the_environment_is_skipped() {
     let fallback = mock("fallback").await;
     let config = format!(
         "{}{}{}",
-        provider("primary", "openai", &primary, "keys = [{ key = \"env:NOT_SET_ANYWHERE\" }]"),
+        provider(
+            "primary",
+            "openai",
+            &primary,
+            "keys = [{ key = \"env:NOT_SET_ANYWHERE\" }]"
+        ),
         provider("fallback", "openai", &fallback, ""),
         route("chat", &["primary/m", "fallback/m"]),
     );

@@ -36,20 +36,32 @@ async fn malformed_json_is_a_400_in_the_callers_shape() {
     assert_eq!(reply.status, 400);
     let body = reply.json();
     assert_eq!(body["error"]["type"], "invalid_request_error");
-    assert!(body["error"]["message"].as_str().unwrap().contains("not valid JSON"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON")
+    );
 
     let reply = post_raw(&gateway, "/v1/messages", "not json at all").await;
     assert_eq!(reply.status, 400);
     assert_eq!(reply.json()["type"], "error");
     assert_eq!(reply.json()["error"]["type"], "invalid_request_error");
-    assert_eq!(upstream.request_count(), 0, "bad input never goes down the ladder");
+    assert_eq!(
+        upstream.request_count(),
+        0,
+        "bad input never goes down the ladder"
+    );
 }
 
 #[tokio::test]
 async fn a_missing_or_ill_typed_field_is_named() {
     let (gateway, upstream) = simple("", &[]).await;
     let cases = [
-        (json!({"messages": [{"role": "user", "content": "hi"}]}), "model"),
+        (
+            json!({"messages": [{"role": "user", "content": "hi"}]}),
+            "model",
+        ),
         (json!({"model": "chat"}), "messages"),
         (
             json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "temperature": "warm"}),
@@ -80,7 +92,10 @@ async fn a_missing_or_ill_typed_field_is_named() {
         .anthropic(json!({"model": "chat", "max_tokens": 10, "messages": [{"role": "user", "content": 42}]}))
         .await;
     assert_eq!(reply.status, 400);
-    let message = reply.json()["error"]["message"].as_str().unwrap().to_string();
+    let message = reply.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(message.contains("messages[0].content"), "{message}");
     assert_eq!(upstream.request_count(), 0);
 }
@@ -98,7 +113,9 @@ async fn an_oversized_body_is_a_413() {
     assert_eq!(reply.json()["error"]["type"], "request_too_large");
     assert_eq!(upstream.request_count(), 0);
     // Just under the limit still passes.
-    let reply = gateway.openai(openai_chat("chat", &"y".repeat(1 << 20))).await;
+    let reply = gateway
+        .openai(openai_chat("chat", &"y".repeat(1 << 20)))
+        .await;
     assert_eq!(reply.status, 200);
 }
 
@@ -128,8 +145,20 @@ async fn globs_route_model_families_and_exact_names_win() {
         route("gpt-4o", &["other/exact"]),
     );
     let gateway = TestGateway::start(&config, &[]).await;
-    assert_eq!(gateway.openai(openai_chat("gpt-4o-mini", "hi")).await.served_by(), "provider:up/family");
-    assert_eq!(gateway.openai(openai_chat("gpt-4o", "hi")).await.served_by(), "provider:other/exact");
+    assert_eq!(
+        gateway
+            .openai(openai_chat("gpt-4o-mini", "hi"))
+            .await
+            .served_by(),
+        "provider:up/family"
+    );
+    assert_eq!(
+        gateway
+            .openai(openai_chat("gpt-4o", "hi"))
+            .await
+            .served_by(),
+        "provider:other/exact"
+    );
 }
 
 #[tokio::test]
@@ -140,21 +169,38 @@ async fn client_keys_gate_the_gateway() {
     assert_eq!(reply.status, 401);
     assert_eq!(reply.json()["error"]["type"], "authentication_error");
     let reply = gateway
-        .post("/v1/chat/completions", openai_chat("chat", "hi"), &[("authorization", "Bearer wrong")])
+        .post(
+            "/v1/chat/completions",
+            openai_chat("chat", "hi"),
+            &[("authorization", "Bearer wrong")],
+        )
         .await;
     assert_eq!(reply.status, 401);
     let reply = gateway
-        .post("/v1/chat/completions", openai_chat("chat", "hi"), &[("authorization", "Bearer gw-acme")])
+        .post(
+            "/v1/chat/completions",
+            openai_chat("chat", "hi"),
+            &[("authorization", "Bearer gw-acme")],
+        )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     let reply = gateway
-        .post("/v1/messages", anthropic_chat("chat", "hi"), &[("x-api-key", "gw-acme"), ("anthropic-version", "2023-06-01")])
+        .post(
+            "/v1/messages",
+            anthropic_chat("chat", "hi"),
+            &[
+                ("x-api-key", "gw-acme"),
+                ("anthropic-version", "2023-06-01"),
+            ],
+        )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(upstream.request_count(), 2);
     let forwarded: Vec<Option<String>> = upstream.requests().into_iter().map(|r| r.key).collect();
     assert!(
-        forwarded.iter().all(|key| key.as_deref() != Some("gw-acme")),
+        forwarded
+            .iter()
+            .all(|key| key.as_deref() != Some("gw-acme")),
         "the gateway key is never forwarded upstream"
     );
 }
@@ -169,13 +215,24 @@ async fn a_configured_client_key_missing_from_the_environment_stops_start_up() {
     )
     .unwrap_err()
     .to_string();
-    assert!(error.contains("clients[0].key: environment variable NOBODY_SET_THIS is not set"), "{error}");
+    assert!(
+        error.contains("clients[0].key: environment variable NOBODY_SET_THIS is not set"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
 async fn models_health_and_readiness() {
     let (gateway, _upstream) = simple("", &[]).await;
-    let models: serde_json::Value = gateway.client.get(gateway.url("/v1/models")).send().await.unwrap().json().await.unwrap();
+    let models: serde_json::Value = gateway
+        .client
+        .get(gateway.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], "chat");
     let anthropic_models: serde_json::Value = gateway
@@ -190,30 +247,46 @@ async fn models_health_and_readiness() {
         .unwrap();
     assert_eq!(anthropic_models["data"][0]["type"], "model");
     assert_eq!(anthropic_models["has_more"], false);
-    let health = gateway.client.get(gateway.url("/healthz")).send().await.unwrap();
+    let health = gateway
+        .client
+        .get(gateway.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
-    let ready = gateway.client.get(gateway.url("/readyz")).send().await.unwrap();
+    let ready = gateway
+        .client
+        .get(gateway.url("/readyz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 200);
 
     // A gateway whose only provider has no keys cannot serve: not ready.
     let upstream = mock("up").await;
     let config = format!(
         "{}{}",
-        provider("up", "openai", &upstream, "keys = [{ key = \"env:UNSET_KEY\" }]"),
+        provider(
+            "up",
+            "openai",
+            &upstream,
+            "keys = [{ key = \"env:UNSET_KEY\" }]"
+        ),
         route("chat", &["up/m"]),
     );
     let gateway = TestGateway::start(&config, &[]).await;
-    let ready = gateway.client.get(gateway.url("/readyz")).send().await.unwrap();
+    let ready = gateway
+        .client
+        .get(gateway.url("/readyz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 503);
 }
 
 #[tokio::test]
 async fn metrics_count_requests_by_rung_and_the_admin_token_guards_them() {
-    let (gateway, _upstream) = simple(
-        "",
-        &[],
-    )
-    .await;
+    let (gateway, _upstream) = simple("", &[]).await;
     gateway.openai(openai_chat("chat", "hi")).await;
     gateway.anthropic(anthropic_chat("chat", "hi")).await;
     gateway.openai(openai_chat("nope", "hi")).await;
@@ -235,11 +308,20 @@ async fn metrics_count_requests_by_rung_and_the_admin_token_guards_them() {
         route("chat", &["up/m"]),
     );
     // The harness puts its own [admin] first; build this one by hand.
-    let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n{}", config.replace("[admin]\n", "[admin]\nlisten = \"127.0.0.1:0\"\n"));
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{}",
+        config.replace("[admin]\n", "[admin]\nlisten = \"127.0.0.1:0\"\n")
+    );
     let env = airbag::config::Env::from_pairs([("ADMIN_TOKEN", "s3cret")]);
-    let config = airbag::config::Config::from_toml(&text, std::path::Path::new("t.toml"), &env).unwrap();
+    let config =
+        airbag::config::Config::from_toml(&text, std::path::Path::new("t.toml"), &env).unwrap();
     let gateway = TestGateway::start_config(&config, &env).await;
-    let denied = gateway.client.get(gateway.admin_url("/metrics")).send().await.unwrap();
+    let denied = gateway
+        .client
+        .get(gateway.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(denied.status(), 401);
     let allowed = gateway
         .client

@@ -48,14 +48,21 @@ async fn an_openai_stream_is_well_formed_and_tagged() {
     assert_eq!(reply.rung(), "provider");
     assert_eq!(reply.served_by(), "provider:primary/big");
     assert_eq!(reply.depth(), "0");
-    assert_eq!(reply.openai_stream_text(), "mock primary answers: tell me a story");
+    assert_eq!(
+        reply.openai_stream_text(),
+        "mock primary answers: tell me a story"
+    );
     let events = reply.events();
     assert_eq!(events.last().map(|(_, data)| data.as_str()), Some("[DONE]"));
     let chunks: Vec<Value> = events
         .iter()
         .filter_map(|(_, data)| serde_json::from_str(data).ok())
         .collect();
-    assert!(chunks.iter().all(|chunk| chunk["object"] == "chat.completion.chunk"));
+    assert!(
+        chunks
+            .iter()
+            .all(|chunk| chunk["object"] == "chat.completion.chunk")
+    );
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let finish = chunks
         .iter()
@@ -113,7 +120,11 @@ async fn a_stream_stalled_before_its_first_byte_fails_over() {
         assert_eq!(reply.status, 200, "{kind}: {}", reply.text);
         assert_eq!(reply.served_by(), "provider:fallback/small", "{kind}");
         assert_eq!(reply.depth(), "1", "{kind}");
-        assert_eq!(reply.openai_stream_text(), "mock fallback answers: hi", "{kind}");
+        assert_eq!(
+            reply.openai_stream_text(),
+            "mock fallback answers: hi",
+            "{kind}"
+        );
         assert_eq!(primary.request_count(), 3, "{kind}: each attempt timed out");
         let metrics = gateway.metrics().await;
         assert!(
@@ -129,17 +140,35 @@ async fn a_stream_broken_after_its_first_byte_ends_with_an_error_event() {
     primary.set_faults(vec![FaultRule::always(Fault::FailAfter { chunks: 3 })]);
     let gateway = gateway_with(&primary, &fallback, "openai").await;
 
-    let reply = gateway.openai(openai_stream("one two three four five", false)).await;
+    let reply = gateway
+        .openai(openai_stream("one two three four five", false))
+        .await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.served_by(), "provider:primary/big");
     let events = reply.events();
     let last: Value = serde_json::from_str(&events.last().unwrap().1).unwrap();
-    assert_eq!(last["error"]["code"], "upstream_stream_failed", "{}", reply.text);
-    assert!(!reply.text.contains("[DONE]"), "an incomplete stream has no [DONE]");
-    assert!(!reply.openai_stream_text().is_empty(), "the first chunks arrived");
-    assert_eq!(fallback.request_count(), 0, "no failover after the first byte");
+    assert_eq!(
+        last["error"]["code"], "upstream_stream_failed",
+        "{}",
+        reply.text
+    );
+    assert!(
+        !reply.text.contains("[DONE]"),
+        "an incomplete stream has no [DONE]"
+    );
+    assert!(
+        !reply.openai_stream_text().is_empty(),
+        "the first chunks arrived"
+    );
+    assert_eq!(
+        fallback.request_count(),
+        0,
+        "no failover after the first byte"
+    );
 
-    let reply = gateway.anthropic(anthropic_stream("one two three four five")).await;
+    let reply = gateway
+        .anthropic(anthropic_stream("one two three four five"))
+        .await;
     let events = reply.events();
     let (name, data) = events.last().unwrap();
     assert_eq!(name.as_deref(), Some("error"), "{}", reply.text);
@@ -162,8 +191,13 @@ async fn a_stream_that_goes_silent_mid_way_is_ended_by_the_idle_timeout() {
     primary.set_faults(vec![FaultRule::always(Fault::StallAfter { chunks: 2 })]);
     let gateway = gateway_with(&primary, &fallback, "anthropic").await;
     let started = std::time::Instant::now();
-    let reply = gateway.openai(openai_stream("one two three four", false)).await;
-    assert!(started.elapsed() < Duration::from_secs(5), "the stall was cut short");
+    let reply = gateway
+        .openai(openai_stream("one two three four", false))
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the stall was cut short"
+    );
     let last: Value = serde_json::from_str(&reply.events().last().unwrap().1).unwrap();
     let message = last["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("timeout_idle"), "{}", reply.text);
@@ -195,7 +229,11 @@ async fn a_client_that_disconnects_mid_stream_cancels_the_upstream_request() {
     while primary.cancelled_count() == 0 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(primary.cancelled_count(), 1, "the upstream stream was dropped");
+    assert_eq!(
+        primary.cancelled_count(),
+        1,
+        "the upstream stream was dropped"
+    );
 }
 
 #[tokio::test]
@@ -224,6 +262,10 @@ async fn a_client_that_gives_up_on_a_slow_answer_cancels_the_upstream_request() 
     while primary.cancelled_count() == 0 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(primary.cancelled_count(), 1, "the upstream request was dropped");
+    assert_eq!(
+        primary.cancelled_count(),
+        1,
+        "the upstream request was dropped"
+    );
     assert_eq!(fallback.request_count(), 0);
 }

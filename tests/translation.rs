@@ -13,7 +13,12 @@ async fn both_kinds() -> (TestGateway, MockProvider, MockProvider) {
     let anthropic_mock = mock("ant").await;
     let config = format!(
         "{}{}{}{}",
-        provider("oai", "openai", &openai_mock, "keys = [{ key = \"env:OAI_KEY\" }]"),
+        provider(
+            "oai",
+            "openai",
+            &openai_mock,
+            "keys = [{ key = \"env:OAI_KEY\" }]"
+        ),
         provider(
             "ant",
             "anthropic",
@@ -64,7 +69,10 @@ async fn openai_clients_are_served_by_both_kinds() {
                 assert_eq!(received.key.as_deref(), Some("sk-ant"));
                 assert_eq!(received.anthropic_version.as_deref(), Some("2023-06-01"));
                 assert_eq!(received.body["system"], "You are terse.");
-                assert_eq!(received.body["max_tokens"], 777, "the provider default fills it");
+                assert_eq!(
+                    received.body["max_tokens"], 777,
+                    "the provider default fills it"
+                );
                 assert_eq!(received.body["messages"].as_array().unwrap().len(), 3);
             }
         }
@@ -98,12 +106,24 @@ async fn anthropic_clients_are_served_by_both_kinds() {
         assert_eq!(json["type"], "message");
         assert_eq!(json["role"], "assistant");
         assert_eq!(json["content"][0]["type"], "text");
-        assert_eq!(json["content"][0]["text"], format!("mock {name} answers: hello"));
+        assert_eq!(
+            json["content"][0]["text"],
+            format!("mock {name} answers: hello")
+        );
         assert_eq!(json["stop_reason"], "end_turn");
-        assert_eq!(json["airbag"]["served_by"], format!("provider:{name}/{}", if name == "oai" { "gpt-x" } else { "claude-x" }));
+        assert_eq!(
+            json["airbag"]["served_by"],
+            format!(
+                "provider:{name}/{}",
+                if name == "oai" { "gpt-x" } else { "claude-x" }
+            )
+        );
         let received = mock.requests().pop().unwrap();
         if name == "oai" {
-            assert_eq!(received.body["messages"][0], json!({"role": "system", "content": "You are terse."}));
+            assert_eq!(
+                received.body["messages"][0],
+                json!({"role": "system", "content": "You are terse."})
+            );
             assert_eq!(received.body["max_tokens"], 64);
         } else {
             assert_eq!(received.body["system"], "You are terse.");
@@ -131,27 +151,32 @@ async fn tool_calls_round_trip_across_protocols() {
     let (gateway, _openai_mock, anthropic_mock) = both_kinds().await;
     // An OpenAI client, an Anthropic upstream.
     let first = gateway
-        .openai(json!({"model": "via-anthropic", "tools": weather_tool_openai(),
-            "messages": [{"role": "user", "content": "weather in Oslo"}]}))
+        .openai(
+            json!({"model": "via-anthropic", "tools": weather_tool_openai(),
+            "messages": [{"role": "user", "content": "weather in Oslo"}]}),
+        )
         .await;
     assert_eq!(first.status, 200, "{}", first.text);
     let json = first.json();
     assert_eq!(json["choices"][0]["finish_reason"], "tool_calls");
     let call = &json["choices"][0]["message"]["tool_calls"][0];
     assert_eq!(call["function"]["name"], "get_weather");
-    let arguments: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    let arguments: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
     assert_eq!(arguments, json!({"query": "weather in Oslo"}));
     let received = anthropic_mock.requests().pop().unwrap();
     assert_eq!(received.body["tools"][0]["name"], "get_weather");
     assert_eq!(received.body["tools"][0]["input_schema"]["type"], "object");
 
     let second = gateway
-        .openai(json!({"model": "via-anthropic", "tools": weather_tool_openai(),
+        .openai(
+            json!({"model": "via-anthropic", "tools": weather_tool_openai(),
             "messages": [
                 {"role": "user", "content": "weather in Oslo"},
                 {"role": "assistant", "content": null, "tool_calls": [call]},
                 {"role": "tool", "tool_call_id": call["id"], "content": "rain, 4°C"},
-            ]}))
+            ]}),
+        )
         .await;
     assert_eq!(second.status, 200, "{}", second.text);
     assert_eq!(
@@ -166,9 +191,11 @@ async fn tool_calls_round_trip_across_protocols() {
 
     // An Anthropic client, an OpenAI upstream, streamed.
     let reply = gateway
-        .anthropic(json!({"model": "via-openai", "max_tokens": 100, "stream": true,
+        .anthropic(
+            json!({"model": "via-openai", "max_tokens": 100, "stream": true,
             "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}],
-            "messages": [{"role": "user", "content": "weather in Bergen"}]}))
+            "messages": [{"role": "user", "content": "weather in Bergen"}]}),
+        )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     let events: Vec<Value> = reply
@@ -187,8 +214,14 @@ async fn tool_calls_round_trip_across_protocols() {
         .filter(|event| event["delta"]["type"] == "input_json_delta")
         .filter_map(|event| event["delta"]["partial_json"].as_str())
         .collect();
-    assert_eq!(serde_json::from_str::<Value>(&partial).unwrap(), json!({"query": "weather in Bergen"}));
-    let delta = events.iter().find(|event| event["type"] == "message_delta").unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&partial).unwrap(),
+        json!({"query": "weather in Bergen"})
+    );
+    let delta = events
+        .iter()
+        .find(|event| event["type"] == "message_delta")
+        .unwrap();
     assert_eq!(delta["delta"]["stop_reason"], "tool_use");
 }
 
@@ -232,7 +265,9 @@ async fn an_upstream_refusal_is_translated_into_the_callers_error_shape() {
             body: Some(json!({"type": "error", "error": {"type": "invalid_request_error", "message": "messages: roles must alternate"}})),
         },
     )]);
-    let reply = gateway.openai(common::openai_chat("via-anthropic", "hi")).await;
+    let reply = gateway
+        .openai(common::openai_chat("via-anthropic", "hi"))
+        .await;
     assert_eq!(reply.status, 422);
     let body = reply.json();
     assert_eq!(body["error"]["message"], "messages: roles must alternate");

@@ -12,9 +12,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    ChatRequest, ChatResponse, Image, InvalidBody, Message, OutputParams, Part, Role,
-    StopReason, StreamEvent, StreamFailure, Tool, ToolCall, ToolChoice, ToolResult, Usage,
-    parse_json_body, random_id, sse,
+    ChatRequest, ChatResponse, Image, InvalidBody, Message, OutputParams, Part, Role, StopReason,
+    StreamEvent, StreamFailure, Tool, ToolCall, ToolChoice, ToolResult, Usage, parse_json_body,
+    random_id, sse,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -127,7 +127,10 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
         return Err(InvalidBody::new("model", "must name a model"));
     }
     if wire.messages.is_empty() {
-        return Err(InvalidBody::new("messages", "must hold at least one message"));
+        return Err(InvalidBody::new(
+            "messages",
+            "must hold at least one message",
+        ));
     }
     let messages = wire
         .messages
@@ -599,8 +602,7 @@ impl StreamParser {
                         id: block["id"].as_str().unwrap_or_default().to_string(),
                         name: block["name"].as_str().unwrap_or_default().to_string(),
                     });
-                } else if let Some(text) = block["text"].as_str().filter(|text| !text.is_empty())
-                {
+                } else if let Some(text) = block["text"].as_str().filter(|text| !text.is_empty()) {
                     events.push(StreamEvent::TextDelta(text.to_string()));
                 }
             }
@@ -688,7 +690,10 @@ mod tests {
         let request = parse_request(body.to_string().as_bytes()).unwrap();
         assert_eq!(request.system.as_deref(), Some("be brief"));
         assert_eq!(request.tool_choice, Some(ToolChoice::Required));
-        assert!(matches!(request.messages[0].content[1], Part::Image(Image::Base64 { .. })));
+        assert!(matches!(
+            request.messages[0].content[1],
+            Part::Image(Image::Base64 { .. })
+        ));
         let upstream = upstream_body(&request, "claude-x", 4096);
         assert_eq!(upstream["messages"][1]["content"][0]["input"]["a"], 1);
         assert_eq!(upstream["tool_choice"]["type"], "any");

@@ -168,12 +168,24 @@ pub struct Usage {
 /// One step of a streamed answer, in the order a client must see them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamEvent {
-    Start { id: String, model: String },
+    Start {
+        id: String,
+        model: String,
+    },
     TextDelta(String),
     /// A tool call begins; `index` counts tool calls only (OpenAI's numbering).
-    ToolCallStart { index: usize, id: String, name: String },
-    ToolCallDelta { index: usize, arguments: String },
-    Finish { stop_reason: StopReason },
+    ToolCallStart {
+        index: usize,
+        id: String,
+        name: String,
+    },
+    ToolCallDelta {
+        index: usize,
+        arguments: String,
+    },
+    Finish {
+        stop_reason: StopReason,
+    },
     Usage(Usage),
 }
 

@@ -9,9 +9,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    ChatRequest, ChatResponse, Image, InvalidBody, Message, OutputParams, Part, Role,
-    StopReason, StreamEvent, StreamFailure, Tool, ToolCall, ToolChoice, ToolResult, Usage,
-    parse_json_body, random_id, sse, unix_now,
+    ChatRequest, ChatResponse, Image, InvalidBody, Message, OutputParams, Part, Role, StopReason,
+    StreamEvent, StreamFailure, Tool, ToolCall, ToolChoice, ToolResult, Usage, parse_json_body,
+    random_id, sse, unix_now,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -122,7 +122,10 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
         return Err(InvalidBody::new("model", "must name a model"));
     }
     if wire.messages.is_empty() {
-        return Err(InvalidBody::new("messages", "must hold at least one message"));
+        return Err(InvalidBody::new(
+            "messages",
+            "must hold at least one message",
+        ));
     }
     let mut system_parts = Vec::new();
     let mut messages: Vec<Message> = Vec::new();
@@ -200,7 +203,9 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
             response_format: wire.response_format,
         },
         stream: wire.stream,
-        include_usage: wire.stream_options.is_some_and(|options| options.include_usage),
+        include_usage: wire
+            .stream_options
+            .is_some_and(|options| options.include_usage),
     })
 }
 
@@ -809,11 +814,14 @@ mod tests {
 
     #[test]
     fn a_wrongly_typed_field_is_named() {
-        let error = parse_request(br#"{"model":"chat","messages":[{"role":"user","content":"hi"}],"temperature":"hot"}"#)
-            .unwrap_err();
+        let error = parse_request(
+            br#"{"model":"chat","messages":[{"role":"user","content":"hi"}],"temperature":"hot"}"#,
+        )
+        .unwrap_err();
         assert_eq!(error.field, "temperature");
-        let error = parse_request(br#"{"model":"chat","messages":[{"role":"wizard","content":"hi"}]}"#)
-            .unwrap_err();
+        let error =
+            parse_request(br#"{"model":"chat","messages":[{"role":"wizard","content":"hi"}]}"#)
+                .unwrap_err();
         assert_eq!(error.field, "messages[0].role");
         let error = parse_request(br#"{"messages":[]}"#).unwrap_err();
         assert!(error.message.contains("model"), "{error:?}");
@@ -832,7 +840,9 @@ mod tests {
         assert_eq!(events.len(), 2);
         assert_eq!(events[1], StreamEvent::TextDelta("Hi".into()));
         let events = parser
-            .parse(&chunk(r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#))
+            .parse(&chunk(
+                r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#,
+            ))
             .unwrap();
         assert_eq!(
             events,

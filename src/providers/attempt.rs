@@ -93,7 +93,8 @@ fn classify_send_error(error: &reqwest::Error) -> &'static str {
 /// `retry-after-ms` (OpenAI) or `retry-after` in seconds.
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
-    if let Some(millis) = header("retry-after-ms").and_then(|value| value.trim().parse::<f64>().ok())
+    if let Some(millis) =
+        header("retry-after-ms").and_then(|value| value.trim().parse::<f64>().ok())
     {
         return Some(Duration::from_secs_f64(millis.max(0.0) / 1000.0));
     }

@@ -45,7 +45,9 @@ pub enum ChainOutcome {
         depth: usize,
         attempts: Vec<AttemptRecord>,
     },
-    Exhausted { attempts: Vec<AttemptRecord> },
+    Exhausted {
+        attempts: Vec<AttemptRecord>,
+    },
 }
 
 enum TargetResult {
@@ -295,13 +297,25 @@ mod tests {
         let kind = ProviderKind::Openai;
         assert!(matches!(next_step(&status(503, ""), kind), Next::Retry));
         assert!(matches!(next_step(&status(529, ""), kind), Next::Retry));
-        assert!(matches!(next_step(&status(429, ""), kind), Next::RateLimited(None)));
-        assert!(matches!(next_step(&status(401, ""), kind), Next::KeyRejected));
-        assert!(matches!(next_step(&status(402, ""), kind), Next::KeyRejected));
+        assert!(matches!(
+            next_step(&status(429, ""), kind),
+            Next::RateLimited(None)
+        ));
+        assert!(matches!(
+            next_step(&status(401, ""), kind),
+            Next::KeyRejected
+        ));
+        assert!(matches!(
+            next_step(&status(402, ""), kind),
+            Next::KeyRejected
+        ));
         assert!(matches!(next_step(&status(404, ""), kind), Next::Refused));
         assert!(matches!(next_step(&status(422, ""), kind), Next::Refused));
         let context = r#"{"error":{"code":"context_length_exceeded","message":"too long"}}"#;
-        assert!(matches!(next_step(&status(400, context), kind), Next::ContextTooLong));
+        assert!(matches!(
+            next_step(&status(400, context), kind),
+            Next::ContextTooLong
+        ));
         let anthropic_context = r#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 300000 tokens > 200000 maximum"}}"#;
         assert!(matches!(
             next_step(&status(400, anthropic_context), ProviderKind::Anthropic),

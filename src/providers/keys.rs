@@ -118,7 +118,10 @@ impl KeyPool {
     /// How many keys are resting now, for status pages.
     pub fn resting_count(&self) -> usize {
         let now = Instant::now();
-        self.keys.iter().filter(|key| !key.is_available(now)).count()
+        self.keys
+            .iter()
+            .filter(|key| !key.is_available(now))
+            .count()
     }
 }
 

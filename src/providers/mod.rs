@@ -102,10 +102,7 @@ impl Routes {
                 .map(|route| Route {
                     model: route.model.clone(),
                     chain: route.chain.iter().map(|target| resolve(target)).collect(),
-                    context_window_fallback: route
-                        .context_window_fallback
-                        .as_deref()
-                        .map(resolve),
+                    context_window_fallback: route.context_window_fallback.as_deref().map(resolve),
                 })
                 .collect(),
         }

@@ -1,7 +1,7 @@
 //! The behaviour-test harness: the real gateway on `127.0.0.1:0` in front of real mock
 //! providers on their own random ports, driven over HTTP like a client would.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
 use std::path::Path;
 
@@ -43,7 +43,10 @@ pub fn provider(name: &str, kind: &str, mock: &MockProvider, extra: &str) -> Str
 
 pub fn route(model: &str, chain: &[&str]) -> String {
     let chain: Vec<String> = chain.iter().map(|target| format!("\"{target}\"")).collect();
-    format!("[[routes]]\nmodel = \"{model}\"\nchain = [{}]\n", chain.join(", "))
+    format!(
+        "[[routes]]\nmodel = \"{model}\"\nchain = [{}]\n",
+        chain.join(", ")
+    )
 }
 
 pub async fn mock(name: &str) -> MockProvider {
@@ -55,9 +58,13 @@ pub async fn mock_with(name: &str, options: MockOptions, rules: Vec<FaultRule>) 
         name: name.to_string(),
         ..options
     };
-    MockProvider::start("127.0.0.1:0".parse().expect("loopback address"), options, rules)
-        .await
-        .expect("mock provider starts")
+    MockProvider::start(
+        "127.0.0.1:0".parse().expect("loopback address"),
+        options,
+        rules,
+    )
+    .await
+    .expect("mock provider starts")
 }
 
 impl TestGateway {
@@ -180,7 +187,11 @@ impl Reply {
             .iter()
             .filter(|(_, data)| data != "[DONE]")
             .filter_map(|(_, data)| serde_json::from_str::<Value>(data).ok())
-            .filter_map(|chunk| chunk["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+            .filter_map(|chunk| {
+                chunk["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_string)
+            })
             .collect()
     }
 
