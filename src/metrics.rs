@@ -18,7 +18,7 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     /// Every upstream attempt, by target and outcome (`ok`, `status_503`, `timeout_first_byte`…).
     pub upstream_attempts: IntCounterVec,
-    /// Retries of the same target.
+    /// Re-attempts of the same target: retries and key rotations.
     pub retries: IntCounterVec,
     /// Requests that moved past a route's primary target, by route and the target that served.
     pub fallbacks: IntCounterVec,
@@ -57,7 +57,10 @@ impl Metrics {
             &["target", "outcome"],
         )?;
         let retries = IntCounterVec::new(
-            Opts::new("airbag_retries_total", "Retries of the same target"),
+            Opts::new(
+                "airbag_retries_total",
+                "Re-attempts of the same target (retries and key rotations)",
+            ),
             &["target"],
         )?;
         let fallbacks = IntCounterVec::new(

@@ -1,18 +1,11 @@
 //! The `airbag` binary as a user runs it: `check-config`, `serve` with the shipped config,
 //! and `mock-provider` with fault flags.
 
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const AIRBAG: &str = env!("CARGO_BIN_EXE_airbag");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Kills the child when the test ends, even on a failed assertion.
 struct Running(Child);
@@ -24,15 +17,43 @@ impl Drop for Running {
     }
 }
 
-async fn wait_until_up(url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if reqwest::get(url).await.is_ok() {
-            return;
+/// Start the binary with `args` (listening on port 0) and wait for the log line that
+/// announces its addresses; returns the child and that line. The child's output keeps
+/// being drained so it never blocks on a full pipe.
+fn spawn_announced(args: &[&str], announcement: &str) -> (Running, String) {
+    let mut child = Command::new(AIRBAG)
+        .args(args)
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("ANTHROPIC_API_KEY")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    });
+    let running = Running(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Ok(line) = received.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if line.contains(announcement) {
+            return (running, line);
+        }
     }
-    panic!("{url} did not come up");
+    panic!("`{announcement}` was never logged by airbag {args:?}");
+}
+
+/// The value of `name=` in a log line.
+fn field(line: &str, name: &str) -> String {
+    let prefix = format!("{name}=");
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no {name}= in {line}"))
+        .to_string()
 }
 
 #[test]
@@ -126,46 +147,27 @@ chain = ["openai/gpt-4o", "azure/gpt-4o"]
 
 #[tokio::test]
 async fn serve_and_mock_provider_work_together_from_the_command_line() {
-    let (mock_port, proxy_port, admin_port) = (free_port(), free_port(), free_port());
-    let _mock = Running(
-        Command::new(AIRBAG)
-            .args([
-                "mock-provider",
-                "--listen",
-                &format!("127.0.0.1:{mock_port}"),
-                "--name",
-                "cli",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let (_mock, announced) = spawn_announced(
+        &["mock-provider", "--listen", "127.0.0.1:0", "--name", "cli"],
+        "mock provider ready",
     );
+    let mock_url = field(&announced, "base_url");
     let shipped = std::fs::read_to_string("config/airbag.toml").unwrap();
     let config = shipped
-        .replace("127.0.0.1:8080", &format!("127.0.0.1:{proxy_port}"))
-        .replace("127.0.0.1:8081", &format!("127.0.0.1:{admin_port}"))
-        .replace("127.0.0.1:9000", &format!("127.0.0.1:{mock_port}"));
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:8081", "127.0.0.1:0")
+        .replace("http://127.0.0.1:9000/v1", &mock_url);
     let folder = tempfile::tempdir().unwrap();
     let path = folder.path().join("airbag.toml");
     std::fs::write(&path, config).unwrap();
-    let mut gateway = Running(
-        Command::new(AIRBAG)
-            .args(["serve", "--config"])
-            .arg(&path)
-            .env_remove("OPENAI_API_KEY")
-            .env_remove("ANTHROPIC_API_KEY")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_until_up(&format!("http://127.0.0.1:{mock_port}/mock/stats")).await;
-    wait_until_up(&format!("http://127.0.0.1:{proxy_port}/healthz")).await;
-
+    let path_text = path.to_string_lossy().to_string();
+    let (mut gateway, announced) =
+        spawn_announced(&["serve", "--config", &path_text], "airbag is listening");
+    let proxy = field(&announced, "proxy_addr");
+    let admin = field(&announced, "admin_addr");
     let client = reqwest::Client::new();
     let reply = client
-        .post(format!("http://127.0.0.1:{proxy_port}/v1/chat/completions"))
+        .post(format!("http://{proxy}/v1/chat/completions"))
         .json(&serde_json::json!({"model": "demo", "messages": [{"role": "user", "content": "ping"}]}))
         .send()
         .await
@@ -183,7 +185,7 @@ async fn serve_and_mock_provider_work_together_from_the_command_line() {
 
     // The `chat` route's providers have no keys here: every target is skipped.
     let reply = client
-        .post(format!("http://127.0.0.1:{proxy_port}/v1/chat/completions"))
+        .post(format!("http://{proxy}/v1/chat/completions"))
         .json(&serde_json::json!({"model": "chat", "messages": [{"role": "user", "content": "ping"}]}))
         .send()
         .await
@@ -193,7 +195,7 @@ async fn serve_and_mock_provider_work_together_from_the_command_line() {
     assert_eq!(body["airbag"]["attempts"][0]["outcome"], "disabled");
 
     let metrics = client
-        .get(format!("http://127.0.0.1:{admin_port}/metrics"))
+        .get(format!("http://{admin}/metrics"))
         .send()
         .await
         .unwrap()
@@ -227,26 +229,21 @@ async fn serve_and_mock_provider_work_together_from_the_command_line() {
 
 #[tokio::test]
 async fn mock_provider_flags_inject_faults() {
-    let port = free_port();
-    let _mock = Running(
-        Command::new(AIRBAG)
-            .args([
-                "mock-provider",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--fail-rate",
-                "1",
-                "--fail-status",
-                "529",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let (_mock, announced) = spawn_announced(
+        &[
+            "mock-provider",
+            "--listen",
+            "127.0.0.1:0",
+            "--fail-rate",
+            "1",
+            "--fail-status",
+            "529",
+        ],
+        "mock provider ready",
     );
-    wait_until_up(&format!("http://127.0.0.1:{port}/mock/stats")).await;
+    let base_url = field(&announced, "base_url");
     let reply = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{port}/v1/messages"))
+        .post(format!("{base_url}/messages"))
         .header("anthropic-version", "2023-06-01")
         .json(&serde_json::json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}))
         .send()

@@ -155,10 +155,11 @@ async fn network_failures_timeouts_and_malformed_answers_are_retried() {
 #[tokio::test]
 async fn a_connection_refused_target_falls_through_to_the_next() {
     let fallback = mock("fallback").await;
-    // A port that was free a moment ago: nothing listens there now.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // A socket bound but never listening: connections to it are refused, and the port
+    // stays reserved so no other test's server can take it meanwhile.
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let dead_url = format!("http://{}/v1", closed.local_addr().unwrap());
-    drop(closed);
     let config = format!(
         "[providers.dead]\nkind = \"openai\"\nbase_url = \"{dead_url}\"\nretries = 1\nbackoff = {{ initial = \"1ms\", max = \"2ms\" }}\n{}{}",
         provider("fallback", "openai", &fallback, ""),
@@ -254,12 +255,13 @@ async fn rate_limits_rotate_to_another_key() {
             "primary",
             "openai",
             &primary,
-            "keys = [{ key = \"env:KEY_A\", weight = 1000 }, { key = \"env:KEY_B\", weight = 1 }]"
+            "retries = 0\nkeys = [{ key = \"env:KEY_A\", weight = 1000 }, { key = \"env:KEY_B\", weight = 1 }]"
         ),
         route("chat", &["primary/m"]),
     );
     let gateway = TestGateway::start(&config, &[("KEY_A", "sk-a"), ("KEY_B", "sk-b")]).await;
-    // Key A is picked first almost always; whichever is first, the answer comes from B.
+    // Key A is picked first almost always; whichever is first, the answer comes from B,
+    // and rotating spends no retry budget (retries = 0 here).
     let reply = gateway.openai(openai_chat("chat", "hi")).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     let keys: Vec<Option<String>> = primary.requests().into_iter().map(|r| r.key).collect();

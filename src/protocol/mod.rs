@@ -10,9 +10,12 @@ pub mod anthropic;
 pub mod openai;
 pub mod sse;
 
+use std::fmt;
+use std::marker::PhantomData;
 use std::pin::Pin;
 
 use futures_util::Stream;
+use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
 use serde_json::Value;
 
 /// The wire protocol a client speaks to airbag, or a provider kind speaks to airbag.
@@ -257,6 +260,52 @@ impl InvalidBody {
             field: field.into(),
             message: message.into(),
         }
+    }
+}
+
+/// A field the wire protocols write either as a plain string or as a list of typed parts:
+/// message content in both, and Anthropic's `system` and tool-result content.
+///
+/// It is deserialised by hand rather than as an untagged enum because an untagged enum
+/// throws away the error of the variant that nearly matched: a client sending a part
+/// airbag cannot read would be told only that the content "did not match any variant".
+/// Here the part's own error (an unknown `type`, a missing field) comes through at the
+/// part's own path, such as `messages[1].content[0]`.
+#[derive(Debug, Clone, PartialEq)]
+enum TextOrParts<T> {
+    Text(String),
+    Parts(Vec<T>),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for TextOrParts<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(TextOrPartsVisitor(PhantomData))
+    }
+}
+
+struct TextOrPartsVisitor<T>(PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for TextOrPartsVisitor<T> {
+    type Value = TextOrParts<T>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("a string or a list of content parts")
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
+        Ok(TextOrParts::Text(text.to_string()))
+    }
+
+    fn visit_string<E: de::Error>(self, text: String) -> Result<Self::Value, E> {
+        Ok(TextOrParts::Text(text))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut parts = Vec::new();
+        while let Some(part) = seq.next_element()? {
+            parts.push(part);
+        }
+        Ok(TextOrParts::Parts(parts))
     }
 }
 

@@ -68,12 +68,7 @@ struct WireMessage {
     tool_call_id: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum WireContent {
-    Text(String),
-    Parts(Vec<WirePart>),
-}
+type WireContent = TextOrParts<WirePart>;
 
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -21,6 +21,9 @@ use crate::config::ProviderKind;
 use crate::metrics::Metrics;
 use crate::protocol::{ChatRequest, anthropic, openai};
 
+/// How long a key rests after a 429 that gave no `retry-after`.
+const RATE_LIMIT_REST: Duration = Duration::from_secs(1);
+
 /// One line of the attempts list shown to clients: never a key, never a prompt.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct AttemptRecord {
@@ -231,19 +234,20 @@ async fn try_target(
                 continue;
             }
             Next::RateLimited(retry_after) => {
-                provider.keys.rest(
-                    key_index,
-                    retry_after.unwrap_or(policy.backoff.initial.max(Duration::from_secs(1))),
-                );
-                if retries_left == 0 {
-                    return TargetResult::GaveUp;
-                }
-                match provider.keys.pick(Some(key_index)) {
-                    Some(other) => {
-                        key = Some(other);
-                        backoff_delay(policy.backoff.initial, policy.backoff.max, backoff_step)
+                provider
+                    .keys
+                    .rest(key_index, retry_after.unwrap_or(RATE_LIMIT_REST));
+                if let Some(other) = provider.keys.pick(Some(key_index)) {
+                    // Another key has its own quota: rotate without spending the retry
+                    // budget. Resting keys are never picked, so this ends with the keys.
+                    key = Some(other);
+                    backoff_delay(policy.backoff.initial, policy.backoff.max, backoff_step)
+                } else {
+                    if retries_left == 0 {
+                        return TargetResult::GaveUp;
                     }
-                    None => match retry_after {
+                    retries_left -= 1;
+                    match retry_after {
                         Some(wait) if wait > policy.retry_after_max => {
                             return TargetResult::GaveUp;
                         }
@@ -251,18 +255,18 @@ async fn try_target(
                         None => {
                             backoff_delay(policy.backoff.initial, policy.backoff.max, backoff_step)
                         }
-                    },
+                    }
                 }
             }
             Next::Retry => {
                 if retries_left == 0 {
                     return TargetResult::GaveUp;
                 }
+                retries_left -= 1;
                 key = provider.keys.pick(None).or(Some(key_index));
                 backoff_delay(policy.backoff.initial, policy.backoff.max, backoff_step)
             }
         };
-        retries_left -= 1;
         backoff_step += 1;
         metrics.retries.with_label_values(&[&target.label]).inc();
         tokio::time::sleep(wait).await;
