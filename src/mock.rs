@@ -21,6 +21,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use axum::serve::ListenerExt;
 use bytes::Bytes;
 use futures_util::stream;
 use serde::{Deserialize, Serialize};
@@ -230,6 +231,9 @@ impl MockProvider {
             let stop = async move {
                 let _ = watcher.wait_for(|stopped| *stopped).await;
             };
+            let listener = listener.tap_io(|stream| {
+                let _ = stream.set_nodelay(true);
+            });
             if let Err(error) = axum::serve(listener, app)
                 .with_graceful_shutdown(stop)
                 .await

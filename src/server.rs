@@ -16,6 +16,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
 use serde_json::{Value, json};
@@ -212,6 +213,10 @@ fn spawn_server(
         let stop = async move {
             let _ = shutdown.wait_for(|stopped| *stopped).await;
         };
+        // Small SSE chunks must not wait for Nagle's algorithm.
+        let listener = listener.tap_io(|stream| {
+            let _ = stream.set_nodelay(true);
+        });
         if let Err(error) = axum::serve(listener, router)
             .with_graceful_shutdown(stop)
             .await

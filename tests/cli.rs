@@ -1,6 +1,9 @@
 //! The `airbag` binary as a user runs it: `check-config`, `serve` with the shipped config,
 //! and `mock-provider` with fault flags.
 
+// Test helpers panic on purpose: a panic is how a test reports failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

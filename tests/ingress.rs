@@ -1,6 +1,9 @@
 //! What happens before the ladder: client keys and tenants, body limits, malformed input
 //! (which must never reach a provider), unknown models, and the small endpoints.
 
+// Test helpers panic on purpose: a panic is how a test reports failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use airbag::mock::MockProvider;

@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 
 use super::{
     ChatRequest, ChatResponse, Image, InvalidBody, Message, OutputParams, Part, Role, StopReason,
-    StreamEvent, StreamFailure, Tool, ToolCall, ToolChoice, ToolResult, Usage, parse_json_body,
-    random_id, sse,
+    StreamEvent, StreamFailure, TextOrParts, Tool, ToolCall, ToolChoice, ToolResult, Usage,
+    parse_json_body, random_id, sse,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -35,12 +35,7 @@ struct WireRequest {
     tool_choice: Option<WireToolChoice>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum WireSystem {
-    Text(String),
-    Blocks(Vec<WireTextBlock>),
-}
+type WireSystem = TextOrParts<WireTextBlock>;
 
 #[derive(Debug, Deserialize)]
 struct WireTextBlock {
@@ -60,12 +55,7 @@ struct WireMessage {
     content: WireContent,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum WireContent {
-    Text(String),
-    Blocks(Vec<WireBlock>),
-}
+type WireContent = TextOrParts<WireBlock>;
 
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -88,6 +78,12 @@ enum WireBlock {
         #[serde(default)]
         is_error: bool,
     },
+    /// Extended-thinking blocks, which Anthropic clients must send back with a turn that
+    /// used tools. airbag never asks an upstream to think, and Anthropic ignores the
+    /// thinking blocks of earlier turns when thinking is off, so they are read and dropped
+    /// rather than refused.
+    Thinking,
+    RedactedThinking,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,12 +93,7 @@ enum WireImageSource {
     Url { url: String },
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum WireToolResultContent {
-    Text(String),
-    Blocks(Vec<WireTextBlock>),
-}
+type WireToolResultContent = TextOrParts<WireTextBlock>;
 
 #[derive(Debug, Deserialize)]
 struct WireTool {
@@ -142,13 +133,15 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
             },
             content: match message.content {
                 WireContent::Text(text) => vec![Part::Text(text)],
-                WireContent::Blocks(blocks) => blocks.into_iter().map(block_to_part).collect(),
+                WireContent::Parts(blocks) => {
+                    blocks.into_iter().filter_map(block_to_part).collect()
+                }
             },
         })
         .collect();
     let system = wire.system.map(|system| match system {
         WireSystem::Text(text) => text,
-        WireSystem::Blocks(blocks) => blocks
+        WireSystem::Parts(blocks) => blocks
             .into_iter()
             .map(|block| block.text)
             .collect::<Vec<_>>()
@@ -187,8 +180,9 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
     })
 }
 
-fn block_to_part(block: WireBlock) -> Part {
-    match block {
+/// The neutral part of a content block; None for blocks airbag drops (thinking).
+fn block_to_part(block: WireBlock) -> Option<Part> {
+    let part = match block {
         WireBlock::Text { text } => Part::Text(text),
         WireBlock::Image { source } => Part::Image(match source {
             WireImageSource::Base64 { media_type, data } => Image::Base64 { media_type, data },
@@ -208,7 +202,7 @@ fn block_to_part(block: WireBlock) -> Part {
             content: match content {
                 None => String::new(),
                 Some(WireToolResultContent::Text(text)) => text,
-                Some(WireToolResultContent::Blocks(blocks)) => blocks
+                Some(WireToolResultContent::Parts(blocks)) => blocks
                     .into_iter()
                     .map(|block| block.text)
                     .collect::<Vec<_>>()
@@ -216,7 +210,9 @@ fn block_to_part(block: WireBlock) -> Part {
             },
             is_error,
         }),
-    }
+        WireBlock::Thinking | WireBlock::RedactedThinking => return None,
+    };
+    Some(part)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -413,7 +409,7 @@ pub fn upstream_body(request: &ChatRequest, model: &str, default_max_tokens: u32
         .map(|message| {
             json!({
                 "role": match message.role { Role::User => "user", Role::Assistant => "assistant" },
-                "content": message.content.iter().map(upstream_block).collect::<Vec<_>>(),
+                "content": upstream_content(&message.content),
             })
         })
         .collect();
@@ -461,6 +457,19 @@ pub fn upstream_body(request: &ChatRequest, model: &str, default_max_tokens: u32
         };
     }
     body
+}
+
+/// A message's content blocks, without the blank text blocks Anthropic refuses ("text
+/// content blocks must be non-empty"). OpenAI clients send them routinely: an assistant
+/// turn assembled from a stream that only called tools has `content: ""`. A message made
+/// only of blank text keeps it, so the provider's own error explains the problem.
+fn upstream_content(content: &[Part]) -> Vec<Value> {
+    let blank = |part: &&Part| matches!(part, Part::Text(text) if text.trim().is_empty());
+    let kept: Vec<&Part> = content.iter().filter(|part| !blank(part)).collect();
+    if kept.is_empty() {
+        return content.iter().map(upstream_block).collect();
+    }
+    kept.into_iter().map(upstream_block).collect()
 }
 
 fn upstream_block(part: &Part) -> Value {
@@ -705,7 +714,69 @@ mod tests {
             br#"{"model":"chat","max_tokens":5,"messages":[{"role":"user","content":[{"type":"hologram"}]}]}"#,
         )
         .unwrap_err();
-        assert!(error.field.starts_with("messages[0].content"), "{error:?}");
+        assert_eq!(error.field, "messages[0].content[0].type", "{error:?}");
+        assert!(
+            error.message.contains("unknown variant `hologram`"),
+            "{error:?}"
+        );
+        // Inside a block, serde reads the fields from a buffer that the path tracker cannot
+        // see into: the error names the block and the missing field, not the inner path.
+        let error = parse_request(
+            br#"{"model":"chat","max_tokens":5,"messages":[{"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":[{"type":"text","text":"ok"},{"type":"image"}]}]}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(error.field, "messages[0].content[0].text", "{error:?}");
+        assert!(error.message.contains("missing field `text`"), "{error:?}");
+    }
+
+    #[test]
+    fn thinking_blocks_sent_back_are_dropped() {
+        let body = json!({
+            "model": "chat", "max_tokens": 100,
+            "messages": [
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "use the tool", "signature": "sig"},
+                    {"type": "redacted_thinking", "data": "opaque"},
+                    {"type": "tool_use", "id": "t1", "name": "f", "input": {}},
+                ]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "rain"}]},
+            ],
+        });
+        let request = parse_request(body.to_string().as_bytes()).unwrap();
+        assert_eq!(request.messages[1].content.len(), 1);
+        assert!(matches!(&request.messages[1].content[0], Part::ToolCall(call) if call.id == "t1"));
+    }
+
+    #[test]
+    fn blank_text_blocks_are_left_out_upstream() {
+        // What an OpenAI client sends after a streamed turn that only called a tool.
+        let body = json!({
+            "model": "chat",
+            "messages": [
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": "", "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                ]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "rain"},
+            ],
+        });
+        let request = super::super::openai::parse_request(body.to_string().as_bytes()).unwrap();
+        let upstream = upstream_body(&request, "claude-x", 4096);
+        assert_eq!(
+            upstream["messages"][1]["content"],
+            json!([{"type": "tool_use", "id": "call_1", "name": "f", "input": {}}])
+        );
+        // A message of nothing but blank text is sent as it is, for the provider to refuse.
+        let request = super::super::openai::parse_request(
+            br#"{"model":"chat","messages":[{"role":"user","content":" "}]}"#,
+        )
+        .unwrap();
+        let upstream = upstream_body(&request, "claude-x", 4096);
+        assert_eq!(
+            upstream["messages"][0]["content"],
+            json!([{"type": "text", "text": " "}])
+        );
     }
 
     #[test]

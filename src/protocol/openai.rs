@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 
 use super::{
     ChatRequest, ChatResponse, Image, InvalidBody, Message, OutputParams, Part, Role, StopReason,
-    StreamEvent, StreamFailure, Tool, ToolCall, ToolChoice, ToolResult, Usage, parse_json_body,
-    random_id, sse, unix_now,
+    StreamEvent, StreamFailure, TextOrParts, Tool, ToolCall, ToolChoice, ToolResult, Usage,
+    parse_json_body, random_id, sse, unix_now,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -393,8 +393,13 @@ impl StreamWriter {
     pub fn event(&mut self, event: StreamEvent) -> Vec<bytes::Bytes> {
         match event {
             StreamEvent::Start { id, model } => {
-                self.id = id;
-                self.model = model;
+                // Some OpenAI-compatible servers send empty ids or models; keep ours then.
+                if !id.is_empty() {
+                    self.id = id;
+                }
+                if !model.is_empty() {
+                    self.model = model;
+                }
                 vec![self.chunk(json!({"role": "assistant", "content": ""}), None)]
             }
             StreamEvent::TextDelta(text) => vec![self.chunk(json!({"content": text}), None)],
@@ -820,6 +825,15 @@ mod tests {
         assert_eq!(error.field, "messages[0].role");
         let error = parse_request(br#"{"messages":[]}"#).unwrap_err();
         assert!(error.message.contains("model"), "{error:?}");
+        let error = parse_request(
+            br#"{"model":"chat","messages":[{"role":"user","content":[{"type":"text","text":"hi"},{"type":"input_audio","input_audio":{}}]}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(error.field, "messages[0].content[1].type", "{error:?}");
+        assert!(
+            error.message.contains("unknown variant `input_audio`"),
+            "{error:?}"
+        );
     }
 
     #[test]

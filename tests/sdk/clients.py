@@ -17,8 +17,10 @@ Each entry of --routes names a route and what serving it must look like:
     attempts    the expected `airbag.attempts` list of a non-streaming answer
 
 For every route both SDKs run: a plain answer, a stream, a tool round trip and a streamed
-tool round trip. Then both SDKs ask for --unknown-model (NotFoundError), use a wrong key
-when --bad-key is given (AuthenticationError), and list models.
+tool round trip; the Anthropic SDK also sends a history with thinking blocks. Streams of
+the --broken-routes (same fields) must raise in both SDKs once they break. Then both SDKs
+ask for --unknown-model (NotFoundError), use a wrong key when --bad-key is given
+(AuthenticationError), and list models.
 
 It prints one JSON summary line on stdout (checks run, requests made per route) and
 exits 1 after listing every mismatch on stderr.
@@ -251,10 +253,12 @@ def openai_stream_tools(client: openai.OpenAI, run: Run, route: dict) -> None:
     expect("streamed tool name", call["name"], "lookup")
     expect("streamed tool arguments", json.loads(call["arguments"]), {"query": prompt})
     expect_true("streamed tool call id", bool(call["id"]), call)
+    # The assistant turn as an app assembles it from the stream: its text is "", which an
+    # Anthropic upstream would refuse as an empty text block if airbag passed it on.
     messages.append(
         {
             "role": "assistant",
-            "content": None,
+            "content": text,
             "tool_calls": [
                 {
                     "id": call["id"],
@@ -377,6 +381,74 @@ def anthropic_stream_tools(client: anthropic.Anthropic, run: Run, route: dict) -
     expect("second stop_reason", second.stop_reason, "end_turn")
 
 
+def anthropic_thinking_history(client: anthropic.Anthropic, run: Run, route: dict) -> None:
+    prompt = f"anthropic after thinking via {route['model']}"
+    # Apps using extended thinking with tools must send the thinking blocks back.
+    messages = [
+        {"role": "user", "content": "first question"},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "thinking", "thinking": "Let me think.", "signature": "c2lnbmF0dXJl"},
+                {"type": "redacted_thinking", "data": "b3BhcXVl"},
+                {"type": "text", "text": "first answer"},
+            ],
+        },
+        {"role": "user", "content": prompt},
+    ]
+    message = client.messages.create(model=route["model"], max_tokens=200, messages=messages)
+    run.count(route["model"])
+    expect("text", message.content[0].text, answer(route, prompt))
+
+
+# ---------------------------------------------------------------------------------------
+# A stream that breaks after it started: the SDKs must raise, not return a short answer.
+
+
+def openai_broken_stream(client: openai.OpenAI, run: Run, route: dict) -> None:
+    prompt = f"openai broken stream via {route['model']}"
+    raw = client.chat.completions.with_raw_response.create(
+        model=route["model"], messages=[{"role": "user", "content": prompt}], stream=True
+    )
+    run.count(route["model"])
+    check_tag_headers("headers", raw.headers, route)
+    text = ""
+    try:
+        for chunk in raw.parse():
+            text += "".join(choice.delta.content or "" for choice in chunk.choices)
+    except openai.APIError as error:
+        expect_true("error says the stream failed", "stream failed" in error.message, error.message)
+        expect_true(
+            "text before the break is a start of the answer",
+            text and answer(route, prompt).startswith(text) and text != answer(route, prompt),
+            text,
+        )
+        return
+    raise Mismatch(f"the broken stream ended without openai.APIError after {text!r}")
+
+
+def anthropic_broken_stream(client: anthropic.Anthropic, run: Run, route: dict) -> None:
+    prompt = f"anthropic broken stream via {route['model']}"
+    text = ""
+    try:
+        with client.messages.stream(
+            model=route["model"], max_tokens=200, messages=[{"role": "user", "content": prompt}]
+        ) as stream:
+            run.count(route["model"])
+            check_tag_headers("headers", stream.response.headers, route)
+            for delta in stream.text_stream:
+                text += delta
+    except anthropic.APIError as error:
+        expect_true("error says the stream failed", "stream failed" in error.message, error.message)
+        expect_true(
+            "text before the break is a start of the answer",
+            text and answer(route, prompt).startswith(text) and text != answer(route, prompt),
+            text,
+        )
+        return
+    raise Mismatch(f"the broken stream ended without anthropic.APIError after {text!r}")
+
+
 # ---------------------------------------------------------------------------------------
 # Errors and listings.
 
@@ -447,11 +519,17 @@ def main() -> int:
     parser.add_argument("--gateway", required=True, help="the gateway root, http://HOST:PORT")
     parser.add_argument("--key", required=True, help="an airbag client key")
     parser.add_argument("--routes", required=True, help="JSON list of routes (see above)")
+    parser.add_argument(
+        "--broken-routes",
+        default="[]",
+        help="JSON list of routes (same fields) whose streams break after they start",
+    )
     parser.add_argument("--unknown-model", default="no-such-model")
     parser.add_argument("--bad-key", help="a key the gateway must refuse with 401")
     args = parser.parse_args()
     gateway = args.gateway.rstrip("/")
     routes = json.loads(args.routes)
+    broken = json.loads(args.broken_routes)
 
     # The OpenAI SDK appends /chat/completions to a base URL that includes /v1; the
     # Anthropic SDK appends /v1/messages to the root.
@@ -472,6 +550,7 @@ def main() -> int:
         ("anthropic stream", anthropic_client, anthropic_stream),
         ("anthropic tools", anthropic_client, anthropic_tools),
         ("anthropic stream tools", anthropic_client, anthropic_stream_tools),
+        ("anthropic thinking history", anthropic_client, anthropic_thinking_history),
     ]
     for route in routes:
         for name, client, scenario in scenarios:
@@ -479,6 +558,15 @@ def main() -> int:
                 f"{name} via {route['model']}",
                 lambda client=client, scenario=scenario, route=route: scenario(client, run, route),
             )
+    for route in broken:
+        run.check(
+            f"openai broken stream via {route['model']}",
+            lambda route=route: openai_broken_stream(openai_client, run, route),
+        )
+        run.check(
+            f"anthropic broken stream via {route['model']}",
+            lambda route=route: anthropic_broken_stream(anthropic_client, run, route),
+        )
     run.check(
         "openai unknown model", lambda: openai_unknown_model(openai_client, args.unknown_model)
     )

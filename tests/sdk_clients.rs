@@ -1,0 +1,287 @@
+//! The official OpenAI and Anthropic Python SDKs against the real gateway: plain answers,
+//! streams, tool round trips and errors, each served by an `openai`-kind and an
+//! `anthropic`-kind mock provider, directly and as a fallback at depth 1, and streams that
+//! break after they started.
+//!
+//! The SDKs live in `.venv-sdk` (`scripts/sdk-venv.sh`, run by `make test`), whose
+//! interpreter is passed as `AIRBAG_SDK_PYTHON`. The checks on what the SDKs see are in
+//! `tests/sdk/clients.py`; this file starts the gateway, runs it, and checks what the
+//! mock providers received.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use airbag::mock::{Fault, FaultRule, MockProvider, ReceivedRequest};
+use common::{TestGateway, mock, provider, route};
+use serde_json::{Value, json};
+
+const CLIENT_KEY: &str = "sk-airbag-sdk-test";
+const TOOL_RESULT: &str = "17 degrees and dry";
+/// Only guards against a hung run: each SDK call has its own 30 s timeout.
+const PYTHON_LIMIT: Duration = Duration::from_secs(300);
+
+/// The interpreter with the SDKs, or None when the test should be skipped.
+fn sdk_python() -> Option<String> {
+    if let Ok(python) = std::env::var("AIRBAG_SDK_PYTHON") {
+        return Some(python);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!(
+            "AIRBAG_SDK_PYTHON is not set, so the SDK test cannot run in CI; run the README's \
+             test command, `make test`, which builds .venv-sdk and sets it"
+        );
+    }
+    println!("SKIPPED: set AIRBAG_SDK_PYTHON (make test does) to run the SDK test");
+    None
+}
+
+/// Runs the Python script on the blocking pool, so the gateway keeps serving meanwhile.
+async fn run_clients(python: String, args: Vec<String>) -> Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/clients.py");
+    let run = tokio::task::spawn_blocking(move || {
+        let mut command = Command::new(&python);
+        command
+            .arg(&script)
+            .args(&args)
+            .env("PYTHONUNBUFFERED", "1");
+        // The SDKs honour proxy variables; loopback traffic must not go through one.
+        for name in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
+            command.env_remove(name).env_remove(name.to_lowercase());
+        }
+        command.env("NO_PROXY", "127.0.0.1,localhost");
+        command
+            .output()
+            .unwrap_or_else(|error| panic!("cannot run {python} (AIRBAG_SDK_PYTHON): {error}"))
+    });
+    match tokio::time::timeout(PYTHON_LIMIT, run).await {
+        Ok(Ok(output)) => output,
+        Ok(Err(error)) => panic!("the task running the SDK script failed: {error}"),
+        Err(_) => panic!("the SDK script did not finish within {PYTHON_LIMIT:?}"),
+    }
+}
+
+/// A route entry for the script: what serving `model` through `target` looks like.
+fn expectation(model: &str, mock_name: &str, target: &str, failed_primary: Option<&str>) -> Value {
+    let mut attempts = Vec::new();
+    if let Some(primary) = failed_primary {
+        attempts.push(json!({"target": primary, "outcome": "status_503"}));
+    }
+    attempts.push(json!({"target": target, "outcome": "ok"}));
+    json!({
+        "model": model,
+        "mock": mock_name,
+        "served_by": format!("provider:{target}"),
+        "depth": usize::from(failed_primary.is_some()),
+        "attempts": attempts,
+    })
+}
+
+/// The request a mock received whose body mentions `prompt` and carries a tool result.
+fn tool_result_request<'a>(received: &'a [ReceivedRequest], prompt: &str) -> &'a Value {
+    received
+        .iter()
+        .map(|request| &request.body)
+        .find(|body| body.to_string().contains(prompt) && body.to_string().contains(TOOL_RESULT))
+        .unwrap_or_else(|| panic!("no request with `{prompt}` and a tool result: {received:#?}"))
+}
+
+#[tokio::test]
+async fn the_official_python_sdks_work_through_the_gateway() {
+    let Some(python) = sdk_python() else {
+        return;
+    };
+    let openai_upstream = mock("openai-upstream").await;
+    let anthropic_upstream = mock("anthropic-upstream").await;
+    let down = mock("down").await;
+    down.set_faults(vec![FaultRule::always(Fault::Status {
+        status: 503,
+        retry_after: None,
+        body: None,
+    })]);
+    // Three stream events, then a broken connection: after the gateway has committed.
+    let flaky = mock("flaky").await;
+    flaky.set_faults(vec![FaultRule::always(Fault::FailAfter { chunks: 3 })]);
+    let config = format!(
+        "[[clients]]\nkey = \"env:SDK_CLIENT_KEY\"\ntenant = \"sdk\"\n{}{}{}{}{}{}{}{}{}{}{}{}",
+        provider("oai", "openai", &openai_upstream, ""),
+        provider("ant", "anthropic", &anthropic_upstream, ""),
+        // One always-503 mock behind a provider of each kind, so each fallback below is
+        // reached after a failure in the other protocol.
+        provider("down_openai", "openai", &down, "retries = 0"),
+        provider("down_anthropic", "anthropic", &down, "retries = 0"),
+        route("via-openai", &["oai/gpt-mock"]),
+        route("via-anthropic", &["ant/claude-mock"]),
+        route(
+            "failover-to-anthropic",
+            &["down_openai/big", "ant/claude-fallback"]
+        ),
+        route(
+            "failover-to-openai",
+            &["down_anthropic/big", "oai/gpt-fallback"]
+        ),
+        provider("flaky_openai", "openai", &flaky, "retries = 0"),
+        provider("flaky_anthropic", "anthropic", &flaky, "retries = 0"),
+        route("breaks-via-openai", &["flaky_openai/m"]),
+        route("breaks-via-anthropic", &["flaky_anthropic/m"]),
+    );
+    let gateway = TestGateway::start(&config, &[("SDK_CLIENT_KEY", CLIENT_KEY)]).await;
+    let routes = json!([
+        expectation("via-openai", "openai-upstream", "oai/gpt-mock", None),
+        expectation(
+            "via-anthropic",
+            "anthropic-upstream",
+            "ant/claude-mock",
+            None
+        ),
+        expectation(
+            "failover-to-anthropic",
+            "anthropic-upstream",
+            "ant/claude-fallback",
+            Some("down_openai/big"),
+        ),
+        expectation(
+            "failover-to-openai",
+            "openai-upstream",
+            "oai/gpt-fallback",
+            Some("down_anthropic/big"),
+        ),
+    ]);
+    let broken = json!([
+        expectation("breaks-via-openai", "flaky", "flaky_openai/m", None),
+        expectation("breaks-via-anthropic", "flaky", "flaky_anthropic/m", None),
+    ]);
+    let args = vec![
+        "--gateway".to_string(),
+        gateway.url(""),
+        "--key".to_string(),
+        CLIENT_KEY.to_string(),
+        "--bad-key".to_string(),
+        "sk-not-a-client".to_string(),
+        "--routes".to_string(),
+        routes.to_string(),
+        "--broken-routes".to_string(),
+        broken.to_string(),
+        "--unknown-model".to_string(),
+        "no-such-model".to_string(),
+    ];
+
+    let output = run_clients(python, args).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the SDK script failed ({}):\n{stderr}\nstdout: {stdout}",
+        output.status
+    );
+    println!("{stderr}");
+    let summary: Value = stdout
+        .lines()
+        .last()
+        .and_then(|line| serde_json::from_str(line).ok())
+        .unwrap_or_else(|| panic!("the script's last line is a JSON summary: {stdout}"));
+    assert_eq!(summary["failed"], json!([]), "{summary}");
+    // 9 scenarios for each of 4 routes, 2 SDKs for each of 2 broken routes, then
+    // 2 unknown-model, 2 wrong-key and 2 listing checks.
+    assert_eq!(summary["passed"], 9 * 4 + 2 * 2 + 6, "{summary}");
+
+    // What the SDKs sent reached the mock of the route's provider, once per request.
+    let sent = |model: &str| summary["requests_per_route"][model].as_u64().unwrap_or(0) as usize;
+    assert_eq!(
+        sent("via-openai"),
+        13,
+        "6 per SDK and a thinking history: {summary}"
+    );
+    assert_eq!(
+        openai_upstream.request_count(),
+        sent("via-openai") + sent("failover-to-openai")
+    );
+    assert_eq!(
+        anthropic_upstream.request_count(),
+        sent("via-anthropic") + sent("failover-to-anthropic")
+    );
+    assert_eq!(
+        down.request_count(),
+        sent("failover-to-anthropic") + sent("failover-to-openai"),
+        "retries = 0: one failed attempt per failover request"
+    );
+    assert!(down.requests().iter().all(|request| request.model == "big"));
+    assert_eq!(sent("breaks-via-openai"), 2, "{summary}");
+    assert_eq!(
+        flaky.request_count(),
+        sent("breaks-via-openai") + sent("breaks-via-anthropic")
+    );
+
+    let openai_received = openai_upstream.requests();
+    assert!(openai_received.iter().all(|request| {
+        request.path == "/v1/chat/completions"
+            && ["gpt-mock", "gpt-fallback"].contains(&request.model.as_str())
+    }));
+    let anthropic_received = anthropic_upstream.requests();
+    assert!(anthropic_received.iter().all(|request| {
+        request.path == "/v1/messages"
+            && request.anthropic_version.is_some()
+            && request.body["max_tokens"].is_u64()
+            && ["claude-mock", "claude-fallback"].contains(&request.model.as_str())
+    }));
+    assert_eq!(
+        anthropic_received
+            .iter()
+            .filter(|request| request.stream)
+            .count(),
+        2 * (3 + 3),
+        "two routes, each with one stream and two streamed tool turns from each SDK"
+    );
+
+    // Anthropic refuses empty text blocks; an OpenAI client's assembled tool-call turn
+    // (`content: ""`) must not turn into one. Thinking blocks sent back are dropped.
+    for request in &anthropic_received {
+        for message in request.body["messages"].as_array().expect("messages") {
+            for block in message["content"].as_array().expect("content blocks") {
+                assert!(
+                    block["type"] != "text" || block["text"] != "",
+                    "an empty text block went upstream: {}",
+                    request.body
+                );
+                assert!(
+                    !block["type"].as_str().unwrap_or("").contains("thinking"),
+                    "a thinking block went upstream: {}",
+                    request.body
+                );
+            }
+        }
+    }
+
+    // The OpenAI SDK's `tool` message reached an Anthropic provider as a tool_result block
+    // answering the tool_use block before it.
+    let body = tool_result_request(&anthropic_received, "openai tools via via-anthropic");
+    let messages = body["messages"].as_array().expect("messages");
+    let tool_use = &messages[messages.len() - 2]["content"][0];
+    let tool_result = &messages[messages.len() - 1]["content"][0];
+    assert_eq!(tool_use["type"], "tool_use", "{body}");
+    assert_eq!(
+        tool_use["input"],
+        json!({"query": "openai tools via via-anthropic"})
+    );
+    assert_eq!(tool_result["type"], "tool_result", "{body}");
+    assert_eq!(tool_result["tool_use_id"], tool_use["id"]);
+    assert_eq!(tool_result["content"], TOOL_RESULT);
+
+    // The Anthropic SDK's tool_result block reached an OpenAI provider as a `tool` message
+    // answering the assistant's tool call.
+    let body = tool_result_request(&openai_received, "anthropic tools via via-openai");
+    let messages = body["messages"].as_array().expect("messages");
+    let call = &messages[messages.len() - 2]["tool_calls"][0];
+    let tool = &messages[messages.len() - 1];
+    assert_eq!(call["function"]["name"], "lookup", "{body}");
+    assert_eq!(tool["role"], "tool", "{body}");
+    assert_eq!(tool["tool_call_id"], call["id"]);
+    assert_eq!(tool["content"], TOOL_RESULT);
+
+    gateway.running.shutdown().await;
+    for mock in [openai_upstream, anthropic_upstream, down, flaky] {
+        MockProvider::stop(mock).await;
+    }
+}
