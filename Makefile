@@ -21,6 +21,12 @@ lint:
 sdk-venv:
 	bash scripts/sdk-venv.sh
 
+## The proxy-overhead benchmark (bench/README.md): overhead at 1,000 req/s and maximum
+## throughput, gateway vs. mock provider; writes bench/results/overhead.json.
+## BENCH_SECONDS=3 make bench for a quick run. Cargo builds the release binary first.
+bench:
+	cargo bench --bench overhead
+
 ## A mock provider on :9000 and the gateway on :8080, for trying the `demo` route.
 demo:
 	cargo build --release

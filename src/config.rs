@@ -53,6 +53,11 @@ pub struct ServerConfig {
     /// Request bodies above this are answered with 413 before they are parsed.
     #[serde(default = "default_max_body")]
     pub max_body: ByteSize,
+    /// The longest a request may spend on the providers before it has an answer (a
+    /// complete one, or a stream's first content): no attempt starts after it. It bounds
+    /// a long chain of slow targets; a stream already flowing is not cut by it.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +65,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: default_proxy_listen(),
             max_body: default_max_body(),
+            request_timeout: default_request_timeout(),
         }
     }
 }
@@ -126,6 +132,19 @@ pub struct ProviderConfig {
     /// `max_tokens` sent to an Anthropic target when the client sent none.
     #[serde(default = "default_max_tokens")]
     pub default_max_tokens: u32,
+    /// The field an `openai` target takes the output limit in: OpenAI's own API wants
+    /// `max_completion_tokens` (its reasoning models refuse `max_tokens`); many
+    /// compatible servers only know `max_tokens`.
+    #[serde(default)]
+    pub max_tokens_field: MaxTokensField,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaxTokensField {
+    #[default]
+    MaxTokens,
+    MaxCompletionTokens,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -160,8 +179,8 @@ impl Default for BackoffConfig {
 pub struct TimeoutConfig {
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect: Duration,
-    /// From sending the request to the response head (non-streaming) or the first
-    /// stream event (streaming).
+    /// Streams only: from sending the request to the first content event. Providers
+    /// send a non-streaming answer whole, so `total` bounds those.
     #[serde(default = "default_first_byte_timeout", with = "humantime_serde")]
     pub first_byte: Duration,
     /// Longest silence between two stream chunks.
@@ -319,6 +338,9 @@ fn default_admin_listen() -> SocketAddr {
 fn default_max_body() -> ByteSize {
     ByteSize(4 << 20)
 }
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(300)
+}
 fn default_retries() -> u32 {
     2
 }
@@ -390,7 +412,7 @@ impl Config {
     /// Every problem in the configuration, each with its path and the fix.
     pub fn problems(&self, env: &Env) -> Vec<String> {
         let mut problems = Vec::new();
-        self.check_admin(env, &mut problems);
+        self.check_listeners(env, &mut problems);
         for (name, provider) in &self.providers {
             check_provider(name, provider, &mut problems);
         }
@@ -399,7 +421,12 @@ impl Config {
         problems
     }
 
-    fn check_admin(&self, env: &Env, problems: &mut Vec<String>) {
+    fn check_listeners(&self, env: &Env, problems: &mut Vec<String>) {
+        if self.server.request_timeout.is_zero() {
+            problems.push(
+                "server.request_timeout: must be longer than 0; write e.g. \"120s\"".to_string(),
+            );
+        }
         if let Some(token) = &self.admin.token {
             check_secret("admin.token", token, problems);
             if token.variable().is_some() && token.resolve(env).is_none() {
@@ -534,6 +561,11 @@ fn check_provider(name: &str, provider: &ProviderConfig, problems: &mut Vec<Stri
                 "{path}.timeouts.{field}: must be longer than 0; write e.g. \"5s\""
             ));
         }
+    }
+    if provider.key_cooldown.is_zero() {
+        problems.push(format!(
+            "{path}.key_cooldown: must be longer than 0, or a rejected key is retried at once; write e.g. \"60s\""
+        ));
     }
     if provider.default_max_tokens == 0 {
         problems.push(format!("{path}.default_max_tokens: must be at least 1"));

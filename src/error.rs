@@ -67,6 +67,17 @@ impl RequestError {
         }
     }
 
+    /// What the log says: the client's message, except for invalid bodies, whose parser
+    /// messages can quote the request (prompt text is never logged): there, the field.
+    pub fn log_line(&self) -> String {
+        match self {
+            RequestError::InvalidBody(invalid) => {
+                format!("invalid request: field `{}`", invalid.field)
+            }
+            other => other.to_string(),
+        }
+    }
+
     /// The error body in the caller's protocol.
     pub fn body(&self, protocol: Protocol) -> Value {
         let message = self.to_string();

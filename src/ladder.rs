@@ -97,7 +97,10 @@ pub async fn answer(gateway: &Gateway, request: &ChatRequest) -> Result<Served, 
     };
 
     // Rung 2: providers.
-    match chain::walk(route, request, &gateway.metrics).await {
+    // The request's budget for rung 2: no attempt starts, and no answer is committed,
+    // after it. Later rungs still answer.
+    let deadline = tokio::time::Instant::now() + gateway.request_timeout;
+    match chain::walk(route, request, &gateway.metrics, deadline).await {
         ChainOutcome::Answered {
             answer,
             target,

@@ -638,10 +638,17 @@ fn reply_for(name: &str, request: &ChatRequest) -> ChatResponse {
 
 /// The answer as SSE chunks in the request's protocol: one chunk per word.
 fn stream_chunks(protocol: Protocol, request: &ChatRequest, reply: &ChatResponse) -> Vec<Bytes> {
-    let mut events = vec![StreamEvent::Start {
-        id: reply.id.clone(),
-        model: reply.model.clone(),
-    }];
+    // The input count comes first, as Anthropic's `message_start` carries it.
+    let mut events = vec![
+        StreamEvent::Usage(Usage {
+            input_tokens: reply.usage.input_tokens,
+            output_tokens: 0,
+        }),
+        StreamEvent::Start {
+            id: reply.id.clone(),
+            model: reply.model.clone(),
+        },
+    ];
     let mut tool_index = 0;
     for part in &reply.content {
         match part {

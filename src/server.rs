@@ -46,6 +46,8 @@ pub struct Gateway {
     /// nothing about the keys themselves.
     clients: HashMap<[u8; 32], String>,
     max_body: usize,
+    /// How long rung 2 may take to commit an answer (`server.request_timeout`).
+    pub request_timeout: std::time::Duration,
     admin_token: Option<String>,
 }
 
@@ -101,6 +103,7 @@ impl Gateway {
             metrics: Metrics::new()?,
             clients,
             max_body: usize::try_from(config.server.max_body.0).unwrap_or(usize::MAX),
+            request_timeout: config.server.request_timeout,
             admin_token: config
                 .admin
                 .token
@@ -262,7 +265,12 @@ async fn chat(
         Ok(response) => response,
         Err(error) => {
             // The one place request errors are logged.
-            tracing::warn!(protocol = protocol.label(), kind = error.kind(), "{error}");
+            tracing::warn!(
+                protocol = protocol.label(),
+                kind = error.kind(),
+                "{}",
+                error.log_line()
+            );
             if matches!(error, RequestError::AllTargetsFailed { .. }) {
                 gateway
                     .metrics

@@ -133,11 +133,12 @@ async fn network_failures_timeouts_and_malformed_answers_are_retried() {
     let cases = [
         (Fault::Reset, "network"),
         (Fault::Malformed, "malformed"),
-        (Fault::Delay { ms: 3_000 }, "timeout_first_byte"),
-        (Fault::Hang, "timeout_first_byte"),
+        (Fault::Delay { ms: 3_000 }, "timeout_total"),
+        (Fault::Hang, "timeout_total"),
     ];
+    let short_total = "timeouts = { connect = \"1s\", first_byte = \"200ms\", idle = \"200ms\", total = \"700ms\" }";
     for (fault, outcome) in cases {
-        let (gateway, primary, fallback) = two_targets("").await;
+        let (gateway, primary, fallback) = two_targets(short_total).await;
         primary.set_faults(vec![FaultRule::times(1, fault.clone())]);
         let reply = gateway.openai(openai_chat("chat", "hi")).await;
         assert_eq!(reply.status, 200, "{fault:?}: {}", reply.text);
@@ -417,4 +418,121 @@ async fn a_provider_without_keys_in_the_environment_is_skipped() {
     assert_eq!(reply.depth(), "1");
     assert_eq!(reply.json()["airbag"]["attempts"][0]["outcome"], "disabled");
     assert_eq!(primary.request_count(), 0);
+}
+
+#[tokio::test]
+async fn first_byte_does_not_cut_a_slow_non_streaming_answer() {
+    // Providers send a non-streaming head only when the answer is done, so a long
+    // generation must be bounded by `total`, not `first_byte`.
+    let (gateway, primary, fallback) = two_targets(
+        "timeouts = { connect = \"1s\", first_byte = \"100ms\", idle = \"100ms\", total = \"5s\" }",
+    )
+    .await;
+    primary.set_faults(vec![FaultRule::times(1, Fault::Delay { ms: 500 })]);
+    let reply = gateway.openai(openai_chat("chat", "write an essay")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.served_by(), "provider:primary/big");
+    assert_eq!(primary.request_count(), 1);
+    assert_eq!(fallback.request_count(), 0);
+}
+
+#[tokio::test]
+async fn the_request_timeout_bounds_a_chain_of_hanging_targets() {
+    let primary = mock("primary").await;
+    let fallback = mock("fallback").await;
+    primary.set_faults(vec![FaultRule::always(Fault::Hang)]);
+    fallback.set_faults(vec![FaultRule::always(Fault::Hang)]);
+    let config = format!(
+        "[server]\nrequest_timeout = \"600ms\"\n{}{}{}",
+        provider("primary", "openai", &primary, ""),
+        provider("fallback", "openai", &fallback, ""),
+        route("chat", &["primary/big", "fallback/small"]),
+    );
+    // The harness prepends its own [server]; merge by building the config by hand.
+    let text = config.replace("[server]\n", "[server]\nlisten = \"127.0.0.1:0\"\n")
+        + "[admin]\nlisten = \"127.0.0.1:0\"\n";
+    let env = airbag::config::Env::default();
+    let config =
+        airbag::config::Config::from_toml(&text, std::path::Path::new("t.toml"), &env).unwrap();
+    let gateway = TestGateway::start_config(&config, &env).await;
+    let started = std::time::Instant::now();
+    let reply = gateway.openai(openai_chat("chat", "hi")).await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(reply.status, 503, "{}", reply.text);
+    let attempts = reply.json()["airbag"]["attempts"].clone();
+    assert_eq!(
+        attempts[0],
+        json!({"target": "primary/big", "outcome": "timeout_request"})
+    );
+    assert_eq!(
+        attempts.as_array().unwrap().last().unwrap()["outcome"],
+        "timeout_request"
+    );
+}
+
+#[tokio::test]
+async fn rotation_ends_when_every_key_is_rate_limited() {
+    let primary = mock("primary").await;
+    let fallback = mock("fallback").await;
+    // A zero retry-after on every key: rotation must still end and fall back.
+    primary.set_faults(vec![FaultRule::always(Fault::Status {
+        status: 429,
+        retry_after: Some(0.0),
+        body: None,
+    })]);
+    let config = format!(
+        "{}{}{}",
+        provider(
+            "primary",
+            "openai",
+            &primary,
+            "keys = [{ key = \"env:KEY_A\" }, { key = \"env:KEY_B\" }]"
+        ),
+        provider("fallback", "openai", &fallback, ""),
+        route("chat", &["primary/m", "fallback/m"]),
+    );
+    let gateway = TestGateway::start(&config, &[("KEY_A", "sk-a"), ("KEY_B", "sk-b")]).await;
+    let reply = gateway.openai(openai_chat("chat", "hi")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.served_by(), "provider:fallback/m");
+    // One rotation, then the two retries of the budget on the last key.
+    assert_eq!(primary.request_count(), 4);
+}
+
+#[tokio::test]
+async fn a_nonsense_retry_after_is_ignored_not_fatal() {
+    let (gateway, primary, _fallback) = two_targets("").await;
+    primary.set_faults(vec![FaultRule::times(
+        1,
+        Fault::Status {
+            status: 429,
+            retry_after: Some(f64::NAN),
+            body: None,
+        },
+    )]);
+    let reply = gateway.openai(openai_chat("chat", "hi")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.served_by(), "provider:primary/big");
+}
+
+#[tokio::test]
+async fn a_provider_without_keys_is_not_taken_out_by_one_rejection() {
+    let primary = mock("primary").await;
+    let fallback = mock("fallback").await;
+    primary.set_faults(vec![FaultRule::times(1, status(401))]);
+    let config = format!(
+        "{}{}{}",
+        provider("primary", "openai", &primary, "keys = []"),
+        provider("fallback", "openai", &fallback, ""),
+        route("chat", &["primary/m", "fallback/m"]),
+    );
+    let gateway = TestGateway::start(&config, &[]).await;
+    let first = gateway.openai(openai_chat("chat", "hi")).await;
+    assert_eq!(first.served_by(), "provider:fallback/m");
+    let second = gateway.openai(openai_chat("chat", "hi")).await;
+    assert_eq!(second.served_by(), "provider:primary/m", "{}", second.text);
 }

@@ -188,7 +188,8 @@ async fn a_stream_broken_after_its_first_byte_ends_with_an_error_event() {
 #[tokio::test]
 async fn a_stream_that_goes_silent_mid_way_is_ended_by_the_idle_timeout() {
     let (primary, fallback) = (mock("primary").await, mock("fallback").await);
-    primary.set_faults(vec![FaultRule::always(Fault::StallAfter { chunks: 2 })]);
+    // message_start, content_block_start, two words: committed, then silence.
+    primary.set_faults(vec![FaultRule::always(Fault::StallAfter { chunks: 4 })]);
     let gateway = gateway_with(&primary, &fallback, "anthropic").await;
     let started = std::time::Instant::now();
     let reply = gateway
@@ -268,4 +269,38 @@ async fn a_client_that_gives_up_on_a_slow_answer_cancels_the_upstream_request() 
         "the upstream request was dropped"
     );
     assert_eq!(fallback.request_count(), 0);
+}
+
+#[tokio::test]
+async fn a_stream_that_fails_after_its_opening_event_still_fails_over() {
+    // Anthropic sends `message_start` before generating; an overload right after it
+    // carries no content yet, so the fallback can still answer.
+    let (primary, fallback) = (mock("primary").await, mock("fallback").await);
+    primary.set_faults(vec![FaultRule::always(Fault::FailAfter { chunks: 1 })]);
+    let gateway = gateway_with(&primary, &fallback, "anthropic").await;
+    let reply = gateway.anthropic(anthropic_stream("hi")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.served_by(), "provider:fallback/small");
+    assert_eq!(reply.anthropic_stream_text(), "mock fallback answers: hi");
+    assert!(!reply.text.contains("event: error"), "{}", reply.text);
+}
+
+#[tokio::test]
+async fn anthropic_streams_open_with_the_upstream_input_token_count() {
+    let (primary, fallback) = (mock("primary").await, mock("fallback").await);
+    let gateway = gateway_with(&primary, &fallback, "anthropic").await;
+    let reply = gateway
+        .anthropic(anthropic_stream("three words here"))
+        .await;
+    let start: Value = reply
+        .events()
+        .into_iter()
+        .find(|(name, _)| name.as_deref() == Some("message_start"))
+        .map(|(_, data)| serde_json::from_str(&data).unwrap())
+        .unwrap();
+    assert_eq!(
+        start["message"]["usage"]["input_tokens"], 3,
+        "{}",
+        reply.text
+    );
 }

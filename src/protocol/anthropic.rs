@@ -6,7 +6,7 @@
 //! `content_block_*`, `message_delta`, `message_stop`); the upstream half builds request
 //! bodies for an `anthropic` target and reads its answers and events back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -429,7 +429,9 @@ pub fn upstream_body(request: &ChatRequest, model: &str, default_max_tokens: u32
         // Anthropic's range is 0..1, OpenAI's 0..2.
         body["temperature"] = json!(temperature.min(1.0));
     }
-    if let Some(top_p) = params.top_p {
+    // Recent Claude models refuse temperature and top_p together; OpenAI clients often
+    // send both. Temperature is the one kept.
+    if let (Some(top_p), None) = (params.top_p, params.temperature) {
         body["top_p"] = json!(top_p);
     }
     if !params.stop.is_empty() {
@@ -566,6 +568,9 @@ pub struct StreamParser {
     input_tokens: u64,
     /// Anthropic block index → OpenAI-style tool call index.
     tool_blocks: HashMap<u64, usize>,
+    /// Tool blocks that have received argument text; one that closes without any gets
+    /// `{}`, so OpenAI clients can parse its arguments.
+    tool_blocks_with_arguments: HashSet<u64>,
     finished: bool,
     done: bool,
 }
@@ -595,6 +600,11 @@ impl StreamParser {
             "message_start" => {
                 let message = &data["message"];
                 self.input_tokens = message["usage"]["input_tokens"].as_u64().unwrap_or(0);
+                // Usage first, so a writer that opens with the input count has it.
+                events.push(StreamEvent::Usage(Usage {
+                    input_tokens: self.input_tokens,
+                    output_tokens: 0,
+                }));
                 events.push(StreamEvent::Start {
                     id: message["id"].as_str().unwrap_or_default().to_string(),
                     model: message["model"].as_str().unwrap_or_default().to_string(),
@@ -626,13 +636,14 @@ impl StreamParser {
                     }
                     Some("input_json_delta") => {
                         let block_index = data["index"].as_u64().unwrap_or(0);
-                        if let Some(&index) = self.tool_blocks.get(&block_index) {
+                        let arguments = delta["partial_json"].as_str().unwrap_or_default();
+                        if let Some(&index) = self.tool_blocks.get(&block_index)
+                            && !arguments.is_empty()
+                        {
+                            self.tool_blocks_with_arguments.insert(block_index);
                             events.push(StreamEvent::ToolCallDelta {
                                 index,
-                                arguments: delta["partial_json"]
-                                    .as_str()
-                                    .unwrap_or_default()
-                                    .to_string(),
+                                arguments: arguments.to_string(),
                             });
                         }
                     }
@@ -649,6 +660,17 @@ impl StreamParser {
                     input_tokens: usage["input_tokens"].as_u64().unwrap_or(self.input_tokens),
                     output_tokens: usage["output_tokens"].as_u64().unwrap_or(0),
                 }));
+            }
+            "content_block_stop" => {
+                let block_index = data["index"].as_u64().unwrap_or(0);
+                if let Some(&index) = self.tool_blocks.get(&block_index)
+                    && !self.tool_blocks_with_arguments.contains(&block_index)
+                {
+                    events.push(StreamEvent::ToolCallDelta {
+                        index,
+                        arguments: "{}".to_string(),
+                    });
+                }
             }
             "message_stop" => self.done = true,
             "error" => {
@@ -674,6 +696,7 @@ pub fn upstream_error_is_context_length(body: &Value) -> bool {
         .unwrap_or_default()
         .to_ascii_lowercase();
     message.contains("prompt is too long")
+        || message.contains("context limit")
         || message.contains("context window")
         || message.contains("context length")
 }
@@ -727,6 +750,17 @@ mod tests {
         .unwrap_err();
         assert_eq!(error.field, "messages[0].content[0].text", "{error:?}");
         assert!(error.message.contains("missing field `text`"), "{error:?}");
+    }
+
+    #[test]
+    fn top_p_is_dropped_when_temperature_is_set() {
+        let request = parse_request(
+            br#"{"model":"chat","max_tokens":5,"temperature":0.5,"top_p":0.9,"messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .unwrap();
+        let upstream = upstream_body(&request, "claude-x", 4096);
+        assert_eq!(upstream["temperature"], 0.5);
+        assert!(upstream.get("top_p").is_none(), "{upstream}");
     }
 
     #[test]

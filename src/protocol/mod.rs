@@ -192,6 +192,14 @@ pub enum StreamEvent {
     Usage(Usage),
 }
 
+impl StreamEvent {
+    /// True for events that carry the answer itself (as opposed to the opening
+    /// `Start` and the `Usage` count). A stream is committed at its first content event.
+    pub fn is_content(&self) -> bool {
+        !matches!(self, StreamEvent::Start { .. } | StreamEvent::Usage(_))
+    }
+}
+
 /// Why a stream could not be finished. `kind` is a fixed label for metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamFailure {

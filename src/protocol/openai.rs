@@ -452,8 +452,9 @@ impl StreamWriter {
 // ---------------------------------------------------------------------------------------
 // Upstream: talking to an `openai` provider.
 
-/// The body airbag sends to an OpenAI-compatible target.
-pub fn upstream_body(request: &ChatRequest, model: &str) -> Value {
+/// The body airbag sends to an OpenAI-compatible target; `max_tokens_field` names the
+/// field the output limit goes in (`max_tokens` or `max_completion_tokens`).
+pub fn upstream_body(request: &ChatRequest, model: &str, max_tokens_field: &str) -> Value {
     let mut messages = Vec::new();
     if let Some(system) = &request.system {
         messages.push(json!({"role": "system", "content": system}));
@@ -479,7 +480,7 @@ pub fn upstream_body(request: &ChatRequest, model: &str) -> Value {
         body["top_p"] = json!(top_p);
     }
     if let Some(max_tokens) = params.max_tokens {
-        body["max_tokens"] = json!(max_tokens);
+        body[max_tokens_field] = json!(max_tokens);
     }
     if !params.stop.is_empty() {
         body["stop"] = json!(params.stop);
@@ -789,6 +790,7 @@ mod tests {
     fn tool_messages_become_tool_results_and_back() {
         let body = json!({
             "model": "chat",
+            "max_tokens": 7,
             "messages": [
                 {"role": "system", "content": "be brief"},
                 {"role": "user", "content": "weather?"},
@@ -805,11 +807,13 @@ mod tests {
             &request.messages[2].content[0],
             Part::ToolResult(ToolResult { tool_call_id, content, .. }) if tool_call_id == "call_1" && content == "rain"
         ));
-        let upstream = upstream_body(&request, "gpt-x");
+        let upstream = upstream_body(&request, "gpt-x", "max_completion_tokens");
         assert_eq!(upstream["messages"][0]["role"], "system");
         assert_eq!(upstream["messages"][2]["tool_calls"][0]["id"], "call_1");
         assert_eq!(upstream["messages"][3]["role"], "tool");
         assert_eq!(upstream["messages"][3]["content"], "rain");
+        assert_eq!(upstream["max_completion_tokens"], 7);
+        assert!(upstream.get("max_tokens").is_none());
     }
 
     #[test]

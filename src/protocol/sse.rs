@@ -21,7 +21,17 @@ pub struct SseDecoder {
     data: Vec<String>,
 }
 
+/// The largest event (line or joined data) accepted; LLM stream events are a few KiB.
+const MAX_EVENT_BYTES: usize = 8 << 20;
+
 impl SseDecoder {
+    /// True when an event under construction has grown past what any LLM API sends: the
+    /// stream is not SSE, or is broken, and should be abandoned.
+    pub fn is_oversized(&self) -> bool {
+        let data: usize = self.data.iter().map(String::len).sum();
+        self.pending_line.len() + data > MAX_EVENT_BYTES
+    }
+
     /// Feed a chunk; returns every event completed by it.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
         let mut events = Vec::new();

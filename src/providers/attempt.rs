@@ -1,7 +1,7 @@
 //! One attempt: one HTTP call to one target with one key, bounded by the provider's
 //! connect, first-byte, idle and total timeouts.
 //!
-//! A streaming attempt only counts as answered once its first event has arrived, so the
+//! A streaming attempt only counts as answered once its first content event has arrived, so the
 //! chain can still fail over before anything reaches the client; after that, the rest of
 //! the stream carries its own idle and total deadlines and reports a failure as an item.
 
@@ -13,7 +13,7 @@ use futures_util::{Stream, StreamExt, stream};
 use tokio::time::{Instant, timeout_at};
 
 use super::{Provider, Target};
-use crate::config::ProviderKind;
+use crate::config::{MaxTokensField, ProviderKind};
 use crate::protocol::{
     ChatRequest, ChatResponse, EventStream, StreamEvent, StreamFailure, anthropic, openai,
     sse::SseDecoder,
@@ -25,9 +25,18 @@ const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// How much of an upstream error body is kept (to pass a 400 back or read its message).
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
+/// The largest complete answer airbag reads; a larger one is treated as malformed.
+const MAX_RESPONSE_BODY: usize = 32 << 20;
+
+/// How long an error body may take to arrive once its status is known.
+const ERROR_BODY_WAIT: Duration = Duration::from_secs(5);
+
+/// A `retry-after` longer than a day is read as a day.
+const MAX_RETRY_AFTER_SECS: f64 = 86_400.0;
+
 pub enum UpstreamAnswer {
     Complete(ChatResponse),
-    /// A stream whose first event has already arrived.
+    /// A stream whose first content event has already arrived.
     Stream(EventStream),
 }
 
@@ -72,7 +81,13 @@ fn endpoint(provider: &Provider) -> String {
 
 fn request_body(provider: &Provider, request: &ChatRequest, model: &str) -> Vec<u8> {
     let body = match provider.kind {
-        ProviderKind::Openai => openai::upstream_body(request, model),
+        ProviderKind::Openai => {
+            let field = match provider.config.max_tokens_field {
+                MaxTokensField::MaxTokens => "max_tokens",
+                MaxTokensField::MaxCompletionTokens => "max_completion_tokens",
+            };
+            openai::upstream_body(request, model, field)
+        }
         ProviderKind::Anthropic => {
             anthropic::upstream_body(request, model, provider.config.default_max_tokens)
         }
@@ -90,36 +105,54 @@ fn classify_send_error(error: &reqwest::Error) -> &'static str {
     }
 }
 
-/// `retry-after-ms` (OpenAI) or `retry-after` in seconds.
+/// `retry-after-ms` (OpenAI) or `retry-after` in seconds. Values that are not finite,
+/// negative or absurdly long are clamped rather than trusted.
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
-    if let Some(millis) =
-        header("retry-after-ms").and_then(|value| value.trim().parse::<f64>().ok())
-    {
-        return Some(Duration::from_secs_f64(millis.max(0.0) / 1000.0));
-    }
-    header("retry-after")
+    let seconds = header("retry-after-ms")
         .and_then(|value| value.trim().parse::<f64>().ok())
-        .map(|seconds| Duration::from_secs_f64(seconds.clamp(0.0, 86_400.0)))
+        .map(|millis| millis / 1000.0)
+        .or_else(|| header("retry-after").and_then(|value| value.trim().parse::<f64>().ok()))?;
+    if !seconds.is_finite() {
+        return None;
+    }
+    Duration::try_from_secs_f64(seconds.clamp(0.0, MAX_RETRY_AFTER_SECS)).ok()
 }
 
-/// Make one call to `target` with key `key_index`.
+/// The earliest of several deadlines, with the failure label that belongs to it.
+fn earliest(deadlines: &[(Instant, &'static str)]) -> (Instant, &'static str) {
+    deadlines
+        .iter()
+        .copied()
+        .min_by_key(|(deadline, _)| *deadline)
+        .unwrap_or((Instant::now(), "timeout_total"))
+}
+
+/// Make one call to `target` with key `key_index`. `commit_deadline` is the request's
+/// own deadline: no answer is committed after it (see `server.request_timeout`).
 pub async fn attempt(
     provider: &Provider,
     target: &Target,
     key_index: usize,
     request: &ChatRequest,
+    commit_deadline: Instant,
 ) -> Result<UpstreamAnswer, AttemptFailure> {
     let timeouts = provider.config.timeouts;
     let started = Instant::now();
-    let total_deadline = started + timeouts.total;
-    let first_byte_deadline = (started + timeouts.first_byte).min(total_deadline);
-    let deadline_kind = |deadline: Instant| {
-        if deadline >= total_deadline {
-            "timeout_total"
-        } else {
-            "timeout_first_byte"
-        }
+    let total = (started + timeouts.total, "timeout_total");
+    let request_deadline = (commit_deadline, "timeout_request");
+    // A streaming answer is committed at its first content event, which must come within
+    // `first_byte`; a complete answer is committed when it has fully arrived. Providers
+    // send a non-streaming response head only when the answer is done, so `first_byte`
+    // does not apply to it.
+    let (commit_by, commit_kind) = if request.stream {
+        earliest(&[
+            (started + timeouts.first_byte, "timeout_first_byte"),
+            total,
+            request_deadline,
+        ])
+    } else {
+        earliest(&[total, request_deadline])
     };
 
     let mut builder = provider
@@ -145,10 +178,10 @@ pub async fn attempt(
         builder = builder.header(reqwest::header::ACCEPT, "text/event-stream");
     }
 
-    let response = match timeout_at(first_byte_deadline, builder.send()).await {
+    let response = match timeout_at(commit_by, builder.send()).await {
         Err(_) => {
             return Err(AttemptFailure::transport(
-                deadline_kind(first_byte_deadline),
+                commit_kind,
                 "no response head in time",
             ));
         }
@@ -165,9 +198,11 @@ pub async fn attempt(
     let status = response.status();
     if !status.is_success() {
         let retry_after = retry_after(response.headers());
-        let body = read_limited(response, total_deadline, MAX_ERROR_BODY)
+        // An error body that trickles must not hold up the retry it calls for.
+        let read_by = commit_by.min(Instant::now() + ERROR_BODY_WAIT);
+        let body = read_capped(response, read_by, MAX_ERROR_BODY)
             .await
-            .unwrap_or_default();
+            .unwrap_or_else(BodyCut::partial);
         return Err(AttemptFailure::Status {
             status: status.as_u16(),
             body,
@@ -176,15 +211,23 @@ pub async fn attempt(
     }
 
     if !request.stream {
-        let body = match timeout_at(total_deadline, response.bytes()).await {
-            Err(_) => return Err(AttemptFailure::transport("timeout_total", "body too slow")),
-            Ok(Err(error)) => {
+        let body = match read_capped(response, commit_by, MAX_RESPONSE_BODY).await {
+            Ok(body) => body,
+            Err(BodyCut::Slow(_)) => {
+                return Err(AttemptFailure::transport(commit_kind, "body too slow"));
+            }
+            Err(BodyCut::TooLarge(_)) => {
                 return Err(AttemptFailure::transport(
-                    "network",
-                    error.without_url().to_string(),
+                    "malformed",
+                    "the answer is larger than 32 MiB",
                 ));
             }
-            Ok(Ok(body)) => body,
+            Err(BodyCut::Broken(_)) => {
+                return Err(AttemptFailure::transport(
+                    "network",
+                    "the connection broke mid-body",
+                ));
+            }
         };
         let parsed = match provider.kind {
             ProviderKind::Openai => openai::parse_upstream_response(&body, &target.model),
@@ -198,40 +241,80 @@ pub async fn attempt(
     let mut events = upstream_events(
         response.bytes_stream(),
         provider.kind,
-        first_byte_deadline,
+        (commit_by, commit_kind),
         timeouts.idle,
-        total_deadline,
+        total.0,
     );
-    match events.next().await {
-        Some(Ok(first)) => Ok(UpstreamAnswer::Stream(Box::pin(
-            stream::once(async move { Ok(first) }).chain(events),
-        ))),
-        Some(Err(failure)) => Err(AttemptFailure::Transport {
-            kind: failure.kind,
-            message: failure.message,
-        }),
-        None => Err(AttemptFailure::transport(
-            "stream_ended_early",
-            "the stream closed before its first event",
-        )),
+    // Hold back the opening events (`message_start`, a role-only chunk): they carry no
+    // content, and a provider that stalls or fails right after them must still be
+    // failed over. The answer is committed at its first content event.
+    let mut opening = Vec::new();
+    loop {
+        match events.next().await {
+            Some(Ok(event)) => {
+                let is_content = event.is_content();
+                opening.push(Ok(event));
+                if is_content {
+                    break;
+                }
+            }
+            Some(Err(failure)) => {
+                return Err(AttemptFailure::Transport {
+                    kind: failure.kind,
+                    message: failure.message,
+                });
+            }
+            None => {
+                return Err(AttemptFailure::transport(
+                    "stream_ended_early",
+                    "the stream closed before any content",
+                ));
+            }
+        }
+    }
+    Ok(UpstreamAnswer::Stream(Box::pin(
+        stream::iter(opening).chain(events),
+    )))
+}
+
+/// Why a body read stopped early; each carries what was read.
+enum BodyCut {
+    Slow(Bytes),
+    TooLarge(Bytes),
+    Broken(Bytes),
+}
+
+impl BodyCut {
+    fn partial(self) -> Bytes {
+        match self {
+            BodyCut::Slow(bytes) | BodyCut::TooLarge(bytes) | BodyCut::Broken(bytes) => bytes,
+        }
     }
 }
 
-async fn read_limited(
+/// Read a body of at most `limit` bytes before `deadline`.
+async fn read_capped(
     response: reqwest::Response,
     deadline: Instant,
     limit: usize,
-) -> Option<Bytes> {
+) -> Result<Bytes, BodyCut> {
     let mut body = response.bytes_stream();
     let mut collected = Vec::new();
-    while collected.len() < limit {
+    loop {
         match timeout_at(deadline, body.next()).await {
-            Ok(Some(Ok(chunk))) => collected.extend_from_slice(&chunk),
-            _ => break,
+            Ok(Some(Ok(chunk))) => {
+                if collected.len() + chunk.len() > limit {
+                    let room = limit - collected.len();
+                    collected.extend_from_slice(&chunk[..room]);
+                    return Err(BodyCut::TooLarge(Bytes::from(collected)));
+                }
+                collected.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(Bytes::from(collected)),
+            Ok(Some(Err(_))) => return Err(BodyCut::Broken(Bytes::from(collected))),
+            Err(_) => return Err(BodyCut::Slow(Bytes::from(collected))),
         }
     }
-    collected.truncate(limit);
-    Some(Bytes::from(collected))
 }
 
 enum KindParser {
@@ -271,7 +354,8 @@ struct UpstreamEvents<B> {
     decoder: SseDecoder,
     parser: KindParser,
     pending: VecDeque<StreamEvent>,
-    first_byte_deadline: Instant,
+    /// Until the first content event: when it must arrive, and the label if it does not.
+    first_content_deadline: (Instant, &'static str),
     idle: Duration,
     total_deadline: Instant,
     started: bool,
@@ -285,7 +369,7 @@ where
     async fn next_event(&mut self) -> Option<Result<StreamEvent, StreamFailure>> {
         loop {
             if let Some(event) = self.pending.pop_front() {
-                self.started = true;
+                self.started |= event.is_content();
                 return Some(Ok(event));
             }
             if self.ended || self.parser.is_done() {
@@ -299,15 +383,25 @@ where
                 } else {
                     (self.total_deadline, "timeout_total")
                 }
-            } else if self.first_byte_deadline < self.total_deadline {
-                (self.first_byte_deadline, "timeout_first_byte")
             } else {
-                (self.total_deadline, "timeout_total")
+                self.first_content_deadline
             };
             match timeout_at(deadline, self.body.next()).await {
+                Err(_) if self.parser.is_complete() => {
+                    // The answer is whole; only the trailer ([DONE], usage) is late.
+                    self.ended = true;
+                    return None;
+                }
                 Err(_) => return self.fail(StreamFailure::new(kind, "the stream stalled")),
                 Ok(Some(Ok(chunk))) => {
-                    for event in self.decoder.push(&chunk) {
+                    let events = self.decoder.push(&chunk);
+                    if self.decoder.is_oversized() {
+                        return self.fail(StreamFailure::new(
+                            "malformed",
+                            "a stream event is larger than airbag accepts",
+                        ));
+                    }
+                    for event in events {
                         match self.parser.parse(&event) {
                             Ok(events) => self.pending.extend(events),
                             Err(failure) => return self.fail(failure),
@@ -344,7 +438,7 @@ where
 fn upstream_events<B>(
     body: B,
     kind: ProviderKind,
-    first_byte_deadline: Instant,
+    first_content_deadline: (Instant, &'static str),
     idle: Duration,
     total_deadline: Instant,
 ) -> EventStream
@@ -359,7 +453,7 @@ where
             ProviderKind::Anthropic => KindParser::Anthropic(anthropic::StreamParser::default()),
         },
         pending: VecDeque::new(),
-        first_byte_deadline,
+        first_content_deadline,
         idle,
         total_deadline,
         started: false,

@@ -12,6 +12,8 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use bytes::Bytes;
 use serde::Serialize;
 
@@ -108,20 +110,34 @@ pub fn backoff_delay(initial: Duration, max: Duration, step: u32) -> Duration {
     Duration::from_micros(fastrand::u64(0..=micros))
 }
 
-/// Walk the route's chain until a target answers, the client is at fault, or every
-/// target has failed.
-pub async fn walk(route: &Route, request: &ChatRequest, metrics: &Metrics) -> ChainOutcome {
+/// Walk the route's chain until a target answers, the client is at fault, every target
+/// has failed, or `deadline` (the request's `server.request_timeout`) has passed.
+pub async fn walk(
+    route: &Route,
+    request: &ChatRequest,
+    metrics: &Metrics,
+    deadline: Instant,
+) -> ChainOutcome {
     let mut attempts = Vec::new();
     let mut queue: Vec<(usize, &Target)> = route.chain.iter().enumerate().collect();
     let mut context_fallback_queued = false;
     let mut position = 0;
     while let Some(&(depth, target)) = queue.get(position) {
         position += 1;
+        if Instant::now() >= deadline {
+            record(
+                &mut attempts,
+                metrics,
+                target,
+                "timeout_request".to_string(),
+            );
+            break;
+        }
         let kind = target
             .provider
             .as_ref()
             .map_or(ProviderKind::Openai, |provider| provider.kind);
-        match try_target(target, request, &mut attempts, metrics).await {
+        match try_target(target, request, &mut attempts, metrics, deadline).await {
             TargetResult::Answered(answer) => {
                 if depth > 0 {
                     metrics
@@ -182,32 +198,36 @@ fn record(attempts: &mut Vec<AttemptRecord>, metrics: &Metrics, target: &Target,
 }
 
 /// Attempts against one target, with its own retry budget and key rotation.
+///
+/// Termination: a retry spends the budget; a rotation (after 401/402/403 or a 429) adds
+/// the key to `rotated_away`, which is never picked again in this request, so there are
+/// at most as many rotations as keys; and nothing starts after `deadline`.
 async fn try_target(
     target: &Target,
     request: &ChatRequest,
     attempts: &mut Vec<AttemptRecord>,
     metrics: &Metrics,
+    deadline: Instant,
 ) -> TargetResult {
     let Some(provider) = &target.provider else {
-        attempts.push(AttemptRecord {
-            target: target.label.clone(),
-            outcome: "disabled".to_string(),
-        });
+        record(attempts, metrics, target, "disabled".to_string());
         return TargetResult::GaveUp;
     };
     let policy = &provider.config;
     let mut retries_left = policy.retries;
     let mut backoff_step = 0;
-    let mut key = provider.keys.pick(None);
+    let mut rotated_away: Vec<usize> = Vec::new();
+    let mut key = provider.keys.pick(&rotated_away);
     loop {
         let Some(key_index) = key else {
-            attempts.push(AttemptRecord {
-                target: target.label.clone(),
-                outcome: "no_key_available".to_string(),
-            });
+            record(attempts, metrics, target, "no_key_available".to_string());
             return TargetResult::GaveUp;
         };
-        let failure = match attempt(provider, target, key_index, request).await {
+        if Instant::now() >= deadline {
+            record(attempts, metrics, target, "timeout_request".to_string());
+            return TargetResult::GaveUp;
+        }
+        let failure = match attempt(provider, target, key_index, request, deadline).await {
             Ok(answer) => {
                 record(attempts, metrics, target, "ok".to_string());
                 return TargetResult::Answered(answer);
@@ -216,6 +236,12 @@ async fn try_target(
         };
         record(attempts, metrics, target, failure.outcome());
         tracing::debug!(target = %target.label, outcome = %failure.outcome(), "upstream attempt failed");
+        // A provider that takes no key has one placeholder key; resting it would take the
+        // provider out for everyone, so only real keys rest.
+        let has_secret = provider
+            .keys
+            .get(key_index)
+            .is_some_and(|api_key| api_key.secret().is_some());
         let step = next_step(&failure, provider.kind);
         let wait = match step {
             Next::Refused | Next::ContextTooLong => {
@@ -229,20 +255,26 @@ async fn try_target(
                 };
             }
             Next::KeyRejected => {
-                provider.keys.rest(key_index, policy.key_cooldown);
-                key = provider.keys.pick(Some(key_index));
-                continue;
+                if has_secret {
+                    provider.keys.rest(key_index, policy.key_cooldown);
+                }
+                rotated_away.push(key_index);
+                key = provider.keys.pick(&rotated_away);
+                Duration::ZERO
             }
             Next::RateLimited(retry_after) => {
-                provider
-                    .keys
-                    .rest(key_index, retry_after.unwrap_or(RATE_LIMIT_REST));
-                if let Some(other) = provider.keys.pick(Some(key_index)) {
-                    // Another key has its own quota: rotate without spending the retry
-                    // budget. Resting keys are never picked, so this ends with the keys.
+                if has_secret {
+                    let rest = retry_after.unwrap_or(RATE_LIMIT_REST).max(RATE_LIMIT_REST);
+                    provider.keys.rest(key_index, rest);
+                }
+                rotated_away.push(key_index);
+                if let Some(other) = provider.keys.pick(&rotated_away) {
+                    // Another key has its own quota: rotate without spending the budget.
                     key = Some(other);
                     backoff_delay(policy.backoff.initial, policy.backoff.max, backoff_step)
                 } else {
+                    // No other key: wait for this one, if the wait is short, on the budget.
+                    rotated_away.pop();
                     if retries_left == 0 {
                         return TargetResult::GaveUp;
                     }
@@ -263,13 +295,15 @@ async fn try_target(
                     return TargetResult::GaveUp;
                 }
                 retries_left -= 1;
-                key = provider.keys.pick(None).or(Some(key_index));
+                key = provider.keys.pick(&rotated_away).or(Some(key_index));
                 backoff_delay(policy.backoff.initial, policy.backoff.max, backoff_step)
             }
         };
-        backoff_step += 1;
         metrics.retries.with_label_values(&[&target.label]).inc();
-        tokio::time::sleep(wait).await;
+        if !wait.is_zero() {
+            backoff_step += 1;
+            tokio::time::sleep_until((Instant::now() + wait).min(deadline)).await;
+        }
     }
 }
 

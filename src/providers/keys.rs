@@ -80,14 +80,14 @@ impl KeyPool {
         self.keys.is_empty()
     }
 
-    /// A key chosen at random by weight among those not resting, other than `avoid`.
-    pub fn pick(&self, avoid: Option<usize>) -> Option<usize> {
+    /// A key chosen at random by weight among those not resting and not in `exclude`.
+    pub fn pick(&self, exclude: &[usize]) -> Option<usize> {
         let now = Instant::now();
         let candidates: Vec<(usize, u32)> = self
             .keys
             .iter()
             .enumerate()
-            .filter(|(index, key)| Some(*index) != avoid && key.is_available(now))
+            .filter(|(index, key)| !exclude.contains(index) && key.is_available(now))
             .map(|(index, key)| (index, key.weight))
             .collect();
         let total: u32 = candidates.iter().map(|(_, weight)| weight).sum();
@@ -110,7 +110,11 @@ impl KeyPool {
             return;
         };
         if let Ok(mut until) = key.resting_until.lock() {
-            let candidate = Instant::now() + duration;
+            let now = Instant::now();
+            // A duration too large to add (a hostile retry-after) rests the key a day.
+            let candidate = now
+                .checked_add(duration)
+                .unwrap_or(now + Duration::from_secs(86_400));
             *until = Some(until.map_or(candidate, |current| current.max(candidate)));
         }
     }
@@ -147,12 +151,12 @@ mod tests {
     #[test]
     fn picks_follow_weights_and_skip_resting_keys() {
         let pool = pool(&[("a", 3), ("b", 1)]);
-        let picks: Vec<usize> = (0..4000).filter_map(|_| pool.pick(None)).collect();
+        let picks: Vec<usize> = (0..4000).filter_map(|_| pool.pick(&[])).collect();
         let a_share = picks.iter().filter(|&&i| i == 0).count() as f64 / picks.len() as f64;
         assert!((0.7..0.8).contains(&a_share), "a share {a_share}");
         pool.rest(0, Duration::from_secs(60));
-        assert!((0..100).all(|_| pool.pick(None) == Some(1)));
-        assert_eq!(pool.pick(Some(1)), None);
+        assert!((0..100).all(|_| pool.pick(&[]) == Some(1)));
+        assert_eq!(pool.pick(&[1]), None);
         assert_eq!(pool.resting_count(), 1);
     }
 

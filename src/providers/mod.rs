@@ -40,6 +40,9 @@ impl Provider {
         let client = reqwest::Client::builder()
             .connect_timeout(config.timeouts.connect)
             .tcp_nodelay(true)
+            // A redirect would carry `x-api-key` to another host and turn the POST into
+            // a GET; a provider that redirects is misconfigured, and its 3xx is a failure.
+            .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(256)
             .build()
             .map_err(|error| format!("provider `{name}`: cannot build its HTTP client: {error}"))?;
