@@ -126,10 +126,18 @@ impl MockArgs {
     }
 }
 
-fn init_logging() {
+/// Logs go to stdout through a background writer, so a slow terminal or a full pipe
+/// never blocks a request; when its buffer is full, lines are dropped instead. The
+/// returned guard flushes what is left when `main` ends.
+fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .init();
+    guard
 }
 
 async fn shutdown_signal() {
@@ -195,7 +203,7 @@ async fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => check_config(&config),
         Command::Serve { config } => {
-            init_logging();
+            let _log_guard = init_logging();
             let env = Env::from_process();
             let config = match Config::load(&config, &env) {
                 Ok(config) => config,
@@ -213,7 +221,7 @@ async fn main() -> ExitCode {
             }
         }
         Command::MockProvider(args) => {
-            init_logging();
+            let _log_guard = init_logging();
             let options = MockOptions {
                 name: args.name.clone(),
                 chunk_delay: args.chunk_delay,

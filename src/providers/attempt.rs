@@ -71,14 +71,6 @@ impl AttemptFailure {
     }
 }
 
-fn endpoint(provider: &Provider) -> String {
-    let base = provider.config.base_url.trim_end_matches('/');
-    match provider.kind {
-        ProviderKind::Openai => format!("{base}/chat/completions"),
-        ProviderKind::Anthropic => format!("{base}/messages"),
-    }
-}
-
 fn request_body(provider: &Provider, request: &ChatRequest, model: &str) -> Vec<u8> {
     let body = match provider.kind {
         ProviderKind::Openai => {
@@ -157,7 +149,7 @@ pub async fn attempt(
 
     let mut builder = provider
         .client
-        .post(endpoint(provider))
+        .post(provider.endpoint.clone())
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(request_body(provider, request, &target.model));
     let secret = provider.keys.get(key_index).and_then(|key| key.secret());
