@@ -111,13 +111,7 @@ pub async fn answer(gateway: &Gateway, request: &ChatRequest) -> Result<Served, 
                 UpstreamAnswer::Complete(response) => Answer::Complete(response),
                 UpstreamAnswer::Stream(events) => Answer::Stream(events),
             },
-            tag: RungTag {
-                rung: Rung::Provider,
-                served_by: format!("provider:{target}"),
-                fallback_depth: depth,
-                similarity: None,
-                attempts,
-            },
+            tag: provider_tag(&target, depth, attempts),
         }),
         ChainOutcome::Refused {
             status,
@@ -128,17 +122,21 @@ pub async fn answer(gateway: &Gateway, request: &ChatRequest) -> Result<Served, 
             attempts,
         } => Ok(Served {
             answer: Answer::Refused { status, body, kind },
-            tag: RungTag {
-                rung: Rung::Provider,
-                served_by: format!("provider:{target}"),
-                fallback_depth: depth,
-                similarity: None,
-                attempts,
-            },
+            tag: provider_tag(&target, depth, attempts),
         }),
         ChainOutcome::Exhausted { attempts } => Err(RequestError::AllTargetsFailed {
             route: route.model.clone(),
             attempts,
         }),
+    }
+}
+
+fn provider_tag(target: &str, depth: usize, attempts: Vec<AttemptRecord>) -> RungTag {
+    RungTag {
+        rung: Rung::Provider,
+        served_by: format!("provider:{target}"),
+        fallback_depth: depth,
+        similarity: None,
+        attempts,
     }
 }

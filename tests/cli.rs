@@ -50,6 +50,18 @@ fn spawn_announced(args: &[&str], announcement: &str) -> (Running, String) {
     panic!("`{announcement}` was never logged by airbag {args:?}");
 }
 
+/// A one-message OpenAI chat request for `model` through the gateway at `proxy`.
+async fn ping(client: &reqwest::Client, proxy: &str, model: &str) -> reqwest::Response {
+    client
+        .post(format!("http://{proxy}/v1/chat/completions"))
+        .json(
+            &serde_json::json!({"model": model, "messages": [{"role": "user", "content": "ping"}]}),
+        )
+        .send()
+        .await
+        .unwrap()
+}
+
 /// The value of `name=` in a log line.
 fn field(line: &str, name: &str) -> String {
     let prefix = format!("{name}=");
@@ -169,12 +181,7 @@ async fn serve_and_mock_provider_work_together_from_the_command_line() {
     let proxy = field(&announced, "proxy_addr");
     let admin = field(&announced, "admin_addr");
     let client = reqwest::Client::new();
-    let reply = client
-        .post(format!("http://{proxy}/v1/chat/completions"))
-        .json(&serde_json::json!({"model": "demo", "messages": [{"role": "user", "content": "ping"}]}))
-        .send()
-        .await
-        .unwrap();
+    let reply = ping(&client, &proxy, "demo").await;
     assert_eq!(reply.status(), 200);
     assert_eq!(
         reply.headers()["x-airbag-served-by"],
@@ -187,12 +194,7 @@ async fn serve_and_mock_provider_work_together_from_the_command_line() {
     );
 
     // The `chat` route's providers have no keys here: every target is skipped.
-    let reply = client
-        .post(format!("http://{proxy}/v1/chat/completions"))
-        .json(&serde_json::json!({"model": "chat", "messages": [{"role": "user", "content": "ping"}]}))
-        .send()
-        .await
-        .unwrap();
+    let reply = ping(&client, &proxy, "chat").await;
     assert_eq!(reply.status(), 503);
     let body: serde_json::Value = reply.json().await.unwrap();
     assert_eq!(body["airbag"]["attempts"][0]["outcome"], "disabled");

@@ -3,7 +3,7 @@
 
 mod common;
 
-use airbag::mock::{Fault, FaultRule};
+use airbag::mock::{Fault, FaultRule, MockProvider};
 use common::{TestGateway, mock, openai_chat, provider, route};
 use serde_json::json;
 
@@ -15,25 +15,18 @@ fn status(status: u16) -> Fault {
     }
 }
 
-/// A primary and a fallback mock behind route `chat`, both of kind openai, keys A1 for
-/// the primary and B1 for the fallback.
-async fn two_targets(
+/// A primary and a fallback mock behind route `chat` (`primary/big`, then
+/// `fallback/small`), both of kind openai. `primary_extra` configures the primary (its
+/// keys among it); the fallback has key `sk-fallback`.
+async fn targets(
     primary_extra: &str,
-) -> (
-    TestGateway,
-    airbag::mock::MockProvider,
-    airbag::mock::MockProvider,
-) {
+    env: &[(&str, &str)],
+) -> (TestGateway, MockProvider, MockProvider) {
     let primary = mock("primary").await;
     let fallback = mock("fallback").await;
     let config = format!(
         "{}{}{}",
-        provider(
-            "primary",
-            "openai",
-            &primary,
-            &format!("keys = [{{ key = \"env:PRIMARY_KEY\" }}]\n{primary_extra}")
-        ),
+        provider("primary", "openai", &primary, primary_extra),
         provider(
             "fallback",
             "openai",
@@ -42,15 +35,19 @@ async fn two_targets(
         ),
         route("chat", &["primary/big", "fallback/small"]),
     );
-    let gateway = TestGateway::start(
-        &config,
-        &[
-            ("PRIMARY_KEY", "sk-primary"),
-            ("FALLBACK_KEY", "sk-fallback"),
-        ],
-    )
-    .await;
+    let mut env = env.to_vec();
+    env.push(("FALLBACK_KEY", "sk-fallback"));
+    let gateway = TestGateway::start(&config, &env).await;
     (gateway, primary, fallback)
+}
+
+/// [`targets`] with the primary on key `sk-primary`.
+async fn two_targets(primary_extra: &str) -> (TestGateway, MockProvider, MockProvider) {
+    targets(
+        &format!("keys = [{{ key = \"env:PRIMARY_KEY\" }}]\n{primary_extra}"),
+        &[("PRIMARY_KEY", "sk-primary")],
+    )
+    .await
 }
 
 #[tokio::test]
@@ -398,23 +395,11 @@ async fn every_target_failing_gives_503_listing_attempts_and_no_keys() {
 
 #[tokio::test]
 async fn a_provider_without_keys_in_the_environment_is_skipped() {
-    let primary = mock("primary").await;
-    let fallback = mock("fallback").await;
-    let config = format!(
-        "{}{}{}",
-        provider(
-            "primary",
-            "openai",
-            &primary,
-            "keys = [{ key = \"env:NOT_SET_ANYWHERE\" }]"
-        ),
-        provider("fallback", "openai", &fallback, ""),
-        route("chat", &["primary/m", "fallback/m"]),
-    );
-    let gateway = TestGateway::start(&config, &[]).await;
+    let (gateway, primary, _fallback) =
+        targets("keys = [{ key = \"env:NOT_SET_ANYWHERE\" }]", &[]).await;
     let reply = gateway.openai(openai_chat("chat", "hi")).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
-    assert_eq!(reply.served_by(), "provider:fallback/m");
+    assert_eq!(reply.served_by(), "provider:fallback/small");
     assert_eq!(reply.depth(), "1");
     assert_eq!(reply.json()["airbag"]["attempts"][0]["outcome"], "disabled");
     assert_eq!(primary.request_count(), 0);
@@ -448,13 +433,7 @@ async fn the_request_timeout_bounds_a_chain_of_hanging_targets() {
         provider("fallback", "openai", &fallback, ""),
         route("chat", &["primary/big", "fallback/small"]),
     );
-    // The harness prepends its own [server]; merge by building the config by hand.
-    let text = config.replace("[server]\n", "[server]\nlisten = \"127.0.0.1:0\"\n")
-        + "[admin]\nlisten = \"127.0.0.1:0\"\n";
-    let env = airbag::config::Env::default();
-    let config =
-        airbag::config::Config::from_toml(&text, std::path::Path::new("t.toml"), &env).unwrap();
-    let gateway = TestGateway::start_config(&config, &env).await;
+    let gateway = TestGateway::start(&config, &[]).await;
     let started = std::time::Instant::now();
     let reply = gateway.openai(openai_chat("chat", "hi")).await;
     assert!(
@@ -476,29 +455,21 @@ async fn the_request_timeout_bounds_a_chain_of_hanging_targets() {
 
 #[tokio::test]
 async fn rotation_ends_when_every_key_is_rate_limited() {
-    let primary = mock("primary").await;
-    let fallback = mock("fallback").await;
+    let (gateway, primary, _fallback) = targets(
+        "keys = [{ key = \"env:KEY_A\" }, { key = \"env:KEY_B\" }]",
+        &[("KEY_A", "sk-a"), ("KEY_B", "sk-b")],
+    )
+    .await;
     // A zero retry-after on every key: rotation must still end and fall back.
     primary.set_faults(vec![FaultRule::always(Fault::Status {
         status: 429,
         retry_after: Some(0.0),
         body: None,
     })]);
-    let config = format!(
-        "{}{}{}",
-        provider(
-            "primary",
-            "openai",
-            &primary,
-            "keys = [{ key = \"env:KEY_A\" }, { key = \"env:KEY_B\" }]"
-        ),
-        provider("fallback", "openai", &fallback, ""),
-        route("chat", &["primary/m", "fallback/m"]),
-    );
-    let gateway = TestGateway::start(&config, &[("KEY_A", "sk-a"), ("KEY_B", "sk-b")]).await;
+
     let reply = gateway.openai(openai_chat("chat", "hi")).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
-    assert_eq!(reply.served_by(), "provider:fallback/m");
+    assert_eq!(reply.served_by(), "provider:fallback/small");
     // One rotation, then the two retries of the budget on the last key.
     assert_eq!(primary.request_count(), 4);
 }
@@ -521,18 +492,15 @@ async fn a_nonsense_retry_after_is_ignored_not_fatal() {
 
 #[tokio::test]
 async fn a_provider_without_keys_is_not_taken_out_by_one_rejection() {
-    let primary = mock("primary").await;
-    let fallback = mock("fallback").await;
+    let (gateway, primary, _fallback) = targets("keys = []", &[]).await;
     primary.set_faults(vec![FaultRule::times(1, status(401))]);
-    let config = format!(
-        "{}{}{}",
-        provider("primary", "openai", &primary, "keys = []"),
-        provider("fallback", "openai", &fallback, ""),
-        route("chat", &["primary/m", "fallback/m"]),
-    );
-    let gateway = TestGateway::start(&config, &[]).await;
     let first = gateway.openai(openai_chat("chat", "hi")).await;
-    assert_eq!(first.served_by(), "provider:fallback/m");
+    assert_eq!(first.served_by(), "provider:fallback/small");
     let second = gateway.openai(openai_chat("chat", "hi")).await;
-    assert_eq!(second.served_by(), "provider:primary/m", "{}", second.text);
+    assert_eq!(
+        second.served_by(),
+        "provider:primary/big",
+        "{}",
+        second.text
+    );
 }

@@ -227,43 +227,17 @@ async fn a_configured_client_key_missing_from_the_environment_stops_start_up() {
 #[tokio::test]
 async fn models_health_and_readiness() {
     let (gateway, _upstream) = simple("", &[]).await;
-    let models: serde_json::Value = gateway
-        .client
-        .get(gateway.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models = gateway.get("/v1/models", &[]).await.json();
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], "chat");
-    let anthropic_models: serde_json::Value = gateway
-        .client
-        .get(gateway.url("/v1/models"))
-        .header("anthropic-version", "2023-06-01")
-        .send()
+    let anthropic_models = gateway
+        .get("/v1/models", &[("anthropic-version", "2023-06-01")])
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .json();
     assert_eq!(anthropic_models["data"][0]["type"], "model");
     assert_eq!(anthropic_models["has_more"], false);
-    let health = gateway
-        .client
-        .get(gateway.url("/healthz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 200);
-    let ready = gateway
-        .client
-        .get(gateway.url("/readyz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 200);
+    assert_eq!(gateway.get("/healthz", &[]).await.status, 200);
+    assert_eq!(gateway.get("/readyz", &[]).await.status, 200);
 
     // A gateway whose only provider has no keys cannot serve: not ready.
     let upstream = mock("up").await;
@@ -278,13 +252,7 @@ async fn models_health_and_readiness() {
         route("chat", &["up/m"]),
     );
     let gateway = TestGateway::start(&config, &[]).await;
-    let ready = gateway
-        .client
-        .get(gateway.url("/readyz"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 503);
+    assert_eq!(gateway.get("/readyz", &[]).await.status, 503);
 }
 
 #[tokio::test]
@@ -310,28 +278,14 @@ async fn metrics_count_requests_by_rung_and_the_admin_token_guards_them() {
         provider("up", "openai", &upstream, ""),
         route("chat", &["up/m"]),
     );
-    // The harness puts its own [admin] first; build this one by hand.
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n{}",
-        config.replace("[admin]\n", "[admin]\nlisten = \"127.0.0.1:0\"\n")
+    let gateway = TestGateway::start(&config, &[("ADMIN_TOKEN", "s3cret")]).await;
+    assert_eq!(gateway.admin_get("/metrics", None).await.status, 401);
+    assert_eq!(
+        gateway.admin_get("/metrics", Some("wrong")).await.status,
+        401
     );
-    let env = airbag::config::Env::from_pairs([("ADMIN_TOKEN", "s3cret")]);
-    let config =
-        airbag::config::Config::from_toml(&text, std::path::Path::new("t.toml"), &env).unwrap();
-    let gateway = TestGateway::start_config(&config, &env).await;
-    let denied = gateway
-        .client
-        .get(gateway.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(denied.status(), 401);
-    let allowed = gateway
-        .client
-        .get(gateway.admin_url("/metrics"))
-        .bearer_auth("s3cret")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(allowed.status(), 200);
+    assert_eq!(
+        gateway.admin_get("/metrics", Some("s3cret")).await.status,
+        200
+    );
 }

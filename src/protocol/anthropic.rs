@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::{
     ChatRequest, ChatResponse, Image, InvalidBody, Message, OutputParams, Part, Role, StopReason,
     StreamEvent, StreamFailure, TextOrParts, Tool, ToolCall, ToolChoice, ToolResult, Usage,
-    parse_json_body, random_id, sse,
+    parse_json_body, random_id, require_model_and_messages, sse,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -114,15 +114,7 @@ enum WireToolChoice {
 /// Parse an Anthropic Messages body. Errors name the JSON path at fault.
 pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
     let wire: WireRequest = parse_json_body(body)?;
-    if wire.model.trim().is_empty() {
-        return Err(InvalidBody::new("model", "must name a model"));
-    }
-    if wire.messages.is_empty() {
-        return Err(InvalidBody::new(
-            "messages",
-            "must hold at least one message",
-        ));
-    }
+    require_model_and_messages(&wire.model, wire.messages.len())?;
     let messages = wire
         .messages
         .into_iter()

@@ -317,6 +317,20 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for TextOrPartsVisitor<T> {
     }
 }
 
+/// The two fields every chat request needs filled, in both protocols.
+pub fn require_model_and_messages(model: &str, message_count: usize) -> Result<(), InvalidBody> {
+    if model.trim().is_empty() {
+        return Err(InvalidBody::new("model", "must name a model"));
+    }
+    if message_count == 0 {
+        return Err(InvalidBody::new(
+            "messages",
+            "must hold at least one message",
+        ));
+    }
+    Ok(())
+}
+
 /// Deserialise a JSON body and, on failure, name the path of the field at fault.
 pub fn parse_json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, InvalidBody> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::{
     ChatRequest, ChatResponse, Image, InvalidBody, Message, OutputParams, Part, Role, StopReason,
     StreamEvent, StreamFailure, TextOrParts, Tool, ToolCall, ToolChoice, ToolResult, Usage,
-    parse_json_body, random_id, sse, unix_now,
+    parse_json_body, random_id, require_model_and_messages, sse, unix_now,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -113,15 +113,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
     if wire.n.is_some_and(|n| n != 1) {
         return Err(InvalidBody::new("n", "only n=1 is supported"));
     }
-    if wire.model.trim().is_empty() {
-        return Err(InvalidBody::new("model", "must name a model"));
-    }
-    if wire.messages.is_empty() {
-        return Err(InvalidBody::new(
-            "messages",
-            "must hold at least one message",
-        ));
-    }
+    require_model_and_messages(&wire.model, wire.messages.len())?;
     let mut system_parts = Vec::new();
     let mut messages: Vec<Message> = Vec::new();
     for (index, message) in wire.messages.into_iter().enumerate() {

@@ -152,25 +152,18 @@ pub async fn walk(
                     attempts,
                 };
             }
-            TargetResult::ContextTooLong { status, body } => {
-                match (&route.context_window_fallback, context_fallback_queued) {
-                    (Some(fallback), false) => {
-                        context_fallback_queued = true;
-                        queue.insert(position, (route.chain.len(), fallback));
-                    }
-                    _ => {
-                        return ChainOutcome::Refused {
-                            status,
-                            body,
-                            kind,
-                            target: target.label.clone(),
-                            depth,
-                            attempts,
-                        };
-                    }
+            TargetResult::GaveUp => continue,
+            TargetResult::ContextTooLong { .. }
+                if route.context_window_fallback.is_some() && !context_fallback_queued =>
+            {
+                if let Some(fallback) = &route.context_window_fallback {
+                    context_fallback_queued = true;
+                    queue.insert(position, (route.chain.len(), fallback));
                 }
+                continue;
             }
-            TargetResult::Refused { status, body } => {
+            TargetResult::ContextTooLong { status, body }
+            | TargetResult::Refused { status, body } => {
                 return ChainOutcome::Refused {
                     status,
                     body,
@@ -180,7 +173,6 @@ pub async fn walk(
                     attempts,
                 };
             }
-            TargetResult::GaveUp => {}
         }
     }
     ChainOutcome::Exhausted { attempts }

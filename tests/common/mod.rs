@@ -67,17 +67,47 @@ pub async fn mock_with(name: &str, options: MockOptions, rules: Vec<FaultRule>) 
     .expect("mock provider starts")
 }
 
+/// The config with both listeners on free loopback ports: a `[server]` or `[admin]`
+/// section the test wrote keeps its other keys.
+fn with_loopback_listeners(config: &str) -> String {
+    let mut text = config.to_string();
+    for section in ["[server]\n", "[admin]\n"] {
+        let with_listen = format!("{section}listen = \"127.0.0.1:0\"\n");
+        text = if text.contains(section) {
+            text.replacen(section, &with_listen, 1)
+        } else {
+            format!("{with_listen}{text}")
+        };
+    }
+    text
+}
+
 impl TestGateway {
-    /// Start a gateway from config text (listeners are forced onto free loopback ports)
-    /// with `env` as its whole environment.
+    /// Start a gateway from config text (listeners are put on free loopback ports) with
+    /// `env` as its whole environment.
     pub async fn start(config: &str, env: &[(&str, &str)]) -> TestGateway {
-        let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{config}"
-        );
+        let text = with_loopback_listeners(config);
         let env = Env::from_pairs(env.iter().copied());
         let config = Config::from_toml(&text, Path::new("test.toml"), &env)
             .unwrap_or_else(|error| panic!("test config is valid: {error}\n{text}"));
         TestGateway::start_config(&config, &env).await
+    }
+
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut request = self.client.get(self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        Reply::read(request.send().await.expect("gateway answers")).await
+    }
+
+    /// GET on the admin listener, with a bearer token when given.
+    pub async fn admin_get(&self, path: &str, token: Option<&str>) -> Reply {
+        let mut request = self.client.get(self.admin_url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        Reply::read(request.send().await.expect("admin answers")).await
     }
 
     pub async fn start_config(config: &Config, env: &Env) -> TestGateway {
