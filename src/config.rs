@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::providers::breaker::BreakerConfig;
+pub use crate::providers::quality::QualityConfig;
+
 /// A start-up problem with the configuration. Each one names the file and the keys.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -137,6 +140,11 @@ pub struct ProviderConfig {
     /// compatible servers only know `max_tokens`.
     #[serde(default)]
     pub max_tokens_field: MaxTokensField,
+    /// The circuit breaker of each of this provider's targets.
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+    /// Optional grading of answers by a judge on another provider.
+    pub quality: Option<QualityConfig>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -415,6 +423,9 @@ impl Config {
         self.check_listeners(env, &mut problems);
         for (name, provider) in &self.providers {
             check_provider(name, provider, &mut problems);
+            if let Some(quality) = &provider.quality {
+                self.check_quality(name, quality, &mut problems);
+            }
         }
         self.check_routes(&mut problems);
         self.check_clients(env, &mut problems);
@@ -470,6 +481,18 @@ impl Config {
             if let Some(target) = &route.context_window_fallback {
                 self.check_target(&format!("{path}.context_window_fallback"), target, problems);
             }
+        }
+    }
+
+    fn check_quality(&self, name: &str, quality: &QualityConfig, problems: &mut Vec<String>) {
+        let path = format!("providers.{name}.quality");
+        problems.extend(quality.problems(&path));
+        self.check_target(&format!("{path}.judge"), &quality.judge, problems);
+        if split_target(&quality.judge).is_some_and(|(judge, _)| judge == name) {
+            problems.push(format!(
+                "{path}.judge: `{}` is on the provider it would judge; pick a target on another provider",
+                quality.judge
+            ));
         }
     }
 
@@ -562,6 +585,7 @@ fn check_provider(name: &str, provider: &ProviderConfig, problems: &mut Vec<Stri
             ));
         }
     }
+    problems.extend(provider.breaker.problems(&format!("{path}.breaker")));
     if provider.key_cooldown.is_zero() {
         problems.push(format!(
             "{path}.key_cooldown: must be longer than 0, or a rejected key is retried at once; write e.g. \"60s\""

@@ -10,10 +10,14 @@
 //!   timeouts.
 //! - [`protocol`]: the neutral chat types and the OpenAI and Anthropic wire formats.
 //! - [`error`]: request errors and their bodies in each protocol.
+//! - [`admin`]: the admin listener: metrics, status, drills.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`drill`]: `airbag drill`, an outage rehearsal against a running gateway.
 //! - [`mock`]: the fake provider behind `airbag mock-provider`.
 
+pub mod admin;
 pub mod config;
+pub mod drill;
 pub mod error;
 pub mod ladder;
 pub mod metrics;

@@ -35,6 +35,37 @@ enum Command {
     },
     /// Run a fake OpenAI- and Anthropic-compatible provider with fault injection.
     MockProvider(MockArgs),
+    /// Rehearse an outage: traffic before and while a target is forced open.
+    Drill(DrillArgs),
+}
+
+#[derive(clap::Args)]
+struct DrillArgs {
+    /// The gateway's proxy listener.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    gateway: String,
+    /// The gateway's admin listener.
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    admin: String,
+    /// The target to force open, `provider/model`.
+    #[arg(long)]
+    target: String,
+    /// The route (model name) the traffic asks for.
+    #[arg(long, default_value = "chat")]
+    model: String,
+    /// Requests per second. Real providers bill drill traffic: keep it small.
+    #[arg(long, default_value_t = 2.0)]
+    rate: f64,
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    before: Duration,
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
+    during: Duration,
+    /// The environment variable holding the admin token, if the gateway has one.
+    #[arg(long, default_value = "AIRBAG_ADMIN_TOKEN")]
+    admin_token_env: String,
+    /// The environment variable holding a gateway client key, if the gateway has them.
+    #[arg(long, default_value = "AIRBAG_CLIENT_KEY")]
+    client_key_env: String,
 }
 
 #[derive(clap::Args)]
@@ -216,6 +247,39 @@ async fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("airbag could not start: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Drill(args) => {
+            let env = Env::from_process();
+            let plan = airbag::drill::DrillPlan {
+                gateway: args.gateway,
+                admin: args.admin,
+                admin_token: env.get(&args.admin_token_env).map(str::to_string),
+                client_key: env.get(&args.client_key_env).map(str::to_string),
+                model: args.model,
+                target: args.target,
+                rate: args.rate,
+                before: args.before,
+                during: args.during,
+            };
+            match airbag::drill::run(&plan).await {
+                Ok(report) => {
+                    println!("{}", report.render());
+                    if report.client_errors() == 0 {
+                        println!("client errors: 0");
+                        ExitCode::SUCCESS
+                    } else {
+                        println!(
+                            "client errors: {} (users would have seen these)",
+                            report.client_errors()
+                        );
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(error) => {
+                    eprintln!("drill failed: {error}");
                     ExitCode::FAILURE
                 }
             }

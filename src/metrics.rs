@@ -6,7 +6,8 @@
 //! This module records numbers; it decides nothing.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -26,6 +27,14 @@ pub struct Metrics {
     pub stream_failures: IntCounterVec,
     /// Requests refused before the ladder, by kind (`invalid_request`, `body_too_large`…).
     pub rejected: IntCounterVec,
+    /// Breaker state per target: 0 closed, 1 half-open, 2 open.
+    pub breaker_state: IntGaugeVec,
+    /// Breaker transitions by target, new state and reason.
+    pub breaker_transitions: IntCounterVec,
+    /// Quality judgements by judged target and outcome.
+    pub quality_judgements: IntCounterVec,
+    /// Rolling mean of the judge's scores per target.
+    pub quality_score: GaugeVec,
 }
 
 impl Metrics {
@@ -91,6 +100,38 @@ impl Metrics {
         registry.register(Box::new(fallbacks.clone()))?;
         registry.register(Box::new(stream_failures.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
+        let breaker_state = IntGaugeVec::new(
+            Opts::new(
+                "airbag_breaker_state",
+                "Breaker state per target: 0 closed, 1 half-open, 2 open",
+            ),
+            &["target"],
+        )?;
+        let breaker_transitions = IntCounterVec::new(
+            Opts::new(
+                "airbag_breaker_transitions_total",
+                "Breaker transitions by target, new state and reason",
+            ),
+            &["target", "to", "reason"],
+        )?;
+        let quality_judgements = IntCounterVec::new(
+            Opts::new(
+                "airbag_quality_judgements_total",
+                "Quality judgements by judged target and outcome",
+            ),
+            &["target", "outcome"],
+        )?;
+        let quality_score = GaugeVec::new(
+            Opts::new(
+                "airbag_quality_score",
+                "Rolling mean of the quality judge's scores (0..1) per target",
+            ),
+            &["target"],
+        )?;
+        registry.register(Box::new(breaker_state.clone()))?;
+        registry.register(Box::new(breaker_transitions.clone()))?;
+        registry.register(Box::new(quality_judgements.clone()))?;
+        registry.register(Box::new(quality_score.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -100,6 +141,10 @@ impl Metrics {
             fallbacks,
             stream_failures,
             rejected,
+            breaker_state,
+            breaker_transitions,
+            quality_judgements,
+            quality_score,
         })
     }
 

@@ -63,6 +63,9 @@ pub enum Fault {
     Reset,
     /// A 200 whose body (or first stream event) is not valid JSON.
     Malformed,
+    /// A normal answer with this text instead of the echo: garbage for the quality
+    /// breaker, or a score when the mock plays the judge.
+    Reply { text: String },
 }
 
 /// When to apply a fault.
@@ -409,7 +412,7 @@ async fn answer(
         armed: true,
     };
     let fault = state.fault_for(key.as_deref(), &model);
-    let reply = reply_for(&state.options.name, &request);
+    let mut reply = reply_for(&state.options.name, &request);
     let mut stall_after = None;
     let mut fail_after = None;
     match fault {
@@ -473,6 +476,10 @@ async fn answer(
             stall_after = Some(chunks);
         }
         Some(Fault::FailAfter { chunks }) => fail_after = Some(chunks),
+        Some(Fault::Reply { text }) => {
+            reply.content = vec![Part::Text(text)];
+            reply.stop_reason = StopReason::EndTurn;
+        }
         Some(Fault::Reset) => fail_after = Some(0),
         Some(Fault::Malformed) => {
             guard.disarm();

@@ -41,14 +41,17 @@ pub const OPEN_TENANT: &str = "default";
 pub struct Gateway {
     pub routes: Routes,
     pub providers: BTreeMap<String, Arc<Provider>>,
+    /// Every configured provider and its kind, enabled or not, for the status page.
+    pub provider_names: Vec<(String, &'static str)>,
     pub metrics: Metrics,
     /// blake3 of each client key → tenant. Hashing first means the lookup's timing says
     /// nothing about the keys themselves.
     clients: HashMap<[u8; 32], String>,
     max_body: usize,
+    /// Bearer token of the admin listener, when configured.
+    pub(crate) admin_token: Option<String>,
     /// How long rung 2 may take to commit an answer (`server.request_timeout`).
     pub request_timeout: std::time::Duration,
-    admin_token: Option<String>,
 }
 
 /// A start-up problem outside the config file itself.
@@ -80,7 +83,8 @@ impl Gateway {
                 Err(reason) => tracing::warn!("{reason}; its targets will be skipped"),
             }
         }
-        let routes = Routes::build(&config.routes, &providers);
+        let metrics = Metrics::new()?;
+        let routes = Routes::build(config, &providers, &metrics);
         let clients: HashMap<[u8; 32], String> = config
             .clients
             .iter()
@@ -97,10 +101,16 @@ impl Gateway {
                 "no client keys configured: the gateway is open and every caller shares the tenant `{OPEN_TENANT}`"
             );
         }
+        let provider_names = config
+            .providers
+            .iter()
+            .map(|(name, provider)| (name.clone(), provider.kind.protocol().label()))
+            .collect();
         Ok(Gateway {
+            provider_names,
             routes,
             providers,
-            metrics: Metrics::new()?,
+            metrics,
             clients,
             max_body: usize::try_from(config.server.max_body.0).unwrap_or(usize::MAX),
             request_timeout: config.server.request_timeout,
@@ -131,11 +141,15 @@ impl Gateway {
             .ok_or(RequestError::Unauthorized)
     }
 
-    /// True when some route has at least one target whose provider is enabled.
-    fn can_serve(&self) -> bool {
-        self.routes
-            .iter()
-            .any(|route| route.chain.iter().any(|target| target.provider.is_some()))
+    /// True when some route has a target that would be tried now: its provider is
+    /// enabled and its breaker is not open.
+    pub(crate) fn can_serve(&self) -> bool {
+        self.routes.iter().any(|route| {
+            route
+                .chain
+                .iter()
+                .any(|target| target.provider.is_some() && !target.breaker.is_open())
+        })
     }
 }
 
@@ -195,7 +209,7 @@ pub async fn start(config: &Config, env: &Env) -> Result<RunningGateway, Startup
     let (shutdown, watcher) = watch::channel(false);
     let tasks = vec![
         spawn_server(proxy, proxy_router(gateway.clone()), watcher.clone()),
-        spawn_server(admin, admin_router(gateway.clone()), watcher),
+        spawn_server(admin, crate::admin::router(gateway.clone()), watcher),
     ];
     tracing::info!(%proxy_addr, %admin_addr, "airbag is listening");
     Ok(RunningGateway {
@@ -242,12 +256,6 @@ pub fn proxy_router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/models", get(models))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .with_state(gateway)
-}
-
-pub fn admin_router(gateway: Arc<Gateway>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
         .with_state(gateway)
 }
 
@@ -579,51 +587,10 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(json!({"ready": false, "providers_enabled": enabled,
-                "reason": "no route has a target whose provider has keys in the environment"})),
+                "reason": "no route has a target that can be tried: providers without keys, or breakers open"})),
         )
             .into_response()
     }
-}
-
-// ---------------------------------------------------------------------------------------
-// Admin listener.
-
-async fn metrics(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    if !admin_authorized(&gateway, &headers) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            axum::Json(json!({"error": "send the admin token as `Authorization: Bearer TOKEN`"})),
-        )
-            .into_response();
-    }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        gateway.metrics.render(),
-    )
-        .into_response()
-}
-
-fn admin_authorized(gateway: &Gateway, headers: &HeaderMap) -> bool {
-    let Some(expected) = &gateway.admin_token else {
-        return true;
-    };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    constant_time_eq(presented.as_bytes(), expected.as_bytes())
-}
-
-/// Compares without stopping at the first difference, so timing says nothing about how
-/// much of a guessed token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let length_differs = a.len() != b.len();
-    let mut difference = 0u8;
-    for (index, &byte) in b.iter().enumerate() {
-        difference |= byte ^ a.get(index).copied().unwrap_or(0);
-    }
-    !length_differs && difference == 0
 }
 
 /// Run until `shutdown` resolves.

@@ -17,7 +17,10 @@ use tokio::time::Instant;
 use bytes::Bytes;
 use serde::Serialize;
 
+use futures_util::StreamExt;
+
 use super::attempt::{AttemptFailure, UpstreamAnswer, attempt};
+use super::breaker::Admission;
 use super::{Route, Target};
 use crate::config::ProviderKind;
 use crate::metrics::Metrics;
@@ -178,6 +181,27 @@ pub async fn walk(
     ChainOutcome::Exhausted { attempts }
 }
 
+/// What a committed answer still owes its target: a stream that fails later counts
+/// against the breaker, and a complete answer may be sampled for the quality judge.
+fn watch(answer: UpstreamAnswer, target: &Target, request: &ChatRequest) -> UpstreamAnswer {
+    match answer {
+        UpstreamAnswer::Complete(response) => {
+            if let Some(judge) = &target.quality {
+                judge.consider(request, &response);
+            }
+            UpstreamAnswer::Complete(response)
+        }
+        UpstreamAnswer::Stream(events) => {
+            let breaker = target.breaker.clone();
+            UpstreamAnswer::Stream(Box::pin(events.inspect(move |item| {
+                if item.is_err() {
+                    breaker.record(true);
+                }
+            })))
+        }
+    }
+}
+
 fn record(attempts: &mut Vec<AttemptRecord>, metrics: &Metrics, target: &Target, outcome: String) {
     metrics
         .upstream_attempts
@@ -205,8 +229,18 @@ async fn try_target(
         record(attempts, metrics, target, "disabled".to_string());
         return TargetResult::GaveUp;
     };
+    // An open breaker skips the target without a call; a half-open one lets this request
+    // through as the probe, with no retries: its first verdict decides.
+    let mut probe = match target.breaker.admit() {
+        Admission::Skip => {
+            record(attempts, metrics, target, "breaker_open".to_string());
+            return TargetResult::GaveUp;
+        }
+        Admission::Probe(ticket) => Some(ticket),
+        Admission::Pass => None,
+    };
     let policy = &provider.config;
-    let mut retries_left = policy.retries;
+    let mut retries_left = if probe.is_some() { 0 } else { policy.retries };
     let mut backoff_step = 0;
     let mut rotated_away: Vec<usize> = Vec::new();
     let mut key = provider.keys.pick(&rotated_away);
@@ -222,7 +256,11 @@ async fn try_target(
         let failure = match attempt(provider, target, key_index, request, deadline).await {
             Ok(answer) => {
                 record(attempts, metrics, target, "ok".to_string());
-                return TargetResult::Answered(answer);
+                match probe.take() {
+                    Some(ticket) => ticket.succeeded(),
+                    None => target.breaker.record(false),
+                }
+                return TargetResult::Answered(watch(answer, target, request));
             }
             Err(failure) => failure,
         };
@@ -235,6 +273,17 @@ async fn try_target(
             .get(key_index)
             .is_some_and(|api_key| api_key.secret().is_some());
         let step = next_step(&failure, provider.kind);
+        // Only failures that say the target is unhealthy count against its breaker;
+        // rate limits, rejected keys and the client's own errors do not.
+        if matches!(step, Next::Retry) {
+            match probe.take() {
+                Some(ticket) => {
+                    ticket.failed();
+                    return TargetResult::GaveUp;
+                }
+                None => target.breaker.record(true),
+            }
+        }
         let wait = match step {
             Next::Refused | Next::ContextTooLong => {
                 let AttemptFailure::Status { status, body, .. } = failure else {

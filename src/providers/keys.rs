@@ -127,6 +127,18 @@ impl KeyPool {
             .filter(|key| !key.is_available(now))
             .count()
     }
+
+    /// Each key as the status page shows it: its `env:NAME` reference, never its value.
+    pub fn status(&self) -> Vec<serde_json::Value> {
+        let now = Instant::now();
+        self.keys
+            .iter()
+            .map(|key| {
+                serde_json::json!({"key": key.reference, "weight": key.weight,
+                    "resting": !key.is_available(now)})
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -6,12 +6,18 @@
 //! client response and never knows about the cache or canned rungs.
 
 pub mod attempt;
+pub mod breaker;
 pub mod chain;
 pub mod keys;
+pub mod quality;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::config::{Env, ProviderConfig, ProviderKind, RouteConfig, split_target};
+use crate::config::{Config, Env, ProviderConfig, ProviderKind, split_target};
+use crate::metrics::Metrics;
+use breaker::Breaker;
+use quality::QualityJudge;
 
 pub use attempt::{AttemptFailure, UpstreamAnswer};
 pub use chain::{AttemptRecord, ChainOutcome};
@@ -79,6 +85,10 @@ pub struct Target {
     pub model: String,
     /// None when the provider is disabled (no keys in the environment).
     pub provider: Option<Arc<Provider>>,
+    /// Shared by every route that names this target.
+    pub breaker: Arc<Breaker>,
+    /// Grades a sample of this target's answers, when its provider asks for it.
+    pub quality: Option<Arc<QualityJudge>>,
 }
 
 /// A route with its targets resolved to providers.
@@ -94,36 +104,94 @@ impl Route {
     }
 }
 
-/// All routes, matched by the model name a client asks for.
+/// All routes, matched by the model name a client asks for, and every target they name.
 pub struct Routes {
     routes: Vec<Route>,
+    targets: BTreeMap<String, Target>,
 }
 
 impl Routes {
-    /// Resolve every route's targets against the providers that could be built.
-    /// Config validation has already checked that every named provider exists.
+    /// Resolve every route's targets against the providers that could be built, with one
+    /// breaker per target. Config validation has already checked every reference.
     pub fn build(
-        configs: &[RouteConfig],
-        providers: &std::collections::BTreeMap<String, Arc<Provider>>,
+        config: &Config,
+        providers: &BTreeMap<String, Arc<Provider>>,
+        metrics: &Metrics,
     ) -> Routes {
-        let resolve = |target: &str| {
-            let (provider, model) = split_target(target).unwrap_or((target, ""));
-            Target {
-                label: target.to_string(),
-                model: model.to_string(),
-                provider: providers.get(provider).cloned(),
-            }
-        };
-        Routes {
-            routes: configs
-                .iter()
-                .map(|route| Route {
-                    model: route.model.clone(),
-                    chain: route.chain.iter().map(|target| resolve(target)).collect(),
-                    context_window_fallback: route.context_window_fallback.as_deref().map(resolve),
-                })
-                .collect(),
+        let mut labels: Vec<&str> = Vec::new();
+        for route in &config.routes {
+            labels.extend(route.chain.iter().map(String::as_str));
+            labels.extend(route.context_window_fallback.as_deref());
         }
+        labels.extend(
+            config
+                .providers
+                .values()
+                .filter_map(|provider| provider.quality.as_ref())
+                .map(|quality| quality.judge.as_str()),
+        );
+        let mut targets: BTreeMap<String, Target> = BTreeMap::new();
+        for label in labels {
+            if targets.contains_key(label) {
+                continue;
+            }
+            let (provider_name, model) = split_target(label).unwrap_or((label, ""));
+            let breaker_config = config
+                .providers
+                .get(provider_name)
+                .map(|provider| provider.breaker)
+                .unwrap_or_default();
+            let target = Target {
+                label: label.to_string(),
+                model: model.to_string(),
+                provider: providers.get(provider_name).cloned(),
+                breaker: Breaker::new(label, breaker_config, metrics),
+                quality: None,
+            };
+            targets.insert(label.to_string(), target);
+        }
+        // Judges are attached once every target exists, since a judge is a target too.
+        let judges: Vec<(String, Arc<QualityJudge>)> = targets
+            .values()
+            .filter_map(|target| {
+                let provider = target.provider.as_ref()?;
+                let quality = provider.config.quality.clone()?;
+                let judge = targets.get(&quality.judge)?.clone();
+                let judge = QualityJudge::new(
+                    &target.label,
+                    quality,
+                    judge,
+                    target.breaker.clone(),
+                    metrics,
+                );
+                Some((target.label.clone(), judge))
+            })
+            .collect();
+        for (label, judge) in judges {
+            if let Some(target) = targets.get_mut(&label) {
+                target.quality = Some(judge);
+            }
+        }
+        let resolve = |label: &str| targets.get(label).cloned();
+        let routes = config
+            .routes
+            .iter()
+            .map(|route| Route {
+                model: route.model.clone(),
+                chain: route
+                    .chain
+                    .iter()
+                    .filter_map(|label| resolve(label))
+                    .collect(),
+                context_window_fallback: route.context_window_fallback.as_deref().and_then(resolve),
+            })
+            .collect();
+        Routes { routes, targets }
+    }
+
+    /// Every target any route or judge names, by label.
+    pub fn targets(&self) -> &BTreeMap<String, Target> {
+        &self.targets
     }
 
     /// The route for a model name: an exact name first, then the first matching glob.

@@ -1,0 +1,210 @@
+//! The admin listener: Prometheus metrics, the gateway's status, and failover drills.
+//!
+//! Every route sits behind the bearer token when one is configured (compared in
+//! constant time). This module reads the gateway's state and forces breakers for drills;
+//! it never serves chat traffic.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::providers::breaker::Reason;
+use crate::server::Gateway;
+
+/// The longest a drill may force a target open.
+const MAX_DRILL: Duration = Duration::from_secs(3600);
+
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/admin/status", get(status))
+        .route("/admin/drills", post(start_drill))
+        .route("/admin/drills/{*target}", delete(end_drill))
+        .route_layer(middleware::from_fn_with_state(
+            gateway.clone(),
+            require_token,
+        ))
+        .with_state(gateway)
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, axum::Json(json!({"error": message}))).into_response()
+}
+
+async fn require_token(
+    State(gateway): State<Arc<Gateway>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !authorized(&gateway, request.headers()) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "send the admin token as `Authorization: Bearer TOKEN`".to_string(),
+        );
+    }
+    next.run(request).await
+}
+
+fn authorized(gateway: &Gateway, headers: &HeaderMap) -> bool {
+    let Some(expected) = &gateway.admin_token else {
+        return true;
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    constant_time_eq(presented.as_bytes(), expected.as_bytes())
+}
+
+/// Compares without stopping at the first difference, so timing says nothing about how
+/// much of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let length_differs = a.len() != b.len();
+    let mut difference = 0u8;
+    for (index, &byte) in b.iter().enumerate() {
+        difference |= byte ^ a.get(index).copied().unwrap_or(0);
+    }
+    !length_differs && difference == 0
+}
+
+async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        gateway.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Providers (keys masked), targets with their breakers, routes, and the other rungs.
+async fn status(State(gateway): State<Arc<Gateway>>) -> Response {
+    let providers: Vec<Value> = gateway
+        .provider_names
+        .iter()
+        .map(|(name, kind)| match gateway.providers.get(name) {
+            Some(provider) => json!({
+                "name": name, "kind": kind, "enabled": true,
+                "base_url": provider.config.base_url,
+                "keys": provider.keys.status(),
+            }),
+            None => json!({
+                "name": name, "kind": kind, "enabled": false,
+                "reason": "none of its keys are set in the environment",
+            }),
+        })
+        .collect();
+    let targets: Vec<Value> = gateway
+        .routes
+        .targets()
+        .values()
+        .map(|target| {
+            json!({
+                "target": target.label,
+                "enabled": target.provider.is_some(),
+                "breaker": target.breaker.status(),
+                "quality": target.quality.as_ref().map(|judge| json!({
+                    "judge": judge.judge_label(),
+                    "mean": judge.mean(),
+                })),
+            })
+        })
+        .collect();
+    let routes: Vec<Value> = gateway
+        .routes
+        .iter()
+        .map(|route| {
+            json!({
+                "model": route.model,
+                "chain": route.chain.iter().map(|target| &target.label).collect::<Vec<_>>(),
+                "context_window_fallback": route.context_window_fallback.as_ref().map(|target| &target.label),
+            })
+        })
+        .collect();
+    axum::Json(json!({
+        "ready": gateway.can_serve(),
+        "providers": providers,
+        "targets": targets,
+        "routes": routes,
+        "cache": {"state": "not built yet"},
+        "canned": {"state": "not built yet"},
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrillRequest {
+    /// `provider/model`, as in the config.
+    target: String,
+    /// How long the target stays forced open, e.g. "30s".
+    #[serde(with = "humantime_serde")]
+    duration: Duration,
+}
+
+/// Force a target's breaker open for a while, as if it were failing.
+async fn start_drill(State(gateway): State<Arc<Gateway>>, body: Bytes) -> Response {
+    let drill: DrillRequest = match crate::protocol::parse_json_body(&body) {
+        Ok(drill) => drill,
+        Err(invalid) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "`{}`: {}; send {{\"target\": \"provider/model\", \"duration\": \"30s\"}}",
+                    invalid.field, invalid.message
+                ),
+            );
+        }
+    };
+    if drill.duration.is_zero() || drill.duration > MAX_DRILL {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "`duration`: must be longer than 0 and at most 1h".to_string(),
+        );
+    }
+    let Some(target) = gateway.routes.targets().get(&drill.target) else {
+        return unknown_target(&gateway, &drill.target);
+    };
+    target.breaker.force_open(drill.duration, Reason::Drill);
+    tracing::warn!(target = %drill.target, duration = ?drill.duration, "drill: target forced open");
+    axum::Json(json!({"target": drill.target, "breaker": target.breaker.status()})).into_response()
+}
+
+/// End a drill early: the target's breaker closes.
+async fn end_drill(State(gateway): State<Arc<Gateway>>, Path(label): Path<String>) -> Response {
+    let Some(target) = gateway.routes.targets().get(&label) else {
+        return unknown_target(&gateway, &label);
+    };
+    target.breaker.close();
+    tracing::warn!(target = %label, "drill ended: breaker closed");
+    axum::Json(json!({"target": label, "breaker": target.breaker.status()})).into_response()
+}
+
+fn unknown_target(gateway: &Gateway, label: &str) -> Response {
+    let known: Vec<&String> = gateway.routes.targets().keys().collect();
+    error(
+        StatusCode::NOT_FOUND,
+        format!("`target`: `{label}` is not a target of any route; known targets: {known:?}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn tokens_compare_by_value() {
+        assert!(constant_time_eq(b"s3cret", b"s3cret"));
+        assert!(!constant_time_eq(b"s3cre", b"s3cret"));
+        assert!(!constant_time_eq(b"s3cret!", b"s3cret"));
+        assert!(!constant_time_eq(b"", b"s3cret"));
+    }
+}
