@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::config::{Config, Env};
 use crate::error::RequestError;
@@ -269,7 +270,21 @@ async fn chat(
     protocol: Protocol,
 ) -> Response {
     let started = Instant::now();
-    match serve_chat(&gateway, &headers, body, protocol, started).await {
+    // One span per request; its fields are filled in as the ladder decides, so every
+    // log line of the request (attempts included) carries them.
+    let span = tracing::info_span!(
+        "request",
+        protocol = protocol.label(),
+        model = tracing::field::Empty,
+        rung = tracing::field::Empty,
+        served_by = tracing::field::Empty,
+        attempts = tracing::field::Empty,
+    );
+    let result = serve_chat(&gateway, &headers, body, protocol, started)
+        .instrument(span.clone())
+        .await;
+    let _entered = span.enter();
+    match result {
         Ok(response) => response,
         Err(error) => {
             // The one place request errors are logged.
@@ -315,6 +330,7 @@ async fn serve_chat(
         Protocol::Anthropic => anthropic::parse_request(&body),
     }
     .map_err(RequestError::InvalidBody)?;
+    tracing::Span::current().record("model", request.model.as_str());
     let include_usage = request.include_usage;
     let served = ladder::answer(gateway, &request).await?;
     Ok(render(
@@ -370,13 +386,12 @@ fn render(
         .request_duration
         .with_label_values(&[rung])
         .observe(started.elapsed().as_secs_f64());
+    let span = tracing::Span::current();
+    span.record("rung", rung);
+    span.record("served_by", tag.served_by.as_str());
+    span.record("attempts", tag.attempts.len());
     tracing::info!(
-        protocol = protocol.label(),
-        model,
-        rung,
-        served_by = %tag.served_by,
         fallback_depth = tag.fallback_depth,
-        attempts = tag.attempts.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "request served"
     );

@@ -258,3 +258,31 @@ async fn mock_provider_flags_inject_faults() {
     let body: serde_json::Value = reply.json().await.unwrap();
     assert_eq!(body["error"]["type"], "overloaded_error");
 }
+
+#[test]
+fn a_drill_against_an_unreachable_gateway_fails_with_the_reason() {
+    let output = Command::new(AIRBAG)
+        .args([
+            "drill",
+            "--gateway",
+            "http://127.0.0.1:9",
+            "--admin",
+            "http://127.0.0.1:9",
+            "--target",
+            "openai/gpt-4o",
+            "--rate",
+            "10",
+            "--before",
+            "100ms",
+            "--during",
+            "100ms",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot reach the admin listener at http://127.0.0.1:9"),
+        "{stderr}"
+    );
+}

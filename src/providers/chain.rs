@@ -8,7 +8,8 @@
 //! | 400 context length exceeded | the route's context-window fallback, if configured |
 //! | other 4xx | the client's fault: returned as is, no retry, no fallback |
 //!
-//! Each target has its own retry budget. Disabled providers are skipped without a call.
+//! Each target has its own retry budget. Disabled providers and targets whose breaker is
+//! open are skipped without a call; a half-open breaker's probe gets no retries.
 
 use std::time::Duration;
 
