@@ -40,6 +40,37 @@ async fn breaker_pair() -> (TestGateway, MockProvider, MockProvider) {
     (TestGateway::start(&config, &[]).await, primary, fallback)
 }
 
+/// Route `chat`: target `bad/m`, graded on every answer by `judge/grader` (an
+/// anthropic-kind mock that always answers `score`), then `fallback/m`. `quality` adds
+/// keys to the quality section. Returns the gateway and the bad, judge and fallback
+/// mocks; a mock stops when its handle is dropped.
+async fn judged(
+    score: &str,
+    quality: &str,
+) -> (TestGateway, MockProvider, MockProvider, MockProvider) {
+    let bad = mock("bad").await;
+    let judge = mock("judge").await;
+    let fallback = mock("fallback").await;
+    judge.set_faults(vec![FaultRule::always(Fault::Reply {
+        text: score.to_string(),
+    })]);
+    let config = format!(
+        "{}{}{}{}",
+        provider(
+            "bad",
+            "openai",
+            &bad,
+            &format!(
+                "quality = {{ judge = \"judge/grader\", sample_rate = 1.0, max_concurrent = 8, {quality} }}"
+            )
+        ),
+        provider("judge", "anthropic", &judge, ""),
+        provider("fallback", "openai", &fallback, ""),
+        route("chat", &["bad/m", "fallback/m"]),
+    );
+    (TestGateway::start(&config, &[]).await, bad, judge, fallback)
+}
+
 async fn status(gateway: &TestGateway) -> Value {
     gateway.admin_get("/admin/status", None).await.json()
 }
@@ -167,34 +198,20 @@ async fn the_error_ratio_opens_the_breaker_over_its_window() {
 
 #[tokio::test]
 async fn garbage_answers_trip_the_quality_breaker_and_the_judge_is_another_provider() {
-    let bad = mock("bad").await;
-    let judge = mock("judge").await;
-    let fallback = mock("fallback").await;
+    let (gateway, bad, judge, _fallback) = judged(
+        "0.1",
+        "window = 5, min_scores = 3, threshold = 0.5, max_per_minute = 100, cooldown = \"60s\"",
+    )
+    .await;
     bad.set_faults(vec![FaultRule::always(Fault::Reply {
         text: "zxqv blorp 404 lorem".to_string(),
     })]);
-    judge.set_faults(vec![FaultRule::always(Fault::Reply {
-        text: "0.1".to_string(),
-    })]);
-    let config = format!(
-        "{}{}{}{}",
-        provider(
-            "bad",
-            "openai",
-            &bad,
-            "quality = { judge = \"judge/grader\", sample_rate = 1.0, window = 5, min_scores = 3, threshold = 0.5, max_concurrent = 8, max_per_minute = 100, cooldown = \"60s\" }"
-        ),
-        provider("judge", "anthropic", &judge, ""),
-        provider("fallback", "openai", &fallback, ""),
-        route("chat", &["bad/m", "fallback/m"]),
-    );
-    let gateway = TestGateway::start(&config, &[]).await;
     let mut tripped = false;
     for _ in 0..40 {
         let reply = gateway
             .openai(openai_chat("chat", "What is the capital of France?"))
             .await;
-        assert_eq!(reply.status, 200);
+        assert_eq!(reply.status, 200, "{}", reply.text);
         if reply.served_by() == "provider:fallback/m" {
             tripped = true;
             break;
@@ -267,13 +284,7 @@ quality = { judge = "a/other-model" }
 model = "chat"
 chain = ["a/m"]
 "#;
-    let error = airbag::config::Config::from_toml(
-        text,
-        std::path::Path::new("airbag.toml"),
-        &airbag::config::Env::default(),
-    )
-    .unwrap_err()
-    .to_string();
+    let error = common::config_error(text);
     assert!(
         error.contains(
             "providers.a.quality.judge: `a/other-model` is on the provider it would judge"
@@ -393,25 +404,7 @@ async fn the_status_page_masks_keys_and_shows_every_provider() {
 /// Every metric README.md documents is exported once there has been traffic of each kind.
 #[tokio::test]
 async fn metrics_contains_every_documented_series() {
-    let primary = mock("primary").await;
-    let judge = mock("judge").await;
-    let fallback = mock("fallback").await;
-    judge.set_faults(vec![FaultRule::always(Fault::Reply {
-        text: "0.9".to_string(),
-    })]);
-    let config = format!(
-        "{}{}{}{}",
-        provider(
-            "primary",
-            "openai",
-            &primary,
-            "quality = { judge = \"judge/grader\", sample_rate = 1.0, max_concurrent = 8 }"
-        ),
-        provider("judge", "openai", &judge, ""),
-        provider("fallback", "openai", &fallback, ""),
-        route("chat", &["primary/m", "fallback/m"]),
-    );
-    let gateway = TestGateway::start(&config, &[]).await;
+    let (gateway, primary, _judge, _fallback) = judged("0.9", "max_per_minute = 100").await;
     gateway.openai(openai_chat("chat", "fine")).await;
     primary.set_faults(vec![FaultRule::times(
         3,

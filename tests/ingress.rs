@@ -211,13 +211,7 @@ async fn client_keys_gate_the_gateway() {
 #[tokio::test]
 async fn a_configured_client_key_missing_from_the_environment_stops_start_up() {
     let text = "[[clients]]\nkey = \"env:NOBODY_SET_THIS\"\ntenant = \"acme\"\n";
-    let error = airbag::config::Config::from_toml(
-        text,
-        std::path::Path::new("airbag.toml"),
-        &airbag::config::Env::default(),
-    )
-    .unwrap_err()
-    .to_string();
+    let error = common::config_error(text);
     assert!(
         error.contains("clients[0].key: environment variable NOBODY_SET_THIS is not set"),
         "{error}"

@@ -243,3 +243,11 @@ pub fn openai_chat(model: &str, text: &str) -> Value {
 pub fn anthropic_chat(model: &str, text: &str) -> Value {
     serde_json::json!({"model": model, "max_tokens": 100, "messages": [{"role": "user", "content": text}]})
 }
+
+/// The start-up error a config text gives, with an empty environment.
+pub fn config_error(text: &str) -> String {
+    match Config::from_toml(text, Path::new("airbag.toml"), &Env::default()) {
+        Ok(_) => panic!("the config was accepted:\n{text}"),
+        Err(error) => error.to_string(),
+    }
+}
