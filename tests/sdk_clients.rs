@@ -110,8 +110,19 @@ async fn the_official_python_sdks_work_through_the_gateway() {
         provider("ant", "anthropic", &anthropic_upstream, ""),
         // One always-503 mock behind a provider of each kind, so each fallback below is
         // reached after a failure in the other protocol.
-        provider("down_openai", "openai", &down, "retries = 0"),
-        provider("down_anthropic", "anthropic", &down, "retries = 0"),
+        // Breakers off: every request must show the failed attempt before the fallback.
+        provider(
+            "down_openai",
+            "openai",
+            &down,
+            "retries = 0\nbreaker = { enabled = false }"
+        ),
+        provider(
+            "down_anthropic",
+            "anthropic",
+            &down,
+            "retries = 0\nbreaker = { enabled = false }"
+        ),
         route("via-openai", &["oai/gpt-mock"]),
         route("via-anthropic", &["ant/claude-mock"]),
         route(
