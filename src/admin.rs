@@ -178,12 +178,20 @@ async fn start_drill(State(gateway): State<Arc<Gateway>>, body: Bytes) -> Respon
     axum::Json(json!({"target": drill.target, "breaker": target.breaker.status()})).into_response()
 }
 
-/// End a drill early: the target's breaker closes.
+/// End a drill early: the target's breaker closes, if a drill opened it (409 if not).
 async fn end_drill(State(gateway): State<Arc<Gateway>>, Path(label): Path<String>) -> Response {
     let Some(target) = gateway.routes.targets().get(&label) else {
         return unknown_target(&gateway, &label);
     };
-    target.breaker.close();
+    if !target.breaker.end_drill() {
+        return error(
+            StatusCode::CONFLICT,
+            format!(
+                "`{label}` is not in a drill (its breaker is {}); only a drill's open is ended here",
+                target.breaker.status().state
+            ),
+        );
+    }
     tracing::warn!(target = %label, "drill ended: breaker closed");
     axum::Json(json!({"target": label, "breaker": target.breaker.status()})).into_response()
 }

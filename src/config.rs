@@ -547,6 +547,13 @@ fn check_provider(name: &str, provider: &ProviderConfig, problems: &mut Vec<Stri
         ));
     }
     match reqwest::Url::parse(&provider.base_url) {
+        Ok(url)
+            if !url.username().is_empty() || url.password().is_some() || url.query().is_some() =>
+        {
+            problems.push(format!(
+                "{path}.base_url: credentials or a query string in the URL would be shown and logged; put secrets in keys = [{{ key = \"env:NAME\" }}]"
+            ));
+        }
         Ok(url) if matches!(url.scheme(), "http" | "https") => {}
         _ => problems.push(format!(
             "{path}.base_url: `{}` is not an http(s) URL; write e.g. \"https://api.openai.com/v1\"",

@@ -287,6 +287,10 @@ async fn chat(
     match result {
         Ok(response) => response,
         Err(error) => {
+            span.record("rung", "none");
+            if let RequestError::AllTargetsFailed { attempts, .. } = &error {
+                span.record("attempts", attempts.len());
+            }
             // The one place request errors are logged.
             tracing::warn!(
                 protocol = protocol.label(),
@@ -498,6 +502,8 @@ struct SseState {
     finished: bool,
     served_by: String,
     stream_failures: prometheus::IntCounterVec,
+    /// The request's span, so a failure logged mid-stream is tied to its request.
+    span: tracing::Span,
 }
 
 /// The client's SSE body. Dropping it (the client went away) drops the upstream stream,
@@ -521,6 +527,7 @@ fn sse_body(
         finished: false,
         served_by,
         stream_failures: gateway.metrics.stream_failures.clone(),
+        span: tracing::Span::current(),
     };
     let chunks = stream::unfold(state, |mut state| async move {
         loop {
@@ -536,6 +543,7 @@ fn sse_body(
                     state.queue.extend(chunks);
                 }
                 Some(Err(failure)) => {
+                    let _entered = state.span.enter();
                     tracing::warn!(served_by = %state.served_by, kind = failure.kind,
                         "stream failed after its first byte: {}", failure.message);
                     state

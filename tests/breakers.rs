@@ -21,9 +21,9 @@ fn failing() -> FaultRule {
     })
 }
 
-/// Primary (retries 0, breaker opening after 3 consecutive failures, 300 ms cool-down)
-/// and a healthy fallback behind route `chat`.
-async fn breaker_pair() -> (TestGateway, MockProvider, MockProvider) {
+/// Primary (retries 0, breaker opening after 3 consecutive failures, `cooldown`) and a
+/// healthy fallback behind route `chat`.
+async fn breaker_pair(cooldown: &str) -> (TestGateway, MockProvider, MockProvider) {
     let primary = mock("primary").await;
     let fallback = mock("fallback").await;
     let config = format!(
@@ -32,7 +32,9 @@ async fn breaker_pair() -> (TestGateway, MockProvider, MockProvider) {
             "primary",
             "openai",
             &primary,
-            "retries = 0\nbreaker = { consecutive_failures = 3, min_requests = 100, cooldown = \"300ms\" }"
+            &format!(
+                "retries = 0\nbreaker = {{ consecutive_failures = 3, min_requests = 100, cooldown = \"{cooldown}\" }}"
+            )
         ),
         provider("fallback", "openai", &fallback, ""),
         route("chat", &["primary/big", "fallback/small"]),
@@ -87,7 +89,7 @@ fn breaker_of(status: &Value, target: &str) -> Value {
 
 #[tokio::test]
 async fn an_open_breaker_skips_the_target_without_calling_it() {
-    let (gateway, primary, fallback) = breaker_pair().await;
+    let (gateway, primary, fallback) = breaker_pair("60s").await;
     primary.set_faults(vec![failing()]);
     for _ in 0..3 {
         let reply = gateway.openai(openai_chat("chat", "hi")).await;
@@ -122,7 +124,7 @@ async fn an_open_breaker_skips_the_target_without_calling_it() {
 
 #[tokio::test]
 async fn a_half_open_probe_closes_the_breaker_again() {
-    let (gateway, primary, _fallback) = breaker_pair().await;
+    let (gateway, primary, _fallback) = breaker_pair("400ms").await;
     primary.set_faults(vec![failing()]);
     for _ in 0..3 {
         gateway.openai(openai_chat("chat", "hi")).await;
@@ -133,7 +135,7 @@ async fn a_half_open_probe_closes_the_breaker_again() {
     );
 
     // Still failing after the cool-down: the probe fails and the breaker re-opens.
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(Duration::from_millis(450)).await;
     let reply = gateway.openai(openai_chat("chat", "hi")).await;
     assert_eq!(reply.served_by(), "provider:fallback/small");
     assert_eq!(primary.request_count(), 4, "exactly one probe, no retries");
@@ -143,7 +145,7 @@ async fn a_half_open_probe_closes_the_breaker_again() {
 
     // Healthy again: the next probe closes it and traffic returns.
     primary.set_faults(Vec::new());
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(Duration::from_millis(450)).await;
     let reply = gateway.openai(openai_chat("chat", "hi")).await;
     assert_eq!(reply.served_by(), "provider:primary/big");
     assert_eq!(
@@ -295,7 +297,7 @@ chain = ["a/m"]
 
 #[tokio::test]
 async fn a_drill_shifts_traffic_to_the_fallback_with_no_client_errors() {
-    let (gateway, primary, fallback) = breaker_pair().await;
+    let (gateway, primary, fallback) = breaker_pair("60s").await;
     let plan = airbag::drill::DrillPlan {
         gateway: format!("http://{}", gateway.running.proxy_addr),
         admin: format!("http://{}", gateway.running.admin_addr),
@@ -338,7 +340,7 @@ async fn a_drill_shifts_traffic_to_the_fallback_with_no_client_errors() {
 
 #[tokio::test]
 async fn drills_name_what_is_wrong() {
-    let (gateway, _primary, _fallback) = breaker_pair().await;
+    let (gateway, _primary, _fallback) = breaker_pair("60s").await;
     let client = &gateway.client;
     let post = |body: &'static str| {
         client
@@ -370,6 +372,13 @@ async fn drills_name_what_is_wrong() {
     let reply = common::Reply::read(post(r#"{"target": "primary/big"}"#).await.unwrap()).await;
     assert_eq!(reply.status, 400);
     assert!(reply.text.contains("duration"), "{}", reply.text);
+    let not_drilled = gateway
+        .client
+        .delete(gateway.admin_url("/admin/drills/primary/big"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_drilled.status(), 409, "nothing to end");
 }
 
 #[tokio::test]
@@ -463,4 +472,29 @@ async fn metrics_contains_every_documented_series() {
             "{name} is documented but not exported:\n{metrics}"
         );
     }
+}
+
+#[tokio::test]
+async fn streams_that_break_mid_way_open_the_breaker() {
+    let (gateway, primary, fallback) = breaker_pair("60s").await;
+    primary.set_faults(vec![FaultRule::always(Fault::FailAfter { chunks: 3 })]);
+    let stream = serde_json::json!({"model": "chat", "stream": true,
+        "messages": [{"role": "user", "content": "one two three four five"}]});
+    for _ in 0..3 {
+        let reply = gateway.openai(stream.clone()).await;
+        assert_eq!(reply.served_by(), "provider:primary/big");
+        assert!(
+            reply.text.contains("upstream_stream_failed"),
+            "{}",
+            reply.text
+        );
+    }
+    // Each broken stream is one failure (not a success and a failure): three in a row.
+    let breaker = breaker_of(&status(&gateway).await, "primary/big");
+    assert_eq!(breaker["state"], "open", "{breaker}");
+    let reply = gateway.openai(stream).await;
+    assert_eq!(reply.served_by(), "provider:fallback/small");
+    assert!(reply.text.ends_with("data: [DONE]\n\n"));
+    assert_eq!(primary.request_count(), 3);
+    assert_eq!(fallback.request_count(), 1);
 }

@@ -145,6 +145,9 @@ struct Inner {
     state: State,
     buckets: VecDeque<Bucket>,
     consecutive_failures: u32,
+    /// Bumped on every transition; a probe ticket from an earlier round cannot settle
+    /// (or free) the current one.
+    generation: u64,
 }
 
 /// What the chain may do with a target now.
@@ -187,6 +190,7 @@ impl Breaker {
                 state: State::Closed,
                 buckets: VecDeque::new(),
                 consecutive_failures: 0,
+                generation: 0,
             }),
             state_gauge: metrics.breaker_state.clone(),
             transitions: metrics.breaker_transitions.clone(),
@@ -203,23 +207,28 @@ impl Breaker {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn transition(&self, inner: &mut Inner, to: State) {
-        let (label, gauge, reason) = match to {
-            State::Closed => ("closed", 0, None),
-            State::HalfOpen { reason, .. } => ("half_open", 1, Some(reason)),
-            State::Open { reason, .. } => ("open", 2, Some(reason)),
+    /// Move to `to`; `why` labels the transition (for a close: what closed it).
+    fn transition(&self, inner: &mut Inner, to: State, why: Reason) {
+        let (label, gauge) = match to {
+            State::Closed => ("closed", 0),
+            State::HalfOpen { .. } => ("half_open", 1),
+            State::Open { .. } => ("open", 2),
         };
-        let reason_label = reason.map_or("probe", Reason::label);
-        if std::mem::discriminant(&inner.state) != std::mem::discriminant(&to) {
-            tracing::warn!(target = %self.target, to = label, reason = reason_label, "breaker state changed");
+        let changed = match (inner.state, to) {
+            (State::Open { reason: old, .. }, State::Open { reason: new, .. }) => old != new,
+            (old, new) => std::mem::discriminant(&old) != std::mem::discriminant(&new),
+        };
+        if changed {
+            tracing::warn!(target = %self.target, to = label, reason = why.label(), "breaker state changed");
             self.transitions
-                .with_label_values(&[&self.target, label, reason_label])
+                .with_label_values(&[&self.target, label, why.label()])
                 .inc();
         }
         self.state_gauge
             .with_label_values(&[&self.target])
             .set(gauge);
         inner.state = to;
+        inner.generation += 1;
         if to == State::Closed {
             inner.buckets.clear();
             inner.consecutive_failures = 0;
@@ -241,9 +250,11 @@ impl Breaker {
                         reason,
                         probe_out: true,
                     },
+                    reason,
                 );
                 Admission::Probe(ProbeTicket {
                     breaker: self.clone(),
+                    generation: inner.generation,
                     settled: false,
                 })
             }
@@ -260,6 +271,7 @@ impl Breaker {
                 };
                 Admission::Probe(ProbeTicket {
                     breaker: self.clone(),
+                    generation: inner.generation,
                     settled: false,
                 })
             }
@@ -279,12 +291,8 @@ impl Breaker {
         self.started.elapsed().as_secs()
     }
 
-    /// Count a request outcome while closed; may open the breaker.
-    pub fn record(&self, failed: bool) {
-        let mut inner = self.lock();
-        if inner.state != State::Closed {
-            return;
-        }
+    /// Drop the buckets that have left the window.
+    fn prune(&self, inner: &mut Inner) {
         let now = self.second_now();
         let window = self.config.window.as_secs().max(1);
         while inner
@@ -294,6 +302,16 @@ impl Breaker {
         {
             inner.buckets.pop_front();
         }
+    }
+
+    /// Count a request outcome while closed; may open the breaker.
+    pub fn record(&self, failed: bool) {
+        let mut inner = self.lock();
+        if inner.state != State::Closed {
+            return;
+        }
+        let now = self.second_now();
+        self.prune(&mut inner);
         match inner.buckets.back_mut() {
             Some(bucket) if bucket.second == now => {
                 bucket.requests += 1;
@@ -325,30 +343,57 @@ impl Breaker {
         };
         if let Some(reason) = reason {
             let until = Instant::now() + self.config.cooldown;
-            self.transition(&mut inner, State::Open { until, reason });
+            self.transition(&mut inner, State::Open { until, reason }, reason);
         }
     }
 
-    /// Open the breaker for `duration` (a drill, or the quality judge).
+    /// Open the breaker for `duration` (a drill, or the quality judge). An open that
+    /// already lasts longer is kept as it is: a drill never shortens a real outage.
     pub fn force_open(&self, duration: Duration, reason: Reason) {
         let mut inner = self.lock();
         let until = Instant::now() + duration;
-        self.transition(&mut inner, State::Open { until, reason });
+        let reason = match inner.state {
+            State::Open { until: current, .. } if current >= until => return,
+            // Extending a real open keeps its reason, so ending the drill cannot close it.
+            State::Open {
+                reason: current, ..
+            } if reason == Reason::Drill && current != Reason::Drill => current,
+            _ => reason,
+        };
+        self.transition(&mut inner, State::Open { until, reason }, reason);
     }
 
-    /// End a drill early: the breaker closes.
-    pub fn close(&self) {
+    /// End a drill: a breaker forced open by a drill closes. Returns false, changing
+    /// nothing, when the breaker is not open for a drill.
+    pub fn end_drill(&self) -> bool {
         let mut inner = self.lock();
-        self.transition(&mut inner, State::Closed);
+        let drilled = matches!(
+            inner.state,
+            State::Open {
+                reason: Reason::Drill,
+                ..
+            } | State::HalfOpen {
+                reason: Reason::Drill,
+                ..
+            }
+        );
+        if drilled {
+            self.transition(&mut inner, State::Closed, Reason::Drill);
+        }
+        drilled
     }
 
-    fn settle_probe(&self, outcome: Option<bool>) {
+    fn settle_probe(&self, generation: u64, outcome: Option<bool>) {
         let mut inner = self.lock();
+        if inner.generation != generation {
+            // A ticket from an earlier round: the breaker has moved on without it.
+            return;
+        }
         let State::HalfOpen { reason, .. } = inner.state else {
             return;
         };
         match outcome {
-            Some(true) => self.transition(&mut inner, State::Closed),
+            Some(true) => self.transition(&mut inner, State::Closed, Reason::Probe),
             Some(false) => {
                 let until = Instant::now() + self.config.cooldown;
                 self.transition(
@@ -357,6 +402,7 @@ impl Breaker {
                         until,
                         reason: Reason::Probe,
                     },
+                    Reason::Probe,
                 );
             }
             // The probe ended without a verdict (the client left, or the answer said
@@ -371,19 +417,20 @@ impl Breaker {
     }
 
     pub fn status(&self) -> BreakerStatus {
-        let inner = self.lock();
+        let mut inner = self.lock();
+        self.prune(&mut inner);
         let (requests, failures) = totals(&inner.buckets);
+        let now = Instant::now();
         let (state, reason, reopens_in_seconds) = match inner.state {
             State::Closed => ("closed", None, None),
             State::HalfOpen { reason, .. } => ("half_open", Some(reason), None),
+            // Past its cool-down an open breaker lets the next request probe: say so,
+            // even when no request has come to move it yet.
+            State::Open { until, reason } if until <= now => ("half_open", Some(reason), None),
             State::Open { until, reason } => (
                 "open",
                 Some(reason),
-                Some(
-                    until
-                        .saturating_duration_since(Instant::now())
-                        .as_secs_f64(),
-                ),
+                Some(until.saturating_duration_since(now).as_secs_f64()),
             ),
         };
         BreakerStatus {
@@ -406,25 +453,27 @@ fn totals(buckets: &VecDeque<Bucket>) -> (u32, u32) {
 /// (the request was cancelled), it lets the next request probe instead.
 pub struct ProbeTicket {
     breaker: Arc<Breaker>,
+    /// The breaker's generation when this probe was let out.
+    generation: u64,
     settled: bool,
 }
 
 impl ProbeTicket {
     pub fn succeeded(mut self) {
         self.settled = true;
-        self.breaker.settle_probe(Some(true));
+        self.breaker.settle_probe(self.generation, Some(true));
     }
 
     pub fn failed(mut self) {
         self.settled = true;
-        self.breaker.settle_probe(Some(false));
+        self.breaker.settle_probe(self.generation, Some(false));
     }
 }
 
 impl Drop for ProbeTicket {
     fn drop(&mut self) {
         if !self.settled {
-            self.breaker.settle_probe(None);
+            self.breaker.settle_probe(self.generation, None);
         }
     }
 }
@@ -441,7 +490,7 @@ mod tests {
     fn consecutive_failures_open_and_a_probe_closes() {
         let breaker = breaker(BreakerConfig {
             consecutive_failures: 3,
-            cooldown: Duration::from_millis(30),
+            cooldown: Duration::from_millis(200),
             ..BreakerConfig::default()
         });
         for _ in 0..2 {
@@ -451,7 +500,7 @@ mod tests {
         breaker.record(true);
         assert!(matches!(breaker.admit(), Admission::Skip));
         assert_eq!(breaker.status().reason, Some(Reason::Consecutive));
-        std::thread::sleep(Duration::from_millis(40));
+        std::thread::sleep(Duration::from_millis(250));
         let Admission::Probe(ticket) = breaker.admit() else {
             panic!("a probe after the cool-down");
         };
@@ -487,11 +536,11 @@ mod tests {
     fn a_failed_probe_reopens_and_a_dropped_one_frees_the_slot() {
         let breaker = breaker(BreakerConfig {
             consecutive_failures: 1,
-            cooldown: Duration::from_millis(20),
+            cooldown: Duration::from_millis(200),
             ..BreakerConfig::default()
         });
         breaker.record(true);
-        std::thread::sleep(Duration::from_millis(30));
+        std::thread::sleep(Duration::from_millis(250));
         let Admission::Probe(ticket) = breaker.admit() else {
             panic!("probe");
         };
@@ -502,5 +551,68 @@ mod tests {
         ticket.failed();
         assert!(matches!(breaker.admit(), Admission::Skip));
         assert_eq!(breaker.status().reason, Some(Reason::Probe));
+    }
+
+    #[test]
+    fn a_ticket_from_an_earlier_round_cannot_free_or_settle_the_current_one() {
+        let breaker = breaker(BreakerConfig {
+            consecutive_failures: 1,
+            cooldown: Duration::from_millis(100),
+            ..BreakerConfig::default()
+        });
+        breaker.record(true);
+        std::thread::sleep(Duration::from_millis(150));
+        let Admission::Probe(old) = breaker.admit() else {
+            panic!("probe");
+        };
+        breaker.force_open(Duration::from_millis(100), Reason::Drill);
+        std::thread::sleep(Duration::from_millis(150));
+        let Admission::Probe(current) = breaker.admit() else {
+            panic!("a new round's probe");
+        };
+        drop(old);
+        assert!(
+            matches!(breaker.admit(), Admission::Skip),
+            "still one probe at a time"
+        );
+        current.succeeded();
+        assert_eq!(breaker.status().state, "closed");
+    }
+
+    #[test]
+    fn a_drill_never_shortens_a_real_open_and_only_ends_its_own() {
+        let breaker = breaker(BreakerConfig {
+            consecutive_failures: 1,
+            cooldown: Duration::from_secs(60),
+            ..BreakerConfig::default()
+        });
+        breaker.record(true);
+        breaker.force_open(Duration::from_secs(5), Reason::Drill);
+        assert_eq!(breaker.status().reason, Some(Reason::Consecutive));
+        assert!(
+            !breaker.end_drill(),
+            "the errors' open is not the drill's to end"
+        );
+        assert!(breaker.is_open());
+
+        let healthy = super::Breaker::new(
+            "p/other",
+            BreakerConfig::default(),
+            &Metrics::new().unwrap(),
+        );
+        assert!(!healthy.end_drill(), "nothing to end");
+        healthy.force_open(Duration::from_secs(5), Reason::Drill);
+        assert!(healthy.is_open());
+        assert!(healthy.end_drill());
+        assert_eq!(healthy.status().state, "closed");
+    }
+
+    #[test]
+    fn an_expired_open_reads_as_half_open_without_traffic() {
+        let breaker = breaker(BreakerConfig::default());
+        breaker.force_open(Duration::from_millis(10), Reason::Drill);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(breaker.status().state, "half_open");
+        assert!(!breaker.is_open());
     }
 }

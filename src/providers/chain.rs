@@ -18,14 +18,19 @@ use tokio::time::Instant;
 use bytes::Bytes;
 use serde::Serialize;
 
-use futures_util::StreamExt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::Stream;
 
 use super::attempt::{AttemptFailure, UpstreamAnswer, attempt};
-use super::breaker::Admission;
+use super::breaker::{Admission, Breaker, ProbeTicket};
+use super::quality::{QualityJudge, Sample};
 use super::{Route, Target};
 use crate::config::ProviderKind;
 use crate::metrics::Metrics;
-use crate::protocol::{ChatRequest, anthropic, openai};
+use crate::protocol::{ChatRequest, EventStream, StreamEvent, StreamFailure, anthropic, openai};
 
 /// How long a key rests after a 429 that gave no `retry-after`.
 const RATE_LIMIT_REST: Duration = Duration::from_secs(1);
@@ -182,24 +187,85 @@ pub async fn walk(
     ChainOutcome::Exhausted { attempts }
 }
 
-/// What a committed answer still owes its target: a stream that fails later counts
-/// against the breaker, and a complete answer may be sampled for the quality judge.
-fn watch(answer: UpstreamAnswer, target: &Target, request: &ChatRequest) -> UpstreamAnswer {
+/// Report a committed answer's outcome to the target's breaker: through the probe
+/// ticket when this request is the half-open probe, else as a count.
+fn settle(breaker: &Breaker, probe: Option<ProbeTicket>, succeeded: bool) {
+    match (probe, succeeded) {
+        (Some(ticket), true) => ticket.succeeded(),
+        (Some(ticket), false) => ticket.failed(),
+        (None, succeeded) => breaker.record(!succeeded),
+    }
+}
+
+/// What a committed answer still owes its target. A complete answer settles the breaker
+/// now and may be sampled for the quality judge; a stream settles it when it ends (a
+/// break mid-way is a failure, not a success followed by one) and is judged once whole.
+fn watch(
+    answer: UpstreamAnswer,
+    target: &Target,
+    request: &ChatRequest,
+    probe: Option<ProbeTicket>,
+) -> UpstreamAnswer {
     match answer {
         UpstreamAnswer::Complete(response) => {
+            settle(&target.breaker, probe, true);
             if let Some(judge) = &target.quality {
-                judge.consider(request, &response);
+                judge.consider(Sample::from_response(request, &response));
             }
             UpstreamAnswer::Complete(response)
         }
-        UpstreamAnswer::Stream(events) => {
-            let breaker = target.breaker.clone();
-            UpstreamAnswer::Stream(Box::pin(events.inspect(move |item| {
-                if item.is_err() {
-                    breaker.record(true);
+        UpstreamAnswer::Stream(events) => UpstreamAnswer::Stream(Box::pin(WatchedStream {
+            events,
+            breaker: target.breaker.clone(),
+            probe,
+            judge: target.quality.clone(),
+            sample: target
+                .quality
+                .as_ref()
+                .map(|_| Sample::from_request(request)),
+            ended: false,
+        })),
+    }
+}
+
+/// A committed stream on its way to the client, reporting how it ended. Dropped early
+/// (the client left), it reports nothing and frees a probe slot.
+struct WatchedStream {
+    events: EventStream,
+    breaker: Arc<Breaker>,
+    probe: Option<ProbeTicket>,
+    judge: Option<Arc<QualityJudge>>,
+    /// The answer as it streams by, for the judge (text capped).
+    sample: Option<Sample>,
+    ended: bool,
+}
+
+impl Stream for WatchedStream {
+    type Item = Result<StreamEvent, StreamFailure>;
+
+    fn poll_next(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let polled = this.events.as_mut().poll_next(context);
+        match &polled {
+            Poll::Ready(Some(Ok(event))) => {
+                if let Some(sample) = this.sample.as_mut() {
+                    sample.observe(event);
                 }
-            })))
+            }
+            Poll::Ready(Some(Err(_))) if !this.ended => {
+                this.ended = true;
+                settle(&this.breaker, this.probe.take(), false);
+            }
+            Poll::Ready(None) if !this.ended => {
+                this.ended = true;
+                settle(&this.breaker, this.probe.take(), true);
+                if let (Some(judge), Some(sample)) = (&this.judge, this.sample.take()) {
+                    judge.consider(sample);
+                }
+            }
+            _ => {}
         }
+        polled
     }
 }
 
@@ -257,11 +323,7 @@ async fn try_target(
         let failure = match attempt(provider, target, key_index, request, deadline).await {
             Ok(answer) => {
                 record(attempts, metrics, target, "ok".to_string());
-                match probe.take() {
-                    Some(ticket) => ticket.succeeded(),
-                    None => target.breaker.record(false),
-                }
-                return TargetResult::Answered(watch(answer, target, request));
+                return TargetResult::Answered(watch(answer, target, request, probe.take()));
             }
             Err(failure) => failure,
         };
@@ -277,12 +339,15 @@ async fn try_target(
         // Only failures that say the target is unhealthy count against its breaker;
         // rate limits, rejected keys and the client's own errors do not.
         if matches!(step, Next::Retry) {
-            match probe.take() {
-                Some(ticket) => {
-                    ticket.failed();
-                    return TargetResult::GaveUp;
-                }
-                None => target.breaker.record(true),
+            if let Some(ticket) = probe.take() {
+                ticket.failed();
+                return TargetResult::GaveUp;
+            }
+            target.breaker.record(true);
+            // This failure, or a concurrent one, opened the breaker: retrying a target
+            // known to be down only makes the client wait.
+            if target.breaker.is_open() {
+                return TargetResult::GaveUp;
             }
         }
         let wait = match step {

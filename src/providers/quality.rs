@@ -9,6 +9,7 @@
 //! judgement only delays a quality trip.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,8 @@ use super::attempt::{UpstreamAnswer, attempt};
 use super::breaker::{Breaker, Reason};
 use crate::metrics::Metrics;
 use crate::protocol::{
-    ChatRequest, ChatResponse, Message, OutputParams, Part, Role, last_user_text,
+    ChatRequest, ChatResponse, Message, OutputParams, Part, Role, StopReason, StreamEvent,
+    last_user_text,
 };
 
 /// The judge's instructions. Fixed, so scores are comparable over time and targets.
@@ -107,6 +109,78 @@ impl QualityConfig {
     }
 }
 
+/// Largest answer text kept for the judge; a longer stream is judged on its start.
+const MAX_SAMPLE_TEXT: usize = 16 * 1024;
+
+/// What the judge needs of one answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub system: Option<String>,
+    pub question: String,
+    pub answer: String,
+    pub has_tool_calls: bool,
+    pub stop_reason: Option<StopReason>,
+}
+
+impl Sample {
+    /// A sample to fill as a stream passes by.
+    pub fn from_request(request: &ChatRequest) -> Sample {
+        Sample {
+            system: request.system.clone(),
+            question: last_user_text(&request.messages),
+            answer: String::new(),
+            has_tool_calls: false,
+            stop_reason: None,
+        }
+    }
+
+    pub fn from_response(request: &ChatRequest, response: &ChatResponse) -> Sample {
+        let mut sample = Sample::from_request(request);
+        sample.answer = response.text();
+        sample
+            .answer
+            .truncate(floor_char_boundary(&sample.answer, MAX_SAMPLE_TEXT));
+        sample.has_tool_calls = response.tool_calls().next().is_some();
+        sample.stop_reason = Some(response.stop_reason);
+        sample
+    }
+
+    /// Take in one stream event.
+    pub fn observe(&mut self, event: &StreamEvent) {
+        match event {
+            StreamEvent::TextDelta(text) if self.answer.len() < MAX_SAMPLE_TEXT => {
+                let room = MAX_SAMPLE_TEXT - self.answer.len();
+                self.answer
+                    .push_str(&text[..floor_char_boundary(text, room)]);
+            }
+            StreamEvent::ToolCallStart { .. } => self.has_tool_calls = true,
+            StreamEvent::Finish { stop_reason } => self.stop_reason = Some(*stop_reason),
+            _ => {}
+        }
+    }
+
+    /// Whether a rubric for chat answers can fairly grade this one: tool calls, answers
+    /// cut at the client's own `max_tokens`, and turns without a user question (a tool
+    /// loop) would all read as "empty or cut off" and score 0 on a healthy provider.
+    pub fn is_judgeable(&self) -> bool {
+        !self.has_tool_calls
+            && self.stop_reason != Some(StopReason::MaxTokens)
+            && !self.question.trim().is_empty()
+            && !self.answer.trim().is_empty()
+    }
+}
+
+/// The largest index at most `limit` that falls on a character boundary of `text`.
+fn floor_char_boundary(text: &str, limit: usize) -> usize {
+    if limit >= text.len() {
+        return text.len();
+    }
+    (0..=limit)
+        .rev()
+        .find(|&index| text.is_char_boundary(index))
+        .unwrap_or(0)
+}
+
 /// Judges one target's answers.
 pub struct QualityJudge {
     config: QualityConfig,
@@ -120,6 +194,11 @@ pub struct QualityJudge {
     started: Instant,
     judgements: prometheus::IntCounterVec,
     score: prometheus::GaugeVec,
+    /// Answers still to judge whatever the sample rate: set after a quality trip, so a
+    /// target back from one is graded again at once rather than after ~min_scores/rate.
+    probation: AtomicUsize,
+    /// Quality trips so far; a judgement started before the latest one is discarded.
+    trips: AtomicU64,
 }
 
 impl QualityJudge {
@@ -141,6 +220,8 @@ impl QualityJudge {
             started: Instant::now(),
             judgements: metrics.quality_judgements.clone(),
             score: metrics.quality_score.clone(),
+            probation: AtomicUsize::new(0),
+            trips: AtomicU64::new(0),
         })
     }
 
@@ -171,8 +252,19 @@ impl QualityJudge {
     }
 
     /// Maybe hand this answer to the judge, in the background.
-    pub fn consider(self: &Arc<Self>, request: &ChatRequest, response: &ChatResponse) {
-        if self.config.sample_rate <= 0.0 || fastrand::f64() >= self.config.sample_rate {
+    pub fn consider(self: &Arc<Self>, sample: Sample) {
+        if !sample.is_judgeable() {
+            return;
+        }
+        let on_probation = self
+            .probation
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(1)
+            })
+            .is_ok();
+        if !on_probation
+            && (self.config.sample_rate <= 0.0 || fastrand::f64() >= self.config.sample_rate)
+        {
             return;
         }
         let Ok(permit) = self.running.clone().try_acquire_owned() else {
@@ -183,13 +275,14 @@ impl QualityJudge {
             self.count("skipped_budget");
             return;
         }
-        let judge_request = judge_request(&self.judge.model, request, response);
+        let judge_request = judge_request(&self.judge.model, &sample);
+        let trips_at_start = self.trips.load(Ordering::SeqCst);
         let judge = self.clone();
         tokio::spawn(async move {
             let score = judge.ask(&judge_request).await;
             drop(permit);
             if let Some(score) = score {
-                judge.add_score(score);
+                judge.add_score(score, trips_at_start);
             }
         });
     }
@@ -228,11 +321,16 @@ impl QualityJudge {
         (!scores.is_empty()).then(|| scores.iter().sum::<f64>() / scores.len() as f64)
     }
 
-    /// Add a score; a rolling mean under the threshold opens the breaker.
-    pub fn add_score(&self, score: f64) {
+    /// Add a score from a judgement started when `trips_at_start` trips had happened; a
+    /// rolling mean under the threshold opens the breaker.
+    pub fn add_score(&self, score: f64, trips_at_start: u64) {
         let Ok(mut scores) = self.scores.lock() else {
             return;
         };
+        if self.trips.load(Ordering::SeqCst) != trips_at_start {
+            // Judged before the latest trip: evidence about the old episode.
+            return;
+        }
         scores.push_back(score);
         while scores.len() > self.config.window {
             scores.pop_front();
@@ -244,23 +342,35 @@ impl QualityJudge {
                 "answers judged poor: opening the breaker");
             self.breaker
                 .force_open(self.config.cooldown, Reason::Quality);
-            // Fresh evidence is needed after the target comes back.
+            // Fresh evidence is needed after the target comes back, and it is gathered
+            // from the first answers, not a sample of them.
             scores.clear();
+            self.trips.fetch_add(1, Ordering::SeqCst);
+            self.probation
+                .store(self.config.min_scores, Ordering::SeqCst);
         }
     }
 }
 
-fn judge_request(model: &str, request: &ChatRequest, response: &ChatResponse) -> ChatRequest {
-    let question = last_user_text(&request.messages);
-    let answer = response.text();
+fn judge_request(model: &str, sample: &Sample) -> ChatRequest {
+    let mut prompt = String::new();
+    if let Some(system) = sample
+        .system
+        .as_deref()
+        .filter(|system| !system.trim().is_empty())
+    {
+        prompt.push_str(&format!("The assistant's instructions:\n{system}\n\n"));
+    }
+    prompt.push_str(&format!(
+        "Question:\n{}\n\nAnswer:\n{}",
+        sample.question, sample.answer
+    ));
     ChatRequest {
         model: model.to_string(),
         system: Some(RUBRIC.to_string()),
         messages: vec![Message {
             role: Role::User,
-            content: vec![Part::Text(format!(
-                "Question:\n{question}\n\nAnswer:\n{answer}\n\nScore (0 to 1):"
-            ))],
+            content: vec![Part::Text(prompt)],
         }],
         tools: Vec::new(),
         tool_choice: None,
@@ -274,26 +384,61 @@ fn judge_request(model: &str, request: &ChatRequest, response: &ChatResponse) ->
     }
 }
 
-/// The first number in the judge's reply, clamped to 0..1.
+/// The judge's reply, when it is what the rubric asks for: one number from 0 to 1
+/// (a trailing full stop allowed). Anything else is unparseable, not a guess.
 pub fn parse_score(text: &str) -> Option<f64> {
-    text.split(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .map(|word| word.trim_matches('.'))
-        .filter(|word| !word.is_empty())
-        .find_map(|word| word.parse::<f64>().ok())
-        .filter(|score| score.is_finite())
-        .map(|score| score.clamp(0.0, 1.0))
+    let trimmed = text.trim().trim_end_matches('.');
+    let score: f64 = trimmed.parse().ok()?;
+    (score.is_finite() && (0.0..=1.0).contains(&score)).then_some(score)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_score;
+    use super::*;
 
     #[test]
-    fn scores_are_read_from_chatty_replies() {
+    fn only_a_number_from_0_to_1_is_a_score() {
         assert_eq!(parse_score("0.8"), Some(0.8));
-        assert_eq!(parse_score("Score: 0.25."), Some(0.25));
-        assert_eq!(parse_score("1"), Some(1.0));
-        assert_eq!(parse_score("7"), Some(1.0));
+        assert_eq!(parse_score(" 1\n"), Some(1.0));
+        assert_eq!(parse_score("0.25."), Some(0.25));
+        assert_eq!(parse_score("7"), None);
+        assert_eq!(parse_score("Score: 0.9"), None);
         assert_eq!(parse_score("no idea"), None);
+    }
+
+    #[test]
+    fn tool_calls_cut_answers_and_tool_loops_are_not_judged() {
+        let mut sample = Sample {
+            system: None,
+            question: "capital of France?".into(),
+            answer: "Paris".into(),
+            has_tool_calls: false,
+            stop_reason: Some(StopReason::EndTurn),
+        };
+        assert!(sample.is_judgeable());
+        sample.stop_reason = Some(StopReason::MaxTokens);
+        assert!(!sample.is_judgeable());
+        sample.stop_reason = Some(StopReason::EndTurn);
+        sample.has_tool_calls = true;
+        assert!(!sample.is_judgeable());
+        sample.has_tool_calls = false;
+        sample.question = String::new();
+        assert!(!sample.is_judgeable());
+    }
+
+    #[test]
+    fn stream_samples_are_capped_on_a_character_boundary() {
+        let mut sample = Sample {
+            system: None,
+            question: "q".into(),
+            answer: String::new(),
+            has_tool_calls: false,
+            stop_reason: None,
+        };
+        for _ in 0..20_000 {
+            sample.observe(&StreamEvent::TextDelta("é".into()));
+        }
+        assert!(sample.answer.len() <= MAX_SAMPLE_TEXT);
+        assert!(sample.answer.chars().all(|c| c == 'é'));
     }
 }

@@ -17,8 +17,8 @@ pub struct TestGateway {
     pub client: reqwest::Client,
 }
 
-/// A provider section for a mock, with test-sized timeouts and backoff. `extra` adds or
-/// overrides keys (TOML lines).
+/// A provider section for a mock, with test-sized timeouts and backoff and its breaker
+/// off. `extra` adds or overrides keys (TOML lines).
 pub fn provider(name: &str, kind: &str, mock: &MockProvider, extra: &str) -> String {
     let mut section = format!(
         "[providers.{name}]\nkind = \"{kind}\"\nbase_url = \"{}\"\n",
@@ -30,6 +30,11 @@ pub fn provider(name: &str, kind: &str, mock: &MockProvider, extra: &str) -> Str
     }
     if !has("backoff") {
         section.push_str("backoff = { initial = \"1ms\", max = \"5ms\" }\n");
+    }
+    // Breakers are tested on purpose in tests/breakers.rs; elsewhere a run of failures
+    // must not change what the next request of the same test sees.
+    if !has("breaker") {
+        section.push_str("breaker = { enabled = false }\n");
     }
     if !has("timeouts") {
         section.push_str(
