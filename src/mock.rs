@@ -68,6 +68,17 @@ pub enum Fault {
     Reply { text: String },
 }
 
+impl Fault {
+    /// Answer with `status` and the protocol's default error body, no `retry-after`.
+    pub fn status(status: u16) -> Fault {
+        Fault::Status {
+            status,
+            retry_after: None,
+            body: None,
+        }
+    }
+}
+
 /// When to apply a fault.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

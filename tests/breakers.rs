@@ -14,11 +14,7 @@ use common::{TestGateway, mock, openai_chat, provider, route};
 use serde_json::Value;
 
 fn failing() -> FaultRule {
-    FaultRule::always(Fault::Status {
-        status: 503,
-        retry_after: None,
-        body: None,
-    })
+    FaultRule::always(Fault::status(503))
 }
 
 /// Primary (retries 0, breaker opening after 3 consecutive failures, `cooldown`) and a
@@ -180,14 +176,7 @@ async fn the_error_ratio_opens_the_breaker_over_its_window() {
     let gateway = TestGateway::start(&config, &[]).await;
     for _ in 0..3 {
         gateway.openai(openai_chat("chat", "works")).await;
-        primary.set_faults(vec![FaultRule::times(
-            1,
-            Fault::Status {
-                status: 500,
-                retry_after: None,
-                body: None,
-            },
-        )]);
+        primary.set_faults(vec![FaultRule::times(1, Fault::status(500))]);
         gateway.openai(openai_chat("chat", "fails")).await;
     }
     assert_eq!(primary.request_count(), 6);
@@ -415,14 +404,7 @@ async fn the_status_page_masks_keys_and_shows_every_provider() {
 async fn metrics_contains_every_documented_series() {
     let (gateway, primary, _judge, _fallback) = judged("0.9", "max_per_minute = 100").await;
     gateway.openai(openai_chat("chat", "fine")).await;
-    primary.set_faults(vec![FaultRule::times(
-        3,
-        Fault::Status {
-            status: 503,
-            retry_after: None,
-            body: None,
-        },
-    )]);
+    primary.set_faults(vec![FaultRule::times(3, Fault::status(503))]);
     gateway.openai(openai_chat("chat", "falls back")).await;
     primary.set_faults(vec![FaultRule::times(1, Fault::FailAfter { chunks: 3 })]);
     gateway

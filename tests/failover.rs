@@ -7,14 +7,6 @@ use airbag::mock::{Fault, FaultRule, MockProvider};
 use common::{TestGateway, mock, openai_chat, provider, route};
 use serde_json::json;
 
-fn status(status: u16) -> Fault {
-    Fault::Status {
-        status,
-        retry_after: None,
-        body: None,
-    }
-}
-
 /// A primary and a fallback mock behind route `chat` (`primary/big`, then
 /// `fallback/small`), both of kind openai. `primary_extra` configures the primary (its
 /// keys among it); the fallback has key `sk-fallback`.
@@ -81,7 +73,7 @@ async fn a_healthy_primary_serves_with_depth_zero_and_the_tag_object() {
 async fn server_errors_are_retried_on_the_same_target_before_falling_back() {
     for code in [500, 502, 503, 504, 529] {
         let (gateway, primary, fallback) = two_targets("").await;
-        primary.set_faults(vec![FaultRule::times(2, status(code))]);
+        primary.set_faults(vec![FaultRule::times(2, Fault::status(code))]);
         let reply = gateway.openai(openai_chat("chat", "hi")).await;
         assert_eq!(reply.status, 200, "{code}: {}", reply.text);
         assert_eq!(reply.served_by(), "provider:primary/big", "{code}");
@@ -100,7 +92,7 @@ async fn server_errors_are_retried_on_the_same_target_before_falling_back() {
 #[tokio::test]
 async fn an_exhausted_primary_falls_back_with_depth_one() {
     let (gateway, primary, fallback) = two_targets("").await;
-    primary.set_faults(vec![FaultRule::always(status(503))]);
+    primary.set_faults(vec![FaultRule::always(Fault::status(503))]);
     let reply = gateway.openai(openai_chat("chat", "hi")).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(reply.served_by(), "provider:fallback/small");
@@ -321,7 +313,9 @@ async fn a_long_retry_after_moves_on_to_the_fallback() {
 #[tokio::test]
 async fn a_rejected_key_rests_and_rotation_is_immediate() {
     let primary = mock("primary").await;
-    primary.set_faults(vec![FaultRule::always(status(401)).for_key("sk-revoked")]);
+    primary.set_faults(vec![
+        FaultRule::always(Fault::status(401)).for_key("sk-revoked"),
+    ]);
     let config = format!(
         "{}{}",
         provider(
@@ -361,8 +355,8 @@ async fn a_rejected_key_rests_and_rotation_is_immediate() {
 #[tokio::test]
 async fn every_target_failing_gives_503_listing_attempts_and_no_keys() {
     let (gateway, primary, fallback) = two_targets("").await;
-    primary.set_faults(vec![FaultRule::always(status(503))]);
-    fallback.set_faults(vec![FaultRule::always(status(500))]);
+    primary.set_faults(vec![FaultRule::always(Fault::status(503))]);
+    fallback.set_faults(vec![FaultRule::always(Fault::status(500))]);
     let reply = gateway.openai(openai_chat("chat", "hi")).await;
     assert_eq!(reply.status, 503);
     assert_eq!(reply.header("x-airbag-error"), "all_targets_failed");
@@ -493,7 +487,7 @@ async fn a_nonsense_retry_after_is_ignored_not_fatal() {
 #[tokio::test]
 async fn a_provider_without_keys_is_not_taken_out_by_one_rejection() {
     let (gateway, primary, _fallback) = targets("keys = []", &[]).await;
-    primary.set_faults(vec![FaultRule::times(1, status(401))]);
+    primary.set_faults(vec![FaultRule::times(1, Fault::status(401))]);
     let first = gateway.openai(openai_chat("chat", "hi")).await;
     assert_eq!(first.served_by(), "provider:fallback/small");
     let second = gateway.openai(openai_chat("chat", "hi")).await;

@@ -96,11 +96,7 @@ async fn the_official_python_sdks_work_through_the_gateway() {
     let openai_upstream = mock("openai-upstream").await;
     let anthropic_upstream = mock("anthropic-upstream").await;
     let down = mock("down").await;
-    down.set_faults(vec![FaultRule::always(Fault::Status {
-        status: 503,
-        retry_after: None,
-        body: None,
-    })]);
+    down.set_faults(vec![FaultRule::always(Fault::status(503))]);
     // Three stream events, then a broken connection: after the gateway has committed.
     let flaky = mock("flaky").await;
     flaky.set_faults(vec![FaultRule::always(Fault::FailAfter { chunks: 3 })]);

@@ -40,11 +40,7 @@ async fn request_logs_carry_rung_target_and_attempts() {
 
     let primary = mock("primary").await;
     let fallback = mock("fallback").await;
-    primary.set_faults(vec![FaultRule::always(Fault::Status {
-        status: 503,
-        retry_after: None,
-        body: None,
-    })]);
+    primary.set_faults(vec![FaultRule::always(Fault::status(503))]);
     let config = format!(
         "{}{}{}",
         provider("primary", "openai", &primary, "retries = 1"),
