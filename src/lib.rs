@@ -3,7 +3,7 @@
 //!
 //! Modules in reading order:
 //! - [`config`]: the config file, its validation, `env:NAME` secrets.
-//! - [`server`]: the proxy and admin listeners; ingress (auth, limits, parsing) and egress
+//! - [`server`]: starts both listeners; the proxy's ingress (auth, limits, parsing) and egress
 //!   (rendering, rung tags, metrics).
 //! - [`ladder`]: the one function that knows the order of the rungs.
 //! - [`providers`]: rung 2, the chain of targets with retries, backoff, key rotation,
