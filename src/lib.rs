@@ -7,7 +7,7 @@
 //!   (rendering, rung tags, metrics).
 //! - [`ladder`]: the one function that knows the order of the rungs.
 //! - [`providers`]: rung 2, the chain of targets with retries, backoff, key rotation,
-//!   timeouts.
+//!   timeouts, circuit breakers and the quality judge.
 //! - [`protocol`]: the neutral chat types and the OpenAI and Anthropic wire formats.
 //! - [`error`]: request errors and their bodies in each protocol.
 //! - [`admin`]: the admin listener: metrics, status, drills.
