@@ -17,9 +17,9 @@ fn failing() -> FaultRule {
     FaultRule::always(Fault::status(503))
 }
 
-/// Primary (retries 0, breaker opening after 3 consecutive failures, `cooldown`) and a
-/// healthy fallback behind route `chat`.
-async fn breaker_pair(cooldown: &str) -> (TestGateway, MockProvider, MockProvider) {
+/// Primary (retries 0, with `breaker` as its breaker section) and a healthy fallback
+/// behind route `chat`.
+async fn pair_with_breaker(breaker: &str) -> (TestGateway, MockProvider, MockProvider) {
     let primary = mock("primary").await;
     let fallback = mock("fallback").await;
     let config = format!(
@@ -28,14 +28,20 @@ async fn breaker_pair(cooldown: &str) -> (TestGateway, MockProvider, MockProvide
             "primary",
             "openai",
             &primary,
-            &format!(
-                "retries = 0\nbreaker = {{ consecutive_failures = 3, min_requests = 100, cooldown = \"{cooldown}\" }}"
-            )
+            &format!("retries = 0\nbreaker = {{ {breaker} }}")
         ),
         provider("fallback", "openai", &fallback, ""),
         route("chat", &["primary/big", "fallback/small"]),
     );
     (TestGateway::start(&config, &[]).await, primary, fallback)
+}
+
+/// [`pair_with_breaker`] opening after 3 consecutive failures, for `cooldown`.
+async fn breaker_pair(cooldown: &str) -> (TestGateway, MockProvider, MockProvider) {
+    pair_with_breaker(&format!(
+        "consecutive_failures = 3, min_requests = 100, cooldown = \"{cooldown}\""
+    ))
+    .await
 }
 
 /// Route `chat`: target `bad/m`, graded on every answer by `judge/grader` (an
@@ -159,21 +165,11 @@ async fn a_half_open_probe_closes_the_breaker_again() {
 
 #[tokio::test]
 async fn the_error_ratio_opens_the_breaker_over_its_window() {
-    let primary = mock("primary").await;
-    let fallback = mock("fallback").await;
     // Every other request fails: never 3 in a row, but half of them.
-    let config = format!(
-        "{}{}{}",
-        provider(
-            "primary",
-            "openai",
-            &primary,
-            "retries = 0\nbreaker = { consecutive_failures = 100, min_requests = 6, error_ratio = 0.5, window = \"30s\", cooldown = \"60s\" }"
-        ),
-        provider("fallback", "openai", &fallback, ""),
-        route("chat", &["primary/big", "fallback/small"]),
-    );
-    let gateway = TestGateway::start(&config, &[]).await;
+    let (gateway, primary, _fallback) = pair_with_breaker(
+        "consecutive_failures = 100, min_requests = 6, error_ratio = 0.5, window = \"30s\", cooldown = \"60s\"",
+    )
+    .await;
     for _ in 0..3 {
         gateway.openai(openai_chat("chat", "works")).await;
         primary.set_faults(vec![FaultRule::times(1, Fault::status(500))]);

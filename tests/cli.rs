@@ -92,6 +92,17 @@ fn the_shipped_config_checks_clean_on_a_machine_without_keys() {
     );
 }
 
+/// `airbag check-config` on a file: whether it passed, and what it said on stderr.
+fn check_config(path: &std::path::Path) -> (bool, String) {
+    let output = Command::new(AIRBAG)
+        .args(["check-config", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    (output.status.success(), stderr)
+}
+
 #[test]
 fn a_bad_config_is_reported_with_every_path_and_fix() {
     let folder = tempfile::tempdir().unwrap();
@@ -111,13 +122,8 @@ chain = ["openai/gpt-4o", "azure/gpt-4o"]
 "#,
     )
     .unwrap();
-    let output = Command::new(AIRBAG)
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (ok, stderr) = check_config(&path);
+    assert!(!ok);
     assert!(stderr.contains("bad.toml"), "{stderr}");
     assert!(
         stderr.contains("providers.openai.keys[0].key: secrets are never written inline"),
@@ -142,13 +148,8 @@ chain = ["openai/gpt-4o", "azure/gpt-4o"]
         "[server]\nlisten = \"127.0.0.1:1\"\nmax_bodyy = \"1MiB\"\n",
     )
     .unwrap();
-    let output = Command::new(AIRBAG)
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let (ok, stderr) = check_config(&path);
+    assert!(!ok);
     assert!(stderr.contains("max_bodyy"), "{stderr}");
 
     let output = Command::new(AIRBAG)

@@ -72,14 +72,6 @@ impl KeyPool {
         self.keys.get(index)
     }
 
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
     /// A key chosen at random by weight among those not resting and not in `exclude`.
     pub fn pick(&self, exclude: &[usize]) -> Option<usize> {
         let now = Instant::now();
@@ -117,15 +109,6 @@ impl KeyPool {
                 .unwrap_or(now + Duration::from_secs(86_400));
             *until = Some(until.map_or(candidate, |current| current.max(candidate)));
         }
-    }
-
-    /// How many keys are resting now, for status pages.
-    pub fn resting_count(&self) -> usize {
-        let now = Instant::now();
-        self.keys
-            .iter()
-            .filter(|key| !key.is_available(now))
-            .count()
     }
 
     /// Each key as the status page shows it: its `env:NAME` reference, never its value.
@@ -169,7 +152,8 @@ mod tests {
         pool.rest(0, Duration::from_secs(60));
         assert!((0..100).all(|_| pool.pick(&[]) == Some(1)));
         assert_eq!(pool.pick(&[1]), None);
-        assert_eq!(pool.resting_count(), 1);
+        assert_eq!(pool.status()[0]["resting"], true);
+        assert_eq!(pool.status()[1]["resting"], false);
     }
 
     #[test]
@@ -180,9 +164,9 @@ mod tests {
         }];
         assert!(KeyPool::from_config(&configs, &Env::default()).is_none());
         let env = Env::from_pairs([("AIRBAG_TEST_SURELY_UNSET_KEY", "sk-1")]);
-        assert_eq!(KeyPool::from_config(&configs, &env).unwrap().len(), 1);
+        assert_eq!(KeyPool::from_config(&configs, &env).unwrap().keys.len(), 1);
         let open = KeyPool::from_config(&[], &env).unwrap();
-        assert_eq!(open.len(), 1);
+        assert_eq!(open.keys.len(), 1);
         assert_eq!(open.get(0).unwrap().secret(), None);
     }
 }
