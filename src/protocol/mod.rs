@@ -357,3 +357,38 @@ pub fn parse_json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T,
         InvalidBody::new(field, message)
     })
 }
+
+/// A complete answer as the events a stream of it would carry, so answers that never
+/// came from a live stream (cache hits, canned answers) can be sent to a streaming
+/// client as a well-formed SSE stream in either protocol.
+pub fn replay_as_stream(response: ChatResponse) -> EventStream {
+    let mut events = vec![StreamEvent::Start {
+        id: response.id,
+        model: response.model,
+    }];
+    let mut tool_index = 0;
+    for part in response.content {
+        match part {
+            Part::Text(text) => events.push(StreamEvent::TextDelta(text)),
+            Part::ToolCall(call) => {
+                events.push(StreamEvent::ToolCallStart {
+                    index: tool_index,
+                    id: call.id,
+                    name: call.name,
+                });
+                events.push(StreamEvent::ToolCallDelta {
+                    index: tool_index,
+                    arguments: call.arguments,
+                });
+                tool_index += 1;
+            }
+            // Answers never hold images or tool results; nothing to send for them.
+            Part::Image(_) | Part::ToolResult(_) => {}
+        }
+    }
+    events.push(StreamEvent::Finish {
+        stop_reason: response.stop_reason,
+    });
+    events.push(StreamEvent::Usage(response.usage));
+    Box::pin(futures_util::stream::iter(events.into_iter().map(Ok)))
+}
