@@ -3,19 +3,24 @@
 
 SDK_PYTHON := $(CURDIR)/.venv-sdk/bin/python
 
-.PHONY: run test lint sdk-venv bench demo
+.PHONY: run test lint sdk-venv model bench demo
 
 ## Run the gateway with the shipped config (builds it first).
-run:
+run: model
 	cargo run --release -- serve --config config/airbag.toml
 
 ## Everything CI checks: formatting, lints, unit and behaviour tests, the Python SDK test.
-test: sdk-venv lint
+test: sdk-venv model lint
 	AIRBAG_SDK_PYTHON=$(SDK_PYTHON) cargo test
 
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+
+## The semantic cache's embedding model and ONNX Runtime, pinned with checksums, in
+## .cache/model (scripts/fetch-model.sh; a second run downloads nothing).
+model:
+	bash scripts/fetch-model.sh
 
 ## The official openai and anthropic Python SDKs, pinned, in .venv-sdk.
 sdk-venv:

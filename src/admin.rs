@@ -1,4 +1,5 @@
-//! The admin listener: Prometheus metrics, the gateway's status, and failover drills.
+//! The admin listener: Prometheus metrics, the gateway's status, failover drills, and
+//! the cache's stats and purges.
 //!
 //! Every route sits behind the bearer token when one is configured (compared in
 //! constant time). This module reads the gateway's state and forces breakers for drills;
@@ -29,6 +30,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/admin/status", get(status))
         .route("/admin/drills", post(start_drill))
         .route("/admin/drills/{*target}", delete(end_drill))
+        .route("/admin/cache", get(cache_stats))
+        .route("/admin/cache/purge", post(cache_purge))
         .route_layer(middleware::from_fn_with_state(
             gateway.clone(),
             require_token,
@@ -134,7 +137,10 @@ async fn status(State(gateway): State<Arc<Gateway>>) -> Response {
         "providers": providers,
         "targets": targets,
         "routes": routes,
-        "cache": {"state": "not built yet"},
+        "cache": match &gateway.cache {
+            Some(cache) => cache.stats().await,
+            None => json!({"enabled": false}),
+        },
         "canned": {"state": "not built yet"},
     }))
     .into_response()
@@ -194,6 +200,72 @@ async fn end_drill(State(gateway): State<Arc<Gateway>>, Path(label): Path<String
     }
     tracing::warn!(target = %label, "drill ended: breaker closed");
     axum::Json(json!({"target": label, "breaker": target.breaker.status()})).into_response()
+}
+
+/// Entries, hit ratios by kind, memory use, writes.
+async fn cache_stats(State(gateway): State<Arc<Gateway>>) -> Response {
+    match &gateway.cache {
+        Some(cache) => axum::Json(cache.stats().await).into_response(),
+        None => axum::Json(json!({"enabled": false})).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    tenant: Option<String>,
+    route: Option<String>,
+    namespace: Option<String>,
+}
+
+/// Delete the entries of a tenant, a route or a namespace (all given fields must match).
+async fn cache_purge(State(gateway): State<Arc<Gateway>>, body: Bytes) -> Response {
+    let usage =
+        "send {\"tenant\": \"…\", \"route\": \"…\", \"namespace\": \"…\"} with at least one field";
+    let purge: PurgeRequest = match crate::protocol::parse_json_body(&body) {
+        Ok(purge) => purge,
+        Err(invalid) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("`{}`: {}; {usage}", invalid.field, invalid.message),
+            );
+        }
+    };
+    let purge = crate::cache::store::Purge {
+        tenant: purge.tenant,
+        route: purge.route,
+        namespace: purge.namespace,
+    };
+    if purge.fields().is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("`body`: names nothing to purge; {usage}"),
+        );
+    }
+    let Some(cache) = &gateway.cache else {
+        return error(
+            StatusCode::CONFLICT,
+            "the cache is off (cache.enabled = false); there is nothing to purge".to_string(),
+        );
+    };
+    let fields: Vec<(String, String)> = purge
+        .fields()
+        .into_iter()
+        .map(|(field, value)| (field.to_string(), value.to_string()))
+        .collect();
+    match cache.purge(purge).await {
+        Ok(()) => {
+            tracing::warn!(?fields, "cache purged");
+            axum::Json(
+                json!({"purged": fields.into_iter().collect::<std::collections::BTreeMap<_, _>>()}),
+            )
+            .into_response()
+        }
+        Err(purge_error) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the purge failed, nothing is known to be deleted: {purge_error}"),
+        ),
+    }
 }
 
 fn unknown_target(gateway: &Gateway, label: &str) -> Response {

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::cache::CacheConfig;
 pub use crate::providers::breaker::BreakerConfig;
 pub use crate::providers::quality::QualityConfig;
 
@@ -46,6 +47,9 @@ pub struct Config {
     /// Gateway keys of the apps allowed to call airbag; empty means an open gateway.
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
+    /// Rung 1: on by default, with the semantic cache (run `make model` first).
+    #[serde(default)]
+    pub cache: CacheConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -220,6 +224,8 @@ pub struct RouteConfig {
     pub chain: Vec<String>,
     /// Where to go when a target answers that the prompt exceeds its context window.
     pub context_window_fallback: Option<String>,
+    /// This route's semantic cache threshold, instead of `cache.semantic.threshold`.
+    pub semantic_threshold: Option<f32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -429,6 +435,10 @@ impl Config {
         }
         self.check_routes(&mut problems);
         self.check_clients(env, &mut problems);
+        problems.extend(self.cache.problems());
+        if let Some(key) = &self.cache.store.api_key {
+            check_secret("cache.store.api_key", key, &mut problems);
+        }
         problems
     }
 
@@ -459,6 +469,12 @@ impl Config {
         let mut seen = HashSet::new();
         for (index, route) in self.routes.iter().enumerate() {
             let path = format!("routes[{index}]");
+            if let Some(threshold) = route.semantic_threshold {
+                problems.extend(crate::cache::config::threshold_problem(
+                    &format!("{path}.semantic_threshold"),
+                    threshold,
+                ));
+            }
             if route.model.trim().is_empty() {
                 problems.push(format!(
                     "{path}.model: is empty; name the model clients ask for"

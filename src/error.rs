@@ -22,6 +22,11 @@ pub enum RequestError {
     BodyUnreadable(String),
     #[error("invalid request: `{}`: {}", .0.field, .0.message)]
     InvalidBody(InvalidBody),
+    #[error("invalid header `{header}`: {message}")]
+    InvalidHeader {
+        header: &'static str,
+        message: String,
+    },
     #[error("model `{model}` is not routed by this gateway; ask for one of: {}", known.join(", "))]
     UnknownModel { model: String, known: Vec<String> },
     #[error(
@@ -47,9 +52,9 @@ impl RequestError {
         match self {
             RequestError::Unauthorized => StatusCode::UNAUTHORIZED,
             RequestError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            RequestError::BodyUnreadable(_) | RequestError::InvalidBody(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            RequestError::BodyUnreadable(_)
+            | RequestError::InvalidBody(_)
+            | RequestError::InvalidHeader { .. } => StatusCode::BAD_REQUEST,
             RequestError::UnknownModel { .. } => StatusCode::NOT_FOUND,
             RequestError::AllTargetsFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -62,6 +67,7 @@ impl RequestError {
             RequestError::BodyTooLarge { .. } => "body_too_large",
             RequestError::BodyUnreadable(_) => "body_unreadable",
             RequestError::InvalidBody(_) => "invalid_request",
+            RequestError::InvalidHeader { .. } => "invalid_header",
             RequestError::UnknownModel { .. } => "unknown_model",
             RequestError::AllTargetsFailed { .. } => "all_targets_failed",
         }
@@ -83,6 +89,7 @@ impl RequestError {
         let message = self.to_string();
         let param = match self {
             RequestError::InvalidBody(invalid) => Some(invalid.field.as_str()),
+            RequestError::InvalidHeader { header, .. } => Some(*header),
             RequestError::UnknownModel { .. } => Some("model"),
             _ => None,
         };

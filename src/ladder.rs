@@ -2,10 +2,14 @@
 //!
 //! A parsed request walks down the rungs and stops at the first that can answer:
 //!
-//! 1. cache (exact, then semantic) — not built yet; see ARCHITECTURE.md;
+//! 1. cache — exact, then semantic ([`crate::cache::Cache::lookup`]);
 //! 2. providers — the route's chain of targets ([`crate::providers::chain::walk`]);
+//!    when every target failed, a stale cache entry (stale-if-error);
 //! 3. canned — not built yet; until it is, a request every target failed gets a 503
 //!    listing each attempt.
+//!
+//! A provider's complete answer is handed to the cache on the way out (a stream once it
+//! ended normally); nothing else is ever stored.
 //!
 //! The ladder decides *which* rung serves and returns a [`Served`] with its tag; egress
 //! (in `server`) renders it in the caller's protocol. It never touches HTTP types.
@@ -14,9 +18,10 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::cache::{CacheControls, CacheHit, HitKind, Lookup};
 use crate::config::ProviderKind;
 use crate::error::RequestError;
-use crate::protocol::{ChatRequest, ChatResponse, EventStream};
+use crate::protocol::{ChatRequest, ChatResponse, EventStream, replay_as_stream};
 use crate::providers::{AttemptRecord, ChainOutcome, UpstreamAnswer, chain};
 use crate::server::Gateway;
 
@@ -83,8 +88,13 @@ pub struct Served {
     pub tag: RungTag,
 }
 
-/// Walk the rungs for one request.
-pub async fn answer(gateway: &Gateway, request: &ChatRequest) -> Result<Served, RequestError> {
+/// Walk the rungs for one request of `tenant`.
+pub async fn answer(
+    gateway: &Gateway,
+    request: &ChatRequest,
+    tenant: &str,
+    controls: &CacheControls,
+) -> Result<Served, RequestError> {
     let Some(route) = gateway.routes.find(&request.model) else {
         return Err(RequestError::UnknownModel {
             model: request.model.clone(),
@@ -96,6 +106,19 @@ pub async fn answer(gateway: &Gateway, request: &ChatRequest) -> Result<Served, 
         });
     };
 
+    // Rung 1: cache.
+    let Lookup {
+        hit,
+        stale,
+        pending,
+    } = match &gateway.cache {
+        Some(cache) => cache.lookup(request, tenant, controls).await,
+        None => Lookup::default(),
+    };
+    if let Some(hit) = hit {
+        return Ok(cache_served(hit, request, false, Vec::new()));
+    }
+
     // Rung 2: providers.
     // The request's budget for rung 2: no attempt starts, and no answer is committed,
     // after it. Later rungs still answer.
@@ -106,13 +129,21 @@ pub async fn answer(gateway: &Gateway, request: &ChatRequest) -> Result<Served, 
             target,
             depth,
             attempts,
-        } => Ok(Served {
-            answer: match answer {
-                UpstreamAnswer::Complete(response) => Answer::Complete(response),
-                UpstreamAnswer::Stream(events) => Answer::Stream(events),
-            },
-            tag: provider_tag(&target, depth, attempts),
-        }),
+        } => {
+            let tag = provider_tag(&target, depth, attempts);
+            let answer = match (answer, &gateway.cache, pending) {
+                (UpstreamAnswer::Complete(response), Some(cache), Some(pending)) => {
+                    cache.store_answer(pending, &response, depth > 0, &tag.served_by);
+                    Answer::Complete(response)
+                }
+                (UpstreamAnswer::Stream(events), Some(cache), Some(pending)) => Answer::Stream(
+                    cache.store_stream(pending, events, depth > 0, tag.served_by.clone()),
+                ),
+                (UpstreamAnswer::Complete(response), _, _) => Answer::Complete(response),
+                (UpstreamAnswer::Stream(events), _, _) => Answer::Stream(events),
+            };
+            Ok(Served { answer, tag })
+        }
         ChainOutcome::Refused {
             status,
             body,
@@ -124,10 +155,44 @@ pub async fn answer(gateway: &Gateway, request: &ChatRequest) -> Result<Served, 
             answer: Answer::Refused { status, body, kind },
             tag: provider_tag(&target, depth, attempts),
         }),
-        ChainOutcome::Exhausted { attempts } => Err(RequestError::AllTargetsFailed {
-            route: route.model.clone(),
+        // Stale-if-error: an expired answer beats no answer, but only now.
+        ChainOutcome::Exhausted { attempts } => match stale {
+            Some(stale) => Ok(cache_served(stale, request, true, attempts)),
+            None => Err(RequestError::AllTargetsFailed {
+                route: route.model.clone(),
+                attempts,
+            }),
+        },
+    }
+}
+
+/// A cache entry served in place of a provider: replayed as a stream when the client
+/// asked for one. A `stale` entry comes with the attempts that failed before it.
+fn cache_served(
+    hit: CacheHit,
+    request: &ChatRequest,
+    stale: bool,
+    attempts: Vec<AttemptRecord>,
+) -> Served {
+    let served_by = match (stale, hit.kind) {
+        (true, _) => "cache:stale",
+        (false, HitKind::Exact) => "cache:exact",
+        (false, HitKind::Semantic) => "cache:semantic",
+    };
+    let response = hit.response();
+    Served {
+        answer: if request.stream {
+            Answer::Stream(replay_as_stream(response))
+        } else {
+            Answer::Complete(response)
+        },
+        tag: RungTag {
+            rung: Rung::Cache,
+            served_by: served_by.to_string(),
+            fallback_depth: 0,
+            similarity: hit.similarity,
             attempts,
-        }),
+        },
     }
 }
 

@@ -16,6 +16,7 @@
 //! - [`mock`]: the fake provider behind `airbag mock-provider`.
 
 pub mod admin;
+pub mod cache;
 pub mod config;
 pub mod drill;
 pub mod error;

@@ -6,10 +6,11 @@
 //! This module records numbers; it decides nothing.
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+#[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
     /// Requests answered, by rung (`cache`, `provider`, `canned`, `none` for errors),
@@ -35,6 +36,21 @@ pub struct Metrics {
     pub quality_judgements: IntCounterVec,
     /// Rolling mean of the judge's scores per target.
     pub quality_score: GaugeVec,
+    /// Cache lookups by kind (`exact`, `semantic`) and result (`hit`, `miss`, `stale`,
+    /// `guarded`, `skipped`, `error`).
+    pub cache_lookups: IntCounterVec,
+    /// Cosine similarity of semantic hits.
+    pub cache_similarity: Histogram,
+    /// Time of one embedding model call (a batch).
+    pub cache_embedding_seconds: Histogram,
+    /// Questions per embedding model call.
+    pub cache_embedding_batch: Histogram,
+    /// Time of store calls by operation (`get`, `search`, `upsert`, `maintain`).
+    pub cache_store_seconds: HistogramVec,
+    /// Cache writes by outcome (`stored`, `skipped`, `dropped`, `error`).
+    pub cache_writes: IntCounterVec,
+    /// Entries in the store (refreshed by the maintenance task).
+    pub cache_entries: IntGauge,
 }
 
 impl Metrics {
@@ -132,6 +148,64 @@ impl Metrics {
         registry.register(Box::new(breaker_transitions.clone()))?;
         registry.register(Box::new(quality_judgements.clone()))?;
         registry.register(Box::new(quality_score.clone()))?;
+        let cache_lookups = IntCounterVec::new(
+            Opts::new(
+                "airbag_cache_lookups_total",
+                "Cache lookups by kind (exact, semantic) and result",
+            ),
+            &["kind", "result"],
+        )?;
+        let cache_similarity = Histogram::with_opts(
+            HistogramOpts::new(
+                "airbag_cache_similarity",
+                "Cosine similarity of semantic cache hits",
+            )
+            .buckets(vec![
+                0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98, 0.99, 1.0,
+            ]),
+        )?;
+        let cache_embedding_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "airbag_cache_embedding_seconds",
+                "Time of one embedding model call (one batch)",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
+        )?;
+        let cache_embedding_batch = Histogram::with_opts(
+            HistogramOpts::new(
+                "airbag_cache_embedding_batch_size",
+                "Questions embedded per model call",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+        )?;
+        let cache_store_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "airbag_cache_store_seconds",
+                "Time of cache store calls by operation",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0,
+                10.0, 60.0,
+            ]),
+            &["op"],
+        )?;
+        let cache_writes = IntCounterVec::new(
+            Opts::new("airbag_cache_writes_total", "Cache writes by outcome"),
+            &["outcome"],
+        )?;
+        let cache_entries = IntGauge::new(
+            "airbag_cache_entries",
+            "Entries in the cache store (refreshed by the maintenance task)",
+        )?;
+        registry.register(Box::new(cache_lookups.clone()))?;
+        registry.register(Box::new(cache_similarity.clone()))?;
+        registry.register(Box::new(cache_embedding_seconds.clone()))?;
+        registry.register(Box::new(cache_embedding_batch.clone()))?;
+        registry.register(Box::new(cache_store_seconds.clone()))?;
+        registry.register(Box::new(cache_writes.clone()))?;
+        registry.register(Box::new(cache_entries.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -145,6 +219,13 @@ impl Metrics {
             breaker_transitions,
             quality_judgements,
             quality_score,
+            cache_lookups,
+            cache_similarity,
+            cache_embedding_seconds,
+            cache_embedding_batch,
+            cache_store_seconds,
+            cache_writes,
+            cache_entries,
         })
     }
 

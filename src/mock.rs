@@ -650,6 +650,7 @@ fn reply_for(name: &str, request: &ChatRequest) -> ChatResponse {
         usage: Usage {
             input_tokens,
             output_tokens,
+            cached_input_tokens: 0,
         },
     }
 }
@@ -661,6 +662,7 @@ fn stream_chunks(protocol: Protocol, request: &ChatRequest, reply: &ChatResponse
         StreamEvent::Usage(Usage {
             input_tokens: reply.usage.input_tokens,
             output_tokens: 0,
+            cached_input_tokens: 0,
         }),
         StreamEvent::Start {
             id: reply.id.clone(),

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::cache::{Cache, CacheControls, CacheStartError};
 use crate::config::{Config, Env};
 use crate::error::RequestError;
 use crate::ladder::{self, Answer, RungTag, Served};
@@ -53,6 +54,10 @@ pub struct Gateway {
     pub(crate) admin_token: Option<String>,
     /// How long rung 2 may take to commit an answer (`server.request_timeout`).
     pub request_timeout: std::time::Duration,
+    /// Rung 1, unless `cache.enabled = false`.
+    pub cache: Option<Arc<Cache>>,
+    /// The longest TTL a client may ask for (`cache.max_ttl`).
+    max_cache_ttl: std::time::Duration,
 }
 
 /// A start-up problem outside the config file itself.
@@ -69,6 +74,8 @@ pub enum StartupError {
     },
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Cache(#[from] CacheStartError),
 }
 
 impl Gateway {
@@ -115,6 +122,8 @@ impl Gateway {
             clients,
             max_body: usize::try_from(config.server.max_body.0).unwrap_or(usize::MAX),
             request_timeout: config.server.request_timeout,
+            cache: None,
+            max_cache_ttl: config.cache.max_ttl,
             admin_token: config
                 .admin
                 .token
@@ -177,12 +186,28 @@ impl RunningGateway {
                 task.abort();
             }
         }
+        if let Some(cache) = &self.gateway.cache {
+            cache.shutdown().await;
+        }
     }
 }
 
 /// Bind both listeners and start serving. Binding to port 0 picks free ports (tests).
 pub async fn start(config: &Config, env: &Env) -> Result<RunningGateway, StartupError> {
-    let gateway = Arc::new(Gateway::from_config(config, env)?);
+    let mut gateway = Gateway::from_config(config, env)?;
+    if config.cache.enabled {
+        let thresholds = config
+            .routes
+            .iter()
+            .filter_map(|route| Some((route.model.clone(), route.semantic_threshold?)))
+            .collect();
+        gateway.cache = Some(Cache::start(&config.cache, thresholds, env, &gateway.metrics).await?);
+    } else {
+        tracing::warn!(
+            "the cache is off (cache.enabled = false): every request goes to the providers"
+        );
+    }
+    let gateway = Arc::new(gateway);
     let bind = |addr: SocketAddr, what: &'static str, key: &'static str| async move {
         TcpListener::bind(addr)
             .await
@@ -327,7 +352,8 @@ async fn serve_chat(
     protocol: Protocol,
     started: Instant,
 ) -> Result<Response, RequestError> {
-    let _tenant = gateway.tenant(headers)?;
+    let tenant = gateway.tenant(headers)?;
+    let controls = cache_controls(headers, gateway.max_cache_ttl)?;
     let body = read_body(body, headers, gateway.max_body).await?;
     let request = match protocol {
         Protocol::OpenAi => openai::parse_request(&body),
@@ -336,7 +362,7 @@ async fn serve_chat(
     .map_err(RequestError::InvalidBody)?;
     tracing::Span::current().record("model", request.model.as_str());
     let include_usage = request.include_usage;
-    let served = ladder::answer(gateway, &request).await?;
+    let served = ladder::answer(gateway, &request, &tenant, &controls).await?;
     Ok(render(
         gateway,
         served,
@@ -345,6 +371,58 @@ async fn serve_chat(
         include_usage,
         started,
     ))
+}
+
+/// What the request's headers ask of the cache: `Cache-Control: no-cache` / `no-store`,
+/// `x-airbag-cache-ttl` (seconds or "10m"; 0 means do not store; capped at
+/// `cache.max_ttl`), `x-airbag-cache-namespace` (a sub-partition of the tenant).
+fn cache_controls(
+    headers: &HeaderMap,
+    max_ttl: std::time::Duration,
+) -> Result<CacheControls, RequestError> {
+    let mut controls = CacheControls::default();
+    for value in headers.get_all(header::CACHE_CONTROL) {
+        let value = value.to_str().unwrap_or_default().to_ascii_lowercase();
+        for directive in value.split(',').map(str::trim) {
+            match directive {
+                "no-cache" => controls.lookup = false,
+                "no-store" => controls.store = false,
+                _ => {}
+            }
+        }
+    }
+    if let Some(value) = headers.get("x-airbag-cache-ttl") {
+        let text = value.to_str().unwrap_or_default().trim();
+        let ttl = text
+            .parse::<u64>()
+            .map(std::time::Duration::from_secs)
+            .or_else(|_| humantime::parse_duration(text))
+            .map_err(|_| RequestError::InvalidHeader {
+                header: "x-airbag-cache-ttl",
+                message: format!(
+                    "`{text}` is not a duration; send seconds (\"300\") or e.g. \"10m\""
+                ),
+            })?;
+        if ttl.is_zero() {
+            controls.store = false;
+        }
+        controls.ttl = Some(ttl.min(max_ttl));
+    }
+    if let Some(value) = headers.get("x-airbag-cache-namespace") {
+        let text = value.to_str().unwrap_or_default();
+        let valid = (1..=64).contains(&text.len())
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'));
+        if !valid {
+            return Err(RequestError::InvalidHeader {
+                header: "x-airbag-cache-namespace",
+                message: "use 1 to 64 characters of A-Z, a-z, 0-9, `.`, `_`, `-`, `:`".to_string(),
+            });
+        }
+        controls.namespace = text.to_string();
+    }
+    Ok(controls)
 }
 
 /// Read the body, refusing it as soon as it passes the limit.

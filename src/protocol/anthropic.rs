@@ -252,11 +252,20 @@ pub fn render_response(response: &ChatResponse) -> Value {
         "content": content_blocks(&response.content),
         "stop_reason": stop_reason_name(response.stop_reason),
         "stop_sequence": Value::Null,
-        "usage": {
-            "input_tokens": response.usage.input_tokens,
-            "output_tokens": response.usage.output_tokens,
-        },
+        "usage": usage_json(response.usage, response.usage.output_tokens),
     })
+}
+
+/// Anthropic counts cache reads apart from `input_tokens`.
+fn usage_json(usage: Usage, output_tokens: u64) -> Value {
+    let mut json = json!({
+        "input_tokens": usage.input_tokens.saturating_sub(usage.cached_input_tokens),
+        "output_tokens": output_tokens,
+    });
+    if usage.cached_input_tokens > 0 {
+        json["cache_read_input_tokens"] = json!(usage.cached_input_tokens);
+    }
+    json
 }
 
 /// An error body in Anthropic's shape. Anthropic has no `param`; the field at fault is
@@ -305,7 +314,7 @@ impl StreamWriter {
         let start = json!({"type": "message_start", "message": {
             "id": id, "type": "message", "role": "assistant", "model": self.model,
             "content": [], "stop_reason": Value::Null, "stop_sequence": Value::Null,
-            "usage": {"input_tokens": self.usage.input_tokens, "output_tokens": 0},
+            "usage": usage_json(self.usage, 0),
         }});
         out.push(sse::encode(Some("message_start"), &start.to_string()));
     }
@@ -373,7 +382,7 @@ impl StreamWriter {
         let stop_reason = self.stop_reason.unwrap_or(StopReason::EndTurn);
         let delta = json!({"type": "message_delta",
             "delta": {"stop_reason": stop_reason_name(stop_reason), "stop_sequence": Value::Null},
-            "usage": {"input_tokens": self.usage.input_tokens, "output_tokens": self.usage.output_tokens}});
+            "usage": usage_json(self.usage, self.usage.output_tokens)});
         out.push(sse::encode(Some("message_delta"), &delta.to_string()));
         out.push(sse::encode(
             Some("message_stop"),
@@ -550,6 +559,7 @@ pub fn parse_upstream_response(body: &[u8], model: &str) -> Result<ChatResponse,
         usage: Usage {
             input_tokens: usage.input_tokens,
             output_tokens: usage.output_tokens,
+            cached_input_tokens: 0,
         },
     })
 }
@@ -596,6 +606,7 @@ impl StreamParser {
                 events.push(StreamEvent::Usage(Usage {
                     input_tokens: self.input_tokens,
                     output_tokens: 0,
+                    cached_input_tokens: 0,
                 }));
                 events.push(StreamEvent::Start {
                     id: message["id"].as_str().unwrap_or_default().to_string(),
@@ -651,6 +662,7 @@ impl StreamParser {
                 events.push(StreamEvent::Usage(Usage {
                     input_tokens: usage["input_tokens"].as_u64().unwrap_or(self.input_tokens),
                     output_tokens: usage["output_tokens"].as_u64().unwrap_or(0),
+                    cached_input_tokens: 0,
                 }));
             }
             "content_block_stop" => {

@@ -164,8 +164,13 @@ pub enum StopReason {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// Every input token of the request, cached ones included.
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// How many of `input_tokens` no provider processed for this answer: all of them
+    /// when airbag's cache served it. Rendered as OpenAI's
+    /// `prompt_tokens_details.cached_tokens` and Anthropic's `cache_read_input_tokens`.
+    pub cached_input_tokens: u64,
 }
 
 /// One step of a streamed answer, in the order a client must see them.
@@ -362,10 +367,15 @@ pub fn parse_json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T,
 /// came from a live stream (cache hits, canned answers) can be sent to a streaming
 /// client as a well-formed SSE stream in either protocol.
 pub fn replay_as_stream(response: ChatResponse) -> EventStream {
-    let mut events = vec![StreamEvent::Start {
-        id: response.id,
-        model: response.model,
-    }];
+    // Usage right after the start: writers hold it until they need it, and an Anthropic
+    // writer opens `message_start` with the input count.
+    let mut events = vec![
+        StreamEvent::Start {
+            id: response.id,
+            model: response.model,
+        },
+        StreamEvent::Usage(response.usage),
+    ];
     let mut tool_index = 0;
     for part in response.content {
         match part {
@@ -389,6 +399,5 @@ pub fn replay_as_stream(response: ChatResponse) -> EventStream {
     events.push(StreamEvent::Finish {
         stop_reason: response.stop_reason,
     });
-    events.push(StreamEvent::Usage(response.usage));
     Box::pin(futures_util::stream::iter(events.into_iter().map(Ok)))
 }

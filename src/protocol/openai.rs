@@ -296,11 +296,15 @@ pub fn finish_reason(reason: StopReason) -> &'static str {
 }
 
 fn usage_json(usage: Usage) -> Value {
-    json!({
+    let mut json = json!({
         "prompt_tokens": usage.input_tokens,
         "completion_tokens": usage.output_tokens,
         "total_tokens": usage.input_tokens + usage.output_tokens,
-    })
+    });
+    if usage.cached_input_tokens > 0 {
+        json["prompt_tokens_details"] = json!({"cached_tokens": usage.cached_input_tokens});
+    }
+    json
 }
 
 /// A `chat.completion` body.
@@ -600,6 +604,7 @@ impl From<UpstreamUsage> for Usage {
         Usage {
             input_tokens: usage.prompt_tokens,
             output_tokens: usage.completion_tokens,
+            cached_input_tokens: 0,
         }
     }
 }

@@ -72,8 +72,22 @@ pub async fn mock_with(name: &str, options: MockOptions, rules: Vec<FaultRule>) 
     .expect("mock provider starts")
 }
 
+/// A `[cache]` section with its store in `store` and the model `make model` fetched.
+/// `cache` adds keys to `[cache]`, `semantic` to `[cache.semantic]`.
+pub fn cache_section(store: &Path, cache: &str, semantic: &str) -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    format!(
+        "[cache]\nmaintenance_interval = \"200ms\"\n{cache}\n\
+         [cache.semantic]\nmodel_dir = \"{root}/.cache/model/all-minilm-l6-v2\"\n\
+         onnxruntime = \"{root}/.cache/model/onnxruntime/libonnxruntime.so\"\n{semantic}\n\
+         [cache.store]\npath = \"{}\"\n",
+        store.display()
+    )
+}
+
 /// The config with both listeners on free loopback ports: a `[server]` or `[admin]`
-/// section the test wrote keeps its other keys.
+/// section the test wrote keeps its other keys. Without a `[cache]` section the cache is
+/// off, so tests of other rungs see every request reach the providers.
 fn with_loopback_listeners(config: &str) -> String {
     let mut text = config.to_string();
     for section in ["[server]\n", "[admin]\n"] {
@@ -83,6 +97,9 @@ fn with_loopback_listeners(config: &str) -> String {
         } else {
             format!("{with_listen}{text}")
         };
+    }
+    if !text.contains("[cache]") {
+        text.push_str("\n[cache]\nenabled = false\n");
     }
     text
 }

@@ -1,0 +1,264 @@
+//! The `[cache]` section of the config file: TTLs, the semantic cache and its model,
+//! and the store behind the in-memory layer. Types and their checks only.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::{ByteSize, Secret};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Rung 1 on or off. Off, requests go straight to the providers and nothing is stored.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How long an answer from a route's primary target is served.
+    #[serde(default = "default_ttl", with = "humantime_serde")]
+    pub ttl: Duration,
+    /// How long an answer from a fallback target is served: it is usually a cheaper
+    /// model's, so it should make way for the primary's answer soon.
+    #[serde(default = "default_fallback_ttl", with = "humantime_serde")]
+    pub fallback_ttl: Duration,
+    /// How long past its TTL an entry is kept to be served when every target failed.
+    #[serde(default = "default_stale_if_error", with = "humantime_serde")]
+    pub stale_if_error: Duration,
+    /// The longest TTL a client may ask for with `x-airbag-cache-ttl`.
+    #[serde(default = "default_max_ttl", with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// Memory for the in-process layer (moka) in front of the store.
+    #[serde(default = "default_memory")]
+    pub memory: ByteSize,
+    /// Answers larger than this are not stored.
+    #[serde(default = "default_max_entry")]
+    pub max_entry: ByteSize,
+    /// How often expired entries are deleted from the store and its index optimised.
+    #[serde(default = "default_maintenance_interval", with = "humantime_serde")]
+    pub maintenance_interval: Duration,
+    #[serde(default)]
+    pub semantic: SemanticConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            ttl: default_ttl(),
+            fallback_ttl: default_fallback_ttl(),
+            stale_if_error: default_stale_if_error(),
+            max_ttl: default_max_ttl(),
+            memory: default_memory(),
+            max_entry: default_max_entry(),
+            maintenance_interval: default_maintenance_interval(),
+            semantic: SemanticConfig::default(),
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SemanticConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Cosine similarity a stored question must reach to answer a new one; a route can
+    /// set its own with `routes[].semantic_threshold`.
+    #[serde(default = "default_threshold")]
+    pub threshold: f32,
+    /// Requests with a higher temperature skip the semantic lookup: the caller asked for
+    /// variety, not for the answer to a similar question.
+    #[serde(default = "default_max_temperature")]
+    pub max_temperature: f64,
+    /// Requests that offer tools skip the semantic lookup: a tool call answers this exact
+    /// conversation, not a reworded one.
+    #[serde(default = "default_true")]
+    pub skip_tools: bool,
+    /// Refuse a semantic hit when the two questions differ in a number, a negation or a
+    /// name, whatever their similarity ("refund order 1234" is not "refund order 1235").
+    #[serde(default = "default_true")]
+    pub guard: bool,
+    /// The folder `make model` fills: model.onnx and the tokenizer files.
+    #[serde(default = "default_model_dir")]
+    pub model_dir: PathBuf,
+    /// The ONNX Runtime shared library `make model` fetches.
+    #[serde(default = "default_onnxruntime")]
+    pub onnxruntime: PathBuf,
+    /// Most questions embedded in one model call; concurrent requests share a call.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+}
+
+impl Default for SemanticConfig {
+    fn default() -> Self {
+        SemanticConfig {
+            enabled: true,
+            threshold: default_threshold(),
+            max_temperature: default_max_temperature(),
+            skip_tools: true,
+            guard: true,
+            model_dir: default_model_dir(),
+            onnxruntime: default_onnxruntime(),
+            max_batch: default_max_batch(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// qdrant-edge in this process, on disk under `path`.
+    Embedded,
+    /// A Qdrant server or cluster at `url`, shared by several airbag replicas.
+    Qdrant,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    #[serde(default = "default_store_kind")]
+    pub kind: StoreKind,
+    /// Folder of the embedded store.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+    /// gRPC address of the Qdrant server (`http://127.0.0.1:6334`).
+    pub url: Option<String>,
+    /// Collection in the Qdrant server; created at start-up when missing.
+    #[serde(default = "default_collection")]
+    pub collection: String,
+    pub api_key: Option<Secret>,
+    /// Deadline of one call to the Qdrant server; a slow store must not hold requests.
+    #[serde(default = "default_store_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: default_store_kind(),
+            path: default_store_path(),
+            url: None,
+            collection: default_collection(),
+            api_key: None,
+            timeout: default_store_timeout(),
+        }
+    }
+}
+
+impl CacheConfig {
+    /// Every problem in the section, each with its path and the fix.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (field, value) in [
+            ("ttl", self.ttl),
+            ("fallback_ttl", self.fallback_ttl),
+            ("max_ttl", self.max_ttl),
+            ("maintenance_interval", self.maintenance_interval),
+        ] {
+            if value.is_zero() {
+                problems.push(format!(
+                    "cache.{field}: must be longer than 0; write e.g. \"10m\""
+                ));
+            }
+        }
+        if self.memory.0 == 0 {
+            problems.push("cache.memory: must be more than 0; write e.g. \"64MiB\"".to_string());
+        }
+        problems.extend(threshold_problem(
+            "cache.semantic.threshold",
+            self.semantic.threshold,
+        ));
+        if self.semantic.max_batch == 0 || self.semantic.max_batch > 1024 {
+            problems.push("cache.semantic.max_batch: use 1 to 1024".to_string());
+        }
+        match self.store.kind {
+            StoreKind::Embedded => {
+                if self.store.url.is_some() {
+                    problems.push(
+                        "cache.store.url: only a `qdrant` store has a url; set kind = \"qdrant\" or remove url"
+                            .to_string(),
+                    );
+                }
+            }
+            StoreKind::Qdrant => match &self.store.url {
+                None => problems.push(
+                    "cache.store.url: a `qdrant` store needs the server's gRPC address, e.g. \"http://127.0.0.1:6334\""
+                        .to_string(),
+                ),
+                Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                    problems.push(format!(
+                        "cache.store.url: `{url}` must start with http:// or https://"
+                    ))
+                }
+                Some(_) => {}
+            },
+        }
+        if self.store.collection.trim().is_empty() {
+            problems.push("cache.store.collection: is empty; name the collection".to_string());
+        }
+        problems
+    }
+}
+
+/// A similarity threshold must be a cosine a hit can reach and not a trivial one.
+pub fn threshold_problem(path: &str, threshold: f32) -> Option<String> {
+    (!(0.5..=1.0).contains(&threshold)).then(|| {
+        format!(
+            "{path}: {threshold} is outside 0.5..=1.0; a cosine below 0.5 matches unrelated questions (0.90 is a careful start)"
+        )
+    })
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_ttl() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_fallback_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_stale_if_error() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_max_ttl() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_memory() -> ByteSize {
+    ByteSize(64 << 20)
+}
+fn default_max_entry() -> ByteSize {
+    ByteSize(1 << 20)
+}
+fn default_maintenance_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_threshold() -> f32 {
+    0.90
+}
+fn default_max_temperature() -> f64 {
+    1.0
+}
+fn default_model_dir() -> PathBuf {
+    PathBuf::from(".cache/model/all-minilm-l6-v2")
+}
+fn default_onnxruntime() -> PathBuf {
+    PathBuf::from(".cache/model/onnxruntime/libonnxruntime.so")
+}
+fn default_max_batch() -> usize {
+    32
+}
+fn default_store_kind() -> StoreKind {
+    StoreKind::Embedded
+}
+fn default_store_path() -> PathBuf {
+    PathBuf::from("data/cache")
+}
+fn default_collection() -> String {
+    "airbag_cache".to_string()
+}
+fn default_store_timeout() -> Duration {
+    Duration::from_secs(2)
+}

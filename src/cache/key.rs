@@ -1,0 +1,285 @@
+//! Cache keys: the exact key and the semantic cache's context digest.
+//!
+//! Both are blake3 over a canonical encoding: every value is written with a tag and a
+//! length, JSON objects with their keys sorted, so neither the field order of the body
+//! nor the spelling of the protocol changes a key. [`ChatRequest`] is destructured
+//! field by field: a new field is a compile error here until someone decides whether it
+//! changes the answer (then it is hashed) or not (then it is named and ignored).
+
+use serde_json::Value;
+
+use crate::protocol::{
+    ChatRequest, Image, Message, OutputParams, Part, Role, Tool, ToolChoice, last_user_text,
+};
+
+/// Whose entry it is: a tenant (from the client key) and an optional namespace within it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Scope {
+    pub tenant: String,
+    pub namespace: String,
+}
+
+/// The two digests of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CacheKeys {
+    /// Everything that changes the answer: a hit is this exact question in this context.
+    pub exact: [u8; 32],
+    /// Everything but the wording of the last user message: only entries with the same
+    /// context digest may answer a reworded question.
+    pub context: [u8; 32],
+}
+
+impl CacheKeys {
+    pub fn exact_hex(&self) -> String {
+        hex(&self.exact)
+    }
+    pub fn context_hex(&self) -> String {
+        hex(&self.context)
+    }
+    /// The store's point id: the first 8 bytes of the exact key. A collision is harmless:
+    /// a stored entry is only served when its full exact key matches.
+    pub fn point_id(&self) -> u64 {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&self.exact[..8]);
+        u64::from_le_bytes(first)
+    }
+}
+
+pub fn hex(bytes: &[u8; 32]) -> String {
+    blake3::Hash::from_bytes(*bytes).to_hex().to_string()
+}
+
+/// Both keys of a request within a scope.
+pub fn keys(scope: &Scope, request: &ChatRequest) -> CacheKeys {
+    let ChatRequest {
+        model,
+        system,
+        messages,
+        tools,
+        tool_choice,
+        params,
+        // How the answer is delivered, not what it says.
+        stream: _,
+        include_usage: _,
+    } = request;
+    let mut exact = Canon::new("airbag.exact.v1");
+    let mut context = Canon::new("airbag.context.v1");
+    for canon in [&mut exact, &mut context] {
+        canon.str("tenant", &scope.tenant);
+        canon.str("namespace", &scope.namespace);
+        canon.str("model", model);
+        canon.opt_str("system", system.as_deref());
+        canon.tools(tools);
+        canon.tool_choice(tool_choice.as_ref());
+        canon.params(params);
+    }
+    exact.messages(messages);
+    // The context is every message but the text of the last user message; its other
+    // parts (an image, say) stay in, so a question about another image is another context.
+    let last_user = messages
+        .iter()
+        .rposition(|message| message.role == Role::User);
+    for (index, message) in messages.iter().enumerate() {
+        if Some(index) == last_user {
+            context.tag("last-user-non-text");
+            for part in &message.content {
+                if !matches!(part, Part::Text(_)) {
+                    context.part(part);
+                }
+            }
+        } else {
+            context.message(message);
+        }
+    }
+    CacheKeys {
+        exact: exact.finish(),
+        context: context.finish(),
+    }
+}
+
+/// The text the semantic cache embeds: the last user message.
+pub fn question(request: &ChatRequest) -> String {
+    last_user_text(&request.messages)
+}
+
+/// A hasher that writes each value with a tag and its length, so no two different
+/// requests encode to the same bytes.
+struct Canon(blake3::Hasher);
+
+impl Canon {
+    fn new(domain: &str) -> Canon {
+        let mut canon = Canon(blake3::Hasher::new());
+        canon.tag(domain);
+        canon
+    }
+
+    fn finish(self) -> [u8; 32] {
+        *self.0.finalize().as_bytes()
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.0.update(&(bytes.len() as u64).to_le_bytes());
+        self.0.update(bytes);
+    }
+
+    fn tag(&mut self, tag: &str) {
+        self.bytes(tag.as_bytes());
+    }
+
+    fn str(&mut self, tag: &str, value: &str) {
+        self.tag(tag);
+        self.bytes(value.as_bytes());
+    }
+
+    fn opt_str(&mut self, tag: &str, value: Option<&str>) {
+        match value {
+            Some(value) => self.str(tag, value),
+            None => self.tag(&format!("{tag}:none")),
+        }
+    }
+
+    fn u64(&mut self, tag: &str, value: u64) {
+        self.tag(tag);
+        self.0.update(&value.to_le_bytes());
+    }
+
+    fn opt_f64(&mut self, tag: &str, value: Option<f64>) {
+        match value {
+            Some(value) => self.u64(tag, value.to_bits()),
+            None => self.tag(&format!("{tag}:none")),
+        }
+    }
+
+    fn params(&mut self, params: &OutputParams) {
+        let OutputParams {
+            temperature,
+            top_p,
+            max_tokens,
+            stop,
+            seed,
+            response_format,
+        } = params;
+        self.opt_f64("temperature", *temperature);
+        self.opt_f64("top_p", *top_p);
+        match max_tokens {
+            Some(max) => self.u64("max_tokens", u64::from(*max)),
+            None => self.tag("max_tokens:none"),
+        }
+        self.u64("stop", stop.len() as u64);
+        for sequence in stop {
+            self.str("stop-sequence", sequence);
+        }
+        match seed {
+            Some(seed) => self.u64("seed", *seed as u64),
+            None => self.tag("seed:none"),
+        }
+        match response_format {
+            Some(format) => {
+                self.tag("response_format");
+                self.json(format);
+            }
+            None => self.tag("response_format:none"),
+        }
+    }
+
+    fn tools(&mut self, tools: &[Tool]) {
+        self.u64("tools", tools.len() as u64);
+        for Tool {
+            name,
+            description,
+            parameters,
+        } in tools
+        {
+            self.str("tool-name", name);
+            self.opt_str("tool-description", description.as_deref());
+            self.json(parameters);
+        }
+    }
+
+    fn tool_choice(&mut self, choice: Option<&ToolChoice>) {
+        match choice {
+            None => self.tag("tool_choice:none"),
+            Some(ToolChoice::Auto) => self.tag("tool_choice:auto"),
+            Some(ToolChoice::None) => self.tag("tool_choice:no-tools"),
+            Some(ToolChoice::Required) => self.tag("tool_choice:required"),
+            Some(ToolChoice::Tool(name)) => self.str("tool_choice:tool", name),
+        }
+    }
+
+    fn messages(&mut self, messages: &[Message]) {
+        self.u64("messages", messages.len() as u64);
+        for message in messages {
+            self.message(message);
+        }
+    }
+
+    fn message(&mut self, message: &Message) {
+        let Message { role, content } = message;
+        self.tag(match role {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        });
+        self.u64("parts", content.len() as u64);
+        for part in content {
+            self.part(part);
+        }
+    }
+
+    fn part(&mut self, part: &Part) {
+        match part {
+            Part::Text(text) => self.str("text", text),
+            Part::Image(Image::Url(url)) => self.str("image-url", url),
+            Part::Image(Image::Base64 { media_type, data }) => {
+                self.str("image-media-type", media_type);
+                self.str("image-data", data);
+            }
+            Part::ToolCall(call) => {
+                // Ids are minted per call by the provider; the call itself is name and
+                // arguments. Arguments are JSON text: canonicalise when they parse.
+                self.str("tool-call", &call.name);
+                self.json_text(&call.arguments);
+                self.str("tool-call-id", &call.id);
+            }
+            Part::ToolResult(result) => {
+                self.str("tool-result", &result.tool_call_id);
+                self.str("tool-result-content", &result.content);
+                self.u64("tool-result-error", u64::from(result.is_error));
+            }
+        }
+    }
+
+    fn json_text(&mut self, text: &str) {
+        match serde_json::from_str::<Value>(text) {
+            Ok(value) => {
+                self.tag("json");
+                self.json(&value);
+            }
+            Err(_) => self.str("raw", text),
+        }
+    }
+
+    /// JSON with object keys sorted, whatever order they arrived in.
+    fn json(&mut self, value: &Value) {
+        match value {
+            Value::Null => self.tag("null"),
+            Value::Bool(flag) => self.u64("bool", u64::from(*flag)),
+            Value::Number(number) => self.str("number", &number.to_string()),
+            Value::String(text) => self.str("string", text),
+            Value::Array(items) => {
+                self.u64("array", items.len() as u64);
+                for item in items {
+                    self.json(item);
+                }
+            }
+            Value::Object(map) => {
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                self.u64("object", entries.len() as u64);
+                for (key, item) in entries {
+                    self.str("key", key);
+                    self.json(item);
+                }
+            }
+        }
+    }
+}

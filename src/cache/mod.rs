@@ -1,0 +1,808 @@
+//! Rung 1: the cache. An exact lookup (blake3 key → in-memory layer → store), then a
+//! semantic one (embed the last user message → nearest stored question in the same
+//! context partition, checked by the hard-negative guard), and the stale entries kept
+//! for stale-if-error.
+//!
+//! The cache answers lookups and takes writes; the ladder decides when each happens
+//! (lookups before the providers, stale entries only after every target failed, writes
+//! only for complete answers from a provider). Writes and the store's housekeeping run
+//! in background tasks the cache owns; a store or model error is a miss, never a failed
+//! request.
+
+pub mod config;
+pub mod embedder;
+pub mod entry;
+pub mod guard;
+pub mod key;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+pub use config::{CacheConfig, SemanticConfig, StoreKind};
+use embedder::{DIMENSIONS, Embedder, ModelError};
+use entry::{StoredAnswer, StoredEntry};
+pub use key::{CacheKeys, Scope};
+use store::{Purge, SemanticQuery, StoredPoint, VectorStore, placeholder_vector};
+
+use crate::config::Env;
+use crate::metrics::Metrics;
+use crate::protocol::{
+    ChatRequest, ChatResponse, EventStream, Part, StopReason, StreamEvent, ToolCall, Usage,
+    unix_now,
+};
+
+/// Pending writes beyond this are dropped (and counted): a slow store must not grow
+/// memory without bound.
+const WRITE_QUEUE: usize = 4_096;
+/// Candidates a semantic search returns; the guard may refuse the nearest ones.
+const SEMANTIC_CANDIDATES: usize = 4;
+
+/// A start-up problem with the cache: the model, or the store.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheStartError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Embedded(#[from] store::edge::OpenError),
+    #[error(transparent)]
+    Qdrant(#[from] store::qdrant::ConnectError),
+}
+
+/// What a request asked of the cache with its headers.
+#[derive(Debug, Clone)]
+pub struct CacheControls {
+    /// `Cache-Control: no-cache`: do not answer from the cache.
+    pub lookup: bool,
+    /// `Cache-Control: no-store` (or a TTL of 0): do not keep this answer.
+    pub store: bool,
+    /// `x-airbag-cache-ttl`, already capped at `cache.max_ttl`.
+    pub ttl: Option<Duration>,
+    /// `x-airbag-cache-namespace`; empty for the tenant's default namespace.
+    pub namespace: String,
+}
+
+impl Default for CacheControls {
+    fn default() -> Self {
+        CacheControls {
+            lookup: true,
+            store: true,
+            ttl: None,
+            namespace: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HitKind {
+    Exact,
+    Semantic,
+}
+
+/// A stored answer that can serve this request.
+#[derive(Debug, Clone)]
+pub struct CacheHit {
+    pub entry: Arc<StoredEntry>,
+    pub kind: HitKind,
+    /// Cosine of the two questions, for semantic hits.
+    pub similarity: Option<f32>,
+}
+
+impl CacheHit {
+    pub fn response(&self) -> ChatResponse {
+        self.entry.answer.to_response()
+    }
+}
+
+/// What the cache knows about a request after its lookup.
+#[derive(Default)]
+pub struct Lookup {
+    /// A fresh entry: serve it.
+    pub hit: Option<CacheHit>,
+    /// An entry past its TTL but within `stale_if_error`: serve it only if every
+    /// target fails.
+    pub stale: Option<CacheHit>,
+    /// How to store the providers' answer, when it may be stored.
+    pub pending: Option<PendingEntry>,
+}
+
+/// Everything needed to store the answer to a request, computed during its lookup (the
+/// question's vector included, so it is embedded once).
+#[derive(Debug, Clone)]
+pub struct PendingEntry {
+    keys: CacheKeys,
+    scope: Scope,
+    route: String,
+    question: String,
+    /// Whether the entry may answer reworded questions.
+    semantic: bool,
+    vector: Option<Vec<f32>>,
+    ttl: Option<Duration>,
+}
+
+struct WriteJob {
+    pending: PendingEntry,
+    entry: Arc<StoredEntry>,
+}
+
+/// Rung 1, shared by every request of a gateway.
+pub struct Cache {
+    config: CacheConfig,
+    memory: moka::sync::Cache<[u8; 32], Arc<StoredEntry>>,
+    store: Arc<dyn VectorStore>,
+    embedder: Option<Embedder>,
+    writes: mpsc::Sender<WriteJob>,
+    metrics: Metrics,
+    /// Semantic thresholds of routes that set their own (`routes[].semantic_threshold`).
+    route_thresholds: HashMap<String, f32>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    stop: watch::Sender<bool>,
+}
+
+/// Expire in-memory entries when they stop being servable even as stale.
+struct UntilStale;
+
+impl moka::Expiry<[u8; 32], Arc<StoredEntry>> for UntilStale {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        entry: &Arc<StoredEntry>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(Duration::from_secs(
+            entry.stale_until.saturating_sub(unix_now()),
+        ))
+    }
+}
+
+impl Cache {
+    /// Load the model (when the semantic cache is on), open the store, and start the
+    /// writer and maintenance tasks.
+    pub async fn start(
+        config: &CacheConfig,
+        route_thresholds: HashMap<String, f32>,
+        env: &Env,
+        metrics: &Metrics,
+    ) -> Result<Arc<Cache>, CacheStartError> {
+        let embedder = if config.semantic.enabled {
+            let semantic = config.semantic.clone();
+            let batch_seconds = metrics.cache_embedding_seconds.clone();
+            let batch_sizes = metrics.cache_embedding_batch.clone();
+            let embedder = tokio::task::spawn_blocking(move || {
+                Embedder::load(
+                    &semantic.model_dir,
+                    &semantic.onnxruntime,
+                    semantic.max_batch,
+                    move |count, elapsed| {
+                        batch_seconds.observe(elapsed.as_secs_f64());
+                        batch_sizes.observe(count as f64);
+                    },
+                )
+            })
+            .await
+            .map_err(|error| ModelError::Model {
+                path: config.semantic.model_dir.clone(),
+                message: error.to_string(),
+            })??;
+            Some(embedder)
+        } else {
+            None
+        };
+        let store: Arc<dyn VectorStore> = match config.store.kind {
+            StoreKind::Embedded => {
+                let path = config.store.path.clone();
+                let opened = tokio::task::spawn_blocking(move || {
+                    store::edge::EdgeStore::open(&path, DIMENSIONS)
+                })
+                .await
+                .map_err(|error| store::edge::OpenError {
+                    path: config.store.path.clone(),
+                    message: error.to_string(),
+                })??;
+                Arc::new(opened)
+            }
+            StoreKind::Qdrant => {
+                let url = config.store.url.clone().unwrap_or_default();
+                let api_key = config
+                    .store
+                    .api_key
+                    .as_ref()
+                    .and_then(|key| key.resolve(env));
+                Arc::new(
+                    store::qdrant::QdrantStore::connect(
+                        &url,
+                        api_key,
+                        &config.store.collection,
+                        DIMENSIONS,
+                        config.store.timeout,
+                    )
+                    .await?,
+                )
+            }
+        };
+        let memory = moka::sync::Cache::builder()
+            .max_capacity(config.memory.0)
+            .weigher(|_key: &[u8; 32], entry: &Arc<StoredEntry>| entry.weight())
+            .expire_after(UntilStale)
+            .build();
+        let (writes, queue) = mpsc::channel(WRITE_QUEUE);
+        let (stop, stopped) = watch::channel(false);
+        let cache = Arc::new(Cache {
+            config: config.clone(),
+            memory,
+            store,
+            embedder,
+            writes,
+            metrics: metrics.clone(),
+            route_thresholds,
+            tasks: Mutex::new(Vec::new()),
+            stop,
+        });
+        let writer = tokio::spawn(write_loop(cache.clone(), queue, stopped.clone()));
+        let maintenance = tokio::spawn(maintenance_loop(cache.clone(), stopped));
+        if let Ok(mut tasks) = cache.tasks.lock() {
+            tasks.extend([writer, maintenance]);
+        }
+        Ok(cache)
+    }
+
+    /// The embedding model, when the semantic cache is on (canned examples use it too).
+    pub fn embedder(&self) -> Option<&Embedder> {
+        self.embedder.as_ref()
+    }
+
+    pub fn store_kind(&self) -> &'static str {
+        self.store.kind()
+    }
+
+    /// Look the request up: exact first, then semantic. Also prepares its write.
+    pub async fn lookup(
+        &self,
+        request: &ChatRequest,
+        tenant: &str,
+        controls: &CacheControls,
+    ) -> Lookup {
+        let scope = Scope {
+            tenant: tenant.to_string(),
+            namespace: controls.namespace.clone(),
+        };
+        let keys = key::keys(&scope, request);
+        let question = key::question(request);
+        let semantic = self.semantic_eligible(request, &question);
+        let mut lookup = Lookup::default();
+        let now = unix_now();
+        if controls.lookup {
+            match self.exact(&keys, &scope).await {
+                Ok(Some(entry)) if now < entry.fresh_until => {
+                    self.count("exact", "hit");
+                    lookup.hit = Some(CacheHit {
+                        entry,
+                        kind: HitKind::Exact,
+                        similarity: None,
+                    });
+                    return lookup;
+                }
+                Ok(Some(entry)) => {
+                    self.count("exact", "stale");
+                    lookup.stale = Some(CacheHit {
+                        entry,
+                        kind: HitKind::Exact,
+                        similarity: None,
+                    });
+                }
+                Ok(None) => self.count("exact", "miss"),
+                Err(error) => {
+                    self.count("exact", "error");
+                    tracing::warn!("cache exact lookup failed: {error}");
+                }
+            }
+        }
+        let mut vector = None;
+        if semantic && let Some(embedder) = &self.embedder {
+            match embedder.embed_one(&question).await {
+                Ok(embedded) => vector = Some(embedded),
+                Err(error) => tracing::warn!("cache: {error}"),
+            }
+        }
+        if controls.lookup {
+            match &vector {
+                Some(vector) => {
+                    let threshold = self
+                        .route_thresholds
+                        .get(&request.model)
+                        .copied()
+                        .unwrap_or(self.config.semantic.threshold);
+                    let (hit, stale) = self
+                        .semantic(&keys, &scope, &question, vector.clone(), threshold)
+                        .await;
+                    if hit.is_some() {
+                        lookup.hit = hit;
+                        return lookup;
+                    }
+                    if lookup.stale.is_none() {
+                        lookup.stale = stale;
+                    }
+                }
+                None => self.count("semantic", "skipped"),
+            }
+        }
+        if controls.store {
+            lookup.pending = Some(PendingEntry {
+                keys,
+                scope,
+                route: request.model.clone(),
+                question,
+                semantic: vector.is_some(),
+                vector,
+                ttl: controls.ttl,
+            });
+        }
+        lookup
+    }
+
+    fn semantic_eligible(&self, request: &ChatRequest, question: &str) -> bool {
+        let semantic = &self.config.semantic;
+        self.embedder.is_some()
+            && !question.trim().is_empty()
+            && (request.tools.is_empty() || !semantic.skip_tools)
+            && request
+                .params
+                .temperature
+                .is_none_or(|temperature| temperature <= semantic.max_temperature)
+    }
+
+    async fn exact(
+        &self,
+        keys: &CacheKeys,
+        scope: &Scope,
+    ) -> Result<Option<Arc<StoredEntry>>, store::StoreError> {
+        if let Some(entry) = self.memory.get(&keys.exact) {
+            return Ok(Some(entry));
+        }
+        let started = Instant::now();
+        let stored = self.store.get(keys.point_id()).await;
+        self.observe_store("get", started);
+        let Some(entry) = stored? else {
+            return Ok(None);
+        };
+        // The point id is a prefix of the key: serve only a full match, of this tenant.
+        if entry.key != keys.exact_hex() || entry.tenant != scope.tenant {
+            return Ok(None);
+        }
+        if entry.stale_until <= unix_now() {
+            return Ok(None);
+        }
+        let entry = Arc::new(entry);
+        self.memory.insert(keys.exact, entry.clone());
+        Ok(Some(entry))
+    }
+
+    /// The best fresh and the best stale entry among the nearest stored questions.
+    async fn semantic(
+        &self,
+        keys: &CacheKeys,
+        scope: &Scope,
+        question: &str,
+        vector: Vec<f32>,
+        threshold: f32,
+    ) -> (Option<CacheHit>, Option<CacheHit>) {
+        let now = unix_now();
+        let started = Instant::now();
+        let found = self
+            .store
+            .search(SemanticQuery {
+                tenant: scope.tenant.clone(),
+                context: keys.context_hex(),
+                vector,
+                threshold,
+                limit: SEMANTIC_CANDIDATES,
+                now,
+            })
+            .await;
+        self.observe_store("search", started);
+        let candidates = match found {
+            Ok(candidates) => candidates,
+            Err(error) => {
+                self.count("semantic", "error");
+                tracing::warn!("cache semantic lookup failed: {error}");
+                return (None, None);
+            }
+        };
+        let mut guarded = false;
+        let mut stale = None;
+        for (similarity, entry) in candidates {
+            // The store filtered on these already; checked again because serving another
+            // tenant's answer is the one mistake a cache must never make.
+            if entry.tenant != scope.tenant || entry.context != keys.context_hex() {
+                continue;
+            }
+            if self.config.semantic.guard && !guard::compatible(question, &entry.question) {
+                guarded = true;
+                continue;
+            }
+            let hit = CacheHit {
+                entry: Arc::new(entry),
+                kind: HitKind::Semantic,
+                similarity: Some(similarity),
+            };
+            if now < hit.entry.fresh_until {
+                self.count("semantic", "hit");
+                self.metrics.cache_similarity.observe(f64::from(similarity));
+                return (Some(hit), stale);
+            }
+            if stale.is_none() {
+                stale = Some(hit);
+            }
+        }
+        let result = match (&stale, guarded) {
+            (Some(_), _) => "stale",
+            (None, true) => "guarded",
+            (None, false) => "miss",
+        };
+        self.count("semantic", result);
+        (None, stale)
+    }
+
+    /// Keep a provider's complete answer. `fallback` answers get `fallback_ttl`. Returns
+    /// at once: the in-memory layer has the entry now, the store gets it in the
+    /// background.
+    pub fn store_answer(
+        &self,
+        pending: PendingEntry,
+        response: &ChatResponse,
+        fallback: bool,
+        served_by: &str,
+    ) {
+        let Some(answer) = StoredAnswer::from_response(response) else {
+            self.metrics
+                .cache_writes
+                .with_label_values(&["skipped"])
+                .inc();
+            return;
+        };
+        let configured = if fallback {
+            self.config.fallback_ttl
+        } else {
+            self.config.ttl
+        };
+        let ttl = match pending.ttl {
+            Some(asked) if fallback => asked.min(self.config.fallback_ttl),
+            Some(asked) => asked,
+            None => configured,
+        };
+        let now = unix_now();
+        let fresh_until = now + ttl.as_secs().max(1);
+        let entry = StoredEntry {
+            key: pending.keys.exact_hex(),
+            context: pending.keys.context_hex(),
+            tenant: pending.scope.tenant.clone(),
+            namespace: pending.scope.namespace.clone(),
+            route: pending.route.clone(),
+            semantic: pending.semantic,
+            question: pending.question.clone(),
+            answer,
+            served_by: served_by.to_string(),
+            created_at: now,
+            fresh_until,
+            stale_until: fresh_until + self.config.stale_if_error.as_secs(),
+        };
+        if u64::from(entry.weight()) > self.config.max_entry.0 {
+            self.metrics
+                .cache_writes
+                .with_label_values(&["skipped"])
+                .inc();
+            return;
+        }
+        let entry = Arc::new(entry);
+        self.memory.insert(pending.keys.exact, entry.clone());
+        if self.writes.try_send(WriteJob { pending, entry }).is_err() {
+            self.metrics
+                .cache_writes
+                .with_label_values(&["dropped"])
+                .inc();
+        }
+    }
+
+    /// A stream that passes every event through and, when the stream ends normally,
+    /// stores the answer it carried. A stream that fails or is dropped (the client went
+    /// away) stores nothing.
+    pub fn store_stream(
+        self: &Arc<Self>,
+        pending: PendingEntry,
+        events: EventStream,
+        fallback: bool,
+        served_by: String,
+    ) -> EventStream {
+        let cache = self.clone();
+        Box::pin(StoreOnEnd {
+            inner: events,
+            assembled: Assembler::default(),
+            failed: false,
+            on_end: Some(Box::new(move |response: ChatResponse| {
+                cache.store_answer(pending, &response, fallback, &served_by);
+            })),
+        })
+    }
+
+    /// Cache numbers for the admin API.
+    pub async fn stats(&self) -> Value {
+        let entries = self.store.count().await.ok();
+        let lookups = |kind: &str| {
+            let count = |result: &str| {
+                self.metrics
+                    .cache_lookups
+                    .with_label_values(&[kind, result])
+                    .get()
+            };
+            let hits = count("hit");
+            let total: u64 = ["hit", "miss", "stale", "guarded", "error"]
+                .iter()
+                .map(|result| count(result))
+                .sum();
+            json!({
+                "hits": hits,
+                "lookups": total,
+                "hit_ratio": if total == 0 { 0.0 } else { hits as f64 / total as f64 },
+            })
+        };
+        json!({
+            "enabled": true,
+            "store": self.store.kind(),
+            "entries": entries,
+            "memory": {
+                "entries": self.memory.entry_count(),
+                "bytes": self.memory.weighted_size(),
+                "capacity_bytes": self.config.memory.0,
+            },
+            "semantic": {
+                "enabled": self.embedder.is_some(),
+                "threshold": self.config.semantic.threshold,
+                "route_thresholds": self.route_thresholds,
+                "guard": self.config.semantic.guard,
+            },
+            "ttl_seconds": self.config.ttl.as_secs(),
+            "fallback_ttl_seconds": self.config.fallback_ttl.as_secs(),
+            "stale_if_error_seconds": self.config.stale_if_error.as_secs(),
+            "exact": lookups("exact"),
+            "semantic_lookups": lookups("semantic"),
+            "writes": {
+                "stored": self.metrics.cache_writes.with_label_values(&["stored"]).get(),
+                "dropped": self.metrics.cache_writes.with_label_values(&["dropped"]).get(),
+                "errors": self.metrics.cache_writes.with_label_values(&["error"]).get(),
+            },
+        })
+    }
+
+    /// Delete every entry matching the purge, in the store and in memory.
+    pub async fn purge(&self, purge: Purge) -> Result<(), store::StoreError> {
+        self.store.purge(purge).await?;
+        // The in-memory layer is only a front for the store: emptying it whole is
+        // simpler than matching fields, and costs a store read per key afterwards.
+        self.memory.invalidate_all();
+        Ok(())
+    }
+
+    /// Stop the background tasks after the queued writes are stored, and flush.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        let tasks: Vec<JoinHandle<()>> = match self.tasks.lock() {
+            Ok(mut tasks) => tasks.drain(..).collect(),
+            Err(_) => Vec::new(),
+        };
+        for task in tasks {
+            // The writer stores what is queued, then stops; maintenance stops between
+            // runs. A stuck store must not hold the shutdown for long.
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        if let Err(error) = self.store.flush().await {
+            tracing::warn!("cache: flushing the store failed: {error}");
+        }
+    }
+
+    fn count(&self, kind: &str, result: &str) {
+        self.metrics
+            .cache_lookups
+            .with_label_values(&[kind, result])
+            .inc();
+    }
+
+    fn observe_store(&self, op: &str, started: Instant) {
+        self.metrics
+            .cache_store_seconds
+            .with_label_values(&[op])
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// Stores queued answers in batches: embeds the questions that were not embedded during
+/// their lookup, then upserts them in one call.
+async fn write_loop(
+    cache: Arc<Cache>,
+    mut queue: mpsc::Receiver<WriteJob>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    const BATCH: usize = 64;
+    loop {
+        let mut jobs = Vec::new();
+        let stopping = tokio::select! {
+            received = queue.recv_many(&mut jobs, BATCH) => {
+                if received == 0 {
+                    return;
+                }
+                false
+            }
+            _ = stopped.wait_for(|stop| *stop) => true,
+        };
+        if stopping {
+            queue.close();
+            while queue.recv_many(&mut jobs, BATCH).await > 0 {
+                write_batch(&cache, std::mem::take(&mut jobs)).await;
+            }
+            return;
+        }
+        write_batch(&cache, jobs).await;
+    }
+}
+
+async fn write_batch(cache: &Cache, jobs: Vec<WriteJob>) {
+    let count = jobs.len() as u64;
+    let mut points = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let vector = match (&job.pending.vector, job.pending.semantic) {
+            (Some(vector), true) => vector.clone(),
+            _ => placeholder_vector(DIMENSIONS),
+        };
+        points.push(StoredPoint {
+            id: job.pending.keys.point_id(),
+            vector,
+            entry: StoredEntry::clone(&job.entry),
+        });
+    }
+    let started = Instant::now();
+    let result = cache.store.upsert(points).await;
+    cache.observe_store("upsert", started);
+    let outcome = match result {
+        Ok(()) => "stored",
+        Err(error) => {
+            tracing::warn!("cache: storing {count} entries failed: {error}");
+            "error"
+        }
+    };
+    cache
+        .metrics
+        .cache_writes
+        .with_label_values(&[outcome])
+        .inc_by(count);
+}
+
+/// Every `maintenance_interval`: delete entries past `stale_until`, let the store build
+/// its index, and refresh the entry count.
+async fn maintenance_loop(cache: Arc<Cache>, mut stopped: watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(cache.config.maintenance_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+        if let Err(error) = cache.store.delete_expired(unix_now()).await {
+            tracing::warn!("cache: deleting expired entries failed: {error}");
+        }
+        let started = Instant::now();
+        if let Err(error) = cache.store.maintain().await {
+            tracing::warn!("cache: store maintenance failed: {error}");
+        }
+        cache.observe_store("maintain", started);
+        if let Ok(count) = cache.store.count().await {
+            cache
+                .metrics
+                .cache_entries
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// Rebuilds a complete answer from the events of a stream.
+#[derive(Default)]
+struct Assembler {
+    id: String,
+    model: String,
+    content: Vec<Part>,
+    stop_reason: Option<StopReason>,
+    usage: Usage,
+}
+
+impl Assembler {
+    fn push(&mut self, event: &StreamEvent) {
+        match event {
+            StreamEvent::Start { id, model } => {
+                self.id = id.clone();
+                self.model = model.clone();
+            }
+            StreamEvent::TextDelta(text) => match self.content.last_mut() {
+                Some(Part::Text(last)) => last.push_str(text),
+                _ => self.content.push(Part::Text(text.clone())),
+            },
+            StreamEvent::ToolCallStart { id, name, .. } => {
+                self.content.push(Part::ToolCall(ToolCall {
+                    id: id.clone(),
+                    name: name.clone(),
+                    arguments: String::new(),
+                }));
+            }
+            StreamEvent::ToolCallDelta { index, arguments } => {
+                let call = self
+                    .content
+                    .iter_mut()
+                    .filter_map(|part| match part {
+                        Part::ToolCall(call) => Some(call),
+                        _ => None,
+                    })
+                    .nth(*index);
+                if let Some(call) = call {
+                    call.arguments.push_str(arguments);
+                }
+            }
+            StreamEvent::Finish { stop_reason } => self.stop_reason = Some(*stop_reason),
+            StreamEvent::Usage(usage) => self.usage = *usage,
+        }
+    }
+
+    /// The answer, when the stream said how it finished.
+    fn finish(self) -> Option<ChatResponse> {
+        Some(ChatResponse {
+            id: self.id,
+            model: self.model,
+            content: self.content,
+            stop_reason: self.stop_reason?,
+            usage: self.usage,
+        })
+    }
+}
+
+type OnEnd = Box<dyn FnOnce(ChatResponse) + Send>;
+
+/// The stream wrapper of [`Cache::store_stream`].
+struct StoreOnEnd {
+    inner: EventStream,
+    assembled: Assembler,
+    failed: bool,
+    on_end: Option<OnEnd>,
+}
+
+impl futures_util::Stream for StoreOnEnd {
+    type Item = Result<StreamEvent, crate::protocol::StreamFailure>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let polled = self.inner.as_mut().poll_next(context);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(event))) => self.assembled.push(event),
+            std::task::Poll::Ready(Some(Err(_))) => self.failed = true,
+            std::task::Poll::Ready(None) => {
+                if !self.failed {
+                    let assembled = std::mem::take(&mut self.assembled);
+                    if let (Some(on_end), Some(response)) = (self.on_end.take(), assembled.finish())
+                    {
+                        on_end(response);
+                    }
+                }
+            }
+            std::task::Poll::Pending => {}
+        }
+        polled
+    }
+}

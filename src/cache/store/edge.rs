@@ -1,0 +1,281 @@
+//! The embedded store: qdrant-edge (Qdrant's in-process engine) on disk.
+//!
+//! Every qdrant-edge call blocks (disk, locks), so each runs on `spawn_blocking`. The
+//! HNSW index is built by `maintain`, from the cache's maintenance task, never on the
+//! request path: until then a search scans the (payload-filtered) points.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use qdrant_edge::{
+    CreateIndex, Distance, EdgeConfig, EdgeShard, EdgeVectorParams, FieldIndexOperations, Filter,
+    NamedQuery, Payload, PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations,
+    PointOperations, PointStruct, QueryEnum, SearchRequest, UpdateOperation, WithPayloadInterface,
+};
+use serde_json::{Value, json};
+
+use super::{
+    BOOL_FIELD, EXPIRY_FIELD, KEYWORD_FIELDS, Purge, SemanticQuery, StoreError, StoredPoint,
+    VectorStore,
+};
+use crate::cache::entry::StoredEntry;
+
+/// Points written since the last index build that make the next `maintain` build it.
+const OPTIMIZE_AFTER_WRITES: u64 = 1_000;
+
+pub struct EdgeStore {
+    /// Shared with the blocking tasks of calls in flight; `Option` only so `Drop` can
+    /// take it.
+    shard: Option<Arc<EdgeShard>>,
+    path: PathBuf,
+    writes_since_optimize: Arc<AtomicU64>,
+}
+
+/// A start-up problem with the embedded store; it names the folder.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot open the cache store in {path}: {message}; check that the folder is writable and not used by another airbag, or change cache.store.path"
+)]
+pub struct OpenError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+impl EdgeStore {
+    /// Open the store in `path`, creating it (and its payload indexes) when new.
+    pub fn open(path: &Path, dimensions: usize) -> Result<EdgeStore, OpenError> {
+        let fail = |message: String| OpenError {
+            path: path.to_path_buf(),
+            message,
+        };
+        std::fs::create_dir_all(path).map_err(|error| fail(error.to_string()))?;
+        let existing = path.join("edge_config.json").exists();
+        let shard = if existing {
+            EdgeShard::load(path, None).map_err(|error| fail(error.to_string()))?
+        } else {
+            let mut config = EdgeConfig::default();
+            config.vectors.insert(
+                String::new(),
+                EdgeVectorParams {
+                    size: dimensions,
+                    distance: Distance::Cosine,
+                    on_disk: None,
+                    multivector_config: None,
+                    datatype: None,
+                    quantization_config: None,
+                    hnsw_config: None,
+                },
+            );
+            EdgeShard::new(path, config).map_err(|error| fail(error.to_string()))?
+        };
+        let indexed = shard.info().payload_schema;
+        let wanted = KEYWORD_FIELDS
+            .iter()
+            .map(|field| (*field, PayloadSchemaType::Keyword))
+            .chain([
+                (BOOL_FIELD, PayloadSchemaType::Bool),
+                (EXPIRY_FIELD, PayloadSchemaType::Integer),
+            ]);
+        for (field, schema) in wanted {
+            if indexed.keys().any(|key| key.to_string() == field) {
+                continue;
+            }
+            let field_name = field
+                .parse()
+                .map_err(|_| fail(format!("bad payload field name {field}")))?;
+            shard
+                .update(UpdateOperation::FieldIndexOperation(
+                    FieldIndexOperations::CreateIndex(CreateIndex {
+                        field_name,
+                        field_schema: Some(PayloadFieldSchema::FieldType(schema)),
+                    }),
+                ))
+                .map_err(|error| fail(error.to_string()))?;
+        }
+        Ok(EdgeStore {
+            shard: Some(Arc::new(shard)),
+            path: path.to_path_buf(),
+            writes_since_optimize: Arc::new(AtomicU64::new(if existing {
+                OPTIMIZE_AFTER_WRITES
+            } else {
+                0
+            })),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Run a blocking shard call off the async runtime.
+    fn blocking<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&EdgeShard) -> Result<T, StoreError> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, StoreError>> {
+        let shard = self.shard.clone();
+        async move {
+            let shard = shard.ok_or_else(|| backend("the store is closed"))?;
+            tokio::task::spawn_blocking(move || call(&shard))
+                .await
+                .map_err(|error| StoreError::Backend(format!("store task failed: {error}")))?
+        }
+        .boxed()
+    }
+}
+
+impl Drop for EdgeStore {
+    /// qdrant-edge flushes when its shard is dropped and panics if the folder is gone
+    /// (deleted under a running gateway, or a test's temporary folder). Nothing can be
+    /// written there any more, so the shard is leaked instead of flushed.
+    fn drop(&mut self) {
+        let Some(shard) = self.shard.take() else {
+            return;
+        };
+        if !self.path.join("segments").exists() {
+            tracing::warn!(path = %self.path.display(), "the cache store's folder is gone; its last writes are lost");
+            std::mem::forget(shard);
+        }
+    }
+}
+
+fn backend(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(error.to_string())
+}
+
+/// A filter in Qdrant's JSON filter language (the same as its REST API's).
+fn filter(value: Value) -> Result<Filter, StoreError> {
+    serde_json::from_value(value).map_err(|error| backend(format!("bad filter: {error}")))
+}
+
+fn entry_of(payload: Option<Payload>) -> Result<StoredEntry, StoreError> {
+    let payload = payload.ok_or_else(|| StoreError::Corrupt("point has no payload".into()))?;
+    serde_json::from_value(Value::Object(payload.0.into_iter().collect()))
+        .map_err(|error| StoreError::Corrupt(error.to_string()))
+}
+
+impl VectorStore for EdgeStore {
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn upsert(&self, points: Vec<StoredPoint>) -> BoxFuture<'_, Result<(), StoreError>> {
+        let count = points.len() as u64;
+        let writes = self.writes_since_optimize.clone();
+        self.blocking(move |shard| {
+            let mut persisted = Vec::with_capacity(points.len());
+            for point in points {
+                let payload = serde_json::to_value(&point.entry).map_err(backend)?;
+                // serde writes a struct as a JSON object, which is all PointStruct needs.
+                persisted.push(PointStruct::new(point.id, point.vector, payload).into());
+            }
+            shard
+                .update(UpdateOperation::PointOperation(
+                    PointOperations::UpsertPoints(PointInsertOperations::PointsList(persisted)),
+                ))
+                .map_err(backend)?;
+            writes.fetch_add(count, Ordering::Relaxed);
+            Ok(())
+        })
+    }
+
+    fn get(&self, id: u64) -> BoxFuture<'_, Result<Option<StoredEntry>, StoreError>> {
+        self.blocking(move |shard| {
+            let records = shard
+                .retrieve(
+                    &[PointId::NumId(id)],
+                    Some(WithPayloadInterface::Bool(true)),
+                    None,
+                )
+                .map_err(backend)?;
+            records
+                .into_iter()
+                .next()
+                .map(|record| entry_of(record.payload))
+                .transpose()
+        })
+    }
+
+    fn search(
+        &self,
+        query: SemanticQuery,
+    ) -> BoxFuture<'_, Result<Vec<(f32, StoredEntry)>, StoreError>> {
+        self.blocking(move |shard| {
+            let filter = filter(json!({"must": [
+                {"key": "tenant", "match": {"value": query.tenant}},
+                {"key": "context", "match": {"value": query.context}},
+                {"key": BOOL_FIELD, "match": {"value": true}},
+                {"key": EXPIRY_FIELD, "range": {"gt": query.now}},
+            ]}))?;
+            let found = shard
+                .search(SearchRequest {
+                    query: QueryEnum::Nearest(NamedQuery::default_dense(query.vector)),
+                    filter: Some(filter),
+                    params: None,
+                    limit: query.limit,
+                    offset: 0,
+                    with_payload: Some(WithPayloadInterface::Bool(true)),
+                    with_vector: None,
+                    score_threshold: Some(query.threshold),
+                })
+                .map_err(backend)?;
+            found
+                .into_iter()
+                .map(|point| Ok((point.score, entry_of(point.payload)?)))
+                .collect()
+        })
+    }
+
+    fn purge(&self, purge: Purge) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.blocking(move |shard| {
+            let must: Vec<Value> = purge
+                .fields()
+                .into_iter()
+                .map(|(field, value)| json!({"key": field, "match": {"value": value}}))
+                .collect();
+            let filter = filter(json!({ "must": must }))?;
+            shard
+                .update(UpdateOperation::PointOperation(
+                    PointOperations::DeletePointsByFilter(filter),
+                ))
+                .map_err(backend)
+        })
+    }
+
+    fn delete_expired(&self, now: u64) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.blocking(move |shard| {
+            let filter = filter(json!({"must": [{"key": EXPIRY_FIELD, "range": {"lte": now}}]}))?;
+            shard
+                .update(UpdateOperation::PointOperation(
+                    PointOperations::DeletePointsByFilter(filter),
+                ))
+                .map_err(backend)
+        })
+    }
+
+    fn count(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.blocking(|shard| Ok(shard.info().points_count as u64))
+    }
+
+    fn maintain(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        let writes = self.writes_since_optimize.clone();
+        self.blocking(move |shard| {
+            if writes.load(Ordering::Relaxed) < OPTIMIZE_AFTER_WRITES {
+                return Ok(());
+            }
+            writes.store(0, Ordering::Relaxed);
+            shard.optimize().map_err(backend)?;
+            shard.flush();
+            Ok(())
+        })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.blocking(|shard| {
+            shard.flush();
+            Ok(())
+        })
+    }
+}

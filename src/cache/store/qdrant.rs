@@ -1,0 +1,276 @@
+//! The shared store: a Qdrant server (or cluster) through qdrant-client's gRPC API, so
+//! several airbag replicas share one cache. Same payload schema and filters as the
+//! embedded store. Every call has a deadline: a slow store is a miss, not a slow request.
+
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use qdrant_client::Qdrant;
+use qdrant_client::qdrant::vectors_config::Config as VectorsConfigKind;
+use qdrant_client::qdrant::{
+    Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
+    DeletePointsBuilder, Distance, FieldType, Filter, GetPointsBuilder, PointId, PointStruct,
+    QueryPointsBuilder, Range, UpsertPointsBuilder, VectorParamsBuilder,
+};
+
+use super::{
+    BOOL_FIELD, EXPIRY_FIELD, KEYWORD_FIELDS, Purge, SemanticQuery, StoreError, StoredPoint,
+    VectorStore,
+};
+use crate::cache::entry::StoredEntry;
+
+pub struct QdrantStore {
+    client: Qdrant,
+    collection: String,
+    timeout: Duration,
+}
+
+/// A start-up problem with the Qdrant server; it names the url and collection.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot use Qdrant collection `{collection}` at {url}: {message}; check cache.store.url, cache.store.api_key and that the server is up"
+)]
+pub struct ConnectError {
+    pub url: String,
+    pub collection: String,
+    pub message: String,
+}
+
+impl QdrantStore {
+    /// Connect, and create the collection with the right vector size and payload indexes
+    /// when it does not exist. An existing collection with another size is refused.
+    pub async fn connect(
+        url: &str,
+        api_key: Option<String>,
+        collection: &str,
+        dimensions: usize,
+        timeout: Duration,
+    ) -> Result<QdrantStore, ConnectError> {
+        let fail = |message: String| ConnectError {
+            url: url.to_string(),
+            collection: collection.to_string(),
+            message,
+        };
+        let client = Qdrant::from_url(url)
+            .api_key(api_key)
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .build()
+            .map_err(|error| fail(error.to_string()))?;
+        let exists = client
+            .collection_exists(collection)
+            .await
+            .map_err(|error| fail(error.to_string()))?;
+        if exists {
+            let info = client
+                .collection_info(collection)
+                .await
+                .map_err(|error| fail(error.to_string()))?;
+            let size = info
+                .result
+                .and_then(|info| info.config)
+                .and_then(|config| config.params)
+                .and_then(|params| params.vectors_config)
+                .and_then(|vectors| vectors.config)
+                .and_then(|kind| match kind {
+                    VectorsConfigKind::Params(params) => Some(params.size),
+                    VectorsConfigKind::ParamsMap(_) => None,
+                });
+            if size != Some(dimensions as u64) {
+                return Err(fail(format!(
+                    "it holds vectors of size {size:?}, not {dimensions} (one unnamed vector); use another collection name"
+                )));
+            }
+        } else {
+            client
+                .create_collection(CreateCollectionBuilder::new(collection).vectors_config(
+                    VectorParamsBuilder::new(dimensions as u64, Distance::Cosine),
+                ))
+                .await
+                .map_err(|error| fail(error.to_string()))?;
+        }
+        let indexes = KEYWORD_FIELDS
+            .iter()
+            .map(|field| (*field, FieldType::Keyword))
+            .chain([
+                (BOOL_FIELD, FieldType::Bool),
+                (EXPIRY_FIELD, FieldType::Integer),
+            ]);
+        for (field, kind) in indexes {
+            // Creating an index that exists is accepted by Qdrant (no-op).
+            client
+                .create_field_index(
+                    CreateFieldIndexCollectionBuilder::new(collection, field, kind).wait(true),
+                )
+                .await
+                .map_err(|error| fail(format!("cannot index payload field {field}: {error}")))?;
+        }
+        Ok(QdrantStore {
+            client,
+            collection: collection.to_string(),
+            timeout,
+        })
+    }
+
+    /// Bound a call by the store's deadline.
+    fn bounded<'a, T: Send + 'a>(
+        &'a self,
+        call: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'a,
+    ) -> BoxFuture<'a, Result<T, StoreError>> {
+        let timeout = self.timeout;
+        async move {
+            tokio::time::timeout(timeout, call)
+                .await
+                .map_err(|_| StoreError::Timeout(timeout))?
+        }
+        .boxed()
+    }
+}
+
+fn backend(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(error.to_string())
+}
+
+fn entry_of(
+    payload: std::collections::HashMap<String, qdrant_client::qdrant::Value>,
+) -> Result<StoredEntry, StoreError> {
+    qdrant_client::Payload::from(payload)
+        .deserialize()
+        .map_err(|error| StoreError::Corrupt(error.to_string()))
+}
+
+impl VectorStore for QdrantStore {
+    fn kind(&self) -> &'static str {
+        "qdrant"
+    }
+
+    fn upsert(&self, points: Vec<StoredPoint>) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.bounded(async move {
+            let mut structs = Vec::with_capacity(points.len());
+            for point in points {
+                let payload = serde_json::to_value(&point.entry).map_err(backend)?;
+                let payload = qdrant_client::Payload::try_from(payload).map_err(backend)?;
+                structs.push(PointStruct::new(point.id, point.vector, payload));
+            }
+            self.client
+                .upsert_points(UpsertPointsBuilder::new(&self.collection, structs))
+                .await
+                .map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn get(&self, id: u64) -> BoxFuture<'_, Result<Option<StoredEntry>, StoreError>> {
+        self.bounded(async move {
+            let response = self
+                .client
+                .get_points(
+                    GetPointsBuilder::new(&self.collection, vec![PointId::from(id)])
+                        .with_payload(true),
+                )
+                .await
+                .map_err(backend)?;
+            response
+                .result
+                .into_iter()
+                .next()
+                .map(|point| entry_of(point.payload))
+                .transpose()
+        })
+    }
+
+    fn search(
+        &self,
+        query: SemanticQuery,
+    ) -> BoxFuture<'_, Result<Vec<(f32, StoredEntry)>, StoreError>> {
+        self.bounded(async move {
+            let filter = Filter::must([
+                Condition::matches("tenant", query.tenant.clone()),
+                Condition::matches("context", query.context.clone()),
+                Condition::matches(BOOL_FIELD, true),
+                Condition::range(
+                    EXPIRY_FIELD,
+                    Range {
+                        gt: Some(query.now as f64),
+                        ..Default::default()
+                    },
+                ),
+            ]);
+            let response = self
+                .client
+                .query(
+                    QueryPointsBuilder::new(&self.collection)
+                        .query(query.vector)
+                        .filter(filter)
+                        .limit(query.limit as u64)
+                        .score_threshold(query.threshold)
+                        .with_payload(true),
+                )
+                .await
+                .map_err(backend)?;
+            response
+                .result
+                .into_iter()
+                .map(|point| Ok((point.score, entry_of(point.payload)?)))
+                .collect()
+        })
+    }
+
+    fn purge(&self, purge: Purge) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.bounded(async move {
+            let conditions: Vec<Condition> = purge
+                .fields()
+                .into_iter()
+                .map(|(field, value)| Condition::matches(field, value.to_string()))
+                .collect();
+            self.client
+                .delete_points(
+                    DeletePointsBuilder::new(&self.collection)
+                        .points(Filter::must(conditions))
+                        .wait(true),
+                )
+                .await
+                .map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn delete_expired(&self, now: u64) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.bounded(async move {
+            let filter = Filter::must([Condition::range(
+                EXPIRY_FIELD,
+                Range {
+                    lte: Some(now as f64),
+                    ..Default::default()
+                },
+            )]);
+            self.client
+                .delete_points(DeletePointsBuilder::new(&self.collection).points(filter))
+                .await
+                .map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn count(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.bounded(async move {
+            let response = self
+                .client
+                .count(CountPointsBuilder::new(&self.collection).exact(false))
+                .await
+                .map_err(backend)?;
+            Ok(response.result.map(|result| result.count).unwrap_or(0))
+        })
+    }
+
+    /// The server builds its own indexes.
+    fn maintain(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        async { Ok(()) }.boxed()
+    }
+
+    /// Writes are durable once the server acknowledged them.
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        async { Ok(()) }.boxed()
+    }
+}

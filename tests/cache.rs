@@ -1,0 +1,644 @@
+//! Rung 1 as a client sees it: exact and semantic hits with the real embedding model and
+//! the real embedded store (qdrant-edge on disk), tenants kept apart, persistence across
+//! a restart, stale-if-error, streams stored and replayed, and what is never stored.
+//!
+//! The model comes from `make model`; these tests fail (they do not skip) without it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use airbag::mock::{Fault, FaultRule, MockProvider};
+use common::{
+    Reply, TestGateway, anthropic_chat, cache_section, mock, openai_chat, provider, route,
+};
+use serde_json::{Value, json};
+
+/// A gateway with the cache on (store in `store`) in front of one mock on route `chat`.
+async fn cached_gateway(store: &Path, mock: &MockProvider, extra: &str) -> TestGateway {
+    let config = format!(
+        "{}{}{}{}",
+        provider("up", "openai", mock, ""),
+        route("chat", &["up/m"]),
+        extra,
+        cache_section(store, "", "")
+    );
+    TestGateway::start(&config, &[]).await
+}
+
+/// Wait until the background writer has stored `count` entries in the store.
+async fn wait_stored(gateway: &TestGateway, count: u64) {
+    for _ in 0..200 {
+        let stats = gateway.admin_get("/admin/cache", None).await.json();
+        if stats["writes"]["stored"].as_u64().unwrap_or(0) >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the cache did not store {count} entries in 5 s");
+}
+
+fn similarity(reply: &Reply) -> f64 {
+    reply.json()["airbag"]["similarity"].as_f64().unwrap()
+}
+
+#[tokio::test]
+async fn an_exact_repeat_is_served_from_the_cache_in_either_protocol() {
+    let upstream = mock("up").await;
+    let store = tempfile::tempdir().unwrap();
+    let gateway = cached_gateway(store.path(), &upstream, "").await;
+
+    let first = gateway.openai(openai_chat("chat", "What is airbag?")).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert_eq!(first.served_by(), "provider:up/m");
+    let second = gateway.openai(openai_chat("chat", "What is airbag?")).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(second.rung(), "cache");
+    assert_eq!(second.served_by(), "cache:exact");
+    assert_eq!(
+        upstream.request_count(),
+        1,
+        "the repeat never reached the provider"
+    );
+    let body = second.json();
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        first.json()["choices"][0]["message"]["content"]
+    );
+    assert_eq!(body["airbag"]["rung"], "cache");
+    // Usage is the original answer's, every input token marked as cached.
+    let prompt_tokens = body["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt_tokens > 0);
+    assert_eq!(
+        body["usage"]["prompt_tokens_details"]["cached_tokens"],
+        prompt_tokens
+    );
+
+    // The key is the question, not the protocol: an Anthropic client asking the same
+    // (same max_tokens) gets the same answer in Anthropic's shape.
+    let mut openai_twin = openai_chat("chat", "Explain rung 2");
+    openai_twin["max_tokens"] = json!(100);
+    gateway.openai(openai_twin).await;
+    let anthropic = gateway
+        .anthropic(anthropic_chat("chat", "Explain rung 2"))
+        .await;
+    assert_eq!(anthropic.served_by(), "cache:exact", "{}", anthropic.text);
+    let body = anthropic.json();
+    assert_eq!(body["type"], "message");
+    assert_eq!(
+        body["content"][0]["text"],
+        "mock up answers: Explain rung 2"
+    );
+    assert_eq!(body["usage"]["input_tokens"], 0);
+    assert!(body["usage"]["cache_read_input_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(upstream.request_count(), 2);
+}
+
+#[tokio::test]
+async fn a_reworded_question_is_a_semantic_hit_and_a_different_one_is_not() {
+    let upstream = mock("up").await;
+    let store = tempfile::tempdir().unwrap();
+    let gateway = cached_gateway(store.path(), &upstream, "").await;
+
+    let first = gateway
+        .openai(openai_chat("chat", "How do I reset my password?"))
+        .await;
+    assert_eq!(first.served_by(), "provider:up/m");
+    wait_stored(&gateway, 1).await;
+
+    let reworded = gateway
+        .openai(openai_chat("chat", "how can i reset my password"))
+        .await;
+    assert_eq!(reworded.served_by(), "cache:semantic", "{}", reworded.text);
+    assert_eq!(
+        reworded.json()["choices"][0]["message"]["content"],
+        "mock up answers: How do I reset my password?"
+    );
+    let score = similarity(&reworded);
+    assert!((0.85..1.0).contains(&score), "similarity {score}");
+    assert_eq!(upstream.request_count(), 1);
+
+    // Another question entirely.
+    let other = gateway
+        .openai(openai_chat("chat", "How do I delete my account?"))
+        .await;
+    assert_eq!(other.served_by(), "provider:up/m");
+    // Same words, another order number: the guard refuses what the threshold would not.
+    gateway
+        .openai(openai_chat("chat", "Where is my order 1234?"))
+        .await;
+    wait_stored(&gateway, 3).await;
+    let near_miss = gateway
+        .openai(openai_chat("chat", "Where is my order 1235?"))
+        .await;
+    assert_eq!(near_miss.served_by(), "provider:up/m");
+    assert_eq!(
+        near_miss.json()["choices"][0]["message"]["content"],
+        "mock up answers: Where is my order 1235?"
+    );
+    let metrics = gateway.metrics().await;
+    assert!(
+        metrics.contains("airbag_cache_lookups_total{kind=\"semantic\",result=\"guarded\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("airbag_cache_similarity_count 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn the_same_question_after_other_turns_is_not_a_semantic_hit() {
+    let upstream = mock("up").await;
+    let store = tempfile::tempdir().unwrap();
+    let gateway = cached_gateway(store.path(), &upstream, "").await;
+    let conversation = |earlier: &str, question: &str| {
+        json!({"model": "chat", "messages": [
+            {"role": "user", "content": earlier},
+            {"role": "assistant", "content": "Sure."},
+            {"role": "user", "content": question},
+        ]})
+    };
+    gateway
+        .openai(conversation(
+            "Let's talk about Rust.",
+            "How do I read a file?",
+        ))
+        .await;
+    wait_stored(&gateway, 1).await;
+    // Same earlier turns, reworded question: a hit.
+    let same_context = gateway
+        .openai(conversation(
+            "Let's talk about Rust.",
+            "how can I read a file",
+        ))
+        .await;
+    assert_eq!(
+        same_context.served_by(),
+        "cache:semantic",
+        "{}",
+        same_context.text
+    );
+    // Other earlier turns: the answer about Rust must not answer a question about Go.
+    let other_context = gateway
+        .openai(conversation(
+            "Let's talk about Go.",
+            "How do I read a file?",
+        ))
+        .await;
+    assert_eq!(other_context.served_by(), "provider:up/m");
+    assert_eq!(upstream.request_count(), 2);
+}
+
+#[tokio::test]
+async fn a_tenant_never_receives_another_tenants_entry() {
+    let upstream = mock("up").await;
+    let store = tempfile::tempdir().unwrap();
+    let clients = "[[clients]]\nkey = \"env:KEY_A\"\ntenant = \"a\"\n\
+                   [[clients]]\nkey = \"env:KEY_B\"\ntenant = \"b\"\n";
+    let config = format!(
+        "{}{}{clients}{}",
+        provider("up", "openai", &upstream, ""),
+        route("chat", &["up/m"]),
+        cache_section(store.path(), "", "")
+    );
+    let gateway = TestGateway::start(&config, &[("KEY_A", "key-a"), ("KEY_B", "key-b")]).await;
+    // Tenant b sends no-store, so its own answers never enter the cache.
+    let ask = |key: &'static str, text: &'static str| {
+        let gateway = &gateway;
+        async move {
+            let authorization = format!("Bearer {key}");
+            let mut headers = vec![("authorization", authorization.as_str())];
+            if key == "key-b" {
+                headers.push(("cache-control", "no-store"));
+            }
+            gateway
+                .post("/v1/chat/completions", openai_chat("chat", text), &headers)
+                .await
+        }
+    };
+    assert_eq!(
+        ask("key-a", "What is the refund policy?").await.served_by(),
+        "provider:up/m"
+    );
+    wait_stored(&gateway, 1).await;
+    // Tenant b: neither the exact question nor a rewording reaches a's entry.
+    assert_eq!(
+        ask("key-b", "What is the refund policy?").await.served_by(),
+        "provider:up/m"
+    );
+    assert_eq!(
+        ask("key-b", "what's the refund policy").await.served_by(),
+        "provider:up/m"
+    );
+    // Tenant a still has it, both ways.
+    assert_eq!(
+        ask("key-a", "What is the refund policy?").await.served_by(),
+        "cache:exact"
+    );
+    assert_eq!(
+        ask("key-a", "what's the refund policy").await.served_by(),
+        "cache:semantic"
+    );
+    assert_eq!(upstream.request_count(), 3);
+}
+
+#[tokio::test]
+async fn entries_survive_a_restart() {
+    let upstream = mock("up").await;
+    let store = tempfile::tempdir().unwrap();
+    let gateway = cached_gateway(store.path(), &upstream, "").await;
+    gateway
+        .openai(openai_chat("chat", "What are your opening hours?"))
+        .await;
+    wait_stored(&gateway, 1).await;
+    gateway.running.shutdown().await;
+
+    let restarted = cached_gateway(store.path(), &upstream, "").await;
+    let exact = restarted
+        .openai(openai_chat("chat", "What are your opening hours?"))
+        .await;
+    assert_eq!(exact.served_by(), "cache:exact", "{}", exact.text);
+    let reworded = restarted
+        .openai(openai_chat("chat", "what are your opening hours"))
+        .await;
+    assert_eq!(reworded.served_by(), "cache:semantic", "{}", reworded.text);
+    assert_eq!(upstream.request_count(), 1);
+}
+
+#[tokio::test]
+async fn an_expired_entry_is_served_stale_only_when_every_target_failed() {
+    let upstream = mock("up").await;
+    let store = tempfile::tempdir().unwrap();
+    let gateway = cached_gateway(store.path(), &upstream, "").await;
+    let ask = |text: &'static str| {
+        let gateway = &gateway;
+        async move {
+            gateway
+                .post(
+                    "/v1/chat/completions",
+                    openai_chat("chat", text),
+                    &[("x-airbag-cache-ttl", "1")],
+                )
+                .await
+        }
+    };
+    assert_eq!(ask("Is the service up?").await.served_by(), "provider:up/m");
+    wait_stored(&gateway, 1).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+
+    // Expired, providers healthy: the provider answers, not the stale entry.
+    assert_eq!(ask("Is the service up?").await.served_by(), "provider:up/m");
+    assert_eq!(upstream.request_count(), 2);
+    wait_stored(&gateway, 2).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+
+    // Expired, provider down: the stale entry, tagged, with the failed attempts.
+    upstream.set_faults(vec![FaultRule::always(Fault::status(503))]);
+    let stale = ask("Is the service up?").await;
+    assert_eq!(stale.status, 200, "{}", stale.text);
+    assert_eq!(stale.served_by(), "cache:stale");
+    let body = stale.json();
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "mock up answers: Is the service up?"
+    );
+    assert!(!body["airbag"]["attempts"].as_array().unwrap().is_empty());
+    // A reworded question finds the stale entry too.
+    let reworded = ask("is the service up").await;
+    assert_eq!(reworded.served_by(), "cache:stale", "{}", reworded.text);
+    // A question never seen: nothing stale to give.
+    assert_eq!(ask("What is the weather?").await.status, 503);
+}
+
+#[tokio::test]
+async fn a_streamed_answer_is_stored_and_replayed_as_a_stream() {
+    let upstream = mock("up").await;
+    let store = tempfile::tempdir().unwrap();
+    let gateway = cached_gateway(store.path(), &upstream, "").await;
+    let mut streaming = openai_chat("chat", "Tell me a short story");
+    streaming["stream"] = json!(true);
+    let live = gateway.openai(streaming.clone()).await;
+    assert_eq!(live.served_by(), "provider:up/m");
+    let live_text = live.openai_stream_text();
+    assert_eq!(live_text, "mock up answers: Tell me a short story");
+    wait_stored(&gateway, 1).await;
+
+    let replayed = gateway.openai(streaming).await;
+    assert_eq!(replayed.served_by(), "cache:exact");
+    assert_eq!(replayed.header("content-type"), "text/event-stream");
+    assert_eq!(replayed.openai_stream_text(), live_text);
+    assert_eq!(replayed.events().last().unwrap().1, "[DONE]");
+    // `stream` is not part of the key: a non-streaming request gets it as JSON.
+    let plain = gateway
+        .openai(openai_chat("chat", "Tell me a short story"))
+        .await;
+    assert_eq!(plain.served_by(), "cache:exact");
+    assert_eq!(plain.json()["choices"][0]["message"]["content"], live_text);
+    // And an Anthropic streaming client gets a well-formed Anthropic stream.
+    let mut anthropic = anthropic_chat("chat", "Tell me a short story");
+    anthropic["stream"] = json!(true);
+    anthropic.as_object_mut().unwrap().remove("max_tokens");
+    anthropic["max_tokens"] = json!(100);
+    let mut twin = openai_chat("chat", "Tell me a short story");
+    twin["max_tokens"] = json!(100);
+    gateway.openai(twin).await;
+    let anthropic_reply = gateway.anthropic(anthropic).await;
+    assert_eq!(anthropic_reply.served_by(), "cache:exact");
+    let names: Vec<String> = anthropic_reply
+        .events()
+        .into_iter()
+        .filter_map(|(name, _)| name)
+        .collect();
+    assert_eq!(names.first().map(String::as_str), Some("message_start"));
+    assert_eq!(names.last().map(String::as_str), Some("message_stop"));
+    assert_eq!(anthropic_reply.anthropic_stream_text(), live_text);
+    assert_eq!(upstream.request_count(), 2);
+}
+
+#[tokio::test]
+async fn errors_and_broken_streams_are_never_stored() {
+    let upstream = mock("up").await;
+    let store = tempfile::tempdir().unwrap();
+    let gateway = cached_gateway(store.path(), &upstream, "").await;
+
+    upstream.set_faults(vec![FaultRule::always(Fault::status(500))]);
+    assert_eq!(
+        gateway.openai(openai_chat("chat", "Hello?")).await.status,
+        503
+    );
+    upstream.set_faults(vec![FaultRule::always(Fault::FailAfter { chunks: 3 })]);
+    let mut streaming = openai_chat("chat", "Hello stream?");
+    streaming["stream"] = json!(true);
+    let broken = gateway.openai(streaming.clone()).await;
+    assert_eq!(broken.served_by(), "provider:up/m");
+    assert!(broken.text.contains("error"), "{}", broken.text);
+    // A client refusal (400) is not an answer either.
+    upstream.set_faults(vec![FaultRule::always(Fault::status(400))]);
+    assert_eq!(
+        gateway.openai(openai_chat("chat", "Bad?")).await.status,
+        400
+    );
+
+    upstream.set_faults(Vec::new());
+    let before = upstream.request_count();
+    for body in [
+        openai_chat("chat", "Hello?"),
+        streaming,
+        openai_chat("chat", "Bad?"),
+    ] {
+        let reply = gateway.openai(body).await;
+        assert_eq!(reply.served_by(), "provider:up/m", "{}", reply.text);
+    }
+    assert_eq!(upstream.request_count(), before + 3);
+    let stats = gateway.admin_get("/admin/cache", None).await.json();
+    assert_eq!(stats["writes"]["error"], Value::Null);
+}
+
+#[tokio::test]
+async fn request_headers_control_the_cache() {
+    let upstream = mock("up").await;
+    let store = tempfile::tempdir().unwrap();
+    let gateway = cached_gateway(store.path(), &upstream, "").await;
+    let ask = |text: &'static str, headers: Vec<(&'static str, &'static str)>| {
+        let gateway = &gateway;
+        async move {
+            gateway
+                .post("/v1/chat/completions", openai_chat("chat", text), &headers)
+                .await
+        }
+    };
+    // no-store: answered, not kept.
+    ask("One?", vec![("cache-control", "no-store")]).await;
+    assert_eq!(ask("One?", vec![]).await.served_by(), "provider:up/m");
+    // no-cache: stored above, but not looked up.
+    assert_eq!(
+        ask("One?", vec![("cache-control", "no-cache")])
+            .await
+            .served_by(),
+        "provider:up/m"
+    );
+    assert_eq!(ask("One?", vec![]).await.served_by(), "cache:exact");
+    // A namespace is its own partition.
+    assert_eq!(
+        ask("One?", vec![("x-airbag-cache-namespace", "beta")])
+            .await
+            .served_by(),
+        "provider:up/m"
+    );
+    assert_eq!(
+        ask("One?", vec![("x-airbag-cache-namespace", "beta")])
+            .await
+            .served_by(),
+        "cache:exact"
+    );
+    assert_eq!(upstream.request_count(), 4);
+    // Bad header values are refused, naming the header, before any provider is asked.
+    let bad_ttl = ask("Two?", vec![("x-airbag-cache-ttl", "soon")]).await;
+    assert_eq!(bad_ttl.status, 400);
+    assert_eq!(bad_ttl.json()["error"]["param"], "x-airbag-cache-ttl");
+    let bad_namespace = ask("Two?", vec![("x-airbag-cache-namespace", "a b")]).await;
+    assert_eq!(bad_namespace.status, 400);
+    assert!(bad_namespace.text.contains("x-airbag-cache-namespace"));
+    assert_eq!(upstream.request_count(), 4);
+}
+
+#[tokio::test]
+async fn a_fallback_answer_is_kept_for_the_shorter_fallback_ttl() {
+    let primary = mock("primary").await;
+    let fallback = mock("fallback").await;
+    primary.set_faults(vec![FaultRule::always(Fault::status(503))]);
+    let store = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}{}{}{}",
+        provider("primary", "openai", &primary, ""),
+        provider("fallback", "openai", &fallback, ""),
+        route("chat", &["primary/m", "fallback/m"]),
+        cache_section(store.path(), "fallback_ttl = \"1s\"\nttl = \"1h\"", "")
+    );
+    let gateway = TestGateway::start(&config, &[]).await;
+    let first = gateway.openai(openai_chat("chat", "Which model?")).await;
+    assert_eq!(first.served_by(), "provider:fallback/m");
+    assert_eq!(
+        gateway
+            .openai(openai_chat("chat", "Which model?"))
+            .await
+            .served_by(),
+        "cache:exact"
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    primary.set_faults(Vec::new());
+    let later = gateway.openai(openai_chat("chat", "Which model?")).await;
+    assert_eq!(later.served_by(), "provider:primary/m");
+    // The primary's answer is kept for the full ttl.
+    assert_eq!(
+        gateway
+            .openai(openai_chat("chat", "Which model?"))
+            .await
+            .served_by(),
+        "cache:exact"
+    );
+}
+
+#[tokio::test]
+async fn admin_reports_stats_and_purges_by_tenant_route_or_namespace() {
+    let upstream = mock("up").await;
+    let store = tempfile::tempdir().unwrap();
+    let gateway = cached_gateway(store.path(), &upstream, "").await;
+    gateway.openai(openai_chat("chat", "Keep me")).await;
+    gateway
+        .post(
+            "/v1/chat/completions",
+            openai_chat("chat", "Keep me"),
+            &[("x-airbag-cache-namespace", "docs")],
+        )
+        .await;
+    wait_stored(&gateway, 2).await;
+    assert_eq!(
+        gateway
+            .openai(openai_chat("chat", "Keep me"))
+            .await
+            .served_by(),
+        "cache:exact"
+    );
+    let stats = gateway.admin_get("/admin/cache", None).await.json();
+    assert_eq!(stats["exact"]["hits"], 1);
+    assert_eq!(stats["store"], "embedded");
+
+    let client = reqwest::Client::new();
+    let purge = |body: Value| {
+        let client = client.clone();
+        let url = gateway.admin_url("/admin/cache/purge");
+        async move {
+            Reply::read(
+                client
+                    .post(url)
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    let refused = purge(json!({})).await;
+    assert_eq!(refused.status, 400);
+    let unknown = purge(json!({"tenant": "default", "colour": "red"})).await;
+    assert_eq!(unknown.status, 400);
+    assert!(unknown.text.contains("colour"), "{}", unknown.text);
+
+    // Purge the namespace: the default namespace's entry stays.
+    assert_eq!(purge(json!({"namespace": "docs"})).await.status, 200);
+    assert_eq!(
+        gateway
+            .openai(openai_chat("chat", "Keep me"))
+            .await
+            .served_by(),
+        "cache:exact"
+    );
+    let docs = gateway
+        .post(
+            "/v1/chat/completions",
+            openai_chat("chat", "Keep me"),
+            &[("x-airbag-cache-namespace", "docs")],
+        )
+        .await;
+    assert_eq!(docs.served_by(), "provider:up/m");
+    // Purge the tenant: everything of it goes.
+    assert_eq!(
+        purge(json!({"tenant": "default", "route": "chat"}))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        gateway
+            .openai(openai_chat("chat", "Keep me"))
+            .await
+            .served_by(),
+        "provider:up/m"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_model_stops_start_up_naming_the_fix() {
+    let upstream = mock("up").await;
+    let store = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}{}{}",
+        provider("up", "openai", &upstream, ""),
+        route("chat", &["up/m"]),
+        cache_section(store.path(), "", "model_dir = \"/nonexistent/model\"")
+    )
+    .replace(
+        &format!(
+            "model_dir = \"{}/.cache/model/all-minilm-l6-v2\"\n",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+        "",
+    );
+    let config = airbag::config::Config::from_toml(
+        &format!("[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{config}"),
+        Path::new("test.toml"),
+        &airbag::config::Env::default(),
+    )
+    .unwrap();
+    let Err(error) = airbag::server::start(&config, &airbag::config::Env::default()).await else {
+        panic!("the gateway started without its model");
+    };
+    let message = error.to_string();
+    assert!(message.contains("/nonexistent/model"), "{message}");
+    assert!(message.contains("make model"), "{message}");
+    assert!(message.contains("cache.semantic.model_dir"), "{message}");
+}
+
+#[tokio::test]
+async fn a_qdrant_server_store_serves_the_same_hits_when_qdrant_url_is_set() {
+    let Ok(url) = std::env::var("QDRANT_URL") else {
+        println!(
+            "SKIPPED: QDRANT_URL is not set; run a Qdrant server and set QDRANT_URL=http://HOST:6334 to test the shared store"
+        );
+        return;
+    };
+    let upstream = mock("up").await;
+    let store = tempfile::tempdir().unwrap();
+    let collection = format!("airbag_test_{}", fastrand::u32(..));
+    let config = format!(
+        "{}{}{}",
+        provider("up", "openai", &upstream, ""),
+        route("chat", &["up/m"]),
+        cache_section(store.path(), "", "")
+    )
+    .replace(
+        &format!("[cache.store]\npath = \"{}\"\n", store.path().display()),
+        &format!(
+            "[cache.store]\nkind = \"qdrant\"\nurl = \"{url}\"\ncollection = \"{collection}\"\n"
+        ),
+    );
+    let gateway = TestGateway::start(&config, &[]).await;
+    gateway
+        .openai(openai_chat("chat", "How do I reset my password?"))
+        .await;
+    wait_stored(&gateway, 1).await;
+    assert_eq!(
+        gateway
+            .openai(openai_chat("chat", "how can i reset my password"))
+            .await
+            .served_by(),
+        "cache:semantic"
+    );
+    gateway.running.shutdown().await;
+    // A second replica (fresh memory) reads the shared store.
+    let replica = TestGateway::start(&config, &[]).await;
+    assert_eq!(
+        replica
+            .openai(openai_chat("chat", "How do I reset my password?"))
+            .await
+            .served_by(),
+        "cache:exact"
+    );
+    assert_eq!(upstream.request_count(), 1);
+}
