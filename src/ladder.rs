@@ -4,8 +4,8 @@
 //!
 //! 1. cache (exact, then semantic) — not built yet; see ARCHITECTURE.md;
 //! 2. providers — the route's chain of targets ([`crate::providers::chain::walk`]);
-//! 3. canned — not built yet; until it is, a request every target failed gets a 503
-//!    listing each attempt.
+//! 3. canned — the best pre-written answer for the route and the last user message
+//!    ([`crate::canned`]); when none applies (no default), a 503 listing each attempt.
 //!
 //! The ladder decides *which* rung serves and returns a [`Served`] with its tag; egress
 //! (in `server`) renders it in the caller's protocol. It never touches HTTP types.
@@ -16,8 +16,11 @@ use serde_json::{Value, json};
 
 use crate::config::ProviderKind;
 use crate::error::RequestError;
-use crate::protocol::{ChatRequest, ChatResponse, EventStream};
-use crate::providers::{AttemptRecord, ChainOutcome, UpstreamAnswer, chain};
+use crate::protocol::{
+    ChatRequest, ChatResponse, EventStream, Part, StopReason, Usage, last_user_text, random_id,
+    replay_as_stream,
+};
+use crate::providers::{AttemptRecord, ChainOutcome, Route, UpstreamAnswer, chain};
 use crate::server::Gateway;
 
 /// Which rung served a response.
@@ -124,11 +127,55 @@ pub async fn answer(gateway: &Gateway, request: &ChatRequest) -> Result<Served, 
             answer: Answer::Refused { status, body, kind },
             tag: provider_tag(&target, depth, attempts),
         }),
-        ChainOutcome::Exhausted { attempts } => Err(RequestError::AllTargetsFailed {
+        // Rung 3: canned. Every target failed or was skipped.
+        ChainOutcome::Exhausted { attempts } => canned_answer(gateway, route, request, attempts),
+    }
+}
+
+/// The best canned entry for the request, as a complete answer (or its replay as a
+/// stream), tagged `canned:<id>` with the failed attempts; a 503 when none applies.
+/// Canned answers are never cached.
+fn canned_answer(
+    gateway: &Gateway,
+    route: &Route,
+    request: &ChatRequest,
+    attempts: Vec<AttemptRecord>,
+) -> Result<Served, RequestError> {
+    let names = [request.model.as_str(), route.model.as_str()];
+    let text = last_user_text(&request.messages);
+    // The cache's embedder will supply the last user message's vector; until then only
+    // patterns and catch-alls match.
+    let query_vector = None;
+    let Some(found) = gateway.canned.best(&names, &text, query_vector) else {
+        return Err(RequestError::AllTargetsFailed {
             route: route.model.clone(),
             attempts,
-        }),
-    }
+        });
+    };
+    let id = found.entry.id.as_str();
+    gateway.metrics.canned_served.with_label_values(&[id]).inc();
+    let response = ChatResponse {
+        id: random_id("canned-"),
+        model: request.model.clone(),
+        content: vec![Part::Text(found.entry.spec.text.clone())],
+        stop_reason: StopReason::EndTurn,
+        usage: Usage::default(),
+    };
+    Ok(Served {
+        answer: if request.stream {
+            Answer::Stream(replay_as_stream(response))
+        } else {
+            Answer::Complete(response)
+        },
+        tag: RungTag {
+            rung: Rung::Canned,
+            served_by: format!("canned:{id}"),
+            // Past every target of the chain, like the context-window fallback.
+            fallback_depth: route.chain.len(),
+            similarity: found.similarity,
+            attempts,
+        },
+    })
 }
 
 fn provider_tag(target: &str, depth: usize, attempts: Vec<AttemptRecord>) -> RungTag {

@@ -35,6 +35,10 @@ pub struct Metrics {
     pub quality_judgements: IntCounterVec,
     /// Rolling mean of the judge's scores per target.
     pub quality_score: GaugeVec,
+    /// Canned answers served, by entry id (ids are file names an operator chose).
+    pub canned_served: IntCounterVec,
+    /// Admin API edits of canned entries, by action and outcome.
+    pub canned_edits: IntCounterVec,
 }
 
 impl Metrics {
@@ -132,6 +136,22 @@ impl Metrics {
         registry.register(Box::new(breaker_transitions.clone()))?;
         registry.register(Box::new(quality_judgements.clone()))?;
         registry.register(Box::new(quality_score.clone()))?;
+        let canned_served = IntCounterVec::new(
+            Opts::new(
+                "airbag_canned_served_total",
+                "Canned answers served, by entry id",
+            ),
+            &["id"],
+        )?;
+        let canned_edits = IntCounterVec::new(
+            Opts::new(
+                "airbag_canned_edits_total",
+                "Admin API edits of canned entries, by action and outcome",
+            ),
+            &["action", "outcome"],
+        )?;
+        registry.register(Box::new(canned_served.clone()))?;
+        registry.register(Box::new(canned_edits.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -145,6 +165,8 @@ impl Metrics {
             breaker_transitions,
             quality_judgements,
             quality_score,
+            canned_served,
+            canned_edits,
         })
     }
 

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::canned::{self, CannedSet, ExampleEmbedder};
 use crate::config::{Config, Env};
 use crate::error::RequestError;
 use crate::ladder::{self, Answer, RungTag, Served};
@@ -53,6 +54,13 @@ pub struct Gateway {
     pub(crate) admin_token: Option<String>,
     /// How long rung 2 may take to commit an answer (`server.request_timeout`).
     pub request_timeout: std::time::Duration,
+    /// Rung 3: the canned answers, kept in step with `canned.dir`.
+    pub canned: Arc<CannedSet>,
+    /// Turns the last user message into the vector canned examples are compared with.
+    /// None until the cache's embedder is wired in: examples then never match.
+    pub embedder: Option<Arc<dyn ExampleEmbedder>>,
+    /// How often `canned.dir` is polled for edits made to the files.
+    canned_reload_interval: std::time::Duration,
 }
 
 /// A start-up problem outside the config file itself.
@@ -69,6 +77,13 @@ pub enum StartupError {
     },
     #[error("cannot set up metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error(
+        "canned.dir: cannot read the folder {dir}: {source}; create it (an empty folder is fine) or point canned.dir at the folder of canned answers"
+    )]
+    CannedDir {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl Gateway {
@@ -107,6 +122,8 @@ impl Gateway {
             .iter()
             .map(|(name, provider)| (name.clone(), provider.kind.protocol().label()))
             .collect();
+        let embedder: Option<Arc<dyn ExampleEmbedder>> = None;
+        let canned = Arc::new(CannedSet::new(config.canned.dir.clone(), embedder.clone()));
         Ok(Gateway {
             provider_names,
             routes,
@@ -120,6 +137,9 @@ impl Gateway {
                 .token
                 .as_ref()
                 .and_then(|token| token.resolve(env)),
+            canned,
+            embedder,
+            canned_reload_interval: config.canned.reload_interval,
         })
     }
 
@@ -183,6 +203,7 @@ impl RunningGateway {
 /// Bind both listeners and start serving. Binding to port 0 picks free ports (tests).
 pub async fn start(config: &Config, env: &Env) -> Result<RunningGateway, StartupError> {
     let gateway = Arc::new(Gateway::from_config(config, env)?);
+    load_canned(&gateway).await?;
     let bind = |addr: SocketAddr, what: &'static str, key: &'static str| async move {
         TcpListener::bind(addr)
             .await
@@ -210,7 +231,16 @@ pub async fn start(config: &Config, env: &Env) -> Result<RunningGateway, Startup
     let (shutdown, watcher) = watch::channel(false);
     let tasks = vec![
         spawn_server(proxy, proxy_router(gateway.clone()), watcher.clone()),
-        spawn_server(admin, crate::admin::router(gateway.clone()), watcher),
+        spawn_server(
+            admin,
+            crate::admin::router(gateway.clone()),
+            watcher.clone(),
+        ),
+        canned::files::spawn_reloader(
+            gateway.canned.clone(),
+            gateway.canned_reload_interval,
+            watcher,
+        ),
     ];
     tracing::info!(%proxy_addr, %admin_addr, "airbag is listening");
     Ok(RunningGateway {
@@ -220,6 +250,29 @@ pub async fn start(config: &Config, env: &Env) -> Result<RunningGateway, Startup
         shutdown,
         tasks,
     })
+}
+
+/// Read the canned folder before the first request. A missing folder stops the start-up
+/// (a wrong working directory would otherwise leave rung 3 silently empty); bad files
+/// are reported and skipped.
+async fn load_canned(gateway: &Arc<Gateway>) -> Result<(), StartupError> {
+    let dir = gateway.canned.dir().to_path_buf();
+    if let Err(source) = std::fs::read_dir(&dir) {
+        return Err(StartupError::CannedDir { dir, source });
+    }
+    let canned = gateway.canned.clone();
+    // Embedding examples is CPU work: off the runtime, as on every reload.
+    if let Err(error) = tokio::task::spawn_blocking(move || canned.reload_blocking()).await {
+        tracing::error!(%error, "canned: the first load panicked; no canned answers serve");
+    }
+    let snapshot = gateway.canned.snapshot();
+    tracing::info!(
+        dir = %dir.display(),
+        entries = snapshot.entries.len(),
+        problems = snapshot.problems.len(),
+        "canned answers loaded"
+    );
+    Ok(())
 }
 
 fn spawn_server(

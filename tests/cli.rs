@@ -194,11 +194,16 @@ async fn serve_and_mock_provider_work_together_from_the_command_line() {
         "mock cli answers: ping"
     );
 
-    // The `chat` route's providers have no keys here: every target is skipped.
+    // The `chat` route's providers have no keys here: every target is skipped, and the
+    // shipped catch-all in canned/ (the working directory's) answers.
     let reply = ping(&client, &proxy, "chat").await;
-    assert_eq!(reply.status(), 503);
+    assert_eq!(reply.status(), 200);
+    assert_eq!(reply.headers()["x-airbag-served-by"], "canned:default");
     let body: serde_json::Value = reply.json().await.unwrap();
+    assert_eq!(body["airbag"]["rung"], "canned");
     assert_eq!(body["airbag"]["attempts"][0]["outcome"], "disabled");
+    let text = body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.contains("temporarily unavailable"), "{text}");
 
     let metrics = client
         .get(format!("http://{admin}/metrics"))
