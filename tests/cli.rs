@@ -90,6 +90,40 @@ fn the_shipped_config_checks_clean_on_a_machine_without_keys() {
         stdout.contains("disabled: none of its keys are set"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("canned canned: account-access, billing, default"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_config_fails_on_a_canned_file_that_would_be_skipped() {
+    let folder = tempfile::tempdir().unwrap();
+    let canned = folder.path().join("canned");
+    std::fs::create_dir(&canned).unwrap();
+    std::fs::write(canned.join("good.toml"), "text = \"fine\"\n").unwrap();
+    std::fs::write(
+        canned.join("billing.toml"),
+        "patterns = [\"(unclosed\"]\ntext = \"x\"\n",
+    )
+    .unwrap();
+    let path = folder.path().join("airbag.toml");
+    std::fs::write(
+        &path,
+        format!("[canned]\ndir = {:?}\n", canned.to_string_lossy()),
+    )
+    .unwrap();
+    let (ok, stderr) = check_config(&path);
+    assert!(!ok);
+    assert!(
+        stderr.contains("billing.toml: `patterns[0]`: is not a valid regex"),
+        "{stderr}"
+    );
+
+    std::fs::write(&path, "[canned]\ndir = \"/nonexistent/canned\"\n").unwrap();
+    let (ok, stderr) = check_config(&path);
+    assert!(!ok);
+    assert!(stderr.contains("canned.dir"), "{stderr}");
 }
 
 /// `airbag check-config` on a file: whether it passed, and what it said on stderr.

@@ -278,6 +278,15 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Read a canned folder once, as `airbag check-config` does: the entries that would serve
+/// and the problems of the files that would be skipped. Err when the folder cannot be read.
+pub fn check_folder(dir: &Path) -> io::Result<Arc<Snapshot>> {
+    fs::read_dir(dir)?;
+    let set = CannedSet::new(dir.to_path_buf(), None);
+    set.reload_blocking();
+    Ok(set.snapshot())
+}
+
 /// Poll the folder every `interval` until shutdown. Each reload runs on the blocking
 /// pool, so reading files and embedding examples never stall the runtime.
 pub fn spawn_reloader(
