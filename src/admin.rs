@@ -1,9 +1,11 @@
-//! The admin listener: Prometheus metrics, the gateway's status, failover drills, and
-//! the cache's stats and purges.
+//! The admin listener: Prometheus metrics, the gateway's status, failover drills, the
+//! cache's stats and purges, the canned answers' API (`crate::canned::admin`) and the
+//! OpenAPI document of it all.
 //!
 //! Every route sits behind the bearer token when one is configured (compared in
-//! constant time). This module reads the gateway's state and forces breakers for drills;
-//! it never serves chat traffic.
+//! constant time); config validation refuses a listener beyond loopback without one.
+//! This module reads the gateway's state and forces breakers for drills; it never serves
+//! chat traffic.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +34,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/admin/drills/{*target}", delete(end_drill))
         .route("/admin/cache", get(cache_stats))
         .route("/admin/cache/purge", post(cache_purge))
+        .route("/admin/openapi.json", get(openapi))
+        .merge(crate::canned::admin::routes())
         .route_layer(middleware::from_fn_with_state(
             gateway.clone(),
             require_token,
@@ -78,6 +82,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         difference |= byte ^ a.get(index).copied().unwrap_or(0);
     }
     !length_differs && difference == 0
+}
+
+/// The OpenAPI 3 document of this listener, kept next to this file; a test checks it
+/// against the routes.
+const OPENAPI: &str = include_str!("admin_openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
@@ -141,7 +153,7 @@ async fn status(State(gateway): State<Arc<Gateway>>) -> Response {
             Some(cache) => cache.stats().await,
             None => json!({"enabled": false}),
         },
-        "canned": {"state": "not built yet"},
+        "canned": gateway.canned.status_json(),
     }))
     .into_response()
 }

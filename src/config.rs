@@ -50,6 +50,30 @@ pub struct Config {
     /// Rung 1: on by default, with the semantic cache (run `make model` first).
     #[serde(default)]
     pub cache: CacheConfig,
+    /// Rung 3: where the canned answers live and how often the folder is re-read.
+    #[serde(default)]
+    pub canned: CannedConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CannedConfig {
+    /// The folder of canned answers, one `<id>.toml` per entry. A relative path is
+    /// resolved against the process's working directory. It must exist at start-up.
+    #[serde(default = "default_canned_dir")]
+    pub dir: PathBuf,
+    /// How often the folder is polled for edits made straight to the files.
+    #[serde(default = "default_canned_reload_interval", with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+impl Default for CannedConfig {
+    fn default() -> Self {
+        CannedConfig {
+            dir: default_canned_dir(),
+            reload_interval: default_canned_reload_interval(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -355,6 +379,12 @@ fn default_max_body() -> ByteSize {
 fn default_request_timeout() -> Duration {
     Duration::from_secs(300)
 }
+fn default_canned_dir() -> PathBuf {
+    PathBuf::from("canned")
+}
+fn default_canned_reload_interval() -> Duration {
+    Duration::from_secs(1)
+}
 fn default_retries() -> u32 {
     2
 }
@@ -438,6 +468,17 @@ impl Config {
         problems.extend(self.cache.problems());
         if let Some(key) = &self.cache.store.api_key {
             check_secret("cache.store.api_key", key, &mut problems);
+        }
+        if self.canned.dir.as_os_str().is_empty() {
+            problems.push(
+                "canned.dir: is empty; name the folder of canned answers, e.g. \"canned\""
+                    .to_string(),
+            );
+        }
+        if self.canned.reload_interval < Duration::from_millis(10) {
+            problems.push(
+                "canned.reload_interval: must be at least 10ms; write e.g. \"1s\"".to_string(),
+            );
         }
         problems
     }
@@ -672,6 +713,17 @@ chain = ["a/m", "ghost/m", "nomodel"]
     fn admin_beyond_loopback_needs_a_token() {
         let message = problems_of("[admin]\nlisten = \"0.0.0.0:8081\"\n");
         assert!(message.contains("admin.listen"), "{message}");
+    }
+
+    #[test]
+    fn the_canned_section_has_defaults_and_refuses_unknown_keys() {
+        let config = Config::from_toml("", Path::new("t.toml"), &Env::default()).unwrap();
+        assert_eq!(config.canned.dir, PathBuf::from("canned"));
+        assert_eq!(config.canned.reload_interval, Duration::from_secs(1));
+        let message = problems_of("[canned]\ndirectory = \"x\"\n");
+        assert!(message.contains("directory"), "{message}");
+        let message = problems_of("[canned]\nreload_interval = \"0s\"\n");
+        assert!(message.contains("canned.reload_interval"), "{message}");
     }
 
     #[test]

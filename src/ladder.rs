@@ -5,8 +5,8 @@
 //! 1. cache — exact, then semantic ([`crate::cache::Cache::lookup`]);
 //! 2. providers — the route's chain of targets ([`crate::providers::chain::walk`]);
 //!    when every target failed, a stale cache entry (stale-if-error);
-//! 3. canned — not built yet; until it is, a request every target failed gets a 503
-//!    listing each attempt.
+//! 3. canned — the best pre-written answer for the route and the last user message
+//!    ([`crate::canned`]); when none applies (no default), a 503 listing each attempt.
 //!
 //! A provider's complete answer is handed to the cache on the way out (a stream once it
 //! ended normally); nothing else is ever stored.
@@ -21,8 +21,11 @@ use serde_json::{Value, json};
 use crate::cache::{CacheControls, CacheHit, HitKind, Lookup};
 use crate::config::ProviderKind;
 use crate::error::RequestError;
-use crate::protocol::{ChatRequest, ChatResponse, EventStream, replay_as_stream};
-use crate::providers::{AttemptRecord, ChainOutcome, UpstreamAnswer, chain};
+use crate::protocol::{
+    ChatRequest, ChatResponse, EventStream, Part, StopReason, Usage, last_user_text, random_id,
+    replay_as_stream,
+};
+use crate::providers::{AttemptRecord, ChainOutcome, Route, UpstreamAnswer, chain};
 use crate::server::Gateway;
 
 /// Which rung served a response.
@@ -111,6 +114,7 @@ pub async fn answer(
         hit,
         stale,
         pending,
+        question_vector,
     } = match &gateway.cache {
         Some(cache) => cache.lookup(request, tenant, controls).await,
         None => Lookup::default(),
@@ -158,10 +162,8 @@ pub async fn answer(
         // Stale-if-error: an expired answer beats no answer, but only now.
         ChainOutcome::Exhausted { attempts } => match stale {
             Some(stale) => Ok(cache_served(stale, request, true, attempts)),
-            None => Err(RequestError::AllTargetsFailed {
-                route: route.model.clone(),
-                attempts,
-            }),
+            // Rung 3: canned. Every target failed or was skipped.
+            None => canned_answer(gateway, route, request, question_vector, attempts).await,
         },
     }
 }
@@ -194,6 +196,63 @@ fn cache_served(
             attempts,
         },
     }
+}
+
+/// The best canned entry for the request, as a complete answer (or its replay as a
+/// stream), tagged `canned:<id>` with the failed attempts; a 503 when none applies.
+/// Canned answers are never cached.
+async fn canned_answer(
+    gateway: &Gateway,
+    route: &Route,
+    request: &ChatRequest,
+    question_vector: Option<Vec<f32>>,
+    attempts: Vec<AttemptRecord>,
+) -> Result<Served, RequestError> {
+    let names = [request.model.as_str(), route.model.as_str()];
+    let text = last_user_text(&request.messages);
+    // Examples are compared with the question's vector: the one the cache lookup made,
+    // or one made now (requests the semantic cache skips, such as tool calls).
+    let question_vector = match (question_vector, gateway.cache.as_ref()) {
+        (Some(vector), _) => Some(vector),
+        (None, Some(cache)) if !text.trim().is_empty() => match cache.embedder() {
+            Some(embedder) => embedder.embed_one(&text).await.ok(),
+            None => None,
+        },
+        _ => None,
+    };
+    let Some(found) = gateway
+        .canned
+        .best(&names, &text, question_vector.as_deref())
+    else {
+        return Err(RequestError::AllTargetsFailed {
+            route: route.model.clone(),
+            attempts,
+        });
+    };
+    let id = found.entry.id.as_str();
+    gateway.metrics.canned_served.with_label_values(&[id]).inc();
+    let response = ChatResponse {
+        id: random_id("canned-"),
+        model: request.model.clone(),
+        content: vec![Part::Text(found.entry.spec.text.clone())],
+        stop_reason: StopReason::EndTurn,
+        usage: Usage::default(),
+    };
+    Ok(Served {
+        answer: if request.stream {
+            Answer::Stream(replay_as_stream(response))
+        } else {
+            Answer::Complete(response)
+        },
+        tag: RungTag {
+            rung: Rung::Canned,
+            served_by: format!("canned:{id}"),
+            // Past every target of the chain, like the context-window fallback.
+            fallback_depth: route.chain.len(),
+            similarity: found.similarity,
+            attempts,
+        },
+    })
 }
 
 fn provider_tag(target: &str, depth: usize, attempts: Vec<AttemptRecord>) -> RungTag {

@@ -8,15 +8,18 @@
 //! - [`ladder`]: the one function that knows the order of the rungs.
 //! - [`providers`]: rung 2, the chain of targets with retries, backoff, key rotation,
 //!   timeouts, circuit breakers and the quality judge.
+//! - [`canned`]: rung 3, pre-written answers kept in files, their reload and admin API.
 //! - [`protocol`]: the neutral chat types and the OpenAI and Anthropic wire formats.
 //! - [`error`]: request errors and their bodies in each protocol.
-//! - [`admin`]: the admin listener: metrics, status, drills.
+//! - [`admin`]: the admin listener: metrics, status, drills, canned answers, its OpenAPI
+//!   document.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`drill`]: `airbag drill`, an outage rehearsal against a running gateway.
 //! - [`mock`]: the fake provider behind `airbag mock-provider`.
 
 pub mod admin;
 pub mod cache;
+pub mod canned;
 pub mod config;
 pub mod drill;
 pub mod error;

@@ -219,12 +219,41 @@ fn check_config(path: &Path) -> ExitCode {
             for route in &config.routes {
                 println!("  route {} -> {}", route.model, route.chain.join(" -> "));
             }
-            ExitCode::SUCCESS
+            check_canned(&config.canned.dir)
         }
         Err(error) => {
             eprintln!("{error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The canned folder as `serve` would load it: a missing folder or a file that would be
+/// skipped fails the check, so CI catches a bad edit before it is deployed.
+fn check_canned(dir: &Path) -> ExitCode {
+    let snapshot = match airbag::canned::files::check_folder(dir) {
+        Ok(snapshot) => snapshot,
+        Err(error) => {
+            eprintln!(
+                "canned.dir: cannot read the folder {}: {error}; create it (an empty folder is fine) or point canned.dir at the folder of canned answers",
+                dir.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let ids: Vec<&str> = snapshot
+        .entries
+        .iter()
+        .map(|entry| entry.id.as_str())
+        .collect();
+    println!("  canned {}: {}", dir.display(), ids.join(", "));
+    for (file, problem) in &snapshot.problems {
+        eprintln!("{}: {problem}", dir.join(file).display());
+    }
+    if snapshot.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

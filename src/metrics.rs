@@ -51,6 +51,10 @@ pub struct Metrics {
     pub cache_writes: IntCounterVec,
     /// Entries in the store (refreshed by the maintenance task).
     pub cache_entries: IntGauge,
+    /// Canned answers served, by entry id (ids are file names an operator chose).
+    pub canned_served: IntCounterVec,
+    /// Admin API edits of canned entries, by action and outcome.
+    pub canned_edits: IntCounterVec,
 }
 
 impl Metrics {
@@ -206,6 +210,22 @@ impl Metrics {
         registry.register(Box::new(cache_store_seconds.clone()))?;
         registry.register(Box::new(cache_writes.clone()))?;
         registry.register(Box::new(cache_entries.clone()))?;
+        let canned_served = IntCounterVec::new(
+            Opts::new(
+                "airbag_canned_served_total",
+                "Canned answers served, by entry id",
+            ),
+            &["id"],
+        )?;
+        let canned_edits = IntCounterVec::new(
+            Opts::new(
+                "airbag_canned_edits_total",
+                "Admin API edits of canned entries, by action and outcome",
+            ),
+            &["action", "outcome"],
+        )?;
+        registry.register(Box::new(canned_served.clone()))?;
+        registry.register(Box::new(canned_edits.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -226,6 +246,8 @@ impl Metrics {
             cache_store_seconds,
             cache_writes,
             cache_entries,
+            canned_served,
+            canned_edits,
         })
     }
 

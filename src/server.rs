@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::cache::{Cache, CacheControls, CacheStartError};
+use crate::canned::{self, CannedSet, ExampleEmbedder};
 use crate::config::{Config, Env};
 use crate::error::RequestError;
 use crate::ladder::{self, Answer, RungTag, Served};
@@ -58,6 +59,13 @@ pub struct Gateway {
     pub cache: Option<Arc<Cache>>,
     /// The longest TTL a client may ask for (`cache.max_ttl`).
     max_cache_ttl: std::time::Duration,
+    /// Rung 3: the canned answers, kept in step with `canned.dir`.
+    pub canned: Arc<CannedSet>,
+    /// Turns the last user message into the vector canned examples are compared with.
+    /// The cache's model; None when the semantic cache is off: examples then never match.
+    pub embedder: Option<Arc<dyn ExampleEmbedder>>,
+    /// How often `canned.dir` is polled for edits made to the files.
+    canned_reload_interval: std::time::Duration,
 }
 
 /// A start-up problem outside the config file itself.
@@ -76,6 +84,13 @@ pub enum StartupError {
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     Cache(#[from] CacheStartError),
+    #[error(
+        "canned.dir: cannot read the folder {dir}: {source}; create it (an empty folder is fine) or point canned.dir at the folder of canned answers"
+    )]
+    CannedDir {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl Gateway {
@@ -114,6 +129,8 @@ impl Gateway {
             .iter()
             .map(|(name, provider)| (name.clone(), provider.kind.protocol().label()))
             .collect();
+        let embedder: Option<Arc<dyn ExampleEmbedder>> = None;
+        let canned = Arc::new(CannedSet::new(config.canned.dir.clone(), embedder.clone()));
         Ok(Gateway {
             provider_names,
             routes,
@@ -129,6 +146,9 @@ impl Gateway {
                 .token
                 .as_ref()
                 .and_then(|token| token.resolve(env)),
+            canned,
+            embedder,
+            canned_reload_interval: config.canned.reload_interval,
         })
     }
 
@@ -207,7 +227,17 @@ pub async fn start(config: &Config, env: &Env) -> Result<RunningGateway, Startup
             "the cache is off (cache.enabled = false): every request goes to the providers"
         );
     }
+    // Canned examples are compared by the cache's model, when it is loaded.
+    if let Some(embedder) = gateway.cache.as_ref().and_then(|cache| cache.embedder()) {
+        let embedder: Arc<dyn ExampleEmbedder> = Arc::new(embedder.clone());
+        gateway.canned = Arc::new(CannedSet::new(
+            config.canned.dir.clone(),
+            Some(embedder.clone()),
+        ));
+        gateway.embedder = Some(embedder);
+    }
     let gateway = Arc::new(gateway);
+    load_canned(&gateway).await?;
     let bind = |addr: SocketAddr, what: &'static str, key: &'static str| async move {
         TcpListener::bind(addr)
             .await
@@ -235,7 +265,16 @@ pub async fn start(config: &Config, env: &Env) -> Result<RunningGateway, Startup
     let (shutdown, watcher) = watch::channel(false);
     let tasks = vec![
         spawn_server(proxy, proxy_router(gateway.clone()), watcher.clone()),
-        spawn_server(admin, crate::admin::router(gateway.clone()), watcher),
+        spawn_server(
+            admin,
+            crate::admin::router(gateway.clone()),
+            watcher.clone(),
+        ),
+        canned::files::spawn_reloader(
+            gateway.canned.clone(),
+            gateway.canned_reload_interval,
+            watcher,
+        ),
     ];
     tracing::info!(%proxy_addr, %admin_addr, "airbag is listening");
     Ok(RunningGateway {
@@ -245,6 +284,29 @@ pub async fn start(config: &Config, env: &Env) -> Result<RunningGateway, Startup
         shutdown,
         tasks,
     })
+}
+
+/// Read the canned folder before the first request. A missing folder stops the start-up
+/// (a wrong working directory would otherwise leave rung 3 silently empty); bad files
+/// are reported and skipped.
+async fn load_canned(gateway: &Arc<Gateway>) -> Result<(), StartupError> {
+    let dir = gateway.canned.dir().to_path_buf();
+    if let Err(source) = std::fs::read_dir(&dir) {
+        return Err(StartupError::CannedDir { dir, source });
+    }
+    let canned = gateway.canned.clone();
+    // Embedding examples is CPU work: off the runtime, as on every reload.
+    if let Err(error) = tokio::task::spawn_blocking(move || canned.reload_blocking()).await {
+        tracing::error!(%error, "canned: the first load panicked; no canned answers serve");
+    }
+    let snapshot = gateway.canned.snapshot();
+    tracing::info!(
+        dir = %dir.display(),
+        entries = snapshot.entries.len(),
+        problems = snapshot.problems.len(),
+        "canned answers loaded"
+    );
+    Ok(())
 }
 
 fn spawn_server(

@@ -426,6 +426,30 @@ async fn metrics_contains_every_documented_series() {
         .await
         .unwrap();
     assert_eq!(closed.status(), 200);
+    // A canned catch-all written through the admin API, served while both targets are
+    // forced open: the canned series.
+    let created = gateway
+        .client
+        .post(gateway.admin_url("/admin/canned"))
+        .header("content-type", "application/json")
+        .body(r#"{"id": "default", "text": "busy"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    for target in ["bad/m", "fallback/m"] {
+        let drill = gateway
+            .client
+            .post(gateway.admin_url("/admin/drills"))
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"target": "{target}", "duration": "10s"}}"#))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(drill.status(), 200);
+    }
+    let reply = gateway.openai(openai_chat("chat", "all down")).await;
+    assert_eq!(reply.served_by(), "canned:default");
     // Give the background judge a moment.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let metrics = gateway.metrics().await;

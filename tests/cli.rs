@@ -90,6 +90,40 @@ fn the_shipped_config_checks_clean_on_a_machine_without_keys() {
         stdout.contains("disabled: none of its keys are set"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("canned canned: account-access, billing, default"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_config_fails_on_a_canned_file_that_would_be_skipped() {
+    let folder = tempfile::tempdir().unwrap();
+    let canned = folder.path().join("canned");
+    std::fs::create_dir(&canned).unwrap();
+    std::fs::write(canned.join("good.toml"), "text = \"fine\"\n").unwrap();
+    std::fs::write(
+        canned.join("billing.toml"),
+        "patterns = [\"(unclosed\"]\ntext = \"x\"\n",
+    )
+    .unwrap();
+    let path = folder.path().join("airbag.toml");
+    std::fs::write(
+        &path,
+        format!("[canned]\ndir = {:?}\n", canned.to_string_lossy()),
+    )
+    .unwrap();
+    let (ok, stderr) = check_config(&path);
+    assert!(!ok);
+    assert!(
+        stderr.contains("billing.toml: `patterns[0]`: is not a valid regex"),
+        "{stderr}"
+    );
+
+    std::fs::write(&path, "[canned]\ndir = \"/nonexistent/canned\"\n").unwrap();
+    let (ok, stderr) = check_config(&path);
+    assert!(!ok);
+    assert!(stderr.contains("canned.dir"), "{stderr}");
 }
 
 /// `airbag check-config` on a file: whether it passed, and what it said on stderr.
@@ -169,10 +203,12 @@ async fn serve_and_mock_provider_work_together_from_the_command_line() {
     );
     let mock_url = field(&announced, "base_url");
     let shipped = std::fs::read_to_string("config/airbag.toml").unwrap();
+    let store = tempfile::tempdir().unwrap();
     let config = shipped
         .replace("127.0.0.1:8080", "127.0.0.1:0")
         .replace("127.0.0.1:8081", "127.0.0.1:0")
-        .replace("http://127.0.0.1:9000/v1", &mock_url);
+        .replace("http://127.0.0.1:9000/v1", &mock_url)
+        .replace("path = \"data/cache\"", &format!("path = \"{}\"", store.path().display()));
     let folder = tempfile::tempdir().unwrap();
     let path = folder.path().join("airbag.toml");
     std::fs::write(&path, config).unwrap();
@@ -193,12 +229,20 @@ async fn serve_and_mock_provider_work_together_from_the_command_line() {
         body["choices"][0]["message"]["content"],
         "mock cli answers: ping"
     );
+    // The shipped config caches: the repeat never reaches the mock.
+    let repeat = ping(&client, &proxy, "demo").await;
+    assert_eq!(repeat.headers()["x-airbag-served-by"], "cache:exact");
 
-    // The `chat` route's providers have no keys here: every target is skipped.
+    // The `chat` route's providers have no keys here: every target is skipped, and the
+    // shipped catch-all in canned/ (the working directory's) answers.
     let reply = ping(&client, &proxy, "chat").await;
-    assert_eq!(reply.status(), 503);
+    assert_eq!(reply.status(), 200);
+    assert_eq!(reply.headers()["x-airbag-served-by"], "canned:default");
     let body: serde_json::Value = reply.json().await.unwrap();
+    assert_eq!(body["airbag"]["rung"], "canned");
     assert_eq!(body["airbag"]["attempts"][0]["outcome"], "disabled");
+    let text = body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.contains("temporarily unavailable"), "{text}");
 
     let metrics = client
         .get(format!("http://{admin}/metrics"))

@@ -196,3 +196,9 @@ fn load_model(model_dir: &Path, onnxruntime: &Path) -> Result<TextEmbedding, Mod
         },
     )
 }
+
+impl crate::canned::ExampleEmbedder for Embedder {
+    fn embed_blocking(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, String> {
+        Embedder::embed_blocking(self, texts.to_vec()).map_err(|error| error.to_string())
+    }
+}

@@ -109,6 +109,9 @@ pub struct Lookup {
     pub stale: Option<CacheHit>,
     /// How to store the providers' answer, when it may be stored.
     pub pending: Option<PendingEntry>,
+    /// The last user message's unit vector, when the semantic cache embedded it (canned
+    /// examples are compared with it).
+    pub question_vector: Option<Vec<f32>>,
 }
 
 /// Everything needed to store the answer to a request, computed during its lookup (the
@@ -331,6 +334,7 @@ impl Cache {
                 None => self.count("semantic", "skipped"),
             }
         }
+        lookup.question_vector = vector.clone();
         if controls.store {
             lookup.pending = Some(PendingEntry {
                 keys,

@@ -15,6 +15,26 @@ use serde_json::Value;
 pub struct TestGateway {
     pub running: RunningGateway,
     pub client: reqwest::Client,
+    /// The empty canned folder given to a config without a `[canned]` section, so
+    /// requests every target failed still get their 503. Removed when the test ends.
+    pub canned_dir: Option<tempfile::TempDir>,
+}
+
+/// A temporary canned folder holding `files` (name, content).
+pub fn canned_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temporary canned folder");
+    for (name, content) in files {
+        std::fs::write(dir.path().join(name), content).expect("canned file written");
+    }
+    dir
+}
+
+/// A `[canned]` section over `dir`, polled every 50ms so reload tests are quick.
+pub fn canned_section(dir: &Path) -> String {
+    format!(
+        "[canned]\ndir = {:?}\nreload_interval = \"50ms\"\n",
+        dir.to_string_lossy()
+    )
 }
 
 /// A provider section for a mock, with test-sized timeouts and backoff and its breaker
@@ -108,11 +128,19 @@ impl TestGateway {
     /// Start a gateway from config text (listeners are put on free loopback ports) with
     /// `env` as its whole environment.
     pub async fn start(config: &str, env: &[(&str, &str)]) -> TestGateway {
-        let text = with_loopback_listeners(config);
+        let mut text = with_loopback_listeners(config);
+        let mut empty_canned = None;
+        if !text.contains("[canned]") {
+            let dir = canned_dir(&[]);
+            text.push_str(&canned_section(dir.path()));
+            empty_canned = Some(dir);
+        }
         let env = Env::from_pairs(env.iter().copied());
         let config = Config::from_toml(&text, Path::new("test.toml"), &env)
             .unwrap_or_else(|error| panic!("test config is valid: {error}\n{text}"));
-        TestGateway::start_config(&config, &env).await
+        let mut gateway = TestGateway::start_config(&config, &env).await;
+        gateway.canned_dir = empty_canned;
+        gateway
     }
 
     pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
@@ -132,11 +160,36 @@ impl TestGateway {
         Reply::read(request.send().await.expect("admin answers")).await
     }
 
+    /// A request on the admin listener with a bearer token, extra headers and a JSON body.
+    pub async fn admin_send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Reply {
+        let mut request = self.client.request(method, self.admin_url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        Reply::read(request.send().await.expect("admin answers")).await
+    }
+
     pub async fn start_config(config: &Config, env: &Env) -> TestGateway {
         let running = server::start(config, env).await.expect("gateway starts");
         TestGateway {
             running,
             client: reqwest::Client::new(),
+            canned_dir: None,
         }
     }
 
