@@ -3,7 +3,7 @@
 
 SDK_PYTHON := $(CURDIR)/.venv-sdk/bin/python
 
-.PHONY: run test lint sdk-venv model bench demo
+.PHONY: run test lint sdk-venv model bench bench-cache demo
 
 ## Run the gateway with the shipped config (builds it first).
 run: model
@@ -31,6 +31,12 @@ sdk-venv:
 ## BENCH_SECONDS=3 make bench for a quick run. Cargo builds the release binary first.
 bench:
 	cargo bench --bench overhead
+
+## Rung 1 in numbers (bench/cache.rs): semantic hit quality on bench/data/semantic_pairs.jsonl,
+## embedding throughput, vector search at 10k/100k entries, hit latency; writes
+## bench/results/cache.json.
+bench-cache: model
+	cargo bench --bench cache
 
 ## A mock provider on :9000 and the gateway on :8080, for trying the `demo` route.
 demo:

@@ -1,0 +1,395 @@
+//! Rung 1 in numbers: what the semantic cache gets right and wrong, and how fast each
+//! part is. Run with `cargo bench --bench cache` (`make bench-cache`); the model comes
+//! from `make model`. Results are printed and written to `bench/results/cache.json`.
+//!
+//! 1. Quality: every pair of `bench/data/semantic_pairs.jsonl` (200 paraphrases, 200
+//!    hard negatives: other entity, number, negation or direction) is embedded with the
+//!    real model; for each threshold, the share of paraphrases that would hit and of hard
+//!    negatives that would hit (a false hit), with and without the guard.
+//! 2. Embedding throughput, one question per call and in batches of 32.
+//! 3. Vector search in the embedded store (qdrant-edge on disk) at 10k and 100k entries,
+//!    before and after the HNSW index is built, with the cache's partition filter.
+//! 4. Exact and semantic hits through a real gateway over HTTP (end to end), and the
+//!    server-side share (`airbag_request_duration_seconds{rung="cache"}`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use airbag::cache::embedder::{DIMENSIONS, Embedder, cosine};
+use airbag::cache::entry::{StoredAnswer, StoredEntry, StoredPart, StoredStopReason};
+use airbag::cache::guard;
+use airbag::cache::store::edge::EdgeStore;
+use airbag::cache::store::{SemanticQuery, StoredPoint, VectorStore};
+use serde_json::{Value, json};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn load_embedder() -> Embedder {
+    let model = root().join(".cache/model");
+    Embedder::load(
+        &model.join("all-minilm-l6-v2"),
+        &model.join("onnxruntime/libonnxruntime.so"),
+        32,
+        |_, _| {},
+    )
+    .expect("the model is fetched: run `make model`")
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn summary(mut micros: Vec<f64>) -> Value {
+    micros.sort_by(|a, b| a.total_cmp(b));
+    json!({
+        "count": micros.len(),
+        "p50_us": percentile(&micros, 0.50).round(),
+        "p99_us": percentile(&micros, 0.99).round(),
+        "max_us": micros.last().copied().unwrap_or(0.0).round(),
+    })
+}
+
+struct Pair {
+    kind: String,
+    category: String,
+    a: String,
+    b: String,
+}
+
+fn quality(embedder: &Embedder) -> Value {
+    let text = std::fs::read_to_string(root().join("bench/data/semantic_pairs.jsonl")).unwrap();
+    let pairs: Vec<Pair> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            let value: Value = serde_json::from_str(line).unwrap();
+            Pair {
+                kind: value["kind"].as_str().unwrap().to_string(),
+                category: value["category"].as_str().unwrap().to_string(),
+                a: value["a"].as_str().unwrap().to_string(),
+                b: value["b"].as_str().unwrap().to_string(),
+            }
+        })
+        .collect();
+    let texts: Vec<String> = pairs
+        .iter()
+        .flat_map(|pair| [pair.a.clone(), pair.b.clone()])
+        .collect();
+    let vectors = embedder.embed_blocking(texts).unwrap();
+    let scored: Vec<(&Pair, f32, bool)> = pairs
+        .iter()
+        .enumerate()
+        .map(|(index, pair)| {
+            let similarity = cosine(&vectors[2 * index], &vectors[2 * index + 1]);
+            (pair, similarity, guard::compatible(&pair.b, &pair.a))
+        })
+        .collect();
+    let rate = |kind: &str, category: Option<&str>, threshold: f32, with_guard: bool| {
+        let chosen: Vec<_> = scored
+            .iter()
+            .filter(|(pair, _, _)| pair.kind == kind)
+            .filter(|(pair, _, _)| category.is_none_or(|category| pair.category == category))
+            .collect();
+        let hits = chosen
+            .iter()
+            .filter(|(_, similarity, passes)| *similarity >= threshold && (!with_guard || *passes))
+            .count();
+        hits as f64 / chosen.len().max(1) as f64
+    };
+    let mut table = Vec::new();
+    println!("\nquality ({} pairs)", pairs.len());
+    println!("threshold | paraphrase hits | false hits (no guard) | false hits (guard) | by category with guard: entity number negation direction");
+    for step in 0..=12 {
+        let threshold = 0.70 + 0.025 * step as f32;
+        let row = json!({
+            "threshold": (threshold * 1000.0).round() / 1000.0,
+            "paraphrase_hit_rate": rate("paraphrase", None, threshold, true),
+            "paraphrase_hit_rate_without_guard": rate("paraphrase", None, threshold, false),
+            "false_hit_rate_without_guard": rate("hard_negative", None, threshold, false),
+            "false_hit_rate": rate("hard_negative", None, threshold, true),
+            "false_hits_by_category": {
+                "entity": rate("hard_negative", Some("entity"), threshold, true),
+                "number": rate("hard_negative", Some("number"), threshold, true),
+                "negation": rate("hard_negative", Some("negation"), threshold, true),
+                "direction": rate("hard_negative", Some("direction"), threshold, true),
+            },
+        });
+        println!(
+            "{threshold:.3}     | {:>5.1}% ({:>5.1}% unguarded) | {:>5.1}% | {:>5.1}% | {:.1}% {:.1}% {:.1}% {:.1}%",
+            100.0 * row["paraphrase_hit_rate"].as_f64().unwrap(),
+            100.0 * row["paraphrase_hit_rate_without_guard"].as_f64().unwrap(),
+            100.0 * row["false_hit_rate_without_guard"].as_f64().unwrap(),
+            100.0 * row["false_hit_rate"].as_f64().unwrap(),
+            100.0 * row["false_hits_by_category"]["entity"].as_f64().unwrap(),
+            100.0 * row["false_hits_by_category"]["number"].as_f64().unwrap(),
+            100.0 * row["false_hits_by_category"]["negation"].as_f64().unwrap(),
+            100.0 * row["false_hits_by_category"]["direction"].as_f64().unwrap(),
+        );
+        table.push(row);
+    }
+    // The hard negatives that still pass the guard at the shipped threshold, to read.
+    let shipped = 0.90;
+    let leaks: Vec<Value> = scored
+        .iter()
+        .filter(|(pair, similarity, passes)| {
+            pair.kind == "hard_negative" && *similarity >= shipped - 0.1 && *passes
+        })
+        .map(|(pair, similarity, _)| json!({"a": pair.a, "b": pair.b, "similarity": similarity}))
+        .collect();
+    let misses: Vec<Value> = scored
+        .iter()
+        .filter(|(pair, similarity, passes)| {
+            pair.kind == "paraphrase" && (*similarity < shipped || !*passes)
+        })
+        .map(|(pair, similarity, passes)| json!({"a": pair.a, "b": pair.b, "similarity": similarity, "guard_passes": passes}))
+        .collect();
+    json!({"thresholds": table, "hard_negatives_passing_guard_within_0.1_of_shipped": leaks, "paraphrases_missed_at_shipped": misses})
+}
+
+fn embedding_throughput(embedder: &Embedder) -> Value {
+    let questions: Vec<String> = (0..256)
+        .map(|index| format!("How do I change the setting number {index} in my account?"))
+        .collect();
+    let started = Instant::now();
+    let mut single = Vec::new();
+    for question in questions.iter().take(128) {
+        let one = Instant::now();
+        embedder.embed_blocking(vec![question.clone()]).unwrap();
+        single.push(one.elapsed().as_secs_f64() * 1e6);
+    }
+    let single_rate = 128.0 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    for chunk in questions.chunks(32) {
+        embedder.embed_blocking(chunk.to_vec()).unwrap();
+    }
+    let batched_rate = questions.len() as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "\nembedding: one per call {single_rate:.0}/s, batches of 32 {batched_rate:.0}/s"
+    );
+    json!({"single": summary(single), "single_per_second": single_rate.round(), "batched_32_per_second": batched_rate.round()})
+}
+
+fn random_unit_vector() -> Vec<f32> {
+    let mut vector: Vec<f32> = (0..DIMENSIONS).map(|_| fastrand::f32() - 0.5).collect();
+    let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+    vector.iter_mut().for_each(|x| *x /= norm);
+    vector
+}
+
+fn entry(index: usize, context: &str) -> StoredEntry {
+    StoredEntry {
+        key: format!("{index:064x}"),
+        context: context.to_string(),
+        tenant: "bench".to_string(),
+        namespace: String::new(),
+        route: "chat".to_string(),
+        semantic: true,
+        question: format!("question {index}"),
+        answer: StoredAnswer {
+            id: format!("answer-{index}"),
+            model: "m".to_string(),
+            content: vec![StoredPart::Text {
+                text: "An answer of a realistic length, a sentence or two long.".to_string(),
+            }],
+            stop_reason: StoredStopReason::EndTurn,
+            input_tokens: 20,
+            output_tokens: 15,
+        },
+        served_by: "provider:bench/m".to_string(),
+        created_at: 0,
+        fresh_until: u64::MAX / 2,
+        stale_until: u64::MAX / 2,
+    }
+}
+
+async fn search_latency(store: &EdgeStore, contexts: usize, queries: usize) -> Value {
+    let mut micros = Vec::new();
+    for query in 0..queries {
+        let started = Instant::now();
+        store
+            .search(SemanticQuery {
+                tenant: "bench".to_string(),
+                context: format!("context-{}", query % contexts),
+                vector: random_unit_vector(),
+                threshold: 0.0,
+                limit: 4,
+                now: 1,
+            })
+            .await
+            .unwrap();
+        micros.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    summary(micros)
+}
+
+async fn vector_search() -> Value {
+    let mut results = serde_json::Map::new();
+    for size in [10_000usize, 100_000] {
+        let folder = tempfile::tempdir().unwrap();
+        let store = EdgeStore::open(folder.path(), DIMENSIONS).unwrap();
+        // 1,000 conversation contexts: a semantic search filters on one of them, as the
+        // cache does (tenant + context digest).
+        let contexts = 1_000;
+        let started = Instant::now();
+        for batch in (0..size).collect::<Vec<_>>().chunks(1_000) {
+            let points = batch
+                .iter()
+                .map(|index| StoredPoint {
+                    id: *index as u64,
+                    vector: random_unit_vector(),
+                    entry: entry(*index, &format!("context-{}", index % contexts)),
+                })
+                .collect();
+            store.upsert(points).await.unwrap();
+        }
+        let insert_seconds = started.elapsed().as_secs_f64();
+        let before = search_latency(&store, contexts, 500).await;
+        let started = Instant::now();
+        store.maintain().await.unwrap();
+        let optimize_seconds = started.elapsed().as_secs_f64();
+        let after = search_latency(&store, contexts, 500).await;
+        let exact_get = {
+            let mut micros = Vec::new();
+            for query in 0..500u64 {
+                let started = Instant::now();
+                store.get(query * 7 % size as u64).await.unwrap().unwrap();
+                micros.push(started.elapsed().as_secs_f64() * 1e6);
+            }
+            summary(micros)
+        };
+        println!(
+            "\nstore {size}: insert {insert_seconds:.1}s, search before index {before}, optimize {optimize_seconds:.1}s, after {after}, get {exact_get}"
+        );
+        results.insert(
+            size.to_string(),
+            json!({"insert_seconds": insert_seconds, "search_before_index": before,
+                "optimize_seconds": optimize_seconds, "search_after_index": after, "get_by_id": exact_get}),
+        );
+    }
+    Value::Object(results)
+}
+
+async fn hits_over_http() -> Value {
+    let mock = airbag::mock::MockProvider::start(
+        "127.0.0.1:0".parse().unwrap(),
+        airbag::mock::MockOptions::default(),
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let model = root().join(".cache/model");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [providers.mock]\nkind = \"openai\"\nbase_url = \"{}\"\nkeys = []\n\
+         [[routes]]\nmodel = \"chat\"\nchain = [\"mock/m\"]\n\
+         [cache]\n[cache.semantic]\nmodel_dir = \"{}\"\nonnxruntime = \"{}\"\n[cache.store]\npath = \"{}\"\n",
+        mock.base_url(),
+        model.join("all-minilm-l6-v2").display(),
+        model.join("onnxruntime/libonnxruntime.so").display(),
+        store.path().display()
+    );
+    let env = airbag::config::Env::default();
+    let config =
+        airbag::config::Config::from_toml(&text, std::path::Path::new("bench.toml"), &env).unwrap();
+    let running = airbag::server::start(&config, &env).await.unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/v1/chat/completions", running.proxy_addr);
+    let ask = |question: String| {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            let started = Instant::now();
+            let reply = client
+                .post(url)
+                .json(&json!({"model": "chat", "messages": [{"role": "user", "content": question}]}))
+                .send()
+                .await
+                .unwrap();
+            let served_by = reply.headers()["x-airbag-served-by"].to_str().unwrap().to_string();
+            reply.bytes().await.unwrap();
+            (started.elapsed().as_secs_f64() * 1e6, served_by)
+        }
+    };
+    ask("How do I reset my password?".to_string()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut exact = Vec::new();
+    for _ in 0..2_000 {
+        let (micros, served_by) = ask("How do I reset my password?".to_string()).await;
+        assert_eq!(served_by, "cache:exact");
+        exact.push(micros);
+    }
+    let server_side_exact = server_side_cache_p50(&running).await;
+    let mut semantic = Vec::new();
+    for index in 0..300 {
+        let question = if index % 2 == 0 {
+            "how can i reset my password"
+        } else {
+            "What's the way to reset my password?"
+        };
+        let (micros, served_by) = ask(question.to_string()).await;
+        assert_eq!(served_by, "cache:semantic");
+        semantic.push(micros);
+    }
+    running.shutdown().await;
+    let exact = summary(exact);
+    let semantic = summary(semantic);
+    println!("\nhits over HTTP: exact {exact}, semantic {semantic}; server side (exact) {server_side_exact}");
+    json!({"exact_end_to_end": exact, "semantic_end_to_end": semantic, "exact_server_side": server_side_exact})
+}
+
+/// The server's own histogram of cache-served requests, read from its metrics: buckets
+/// give an upper bound of the median and the 99th percentile.
+async fn server_side_cache_p50(running: &airbag::server::RunningGateway) -> Value {
+    let text = running.gateway.metrics.render();
+    let mut buckets = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("airbag_request_duration_seconds_bucket{") && line.contains("rung=\"cache\"") {
+            let le = line.split("le=\"").nth(1).unwrap().split('"').next().unwrap();
+            let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            buckets.push((le.to_string(), count));
+        }
+    }
+    let total = buckets.last().map(|(_, count)| *count).unwrap_or(0.0);
+    let bound = |share: f64| {
+        buckets
+            .iter()
+            .find(|(_, count)| *count >= share * total)
+            .map(|(le, _)| le.clone())
+    };
+    json!({"requests": total, "p50_at_most_seconds": bound(0.5), "p99_at_most_seconds": bound(0.99)})
+}
+
+fn main() {
+    let smoke = !std::env::args().any(|arg| arg == "--bench");
+    if smoke {
+        println!("cache bench: run with `cargo bench --bench cache`; nothing measured in a test build");
+        return;
+    }
+    let embedder = load_embedder();
+    let quality = quality(&embedder);
+    let embedding = embedding_throughput(&embedder);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let http = runtime.block_on(hits_over_http());
+    let search = runtime.block_on(vector_search());
+    let results = json!({
+        "quality": quality,
+        "embedding": embedding,
+        "hits": http,
+        "vector_search": search,
+    });
+    let path = root().join("bench/results/cache.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&results).unwrap()).unwrap();
+    println!("\nwritten to {}", path.display());
+}
