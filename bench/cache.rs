@@ -106,7 +106,9 @@ fn quality(embedder: &Embedder) -> Value {
     };
     let mut table = Vec::new();
     println!("\nquality ({} pairs)", pairs.len());
-    println!("threshold | paraphrase hits | false hits (no guard) | false hits (guard) | by category with guard: entity number negation direction");
+    println!(
+        "threshold | paraphrase hits | false hits (no guard) | false hits (guard) | by category with guard: entity number negation direction"
+    );
     for step in 0..=12 {
         let threshold = 0.70 + 0.025 * step as f32;
         let row = json!({
@@ -171,9 +173,7 @@ fn embedding_throughput(embedder: &Embedder) -> Value {
         embedder.embed_blocking(chunk.to_vec()).unwrap();
     }
     let batched_rate = questions.len() as f64 / started.elapsed().as_secs_f64();
-    println!(
-        "\nembedding: one per call {single_rate:.0}/s, batches of 32 {batched_rate:.0}/s"
-    );
+    println!("\nembedding: one per call {single_rate:.0}/s, batches of 32 {batched_rate:.0}/s");
     json!({"single": summary(single), "single_per_second": single_rate.round(), "batched_32_per_second": batched_rate.round()})
 }
 
@@ -310,11 +310,16 @@ async fn hits_over_http() -> Value {
             let started = Instant::now();
             let reply = client
                 .post(url)
-                .json(&json!({"model": "chat", "messages": [{"role": "user", "content": question}]}))
+                .json(
+                    &json!({"model": "chat", "messages": [{"role": "user", "content": question}]}),
+                )
                 .send()
                 .await
                 .unwrap();
-            let served_by = reply.headers()["x-airbag-served-by"].to_str().unwrap().to_string();
+            let served_by = reply.headers()["x-airbag-served-by"]
+                .to_str()
+                .unwrap()
+                .to_string();
             reply.bytes().await.unwrap();
             (started.elapsed().as_secs_f64() * 1e6, served_by)
         }
@@ -342,7 +347,9 @@ async fn hits_over_http() -> Value {
     running.shutdown().await;
     let exact = summary(exact);
     let semantic = summary(semantic);
-    println!("\nhits over HTTP: exact {exact}, semantic {semantic}; server side (exact) {server_side_exact}");
+    println!(
+        "\nhits over HTTP: exact {exact}, semantic {semantic}; server side (exact) {server_side_exact}"
+    );
     json!({"exact_end_to_end": exact, "semantic_end_to_end": semantic, "exact_server_side": server_side_exact})
 }
 
@@ -352,8 +359,16 @@ async fn server_side_cache_p50(running: &airbag::server::RunningGateway) -> Valu
     let text = running.gateway.metrics.render();
     let mut buckets = Vec::new();
     for line in text.lines() {
-        if line.starts_with("airbag_request_duration_seconds_bucket{") && line.contains("rung=\"cache\"") {
-            let le = line.split("le=\"").nth(1).unwrap().split('"').next().unwrap();
+        if line.starts_with("airbag_request_duration_seconds_bucket{")
+            && line.contains("rung=\"cache\"")
+        {
+            let le = line
+                .split("le=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap();
             let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
             buckets.push((le.to_string(), count));
         }
@@ -371,7 +386,9 @@ async fn server_side_cache_p50(running: &airbag::server::RunningGateway) -> Valu
 fn main() {
     let smoke = !std::env::args().any(|arg| arg == "--bench");
     if smoke {
-        println!("cache bench: run with `cargo bench --bench cache`; nothing measured in a test build");
+        println!(
+            "cache bench: run with `cargo bench --bench cache`; nothing measured in a test build"
+        );
         return;
     }
     let embedder = load_embedder();

@@ -642,3 +642,48 @@ async fn a_qdrant_server_store_serves_the_same_hits_when_qdrant_url_is_set() {
     );
     assert_eq!(upstream.request_count(), 1);
 }
+
+#[tokio::test]
+async fn canned_examples_match_reworded_questions_with_the_real_model_and_are_never_stored() {
+    let upstream = mock("up").await;
+    upstream.set_faults(vec![FaultRule::always(Fault::status(503))]);
+    let store = tempfile::tempdir().unwrap();
+    let canned = common::canned_dir(&[
+        (
+            "refunds.toml",
+            "examples = [\"How do I get a refund?\"]\npriority = 10\ntext = \"Refunds are handled at /billing while the assistant is down.\"\n",
+        ),
+        (
+            "default.toml",
+            "text = \"The assistant is busy; try again in a minute.\"\n",
+        ),
+    ]);
+    let config = format!(
+        "{}{}{}{}",
+        provider("up", "openai", &upstream, ""),
+        route("chat", &["up/m"]),
+        common::canned_section(canned.path()),
+        cache_section(store.path(), "", "")
+    );
+    let gateway = TestGateway::start(&config, &[]).await;
+    // No regex in the entry: only the embedding of its example can match.
+    let refund = gateway
+        .openai(openai_chat("chat", "how can i get a refund"))
+        .await;
+    assert_eq!(refund.status, 200, "{}", refund.text);
+    assert_eq!(refund.served_by(), "canned:refunds");
+    assert!(similarity(&refund) >= 0.8);
+    let other = gateway
+        .openai(openai_chat("chat", "What's the weather in Lisbon?"))
+        .await;
+    assert_eq!(other.served_by(), "canned:default");
+
+    // Canned answers were never stored: with the provider back, it answers.
+    upstream.set_faults(Vec::new());
+    let healthy = gateway
+        .openai(openai_chat("chat", "how can i get a refund"))
+        .await;
+    assert_eq!(healthy.served_by(), "provider:up/m");
+    let stats = gateway.admin_get("/admin/cache", None).await.json();
+    assert_eq!(stats["exact"]["hits"], 0);
+}

@@ -208,7 +208,10 @@ async fn serve_and_mock_provider_work_together_from_the_command_line() {
         .replace("127.0.0.1:8080", "127.0.0.1:0")
         .replace("127.0.0.1:8081", "127.0.0.1:0")
         .replace("http://127.0.0.1:9000/v1", &mock_url)
-        .replace("path = \"data/cache\"", &format!("path = \"{}\"", store.path().display()));
+        .replace(
+            "path = \"data/cache\"",
+            &format!("path = \"{}\"", store.path().display()),
+        );
     let folder = tempfile::tempdir().unwrap();
     let path = folder.path().join("airbag.toml");
     std::fs::write(&path, config).unwrap();

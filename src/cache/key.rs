@@ -283,3 +283,144 @@ impl Canon {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{Scope, keys};
+    use crate::protocol::openai::parse_request;
+
+    fn scope(tenant: &str) -> Scope {
+        Scope {
+            tenant: tenant.to_string(),
+            namespace: String::new(),
+        }
+    }
+
+    fn keys_of(body: serde_json::Value, tenant: &str) -> super::CacheKeys {
+        let request = parse_request(body.to_string().as_bytes()).unwrap();
+        keys(&scope(tenant), &request)
+    }
+
+    fn base() -> serde_json::Value {
+        json!({
+            "model": "chat",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hello"},
+                {"role": "assistant", "content": "Hi!"},
+                {"role": "user", "content": "What is airbag?"}
+            ],
+            "temperature": 0.2,
+            "max_tokens": 100,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object", "properties": {"x": {"type": "string"}, "y": {"type": "number"}}}}},
+            "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {"q": {"type": "string"}, "n": {"type": "integer"}}}}}]
+        })
+    }
+
+    #[test]
+    fn field_order_stream_user_and_request_ids_keep_the_key() {
+        let reference = keys_of(base(), "acme");
+        // The same body with every object's keys written in reverse order.
+        let text = base().to_string();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        fn reversed(value: &serde_json::Value) -> String {
+            match value {
+                serde_json::Value::Object(map) => {
+                    let fields: Vec<String> = map
+                        .iter()
+                        .rev()
+                        .map(|(key, item)| format!("{}:{}", json!(key), reversed(item)))
+                        .collect();
+                    format!("{{{}}}", fields.join(","))
+                }
+                serde_json::Value::Array(items) => {
+                    let items: Vec<String> = items.iter().map(reversed).collect();
+                    format!("[{}]", items.join(","))
+                }
+                other => other.to_string(),
+            }
+        }
+        let request = parse_request(reversed(&value).as_bytes()).unwrap();
+        assert_eq!(keys(&scope("acme"), &request), reference);
+
+        let mut other = base();
+        other["stream"] = json!(true);
+        other["stream_options"] = json!({"include_usage": true});
+        other["user"] = json!("user-42");
+        other["metadata"] = json!({"request_id": "req-1"});
+        assert_eq!(keys_of(other, "acme"), reference);
+    }
+
+    #[test]
+    fn anything_that_changes_the_answer_changes_the_key() {
+        let reference = keys_of(base(), "acme");
+        let changes: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+            (
+                "temperature",
+                Box::new(|body| body["temperature"] = json!(0.3)),
+            ),
+            ("top_p", Box::new(|body| body["top_p"] = json!(0.5))),
+            (
+                "max_tokens",
+                Box::new(|body| body["max_tokens"] = json!(101)),
+            ),
+            ("stop", Box::new(|body| body["stop"] = json!(["END"]))),
+            ("seed", Box::new(|body| body["seed"] = json!(7))),
+            (
+                "response_format",
+                Box::new(|body| body["response_format"] = json!({"type": "json_object"})),
+            ),
+            (
+                "tool_choice",
+                Box::new(|body| body["tool_choice"] = json!("required")),
+            ),
+            (
+                "tools",
+                Box::new(|body| body["tools"][0]["function"]["name"] = json!("search")),
+            ),
+            (
+                "system",
+                Box::new(|body| body["messages"][0]["content"] = json!("Be long.")),
+            ),
+            (
+                "earlier turn",
+                Box::new(|body| body["messages"][2]["content"] = json!("Hello!")),
+            ),
+            (
+                "last message",
+                Box::new(|body| body["messages"][3]["content"] = json!("What is a gateway?")),
+            ),
+            (
+                "model",
+                Box::new(|body| body["model"] = json!("chat-large")),
+            ),
+        ];
+        for (what, change) in changes {
+            let mut body = base();
+            change(&mut body);
+            let changed = keys_of(body, "acme");
+            assert_ne!(
+                changed.exact, reference.exact,
+                "{what} must change the exact key"
+            );
+        }
+        assert_ne!(keys_of(base(), "other-tenant").exact, reference.exact);
+        assert_ne!(keys_of(base(), "other-tenant").context, reference.context);
+    }
+
+    #[test]
+    fn the_context_ignores_only_the_wording_of_the_last_question() {
+        let reference = keys_of(base(), "acme");
+        let mut reworded = base();
+        reworded["messages"][3]["content"] = json!("what's airbag");
+        assert_eq!(keys_of(reworded, "acme").context, reference.context);
+        let mut other_turn = base();
+        other_turn["messages"][1]["content"] = json!("Hey");
+        assert_ne!(keys_of(other_turn, "acme").context, reference.context);
+        let mut other_params = base();
+        other_params["temperature"] = json!(0.9);
+        assert_ne!(keys_of(other_params, "acme").context, reference.context);
+    }
+}
