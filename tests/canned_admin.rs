@@ -517,11 +517,13 @@ async fn the_openapi_document_describes_every_admin_route() {
         [
             "DELETE /admin/canned/{id}",
             "DELETE /admin/drills/{target}",
+            "GET /admin/cache",
             "GET /admin/canned",
             "GET /admin/canned/{id}",
             "GET /admin/openapi.json",
             "GET /admin/status",
             "GET /metrics",
+            "POST /admin/cache/purge",
             "POST /admin/canned",
             "POST /admin/drills",
             "PUT /admin/canned/{id}",
@@ -531,6 +533,7 @@ async fn the_openapi_document_describes_every_admin_route() {
     for path in [
         "/metrics",
         "/admin/status",
+        "/admin/cache",
         "/admin/canned",
         "/admin/openapi.json",
     ] {
