@@ -687,3 +687,76 @@ async fn canned_examples_match_reworded_questions_with_the_real_model_and_are_ne
     let stats = gateway.admin_get("/admin/cache", None).await.json();
     assert_eq!(stats["exact"]["hits"], 0);
 }
+
+#[tokio::test]
+async fn routes_set_their_own_threshold_and_tools_or_high_temperature_skip_the_semantic_lookup() {
+    let upstream = mock("up").await;
+    let store = tempfile::tempdir().unwrap();
+    let strict = "[[routes]]\nmodel = \"strict\"\nchain = [\"up/m\"]\nsemantic_threshold = 0.999\n";
+    let gateway = cached_gateway(store.path(), &upstream, strict).await;
+    for model in ["chat", "strict"] {
+        gateway
+            .openai(openai_chat(model, "How do I reset my password?"))
+            .await;
+    }
+    wait_stored(&gateway, 2).await;
+    let reworded = |model: &str| openai_chat(model, "how can i reset my password");
+    assert_eq!(
+        gateway.openai(reworded("chat")).await.served_by(),
+        "cache:semantic"
+    );
+    assert_eq!(
+        gateway.openai(reworded("strict")).await.served_by(),
+        "provider:up/m"
+    );
+
+    // A hot temperature asks for variety: only an exact repeat is served from the cache.
+    let hot = |text: &str| {
+        let mut body = openai_chat("chat", text);
+        body["temperature"] = json!(1.5);
+        body
+    };
+    gateway.openai(hot("Write a haiku about rain")).await;
+    wait_stored(&gateway, 4).await;
+    assert_eq!(
+        gateway
+            .openai(hot("write a haiku about rain"))
+            .await
+            .served_by(),
+        "provider:up/m"
+    );
+    assert_eq!(
+        gateway
+            .openai(hot("Write a haiku about rain"))
+            .await
+            .served_by(),
+        "cache:exact"
+    );
+    // Requests with tools: the same.
+    let with_tools = |text: &str| {
+        let mut body = openai_chat("chat", text);
+        body["tools"] = json!([{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]);
+        body
+    };
+    gateway.openai(with_tools("Find my last order")).await;
+    wait_stored(&gateway, 6).await;
+    assert_eq!(
+        gateway
+            .openai(with_tools("find my last order"))
+            .await
+            .served_by(),
+        "provider:up/m"
+    );
+    assert_eq!(
+        gateway
+            .openai(with_tools("Find my last order"))
+            .await
+            .served_by(),
+        "cache:exact"
+    );
+    let metrics = gateway.metrics().await;
+    assert!(
+        metrics.contains("airbag_cache_lookups_total{kind=\"semantic\",result=\"skipped\"} 4"),
+        "{metrics}"
+    );
+}
