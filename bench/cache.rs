@@ -393,6 +393,11 @@ fn main() {
     }
     let embedder = load_embedder();
     let quality = quality(&embedder);
+    // `BENCH_CACHE_ONLY=quality` stops here (tuning the threshold or the guard).
+    if std::env::var("BENCH_CACHE_ONLY").as_deref() == Ok("quality") {
+        println!("{}", serde_json::to_string_pretty(&quality).unwrap());
+        return;
+    }
     let embedding = embedding_throughput(&embedder);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

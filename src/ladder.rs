@@ -116,7 +116,7 @@ pub async fn answer(
         pending,
         question_vector,
     } = match &gateway.cache {
-        Some(cache) => cache.lookup(request, tenant, controls).await,
+        Some(cache) => cache.lookup(request, &route.model, tenant, controls).await,
         None => Lookup::default(),
     };
     if let Some(hit) = hit {

@@ -237,6 +237,21 @@ pub async fn start(config: &Config, env: &Env) -> Result<RunningGateway, Startup
         gateway.embedder = Some(embedder);
     }
     let gateway = Arc::new(gateway);
+    match listen(config, gateway.clone()).await {
+        Ok(running) => Ok(running),
+        Err(error) => {
+            // The cache's tasks hold the store open: stop them, so a retry in this
+            // process can open it again.
+            if let Some(cache) = &gateway.cache {
+                cache.shutdown().await;
+            }
+            Err(error)
+        }
+    }
+}
+
+/// Load the canned answers, bind both listeners and start serving.
+async fn listen(config: &Config, gateway: Arc<Gateway>) -> Result<RunningGateway, StartupError> {
     load_canned(&gateway).await?;
     let bind = |addr: SocketAddr, what: &'static str, key: &'static str| async move {
         TcpListener::bind(addr)

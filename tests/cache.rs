@@ -395,7 +395,7 @@ async fn errors_and_broken_streams_are_never_stored() {
     }
     assert_eq!(upstream.request_count(), before + 3);
     let stats = gateway.admin_get("/admin/cache", None).await.json();
-    assert_eq!(stats["writes"]["error"], Value::Null);
+    assert_eq!(stats["writes"]["errors"], 0);
 }
 
 #[tokio::test]
@@ -435,7 +435,15 @@ async fn request_headers_control_the_cache() {
             .served_by(),
         "cache:exact"
     );
-    assert_eq!(upstream.request_count(), 4);
+    // Reworded, in another namespace: no semantic hit across namespaces either.
+    wait_stored(&gateway, 3).await;
+    assert_eq!(
+        ask("one", vec![("x-airbag-cache-namespace", "gamma")])
+            .await
+            .served_by(),
+        "provider:up/m"
+    );
+    assert_eq!(upstream.request_count(), 5);
     // Bad header values are refused, naming the header, before any provider is asked.
     let bad_ttl = ask("Two?", vec![("x-airbag-cache-ttl", "soon")]).await;
     assert_eq!(bad_ttl.status, 400);
@@ -443,7 +451,7 @@ async fn request_headers_control_the_cache() {
     let bad_namespace = ask("Two?", vec![("x-airbag-cache-namespace", "a b")]).await;
     assert_eq!(bad_namespace.status, 400);
     assert!(bad_namespace.text.contains("x-airbag-cache-namespace"));
-    assert_eq!(upstream.request_count(), 4);
+    assert_eq!(upstream.request_count(), 5);
 }
 
 #[tokio::test]
@@ -473,7 +481,8 @@ async fn a_fallback_answer_is_kept_for_the_shorter_fallback_ttl() {
     primary.set_faults(Vec::new());
     let later = gateway.openai(openai_chat("chat", "Which model?")).await;
     assert_eq!(later.served_by(), "provider:primary/m");
-    // The primary's answer is kept for the full ttl.
+    // The primary's answer is kept for the full ttl, past the fallback's.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(
         gateway
             .openai(openai_chat("chat", "Which model?"))
@@ -754,9 +763,52 @@ async fn routes_set_their_own_threshold_and_tools_or_high_temperature_skip_the_s
             .served_by(),
         "cache:exact"
     );
+    // A long message (pasted material plus an instruction) is only ever an exact hit.
+    let document = "The quarterly report shows revenue growth across every region. ".repeat(10);
+    gateway
+        .openai(openai_chat("chat", &format!("{document} Summarise it.")))
+        .await;
+    wait_stored(&gateway, 7).await;
+    let other_instruction = gateway
+        .openai(openai_chat("chat", &format!("{document} Summarize it")))
+        .await;
+    assert_eq!(other_instruction.served_by(), "provider:up/m");
     let metrics = gateway.metrics().await;
     assert!(
-        metrics.contains("airbag_cache_lookups_total{kind=\"semantic\",result=\"skipped\"} 4"),
+        metrics.contains("airbag_cache_lookups_total{kind=\"semantic\",result=\"skipped\"} 6"),
         "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_questions_are_embedded_in_shared_batches() {
+    let upstream = mock("up").await;
+    let store = tempfile::tempdir().unwrap();
+    let gateway = cached_gateway(store.path(), &upstream, "").await;
+    let questions: Vec<String> = (0..24)
+        .map(|index| format!("What is fact number {index} about the ocean?"))
+        .collect();
+    let replies = futures_util::future::join_all(
+        questions
+            .iter()
+            .map(|question| gateway.openai(openai_chat("chat", question))),
+    )
+    .await;
+    assert!(replies.iter().all(|reply| reply.status == 200));
+    let metrics = gateway.metrics().await;
+    let read = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let questions_embedded = read("airbag_cache_embedding_batch_size_sum");
+    let model_calls = read("airbag_cache_embedding_batch_size_count");
+    assert_eq!(questions_embedded, 24.0);
+    assert!(
+        model_calls < 24.0,
+        "{model_calls} model calls for 24 concurrent questions"
     );
 }

@@ -89,6 +89,11 @@ pub struct SemanticConfig {
     /// Most questions embedded in one model call; concurrent requests share a call.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+    /// Longer last messages skip the semantic lookup (exact hits still serve them): a
+    /// long message is mostly pasted material, and two of them with different
+    /// instructions embed alike.
+    #[serde(default = "default_max_question_chars")]
+    pub max_question_chars: usize,
 }
 
 impl Default for SemanticConfig {
@@ -102,6 +107,7 @@ impl Default for SemanticConfig {
             model_dir: default_model_dir(),
             onnxruntime: default_onnxruntime(),
             max_batch: default_max_batch(),
+            max_question_chars: default_max_question_chars(),
         }
     }
 }
@@ -160,6 +166,20 @@ impl CacheConfig {
             if value.is_zero() {
                 problems.push(format!(
                     "cache.{field}: must be longer than 0; write e.g. \"10m\""
+                ));
+            }
+        }
+        // Unix seconds in the store's integer index are i64: keep every sum far below.
+        let ten_years = Duration::from_secs(10 * 365 * 24 * 3600);
+        for (field, value) in [
+            ("ttl", self.ttl),
+            ("fallback_ttl", self.fallback_ttl),
+            ("stale_if_error", self.stale_if_error),
+            ("max_ttl", self.max_ttl),
+        ] {
+            if value > ten_years {
+                problems.push(format!(
+                    "cache.{field}: longer than 10 years; write e.g. \"7d\""
                 ));
             }
         }
@@ -249,6 +269,9 @@ fn default_onnxruntime() -> PathBuf {
 }
 fn default_max_batch() -> usize {
     32
+}
+fn default_max_question_chars() -> usize {
+    500
 }
 fn default_store_kind() -> StoreKind {
     StoreKind::Embedded

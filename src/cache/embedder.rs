@@ -54,8 +54,12 @@ struct Job {
 /// handle is dropped (its channel closes).
 #[derive(Clone)]
 pub struct Embedder {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::SyncSender<Job>,
 }
+
+/// Jobs waiting for the model beyond this are refused at once (the lookup skips the
+/// semantic cache) rather than queued behind a model that cannot keep up.
+const QUEUE: usize = 256;
 
 impl Embedder {
     /// Load ONNX Runtime and the model from the files `make model` prepares, and start
@@ -67,7 +71,7 @@ impl Embedder {
         on_batch: impl Fn(usize, std::time::Duration) + Send + 'static,
     ) -> Result<Embedder, ModelError> {
         let mut model = load_model(model_dir, onnxruntime)?;
-        let (jobs, queue) = mpsc::channel::<Job>();
+        let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUE);
         std::thread::Builder::new()
             .name("airbag-embedder".to_string())
             .spawn(move || {
@@ -85,9 +89,13 @@ impl Embedder {
                         .iter()
                         .flat_map(|job| job.texts.iter().map(String::as_str))
                         .collect();
-                    let result = model
-                        .embed(&texts, Some(max_batch.max(texts.len())))
-                        .map_err(|error| EmbedError(error.to_string()));
+                    // A panic inside the model must not end the thread: every later
+                    // lookup (and canned example) would lose its embeddings for good.
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        model.embed(&texts, Some(max_batch.max(texts.len())))
+                    }))
+                    .map_err(|_| EmbedError("the model panicked".to_string()))
+                    .and_then(|result| result.map_err(|error| EmbedError(error.to_string())));
                     on_batch(texts.len(), started.elapsed());
                     match result {
                         Ok(vectors) => {
@@ -117,8 +125,15 @@ impl Embedder {
         }
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .send(Job { texts, reply })
-            .map_err(|_| EmbedError("the embedding thread has stopped".to_string()))?;
+            .try_send(Job { texts, reply })
+            .map_err(|error| match error {
+                mpsc::TrySendError::Full(_) => {
+                    EmbedError(format!("{QUEUE} embeddings are already waiting"))
+                }
+                mpsc::TrySendError::Disconnected(_) => {
+                    EmbedError("the embedding thread has stopped".to_string())
+                }
+            })?;
         answer
             .await
             .map_err(|_| EmbedError("the embedding thread has stopped".to_string()))?

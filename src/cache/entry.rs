@@ -126,11 +126,12 @@ impl StoredAnswer {
         })
     }
 
-    /// The answer as a cache hit: every input token marked as cached, since no provider
-    /// processed any for this response.
+    /// The answer as a cache hit: a new id (clients that log or de-duplicate by id must
+    /// not see two responses as one), every input token marked as cached, since no
+    /// provider processed any for this response.
     pub fn to_response(&self) -> ChatResponse {
         ChatResponse {
-            id: self.id.clone(),
+            id: crate::protocol::random_id("cache-"),
             model: self.model.clone(),
             content: self
                 .content

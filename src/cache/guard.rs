@@ -14,6 +14,8 @@ pub fn compatible(new_question: &str, stored_question: &str) -> bool {
     new.negated == stored.negated
         && new.anchors == stored.anchors
         && !opposite_sides(&new.words, &stored.words)
+        && !negating_prefix(&new.words, &stored.words)
+        && !reversed_direction(&new.words, &stored.words)
 }
 
 /// Word pairs where each side asks for the other's opposite.
@@ -63,6 +65,41 @@ const OPPOSITES: &[(&str, &str)] = &[
     ("possible", "impossible"),
     ("always", "never"),
     ("with", "without"),
+    ("include", "exclude"),
+    ("includes", "excludes"),
+    ("use", "avoid"),
+    ("on", "off"),
+    ("allow", "deny"),
+    ("accept", "reject"),
+    ("win", "lose"),
+    ("gain", "lose"),
+    ("add", "subtract"),
+    ("increase", "reduce"),
+    ("import", "export"),
+    ("serialize", "deserialize"),
+    ("connect", "disconnect"),
+    ("attach", "detach"),
+    ("inside", "outside"),
+    ("early", "late"),
+    ("earlier", "later"),
+    ("best", "worst"),
+    ("pros", "cons"),
+    ("advantages", "disadvantages"),
+    ("true", "false"),
+];
+
+/// Prefixes that turn a word into its opposite: edible / inedible, supported /
+/// unsupported, freeze / unfreeze, serialize / deserialize.
+const NEGATING_PREFIXES: &[&str] = &["un", "in", "im", "il", "ir", "dis", "de", "non", "non-"];
+
+/// Words after which the order of two things is the question: "convert A to B",
+/// "move from A to B", "A vs B".
+const DIRECTION_MARKERS: &[&str] = &["to", "into", "from", "than", "vs", "versus", "onto"];
+
+/// Words skipped when looking for the thing before or after a direction marker.
+const FILLER: &[&str] = &[
+    "a", "an", "the", "my", "your", "our", "their", "his", "her", "its", "this", "that", "these",
+    "those", "some", "any",
 ];
 
 const NEGATIONS: &[&str] = &[
@@ -215,6 +252,74 @@ fn opposite_sides(a: &[String], b: &[String]) -> bool {
     })
 }
 
+/// True when a word of one question is a word of the other with a negating prefix and
+/// the other question does not hold both.
+fn negating_prefix(a: &[String], b: &[String]) -> bool {
+    let has = |words: &[String], word: &str| words.iter().any(|w| w == word);
+    let one_way = |a: &[String], b: &[String]| {
+        a.iter()
+            .filter(|word| word.len() >= 4 && !has(b, word))
+            .any(|word| {
+                NEGATING_PREFIXES.iter().any(|prefix| {
+                    let negated = format!("{prefix}{word}");
+                    has(b, &negated) && !has(a, &negated)
+                })
+            })
+    };
+    one_way(a, b) || one_way(b, a)
+}
+
+/// The (thing before, thing after) pairs around direction markers: ("kilograms",
+/// "pounds") for "convert kilograms to pounds".
+fn directed_pairs(words: &[String]) -> Vec<(&str, &str)> {
+    let content = |word: &&String| !FILLER.contains(&word.as_str());
+    let mut pairs = Vec::new();
+    for (index, word) in words.iter().enumerate() {
+        if !DIRECTION_MARKERS.contains(&word.as_str()) {
+            continue;
+        }
+        let before = words[..index].iter().rev().find(content);
+        let after = words[index + 1..].iter().find(content);
+        if let (Some(before), Some(after)) = (before, after) {
+            pairs.push((before.as_str(), after.as_str()));
+        }
+    }
+    pairs
+}
+
+/// True when one question goes from A to B and the other from B to A.
+fn reversed_direction(a: &[String], b: &[String]) -> bool {
+    let b_pairs = directed_pairs(b);
+    directed_pairs(a).iter().any(|(before, after)| {
+        before != after && b_pairs.iter().any(|pair| pair == &(*after, *before))
+    }) || {
+        // "from A to B" against "from B to A": the things after "from" and after "to"
+        // trade places.
+        let after = |words: &[String], marker: &str| {
+            words
+                .iter()
+                .position(|word| word == marker)
+                .and_then(|index| {
+                    words[index + 1..]
+                        .iter()
+                        .find(|w| !FILLER.contains(&w.as_str()))
+                })
+                .cloned()
+        };
+        match (
+            after(a, "from"),
+            after(a, "to"),
+            after(b, "from"),
+            after(b, "to"),
+        ) {
+            (Some(a_from), Some(a_to), Some(b_from), Some(b_to)) => {
+                a_from != a_to && a_from == b_to && a_to == b_from
+            }
+            _ => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::compatible;
@@ -248,5 +353,25 @@ mod tests {
             "What is the capital of Spain?"
         ));
         assert!(!compatible("I need two tickets", "I need three tickets"));
+        assert!(!compatible(
+            "Which mushrooms are edible?",
+            "Which mushrooms are inedible?"
+        ));
+        assert!(!compatible(
+            "How do I convert kilograms to pounds?",
+            "How do I convert pounds to kilograms?"
+        ));
+        assert!(!compatible(
+            "How do I transfer money from savings to checking?",
+            "How do I transfer money from checking to savings?"
+        ));
+        assert!(!compatible(
+            "How do I serialize a struct to JSON in Rust?",
+            "How do I deserialize JSON to a struct in Rust?"
+        ));
+        assert!(!compatible(
+            "does the free plan include api access",
+            "does the free plan exclude api access"
+        ));
     }
 }

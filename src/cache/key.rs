@@ -234,8 +234,10 @@ impl Canon {
                 self.str("image-data", data);
             }
             Part::ToolCall(call) => {
-                // Ids are minted per call by the provider; the call itself is name and
-                // arguments. Arguments are JSON text: canonicalise when they parse.
+                // The id is hashed too: tool results refer to it, so two conversations
+                // with other ids are other conversations (no hits across sessions of
+                // tool use, which is the safe side). Arguments are JSON text:
+                // canonicalised when they parse.
                 self.str("tool-call", &call.name);
                 self.json_text(&call.arguments);
                 self.str("tool-call-id", &call.id);

@@ -17,6 +17,7 @@ pub mod key;
 pub mod store;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,12 @@ use crate::protocol::{
 const WRITE_QUEUE: usize = 4_096;
 /// Candidates a semantic search returns; the guard may refuse the nearest ones.
 const SEMANTIC_CANDIDATES: usize = 4;
+/// The longest a lookup waits for its question's vector; past it the semantic lookup is
+/// skipped (a busy model must not slow every request down).
+const EMBED_DEADLINE: Duration = Duration::from_millis(250);
+/// With a shared store, another replica may purge: entries stay in this replica's
+/// memory at most this long, so a purge reaches every replica within it.
+const SHARED_STORE_MEMORY_TTL: Duration = Duration::from_secs(30);
 
 /// A start-up problem with the cache: the model, or the store.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +133,9 @@ pub struct PendingEntry {
     semantic: bool,
     vector: Option<Vec<f32>>,
     ttl: Option<Duration>,
+    /// The purge generation at lookup time: an answer to a request looked up before a
+    /// purge is not stored after it.
+    generation: u64,
 }
 
 struct WriteJob {
@@ -145,10 +155,26 @@ pub struct Cache {
     route_thresholds: HashMap<String, f32>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     stop: watch::Sender<bool>,
+    /// Counts purges. Writes and in-memory inserts prepared under an older generation
+    /// are dropped, so a purge is not undone by answers that were in flight.
+    purges: AtomicU64,
 }
 
-/// Expire in-memory entries when they stop being servable even as stale.
-struct UntilStale;
+/// Expire in-memory entries when they stop being servable even as stale, or sooner
+/// (`cap`) when another replica could purge the shared store.
+struct UntilStale {
+    cap: Option<Duration>,
+}
+
+impl UntilStale {
+    fn lifetime(&self, entry: &StoredEntry) -> Duration {
+        let until_stale = Duration::from_secs(entry.stale_until.saturating_sub(unix_now()));
+        match self.cap {
+            Some(cap) => until_stale.min(cap),
+            None => until_stale,
+        }
+    }
+}
 
 impl moka::Expiry<[u8; 32], Arc<StoredEntry>> for UntilStale {
     fn expire_after_create(
@@ -157,9 +183,18 @@ impl moka::Expiry<[u8; 32], Arc<StoredEntry>> for UntilStale {
         entry: &Arc<StoredEntry>,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
-        Some(Duration::from_secs(
-            entry.stale_until.saturating_sub(unix_now()),
-        ))
+        Some(self.lifetime(entry))
+    }
+
+    /// A replaced entry (a fallback's answer, a shorter TTL) lives as long as the new one.
+    fn expire_after_update(
+        &self,
+        _key: &[u8; 32],
+        entry: &Arc<StoredEntry>,
+        _updated_at: std::time::Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(self.lifetime(entry))
     }
 }
 
@@ -231,7 +266,9 @@ impl Cache {
         let memory = moka::sync::Cache::builder()
             .max_capacity(config.memory.0)
             .weigher(|_key: &[u8; 32], entry: &Arc<StoredEntry>| entry.weight())
-            .expire_after(UntilStale)
+            .expire_after(UntilStale {
+                cap: (config.store.kind == StoreKind::Qdrant).then_some(SHARED_STORE_MEMORY_TTL),
+            })
             .build();
         let (writes, queue) = mpsc::channel(WRITE_QUEUE);
         let (stop, stopped) = watch::channel(false);
@@ -245,6 +282,7 @@ impl Cache {
             route_thresholds,
             tasks: Mutex::new(Vec::new()),
             stop,
+            purges: AtomicU64::new(0),
         });
         let writer = tokio::spawn(write_loop(cache.clone(), queue, stopped.clone()));
         let maintenance = tokio::spawn(maintenance_loop(cache.clone(), stopped));
@@ -264,12 +302,15 @@ impl Cache {
     }
 
     /// Look the request up: exact first, then semantic. Also prepares its write.
+    /// `route` is the configured route the request resolved to (its semantic threshold).
     pub async fn lookup(
         &self,
         request: &ChatRequest,
+        route: &str,
         tenant: &str,
         controls: &CacheControls,
     ) -> Lookup {
+        let generation = self.purges.load(Ordering::SeqCst);
         let scope = Scope {
             tenant: tenant.to_string(),
             namespace: controls.namespace.clone(),
@@ -307,9 +348,12 @@ impl Cache {
         }
         let mut vector = None;
         if semantic && let Some(embedder) = &self.embedder {
-            match embedder.embed_one(&question).await {
-                Ok(embedded) => vector = Some(embedded),
-                Err(error) => tracing::warn!("cache: {error}"),
+            match tokio::time::timeout(EMBED_DEADLINE, embedder.embed_one(&question)).await {
+                Ok(Ok(embedded)) => vector = Some(embedded),
+                Ok(Err(error)) => tracing::warn!("cache: {error}"),
+                Err(_) => tracing::warn!(
+                    "cache: the embedding took longer than {EMBED_DEADLINE:?}; semantic lookup skipped"
+                ),
             }
         }
         if controls.lookup {
@@ -317,7 +361,7 @@ impl Cache {
                 Some(vector) => {
                     let threshold = self
                         .route_thresholds
-                        .get(&request.model)
+                        .get(route)
                         .copied()
                         .unwrap_or(self.config.semantic.threshold);
                     let (hit, stale) = self
@@ -344,6 +388,7 @@ impl Cache {
                 semantic: vector.is_some(),
                 vector,
                 ttl: controls.ttl,
+                generation,
             });
         }
         lookup
@@ -351,8 +396,11 @@ impl Cache {
 
     fn semantic_eligible(&self, request: &ChatRequest, question: &str) -> bool {
         let semantic = &self.config.semantic;
+        // A long message is mostly its pasted material: "<document> summarise it" and
+        // "<document> translate it" embed alike. Only short questions are compared.
         self.embedder.is_some()
             && !question.trim().is_empty()
+            && question.chars().count() <= semantic.max_question_chars
             && (request.tools.is_empty() || !semantic.skip_tools)
             && request
                 .params
@@ -366,8 +414,9 @@ impl Cache {
         scope: &Scope,
     ) -> Result<Option<Arc<StoredEntry>>, store::StoreError> {
         if let Some(entry) = self.memory.get(&keys.exact) {
-            return Ok(Some(entry));
+            return Ok((entry.stale_until > unix_now()).then_some(entry));
         }
+        let generation = self.purges.load(Ordering::SeqCst);
         let started = Instant::now();
         let stored = self.store.get(keys.point_id()).await;
         self.observe_store("get", started);
@@ -382,7 +431,10 @@ impl Cache {
             return Ok(None);
         }
         let entry = Arc::new(entry);
-        self.memory.insert(keys.exact, entry.clone());
+        // Not if a purge ran while the store was read: it may have deleted this entry.
+        if self.purges.load(Ordering::SeqCst) == generation {
+            self.memory.insert(keys.exact, entry.clone());
+        }
         Ok(Some(entry))
     }
 
@@ -479,8 +531,15 @@ impl Cache {
             Some(asked) => asked,
             None => configured,
         };
+        if self.purges.load(Ordering::SeqCst) != pending.generation {
+            self.metrics
+                .cache_writes
+                .with_label_values(&["skipped"])
+                .inc();
+            return;
+        }
         let now = unix_now();
-        let fresh_until = now + ttl.as_secs().max(1);
+        let fresh_until = now.saturating_add(ttl.as_secs().max(1));
         let entry = StoredEntry {
             key: pending.keys.exact_hex(),
             context: pending.keys.context_hex(),
@@ -493,7 +552,7 @@ impl Cache {
             served_by: served_by.to_string(),
             created_at: now,
             fresh_until,
-            stale_until: fresh_until + self.config.stale_if_error.as_secs(),
+            stale_until: fresh_until.saturating_add(self.config.stale_if_error.as_secs()),
         };
         if u64::from(entry.weight()) > self.config.max_entry.0 {
             self.metrics
@@ -584,6 +643,8 @@ impl Cache {
 
     /// Delete every entry matching the purge, in the store and in memory.
     pub async fn purge(&self, purge: Purge) -> Result<(), store::StoreError> {
+        // First the generation, so writes queued or in flight from now on are dropped.
+        self.purges.fetch_add(1, Ordering::SeqCst);
         self.store.purge(purge).await?;
         // The in-memory layer is only a front for the store: emptying it whole is
         // simpler than matching fields, and costs a store read per key afterwards.
@@ -660,6 +721,20 @@ async fn write_loop(
 }
 
 async fn write_batch(cache: &Cache, jobs: Vec<WriteJob>) {
+    let generation = cache.purges.load(Ordering::SeqCst);
+    let (jobs, purged): (Vec<WriteJob>, Vec<WriteJob>) = jobs
+        .into_iter()
+        .partition(|job| job.pending.generation == generation);
+    if !purged.is_empty() {
+        cache
+            .metrics
+            .cache_writes
+            .with_label_values(&["skipped"])
+            .inc_by(purged.len() as u64);
+    }
+    if jobs.is_empty() {
+        return;
+    }
     let count = jobs.len() as u64;
     let mut points = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -723,6 +798,10 @@ struct Assembler {
     id: String,
     model: String,
     content: Vec<Part>,
+    /// Tool call index (as streams number them) → position in `content`.
+    tool_calls: HashMap<usize, usize>,
+    /// A delta arrived for a tool call that never started: the answer is incomplete.
+    broken: bool,
     stop_reason: Option<StopReason>,
     usage: Usage,
 }
@@ -738,7 +817,8 @@ impl Assembler {
                 Some(Part::Text(last)) => last.push_str(text),
                 _ => self.content.push(Part::Text(text.clone())),
             },
-            StreamEvent::ToolCallStart { id, name, .. } => {
+            StreamEvent::ToolCallStart { index, id, name } => {
+                self.tool_calls.insert(*index, self.content.len());
                 self.content.push(Part::ToolCall(ToolCall {
                     id: id.clone(),
                     name: name.clone(),
@@ -747,15 +827,12 @@ impl Assembler {
             }
             StreamEvent::ToolCallDelta { index, arguments } => {
                 let call = self
-                    .content
-                    .iter_mut()
-                    .filter_map(|part| match part {
-                        Part::ToolCall(call) => Some(call),
-                        _ => None,
-                    })
-                    .nth(*index);
-                if let Some(call) = call {
-                    call.arguments.push_str(arguments);
+                    .tool_calls
+                    .get(index)
+                    .and_then(|position| self.content.get_mut(*position));
+                match call {
+                    Some(Part::ToolCall(call)) => call.arguments.push_str(arguments),
+                    _ => self.broken = true,
                 }
             }
             StreamEvent::Finish { stop_reason } => self.stop_reason = Some(*stop_reason),
@@ -765,6 +842,9 @@ impl Assembler {
 
     /// The answer, when the stream said how it finished.
     fn finish(self) -> Option<ChatResponse> {
+        if self.broken {
+            return None;
+        }
         Some(ChatResponse {
             id: self.id,
             model: self.model,

@@ -32,6 +32,9 @@ pub struct EdgeStore {
     shard: Option<Arc<EdgeShard>>,
     path: PathBuf,
     writes_since_optimize: Arc<AtomicU64>,
+    /// Held by every call that changes the shard and by flush: qdrant-edge's flush
+    /// panics when it meets an update holding the write-ahead log.
+    exclusive: Arc<std::sync::Mutex<()>>,
 }
 
 /// A start-up problem with the embedded store; it names the folder.
@@ -71,6 +74,12 @@ impl EdgeStore {
             );
             EdgeShard::new(path, config).map_err(|error| fail(error.to_string()))?
         };
+        let size = shard.config().vectors.get("").map(|params| params.size);
+        if size != Some(dimensions) {
+            return Err(fail(format!(
+                "it holds vectors of size {size:?}, not {dimensions}; move the folder away to start an empty cache"
+            )));
+        }
         let indexed = shard.info().payload_schema;
         let wanted = KEYWORD_FIELDS
             .iter()
@@ -103,6 +112,7 @@ impl EdgeStore {
             } else {
                 0
             })),
+            exclusive: Arc::new(std::sync::Mutex::new(())),
         })
     }
 
@@ -123,6 +133,22 @@ impl EdgeStore {
                 .map_err(|error| StoreError::Backend(format!("store task failed: {error}")))?
         }
         .boxed()
+    }
+
+    /// [`Self::blocking`] for calls that change the shard or flush it: a flush never
+    /// runs beside an update.
+    fn exclusive<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&EdgeShard) -> Result<T, StoreError> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, StoreError>> {
+        let exclusive = self.exclusive.clone();
+        self.blocking(move |shard| {
+            // A poisoned lock only means an earlier call panicked; the shard is still usable.
+            let _guard = exclusive
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            call(shard)
+        })
     }
 }
 
@@ -164,7 +190,7 @@ impl VectorStore for EdgeStore {
     fn upsert(&self, points: Vec<StoredPoint>) -> BoxFuture<'_, Result<(), StoreError>> {
         let count = points.len() as u64;
         let writes = self.writes_since_optimize.clone();
-        self.blocking(move |shard| {
+        self.exclusive(move |shard| {
             let mut persisted = Vec::with_capacity(points.len());
             for point in points {
                 let payload = serde_json::to_value(&point.entry).map_err(backend)?;
@@ -229,7 +255,7 @@ impl VectorStore for EdgeStore {
     }
 
     fn purge(&self, purge: Purge) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.blocking(move |shard| {
+        self.exclusive(move |shard| {
             let must: Vec<Value> = purge
                 .fields()
                 .into_iter()
@@ -245,7 +271,7 @@ impl VectorStore for EdgeStore {
     }
 
     fn delete_expired(&self, now: u64) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.blocking(move |shard| {
+        self.exclusive(move |shard| {
             let filter = filter(json!({"must": [{"key": EXPIRY_FIELD, "range": {"lte": now}}]}))?;
             shard
                 .update(UpdateOperation::PointOperation(
@@ -261,19 +287,25 @@ impl VectorStore for EdgeStore {
 
     fn maintain(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         let writes = self.writes_since_optimize.clone();
+        let exclusive = self.exclusive.clone();
+        // The index build runs beside searches and updates (qdrant-edge swaps segments
+        // in when done); only the flush after it must not meet an update.
         self.blocking(move |shard| {
             if writes.load(Ordering::Relaxed) < OPTIMIZE_AFTER_WRITES {
                 return Ok(());
             }
             writes.store(0, Ordering::Relaxed);
             shard.optimize().map_err(backend)?;
+            let _guard = exclusive
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             shard.flush();
             Ok(())
         })
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.blocking(|shard| {
+        self.exclusive(|shard| {
             shard.flush();
             Ok(())
         })
