@@ -355,10 +355,12 @@ mod tests {
         assert_eq!(keys_of(other, "acme"), reference);
     }
 
+    type Change = Box<dyn Fn(&mut serde_json::Value)>;
+
     #[test]
     fn anything_that_changes_the_answer_changes_the_key() {
         let reference = keys_of(base(), "acme");
-        let changes: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+        let changes: Vec<(&str, Change)> = vec![
             (
                 "temperature",
                 Box::new(|body| body["temperature"] = json!(0.3)),
