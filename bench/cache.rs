@@ -64,8 +64,8 @@ struct Pair {
     b: String,
 }
 
-fn quality(embedder: &Embedder) -> Value {
-    let text = std::fs::read_to_string(root().join("bench/data/semantic_pairs.jsonl")).unwrap();
+fn quality(embedder: &Embedder, file: &str) -> Value {
+    let text = std::fs::read_to_string(root().join("bench/data").join(file)).unwrap();
     let pairs: Vec<Pair> = text
         .lines()
         .filter(|line| !line.trim().is_empty())
@@ -105,7 +105,7 @@ fn quality(embedder: &Embedder) -> Value {
         hits as f64 / chosen.len().max(1) as f64
     };
     let mut table = Vec::new();
-    println!("\nquality ({} pairs)", pairs.len());
+    println!("\nquality: {file} ({} pairs)", pairs.len());
     println!(
         "threshold | paraphrase hits | false hits (no guard) | false hits (guard) | by category with guard: entity number negation direction"
     );
@@ -138,7 +138,7 @@ fn quality(embedder: &Embedder) -> Value {
         table.push(row);
     }
     // The hard negatives that still pass the guard at the shipped threshold, to read.
-    let shipped = 0.90;
+    let shipped = 0.85;
     let leaks: Vec<Value> = scored
         .iter()
         .filter(|(pair, similarity, passes)| {
@@ -392,10 +392,18 @@ fn main() {
         return;
     }
     let embedder = load_embedder();
-    let quality = quality(&embedder);
+    // The guard and the threshold were tuned on the first set; the held-out set was
+    // written apart from it and only measured.
+    let quality_tuned = quality(&embedder, "semantic_pairs.jsonl");
+    let quality_holdout = quality(&embedder, "semantic_pairs_holdout.jsonl");
     // `BENCH_CACHE_ONLY=quality` stops here (tuning the threshold or the guard).
     if std::env::var("BENCH_CACHE_ONLY").as_deref() == Ok("quality") {
-        println!("{}", serde_json::to_string_pretty(&quality).unwrap());
+        for quality in [&quality_tuned, &quality_holdout] {
+            let notes = json!({
+                "leaks": quality["hard_negatives_passing_guard_within_0.1_of_shipped"],
+            });
+            println!("{}", serde_json::to_string_pretty(&notes).unwrap());
+        }
         return;
     }
     let embedding = embedding_throughput(&embedder);
@@ -406,7 +414,8 @@ fn main() {
     let http = runtime.block_on(hits_over_http());
     let search = runtime.block_on(vector_search());
     let results = json!({
-        "quality": quality,
+        "quality": quality_tuned,
+        "quality_holdout": quality_holdout,
         "embedding": embedding,
         "hits": http,
         "vector_search": search,

@@ -226,7 +226,7 @@ impl CacheConfig {
 pub fn threshold_problem(path: &str, threshold: f32) -> Option<String> {
     (!(0.5..=1.0).contains(&threshold)).then(|| {
         format!(
-            "{path}: {threshold} is outside 0.5..=1.0; a cosine below 0.5 matches unrelated questions (0.90 is a careful start)"
+            "{path}: {threshold} is outside 0.5..=1.0; a cosine below 0.5 matches unrelated questions (0.85 is the measured default)"
         )
     })
 }
@@ -256,7 +256,7 @@ fn default_maintenance_interval() -> Duration {
     Duration::from_secs(60)
 }
 fn default_threshold() -> f32 {
-    0.90
+    0.85
 }
 fn default_max_temperature() -> f64 {
     1.0

@@ -4,15 +4,18 @@
 //! EUR" and "EUR to USD", as near-identical, yet they need different answers. A
 //! similarity threshold cannot tell them apart, so a semantic hit is also refused when
 //! the two questions differ in what such pairs differ in: numbers, negation, names
-//! (written with capitals), or the side of an opposite pair (increase/decrease…), or
-//! when their names and numbers appear in another order ("from A to B").
+//! (written with capitals in either question; missing from the other, or in another
+//! order), a word and
+//! its negated form (edible/inedible), or the side of an opposite pair
+//! (increase/decrease…), or when one goes from A to B and the other from B to A.
 
 /// True when a stored question may answer a new one as far as the guard can tell.
 pub fn compatible(new_question: &str, stored_question: &str) -> bool {
     let new = Signature::of(new_question);
     let stored = Signature::of(stored_question);
     new.negated == stored.negated
-        && new.anchors == stored.anchors
+        && new.numbers == stored.numbers
+        && same_names_in_same_order(&new, &stored)
         && !opposite_sides(&new.words, &stored.words)
         && !negating_prefix(&new.words, &stored.words)
         && !reversed_direction(&new.words, &stored.words)
@@ -129,6 +132,7 @@ const NEGATIONS: &[&str] = &[
     "hasnt",
     "havent",
     "hadnt",
+    "unable",
     "unsafe",
     "illegal",
     "impossible",
@@ -184,20 +188,34 @@ const NUMBER_WORDS: &[&str] = &[
 /// Words that start with a capital for reasons other than being a name.
 const CAPITALISED_NON_NAMES: &[&str] = &["i", "i'm", "i've", "i'd", "i'll", "ok", "okay"];
 
+/// True when both questions mention the same names in the same order, a name being a
+/// word either question writes as one (so "Python" and "python" are the same name,
+/// "Python" and "Java" are not, and "Earth orbits the Sun" is not "Sun orbits the
+/// Earth").
+fn same_names_in_same_order(a: &Signature, b: &Signature) -> bool {
+    let is_name = |word: &&String| a.names.contains(word) || b.names.contains(word);
+    let in_order =
+        |words: &[String]| -> Vec<String> { words.iter().filter(is_name).cloned().collect() };
+    in_order(&a.words) == in_order(&b.words)
+}
+
 struct Signature {
     negated: bool,
     /// Numbers and names, in order of appearance, lower-cased.
-    anchors: Vec<String>,
+    numbers: Vec<String>,
+    /// Capitalised words, acronyms and the like, lower-cased.
+    names: Vec<String>,
     /// Every word, lower-cased, apostrophes removed.
     words: Vec<String>,
 }
 
 impl Signature {
     fn of(text: &str) -> Signature {
-        let mut anchors = Vec::new();
+        let mut numbers = Vec::new();
+        let mut names = Vec::new();
         let mut words = Vec::new();
         let mut sentence_start = true;
-        for raw in text.split(|c: char| c.is_whitespace() || matches!(c, '/' | '(' | ')')) {
+        for raw in text.split(|c: char| c.is_whitespace() || matches!(c, '/' | '(' | ')' | '-')) {
             let token = raw.trim_matches(|c: char| !c.is_alphanumeric() && c != '\'');
             let ends_sentence = raw.ends_with(['.', '?', '!', ':']);
             if token.is_empty() {
@@ -207,9 +225,11 @@ impl Signature {
             let lower = token.to_lowercase().replace(['\'', '’'], "");
             if token.chars().any(|c| c.is_ascii_digit()) {
                 // "1,000" and "1000" are the same number.
-                anchors.push(lower.replace(',', ""));
-            } else if NUMBER_WORDS.contains(&lower.as_str()) || is_name(token, sentence_start) {
-                anchors.push(lower.clone());
+                numbers.push(lower.replace(',', ""));
+            } else if NUMBER_WORDS.contains(&lower.as_str()) {
+                numbers.push(lower.clone());
+            } else if is_name(token, sentence_start) {
+                names.push(lower.clone());
             }
             words.push(lower);
             sentence_start = ends_sentence;
@@ -217,7 +237,8 @@ impl Signature {
         let negated = words.iter().any(|word| NEGATIONS.contains(&word.as_str()));
         Signature {
             negated,
-            anchors,
+            numbers,
+            names,
             words,
         }
     }
@@ -333,6 +354,14 @@ mod tests {
         assert!(compatible(
             "How do I export my data from Notion?",
             "What is the way to export data out of Notion"
+        ));
+        assert!(compatible(
+            "How do I read a file line by line in Python?",
+            "how to read a file line by line in python"
+        ));
+        assert!(compatible(
+            "How do I enable two-factor authentication?",
+            "how do i turn on two factor authentication"
         ));
     }
 
