@@ -41,6 +41,15 @@ async fn wait_stored(gateway: &TestGateway, count: u64) {
     panic!("the cache did not store {count} entries in 5 s");
 }
 
+/// Ask route `chat` one question; say what served it.
+async fn served(gateway: &TestGateway, question: &str) -> String {
+    gateway
+        .openai(openai_chat("chat", question))
+        .await
+        .served_by()
+        .to_string()
+}
+
 fn similarity(reply: &Reply) -> f64 {
     reply.json()["airbag"]["similarity"].as_f64().unwrap()
 }
@@ -470,26 +479,14 @@ async fn a_fallback_answer_is_kept_for_the_shorter_fallback_ttl() {
     let gateway = TestGateway::start(&config, &[]).await;
     let first = gateway.openai(openai_chat("chat", "Which model?")).await;
     assert_eq!(first.served_by(), "provider:fallback/m");
-    assert_eq!(
-        gateway
-            .openai(openai_chat("chat", "Which model?"))
-            .await
-            .served_by(),
-        "cache:exact"
-    );
+    assert_eq!(served(&gateway, "Which model?").await, "cache:exact");
     tokio::time::sleep(Duration::from_millis(2100)).await;
     primary.set_faults(Vec::new());
     let later = gateway.openai(openai_chat("chat", "Which model?")).await;
     assert_eq!(later.served_by(), "provider:primary/m");
     // The primary's answer is kept for the full ttl, past the fallback's.
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_eq!(
-        gateway
-            .openai(openai_chat("chat", "Which model?"))
-            .await
-            .served_by(),
-        "cache:exact"
-    );
+    assert_eq!(served(&gateway, "Which model?").await, "cache:exact");
 }
 
 #[tokio::test]
@@ -506,13 +503,7 @@ async fn admin_reports_stats_and_purges_by_tenant_route_or_namespace() {
         )
         .await;
     wait_stored(&gateway, 2).await;
-    assert_eq!(
-        gateway
-            .openai(openai_chat("chat", "Keep me"))
-            .await
-            .served_by(),
-        "cache:exact"
-    );
+    assert_eq!(served(&gateway, "Keep me").await, "cache:exact");
     let stats = gateway.admin_get("/admin/cache", None).await.json();
     assert_eq!(stats["exact"]["hits"], 1);
     assert_eq!(stats["store"], "embedded");
@@ -541,13 +532,7 @@ async fn admin_reports_stats_and_purges_by_tenant_route_or_namespace() {
 
     // Purge the namespace: the default namespace's entry stays.
     assert_eq!(purge(json!({"namespace": "docs"})).await.status, 200);
-    assert_eq!(
-        gateway
-            .openai(openai_chat("chat", "Keep me"))
-            .await
-            .served_by(),
-        "cache:exact"
-    );
+    assert_eq!(served(&gateway, "Keep me").await, "cache:exact");
     let docs = gateway
         .post(
             "/v1/chat/completions",
@@ -563,13 +548,7 @@ async fn admin_reports_stats_and_purges_by_tenant_route_or_namespace() {
             .status,
         200
     );
-    assert_eq!(
-        gateway
-            .openai(openai_chat("chat", "Keep me"))
-            .await
-            .served_by(),
-        "provider:up/m"
-    );
+    assert_eq!(served(&gateway, "Keep me").await, "provider:up/m");
 }
 
 #[tokio::test]
@@ -633,20 +612,14 @@ async fn a_qdrant_server_store_serves_the_same_hits_when_qdrant_url_is_set() {
         .await;
     wait_stored(&gateway, 1).await;
     assert_eq!(
-        gateway
-            .openai(openai_chat("chat", "how can i reset my password"))
-            .await
-            .served_by(),
+        served(&gateway, "how can i reset my password").await,
         "cache:semantic"
     );
     gateway.running.shutdown().await;
     // A second replica (fresh memory) reads the shared store.
     let replica = TestGateway::start(&config, &[]).await;
     assert_eq!(
-        replica
-            .openai(openai_chat("chat", "How do I reset my password?"))
-            .await
-            .served_by(),
+        served(&replica, "How do I reset my password?").await,
         "cache:exact"
     );
     assert_eq!(upstream.request_count(), 1);
