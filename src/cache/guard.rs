@@ -89,6 +89,7 @@ const OPPOSITES: &[(&str, &str)] = &[
     ("pros", "cons"),
     ("advantages", "disadvantages"),
     ("true", "false"),
+    ("in", "out"),
 ];
 
 /// Prefixes that turn a word into its opposite: edible / inedible, supported /
@@ -132,6 +133,7 @@ const NEGATIONS: &[&str] = &[
     "hasnt",
     "havent",
     "hadnt",
+    "non",
     "unable",
     "unsafe",
     "illegal",
@@ -215,6 +217,7 @@ impl Signature {
         let mut names = Vec::new();
         let mut words = Vec::new();
         let mut sentence_start = true;
+        let mut after_number = false;
         for raw in text.split(|c: char| c.is_whitespace() || matches!(c, '/' | '(' | ')' | '-')) {
             let token = raw.trim_matches(|c: char| !c.is_alphanumeric() && c != '\'');
             let ends_sentence = raw.ends_with(['.', '?', '!', ':']);
@@ -223,12 +226,23 @@ impl Signature {
                 continue;
             }
             let lower = token.to_lowercase().replace(['\'', '’'], "");
+            // A short word right after a number is its unit ("1 GB", "20 USD"), not a
+            // name: the number carries the meaning and is compared already.
+            let unit_of_number = after_number && lower.len() <= 3;
+            after_number = token
+                .chars()
+                .all(|c| c.is_ascii_digit() || c == ',' || c == '.');
             if token.chars().any(|c| c.is_ascii_digit()) {
-                // "1,000" and "1000" are the same number.
-                numbers.push(lower.replace(',', ""));
+                // The digits only: "1,000" is "1000", and "1GB" is "1 GB".
+                numbers.push(lower.chars().filter(char::is_ascii_digit).collect());
+                // And the unit as a word of its own ("1GB" holds "gb").
+                let unit: String = lower.chars().filter(|c| c.is_alphabetic()).collect();
+                if !unit.is_empty() {
+                    words.push(unit);
+                }
             } else if NUMBER_WORDS.contains(&lower.as_str()) {
                 numbers.push(lower.clone());
-            } else if is_name(token, sentence_start) {
+            } else if !unit_of_number && is_name(token, sentence_start) {
                 names.push(lower.clone());
             }
             words.push(lower);
@@ -327,7 +341,7 @@ fn reversed_direction(a: &[String], b: &[String]) -> bool {
                 })
                 .cloned()
         };
-        match (
+        let from_to_swapped = match (
             after(a, "from"),
             after(a, "to"),
             after(b, "from"),
@@ -337,7 +351,19 @@ fn reversed_direction(a: &[String], b: &[String]) -> bool {
                 a_from != a_to && a_from == b_to && a_to == b_from
             }
             _ => false,
-        }
+        };
+        // "merge develop into main" against "merge main into develop": what follows the
+        // marker differs, and each question holds the other's as well, in another role.
+        let roles_swapped =
+            DIRECTION_MARKERS
+                .iter()
+                .any(|marker| match (after(a, marker), after(b, marker)) {
+                    (Some(a_after), Some(b_after)) => {
+                        a_after != b_after && b.contains(&a_after) && a.contains(&b_after)
+                    }
+                    _ => false,
+                });
+        from_to_swapped || roles_swapped
     }
 }
 
@@ -358,6 +384,10 @@ mod tests {
         assert!(compatible(
             "How do I read a file line by line in Python?",
             "how to read a file line by line in python"
+        ));
+        assert!(compatible(
+            "How do I find files larger than 1GB on Linux?",
+            "On Linux, how can I locate files bigger than 1 GB?"
         ));
         assert!(compatible(
             "How do I enable two-factor authentication?",
@@ -397,6 +427,14 @@ mod tests {
         assert!(!compatible(
             "How do I serialize a struct to JSON in Rust?",
             "How do I deserialize JSON to a struct in Rust?"
+        ));
+        assert!(!compatible(
+            "How do I merge the develop branch into main?",
+            "How do I merge the main branch into develop?"
+        ));
+        assert!(!compatible(
+            "Which metals are magnetic?",
+            "Which metals are non-magnetic?"
         ));
         assert!(!compatible(
             "does the free plan include api access",
