@@ -328,8 +328,8 @@ fn announced_address(line: &str, name: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{name}={value} in `{line}` is not an address"))
 }
 
-/// The gateway's config: one provider (the mock, no key) and one route to it. Retries
-/// are off so that a failed upstream call shows up as an error instead of a slow success.
+/// The gateway's config: one provider (the mock, no key), one route to it, and the cache
+/// off. Retries are off so that a failed upstream call shows up as an error instead of a slow success.
 fn gateway_config(mock: SocketAddr) -> String {
     format!(
         r#"# Written by bench/overhead.rs for one run.
@@ -349,6 +349,12 @@ timeouts = {{ connect = "1s", first_byte = "5s", idle = "5s", total = "10s" }}
 [[routes]]
 model = "bench"
 chain = ["mock/m"]
+
+# Every request sends the same prompt: with the cache on, all but the first would be
+# cache hits. This bench measures the path through the providers; bench/cache.rs
+# measures the cache.
+[cache]
+enabled = false
 "#
     )
 }
