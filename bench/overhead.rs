@@ -329,7 +329,8 @@ fn announced_address(line: &str, name: &str) -> Result<SocketAddr, String> {
 }
 
 /// The gateway's config: one provider (the mock, no key), one route to it, and the cache
-/// off. Retries are off so that a failed upstream call shows up as an error instead of a slow success.
+/// off. Retries are off so that a failed upstream call shows up as an error instead of a
+/// slow success.
 fn gateway_config(mock: SocketAddr) -> String {
     format!(
         r#"# Written by bench/overhead.rs for one run.
