@@ -785,3 +785,37 @@ async fn concurrent_questions_are_embedded_in_shared_batches() {
         "{model_calls} model calls for 24 concurrent questions"
     );
 }
+
+#[tokio::test]
+async fn a_stream_the_client_abandoned_is_not_stored() {
+    let slow = airbag::mock::MockOptions {
+        chunk_delay: Duration::from_millis(50),
+        ..airbag::mock::MockOptions::default()
+    };
+    let upstream = common::mock_with("up", slow, Vec::new()).await;
+    let store = tempfile::tempdir().unwrap();
+    let gateway = cached_gateway(store.path(), &upstream, "").await;
+    let question = "one two three four five six seven eight nine ten";
+    let mut streaming = openai_chat("chat", question);
+    streaming["stream"] = json!(true);
+    let response = gateway
+        .client
+        .post(gateway.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(streaming.to_string())
+        .send()
+        .await
+        .unwrap();
+    let mut body = response.bytes_stream();
+    use futures_util::StreamExt;
+    assert!(!body.next().await.unwrap().unwrap().is_empty());
+    drop(body);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while upstream.cancelled_count() == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(upstream.cancelled_count(), 1);
+    // The half-sent answer was not kept: the same question goes to the provider.
+    assert_eq!(served(&gateway, question).await, "provider:up/m");
+    assert_eq!(upstream.request_count(), 2);
+}
