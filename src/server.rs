@@ -61,9 +61,6 @@ pub struct Gateway {
     max_cache_ttl: std::time::Duration,
     /// Rung 3: the canned answers, kept in step with `canned.dir`.
     pub canned: Arc<CannedSet>,
-    /// Turns the last user message into the vector canned examples are compared with.
-    /// The cache's model; None when the semantic cache is off: examples then never match.
-    pub embedder: Option<Arc<dyn ExampleEmbedder>>,
     /// How often `canned.dir` is polled for edits made to the files.
     canned_reload_interval: std::time::Duration,
 }
@@ -129,8 +126,8 @@ impl Gateway {
             .iter()
             .map(|(name, provider)| (name.clone(), provider.kind.protocol().label()))
             .collect();
-        let embedder: Option<Arc<dyn ExampleEmbedder>> = None;
-        let canned = Arc::new(CannedSet::new(config.canned.dir.clone(), embedder.clone()));
+        // Without the cache's model; `start` gives it one when the cache loaded it.
+        let canned = Arc::new(CannedSet::new(config.canned.dir.clone(), None));
         Ok(Gateway {
             provider_names,
             routes,
@@ -147,7 +144,6 @@ impl Gateway {
                 .as_ref()
                 .and_then(|token| token.resolve(env)),
             canned,
-            embedder,
             canned_reload_interval: config.canned.reload_interval,
         })
     }
@@ -227,14 +223,11 @@ pub async fn start(config: &Config, env: &Env) -> Result<RunningGateway, Startup
             "the cache is off (cache.enabled = false): every request goes to the providers"
         );
     }
-    // Canned examples are compared by the cache's model, when it is loaded.
+    // Canned examples are compared by the cache's model, when it is loaded; without it,
+    // entries with only examples never match.
     if let Some(embedder) = gateway.cache.as_ref().and_then(|cache| cache.embedder()) {
         let embedder: Arc<dyn ExampleEmbedder> = Arc::new(embedder.clone());
-        gateway.canned = Arc::new(CannedSet::new(
-            config.canned.dir.clone(),
-            Some(embedder.clone()),
-        ));
-        gateway.embedder = Some(embedder);
+        gateway.canned = Arc::new(CannedSet::new(config.canned.dir.clone(), Some(embedder)));
     }
     let gateway = Arc::new(gateway);
     match listen(config, gateway.clone()).await {

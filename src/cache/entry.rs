@@ -24,7 +24,8 @@ pub struct StoredEntry {
     /// The last user message, for the hard-negative guard of semantic hits.
     pub question: String,
     pub answer: StoredAnswer,
-    /// The target that produced the answer (`provider:<target>`), for the status page.
+    /// The target that produced the answer (`provider:<target>`), so an operator
+    /// reading the store can tell a primary's answer from a fallback's.
     pub served_by: String,
     /// Unix seconds.
     pub created_at: u64,

@@ -297,10 +297,6 @@ impl Cache {
         self.embedder.as_ref()
     }
 
-    pub fn store_kind(&self) -> &'static str {
-        self.store.kind()
-    }
-
     /// Look the request up: exact first, then semantic. Also prepares its write.
     /// `route` is the configured route the request resolved to (its semantic threshold).
     pub async fn lookup(
@@ -346,8 +342,13 @@ impl Cache {
                 }
             }
         }
+        // The vector serves the semantic lookup and the entry written later; a request
+        // that wants neither is not embedded.
         let mut vector = None;
-        if semantic && let Some(embedder) = &self.embedder {
+        if semantic
+            && (controls.lookup || controls.store)
+            && let Some(embedder) = &self.embedder
+        {
             match tokio::time::timeout(EMBED_DEADLINE, embedder.embed_one(&question)).await {
                 Ok(Ok(embedded)) => vector = Some(embedded),
                 Ok(Err(error)) => tracing::warn!("cache: {error}"),

@@ -116,10 +116,6 @@ impl EdgeStore {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Run a blocking shard call off the async runtime.
     fn blocking<T: Send + 'static>(
         &self,
