@@ -173,6 +173,18 @@ pub struct ProviderConfig {
     pub breaker: BreakerConfig,
     /// Optional grading of answers by a judge on another provider.
     pub quality: Option<QualityConfig>,
+    /// Ask this provider for a stream even when the client wants one complete answer,
+    /// and assemble the answer here: `first_byte` and `idle` then catch a hung provider
+    /// for every request, not only streaming ones. Turn it off for a server that cannot
+    /// stream; its non-streaming answers are then bounded by `total` alone.
+    #[serde(default = "default_true")]
+    pub stream_upstream: bool,
+    /// Retry the same target after a connect, first-byte or idle timeout. Off by default:
+    /// a provider that hung once usually hangs again, and each retry would cost the
+    /// client another full timeout; the chain moves to the next target at once instead.
+    /// 5xx, 529 and broken connections keep their retries either way.
+    #[serde(default)]
+    pub retry_on_timeout: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -215,8 +227,9 @@ impl Default for BackoffConfig {
 pub struct TimeoutConfig {
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect: Duration,
-    /// Streams only: from sending the request to the first content event. Providers
-    /// send a non-streaming answer whole, so `total` bounds those.
+    /// From sending the request to the first content event of the answer, streaming
+    /// clients or not (see `stream_upstream`). With `stream_upstream = false` a
+    /// non-streaming answer arrives whole, and only `total` bounds it.
     #[serde(default = "default_first_byte_timeout", with = "humantime_serde")]
     pub first_byte: Duration,
     /// Longest silence between two stream chunks.
@@ -250,6 +263,25 @@ pub struct RouteConfig {
     pub context_window_fallback: Option<String>,
     /// This route's semantic cache threshold, instead of `cache.semantic.threshold`.
     pub semantic_threshold: Option<f32>,
+    /// Hedged requests (off when unset): when the target being tried has not produced
+    /// its first content after this long, the rest of the chain starts as well; the first
+    /// answer wins and the other attempt is cancelled.
+    #[serde(default, with = "humantime_serde")]
+    pub hedge_after: Option<Duration>,
+    /// The largest share of this route's requests that may be hedged over the last
+    /// minute, so an incident cannot double the bill. One hedge a minute is always
+    /// allowed.
+    #[serde(default = "default_hedge_max_share")]
+    pub hedge_max_share: f64,
+    /// Streaming clients only (off when unset): while the ladder is still working after
+    /// this long, the response starts and an SSE comment is sent at this interval, so a
+    /// proxy with an idle timeout does not cut a client whose request is failing over.
+    #[serde(default, with = "humantime_serde")]
+    pub stream_keepalive: Option<Duration>,
+    /// When a stream breaks after its first content, ask the next target to continue the
+    /// same answer and splice its continuation in, so the client sees one answer.
+    #[serde(default)]
+    pub resume_streams: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -400,6 +432,12 @@ fn default_max_tokens() -> u32 {
 fn default_weight() -> u32 {
     1
 }
+fn default_true() -> bool {
+    true
+}
+fn default_hedge_max_share() -> f64 {
+    0.1
+}
 fn default_backoff_initial() -> Duration {
     Duration::from_millis(100)
 }
@@ -417,6 +455,29 @@ fn default_idle_timeout() -> Duration {
 }
 fn default_total_timeout() -> Duration {
     Duration::from_secs(300)
+}
+
+/// The failover policy of one route: hedging and keepalive durations and shares.
+fn check_route_policy(path: &str, route: &RouteConfig, problems: &mut Vec<String>) {
+    if route.hedge_after.is_some_and(|after| after.is_zero()) {
+        problems.push(format!(
+            "{path}.hedge_after: must be longer than 0; write e.g. \"2s\", or remove it to turn hedging off"
+        ));
+    }
+    if !(0.0..=1.0).contains(&route.hedge_max_share) {
+        problems.push(format!(
+            "{path}.hedge_max_share: {} is not a share; write a number from 0 to 1, e.g. 0.1",
+            route.hedge_max_share
+        ));
+    }
+    if route
+        .stream_keepalive
+        .is_some_and(|interval| interval < Duration::from_millis(10))
+    {
+        problems.push(format!(
+            "{path}.stream_keepalive: must be at least 10ms; write e.g. \"10s\", or remove it"
+        ));
+    }
 }
 
 /// A target `provider/model`, split.
@@ -538,6 +599,7 @@ impl Config {
             if let Some(target) = &route.context_window_fallback {
                 self.check_target(&format!("{path}.context_window_fallback"), target, problems);
             }
+            check_route_policy(&path, route, problems);
         }
     }
 

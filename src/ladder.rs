@@ -4,7 +4,9 @@
 //!
 //! 1. cache — exact, then semantic ([`crate::cache::Cache::lookup`]);
 //! 2. providers — the route's chain of targets ([`crate::providers::chain::walk`]);
-//!    when every target failed, a stale cache entry (stale-if-error);
+//!    a stream that breaks mid-answer is continued by the next target when the route
+//!    resumes streams ([`crate::providers::resume`]); when every target failed, a stale
+//!    cache entry (stale-if-error);
 //! 3. canned — the best pre-written answer for the route and the last user message
 //!    ([`crate::canned`]); when none applies (no default), a 503 listing each attempt.
 //!
@@ -25,6 +27,7 @@ use crate::protocol::{
     ChatRequest, ChatResponse, EventStream, Part, StopReason, Usage, last_user_text, random_id,
     replay_as_stream,
 };
+use crate::providers::resume::{self, ResumePlan};
 use crate::providers::{AttemptRecord, ChainOutcome, Route, UpstreamAnswer, chain};
 use crate::server::Gateway;
 
@@ -134,6 +137,22 @@ pub async fn answer(
             depth,
             attempts,
         } => {
+            let answer = match answer {
+                UpstreamAnswer::Stream(events) if route.resume_streams => {
+                    UpstreamAnswer::Stream(resume::resumable(
+                        events,
+                        ResumePlan {
+                            route: route.clone(),
+                            request: request.clone(),
+                            metrics: gateway.metrics.clone(),
+                            target: target.clone(),
+                            depth,
+                            request_timeout: gateway.request_timeout,
+                        },
+                    ))
+                }
+                answer => answer,
+            };
             let tag = provider_tag(&target, depth, attempts);
             let answer = match (answer, &gateway.cache, pending) {
                 (UpstreamAnswer::Complete(response), Some(cache), Some(pending)) => {

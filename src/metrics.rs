@@ -55,6 +55,12 @@ pub struct Metrics {
     pub canned_served: IntCounterVec,
     /// Admin API edits of canned entries, by action and outcome.
     pub canned_edits: IntCounterVec,
+    /// Hedged requests by route and outcome: `won` (the hedge answered first), `lost`
+    /// (the target it hedged answered first), `skipped_budget` (over `hedge_max_share`).
+    pub hedges: IntCounterVec,
+    /// Streams broken after their first content that another target was asked to
+    /// continue, by the target that broke and outcome (`resumed`, `failed`, `skipped`).
+    pub stream_resumes: IntCounterVec,
 }
 
 impl Metrics {
@@ -226,6 +232,22 @@ impl Metrics {
         )?;
         registry.register(Box::new(canned_served.clone()))?;
         registry.register(Box::new(canned_edits.clone()))?;
+        let hedges = IntCounterVec::new(
+            Opts::new(
+                "airbag_hedges_total",
+                "Hedged requests by route and outcome (won, lost, skipped_budget)",
+            ),
+            &["route", "outcome"],
+        )?;
+        registry.register(Box::new(hedges.clone()))?;
+        let stream_resumes = IntCounterVec::new(
+            Opts::new(
+                "airbag_stream_resumes_total",
+                "Broken streams continued by another target, by the broken target and outcome",
+            ),
+            &["target", "outcome"],
+        )?;
+        registry.register(Box::new(stream_resumes.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -248,6 +270,8 @@ impl Metrics {
             cache_entries,
             canned_served,
             canned_edits,
+            hedges,
+            stream_resumes,
         })
     }
 

@@ -633,7 +633,10 @@ fn reply_for(name: &str, request: &ChatRequest) -> ChatResponse {
             Some(result) => format!("mock {name} read the tool result: {result}"),
             None => format!("mock {name} answers: {}", last_user_text(&request.messages)),
         };
-        (vec![Part::Text(text)], StopReason::EndTurn)
+        (
+            vec![Part::Text(continue_prefill(request, text))],
+            StopReason::EndTurn,
+        )
     };
     let output_tokens = content
         .iter()
@@ -652,6 +655,31 @@ fn reply_for(name: &str, request: &ChatRequest) -> ChatResponse {
             output_tokens,
             cached_input_tokens: 0,
         },
+    }
+}
+
+/// A request whose last message is the assistant's own text (a prefill, or a stream
+/// being resumed) gets the rest of the answer after it, as a model continuing its turn
+/// would; a prefill the answer does not start with is ignored.
+fn continue_prefill(request: &ChatRequest, answer: String) -> String {
+    let prefill = request
+        .messages
+        .last()
+        .filter(|message| message.role == Role::Assistant)
+        .map(|message| {
+            message
+                .content
+                .iter()
+                .filter_map(|part| match part {
+                    Part::Text(text) => Some(text.as_str()),
+                    _ => None,
+                })
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    match answer.strip_prefix(prefill.as_str()) {
+        Some(rest) if !prefill.is_empty() => rest.to_string(),
+        _ => answer,
     }
 }
 

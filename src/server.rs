@@ -31,7 +31,7 @@ use crate::config::{Config, Env};
 use crate::error::RequestError;
 use crate::ladder::{self, Answer, RungTag, Served};
 use crate::metrics::Metrics;
-use crate::protocol::{EventStream, Protocol, anthropic, openai};
+use crate::protocol::{EventStream, Protocol, anthropic, openai, replay_as_stream};
 use crate::providers::{Provider, Routes};
 
 /// How long a shutdown waits for in-flight requests.
@@ -382,30 +382,7 @@ async fn chat(
     match result {
         Ok(response) => response,
         Err(error) => {
-            span.record("rung", "none");
-            if let RequestError::AllTargetsFailed { attempts, .. } = &error {
-                span.record("attempts", attempts.len());
-            }
-            // The one place request errors are logged.
-            tracing::warn!(
-                protocol = protocol.label(),
-                kind = error.kind(),
-                "{}",
-                error.log_line()
-            );
-            if matches!(error, RequestError::AllTargetsFailed { .. }) {
-                gateway
-                    .metrics
-                    .requests
-                    .with_label_values(&["none", "none", protocol.label()])
-                    .inc();
-            } else {
-                gateway
-                    .metrics
-                    .rejected
-                    .with_label_values(&[error.kind(), protocol.label()])
-                    .inc();
-            }
+            account_error(&gateway, &error, protocol);
             let mut response = (error.status(), axum::Json(error.body(protocol))).into_response();
             response
                 .headers_mut()
@@ -415,8 +392,37 @@ async fn chat(
     }
 }
 
+/// Log a request error and count it: the one place request errors are logged, whether
+/// they become an HTTP answer or (under a stream keepalive) an error event.
+fn account_error(gateway: &Gateway, error: &RequestError, protocol: Protocol) {
+    let span = tracing::Span::current();
+    span.record("rung", "none");
+    if let RequestError::AllTargetsFailed { attempts, .. } = error {
+        span.record("attempts", attempts.len());
+    }
+    tracing::warn!(
+        protocol = protocol.label(),
+        kind = error.kind(),
+        "{}",
+        error.log_line()
+    );
+    if matches!(error, RequestError::AllTargetsFailed { .. }) {
+        gateway
+            .metrics
+            .requests
+            .with_label_values(&["none", "none", protocol.label()])
+            .inc();
+    } else {
+        gateway
+            .metrics
+            .rejected
+            .with_label_values(&[error.kind(), protocol.label()])
+            .inc();
+    }
+}
+
 async fn serve_chat(
-    gateway: &Gateway,
+    gateway: &Arc<Gateway>,
     headers: &HeaderMap,
     body: Body,
     protocol: Protocol,
@@ -432,15 +438,172 @@ async fn serve_chat(
     .map_err(RequestError::InvalidBody)?;
     tracing::Span::current().record("model", request.model.as_str());
     let include_usage = request.include_usage;
-    let served = ladder::answer(gateway, &request, &tenant, &controls).await?;
-    Ok(render(
-        gateway,
-        served,
-        protocol,
-        &request.model,
-        include_usage,
-        started,
-    ))
+    let keepalive = gateway
+        .routes
+        .find(&request.model)
+        .and_then(|route| route.stream_keepalive)
+        .filter(|_| request.stream);
+    let Some(interval) = keepalive else {
+        let served = ladder::answer(gateway, &request, &tenant, &controls).await?;
+        return Ok(render(
+            gateway,
+            served,
+            protocol,
+            &request.model,
+            include_usage,
+            started,
+        ));
+    };
+    // The ladder runs on its own future so the response can start without it: when it
+    // has not answered within one interval, the head goes out and SSE comments keep the
+    // connection alive until it does.
+    let model = request.model.clone();
+    let owned = gateway.clone();
+    let mut answering: LadderFuture = Box::pin(
+        async move { ladder::answer(&owned, &request, &tenant, &controls).await }
+            .instrument(tracing::Span::current()),
+    );
+    match tokio::time::timeout(interval, &mut answering).await {
+        Ok(served) => Ok(render(
+            gateway,
+            served?,
+            protocol,
+            &model,
+            include_usage,
+            started,
+        )),
+        Err(_) => Ok(kept_alive(
+            gateway.clone(),
+            answering,
+            interval,
+            Writer::new(protocol, &model, include_usage),
+            protocol,
+            started,
+        )),
+    }
+}
+
+type LadderFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Served, RequestError>> + Send + 'static>,
+>;
+
+/// What a kept-alive stream is doing: waiting for the ladder (with a comment each
+/// interval), or sending the answer it got.
+enum KeptAlive {
+    Waiting(LadderFuture, Writer),
+    Sending(std::pin::Pin<Box<dyn futures_util::Stream<Item = Bytes> + Send>>),
+}
+
+/// A streaming response whose head went out before the ladder answered: SSE comments
+/// every `interval` until it does, then a comment with the rung tag (the headers are
+/// gone) and the answer, or the protocol's error event when there is none.
+fn kept_alive(
+    gateway: Arc<Gateway>,
+    answering: LadderFuture,
+    interval: std::time::Duration,
+    writer: Writer,
+    protocol: Protocol,
+    started: Instant,
+) -> Response {
+    let span = tracing::Span::current();
+    let first = stream::iter([Ok::<Bytes, Infallible>(keepalive_comment())]);
+    let rest = stream::unfold(KeptAlive::Waiting(answering, writer), move |state| {
+        let gateway = gateway.clone();
+        let span = span.clone();
+        async move {
+            match state {
+                KeptAlive::Waiting(mut answering, mut writer) => {
+                    let Ok(result) = tokio::time::timeout(interval, &mut answering).await else {
+                        let waiting = KeptAlive::Waiting(answering, writer);
+                        return Some((Ok(keepalive_comment()), waiting));
+                    };
+                    let _entered = span.enter();
+                    let mut sending: Vec<Bytes> = Vec::new();
+                    let events = match result {
+                        Ok(served) => {
+                            account_served(&gateway, &served.tag, protocol, started);
+                            sending.push(crate::protocol::sse::comment(&tag_comment(&served.tag)));
+                            match served.answer {
+                                Answer::Stream(events) => Some((events, served.tag.served_by)),
+                                Answer::Complete(response) => {
+                                    Some((replay_as_stream(response), served.tag.served_by))
+                                }
+                                Answer::Refused { status, body, .. } => {
+                                    let message = refusal_message(status, &body);
+                                    sending.extend(writer.fail(&message));
+                                    None
+                                }
+                            }
+                        }
+                        Err(error) => {
+                            account_error(&gateway, &error, protocol);
+                            sending.extend(writer.fail(&error.to_string()));
+                            None
+                        }
+                    };
+                    let head = stream::iter(sending);
+                    let sending: std::pin::Pin<Box<dyn futures_util::Stream<Item = Bytes> + Send>> =
+                        match events {
+                            Some((events, served_by)) => Box::pin(head.chain(sse_chunks(
+                                events,
+                                writer,
+                                served_by,
+                                &gateway,
+                                span.clone(),
+                            ))),
+                            None => Box::pin(head),
+                        };
+                    let mut sending = sending;
+                    let chunk = sending.next().await?;
+                    Some((Ok(chunk), KeptAlive::Sending(sending)))
+                }
+                KeptAlive::Sending(mut sending) => {
+                    let chunk = sending.next().await?;
+                    Some((Ok(chunk), KeptAlive::Sending(sending)))
+                }
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header("x-airbag-rung", "pending")
+        .body(Body::from_stream(first.chain(rest)))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn keepalive_comment() -> Bytes {
+    crate::protocol::sse::comment("airbag keepalive: the request is still being answered")
+}
+
+/// The rung tag as an SSE comment, for a stream whose headers went out before it.
+fn tag_comment(tag: &RungTag) -> String {
+    format!(
+        "airbag rung={} served_by={} fallback_depth={} attempts={}",
+        tag.rung.label(),
+        tag.served_by,
+        tag.fallback_depth,
+        tag.attempts.len()
+    )
+}
+
+/// A provider's refusal as one line of text, for an error event.
+fn refusal_message(status: u16, body: &[u8]) -> String {
+    format!(
+        "the provider refused the request ({status}): {}",
+        upstream_message(body)
+    )
+}
+
+/// The message of an upstream error body, or its first 2,000 characters.
+fn upstream_message(body: &[u8]) -> String {
+    let upstream: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    upstream
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(2000).collect())
 }
 
 /// What the request's headers ask of the cache: `Cache-Control: no-cache` / `no-store`,
@@ -528,25 +691,7 @@ fn render(
     started: Instant,
 ) -> Response {
     let Served { answer, tag } = served;
-    let rung = tag.rung.label();
-    let metrics = &gateway.metrics;
-    metrics
-        .requests
-        .with_label_values(&[rung, &tag.served_by, protocol.label()])
-        .inc();
-    metrics
-        .request_duration
-        .with_label_values(&[rung])
-        .observe(started.elapsed().as_secs_f64());
-    let span = tracing::Span::current();
-    span.record("rung", rung);
-    span.record("served_by", tag.served_by.as_str());
-    span.record("attempts", tag.attempts.len());
-    tracing::info!(
-        fallback_depth = tag.fallback_depth,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "request served"
-    );
+    account_served(gateway, &tag, protocol, started);
     let mut response = match answer {
         Answer::Complete(chat_response) => {
             let mut body = match protocol {
@@ -570,6 +715,29 @@ fn render(
     };
     set_tag_headers(response.headers_mut(), &tag);
     response
+}
+
+/// Count and log a served request.
+fn account_served(gateway: &Gateway, tag: &RungTag, protocol: Protocol, started: Instant) {
+    let rung = tag.rung.label();
+    let metrics = &gateway.metrics;
+    metrics
+        .requests
+        .with_label_values(&[rung, &tag.served_by, protocol.label()])
+        .inc();
+    metrics
+        .request_duration
+        .with_label_values(&[rung])
+        .observe(started.elapsed().as_secs_f64());
+    let span = tracing::Span::current();
+    span.record("rung", rung);
+    span.record("served_by", tag.served_by.as_str());
+    span.record("attempts", tag.attempts.len());
+    tracing::info!(
+        fallback_depth = tag.fallback_depth,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "request served"
+    );
 }
 
 fn set_tag_headers(headers: &mut HeaderMap, tag: &RungTag) {
@@ -602,12 +770,7 @@ fn refused_response(
             .body(Body::from(body))
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
     }
-    let upstream: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let message = upstream
-        .pointer("/error/message")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(2000).collect());
+    let message = upstream_message(&body);
     let translated = match protocol {
         Protocol::OpenAi => {
             openai::render_error(&message, "invalid_request_error", "upstream_refused", None)
@@ -623,6 +786,12 @@ enum Writer {
 }
 
 impl Writer {
+    fn new(protocol: Protocol, model: &str, include_usage: bool) -> Writer {
+        match protocol {
+            Protocol::OpenAi => Writer::OpenAi(openai::StreamWriter::new(model, include_usage)),
+            Protocol::Anthropic => Writer::Anthropic(anthropic::StreamWriter::new(model)),
+        }
+    }
     fn event(&mut self, event: crate::protocol::StreamEvent) -> Vec<Bytes> {
         match self {
             Writer::OpenAi(writer) => writer.event(event),
@@ -664,10 +833,20 @@ fn sse_body(
     served_by: String,
     gateway: &Gateway,
 ) -> Body {
-    let writer = match protocol {
-        Protocol::OpenAi => Writer::OpenAi(openai::StreamWriter::new(model, include_usage)),
-        Protocol::Anthropic => Writer::Anthropic(anthropic::StreamWriter::new(model)),
-    };
+    let writer = Writer::new(protocol, model, include_usage);
+    let chunks = sse_chunks(events, writer, served_by, gateway, tracing::Span::current());
+    Body::from_stream(chunks.map(Ok::<Bytes, Infallible>))
+}
+
+/// The events rendered by `writer`, ending with its finish or, when the stream breaks,
+/// its error event.
+fn sse_chunks(
+    events: EventStream,
+    writer: Writer,
+    served_by: String,
+    gateway: &Gateway,
+    span: tracing::Span,
+) -> impl futures_util::Stream<Item = Bytes> + Send + 'static {
     let state = SseState {
         events,
         writer,
@@ -675,12 +854,12 @@ fn sse_body(
         finished: false,
         served_by,
         stream_failures: gateway.metrics.stream_failures.clone(),
-        span: tracing::Span::current(),
+        span,
     };
-    let chunks = stream::unfold(state, |mut state| async move {
+    stream::unfold(state, |mut state| async move {
         loop {
             if let Some(chunk) = state.queue.pop_front() {
-                return Some((Ok::<Bytes, Infallible>(chunk), state));
+                return Some((chunk, state));
             }
             if state.finished {
                 return None;
@@ -713,8 +892,7 @@ fn sse_body(
                 }
             }
         }
-    });
-    Body::from_stream(chunks)
+    })
 }
 
 // ---------------------------------------------------------------------------------------

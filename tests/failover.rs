@@ -3,8 +3,8 @@
 
 mod common;
 
-use airbag::mock::{Fault, FaultRule, MockProvider};
-use common::{TestGateway, mock, openai_chat, provider, route};
+use airbag::mock::{Fault, FaultRule, MockOptions, MockProvider};
+use common::{TestGateway, mock, mock_with, openai_chat, provider, route};
 use serde_json::json;
 
 /// A primary and a fallback mock behind route `chat` (`primary/big`, then
@@ -118,16 +118,10 @@ async fn an_exhausted_primary_falls_back_with_depth_one() {
 }
 
 #[tokio::test]
-async fn network_failures_timeouts_and_malformed_answers_are_retried() {
-    let cases = [
-        (Fault::Reset, "network"),
-        (Fault::Malformed, "malformed"),
-        (Fault::Delay { ms: 3_000 }, "timeout_total"),
-        (Fault::Hang, "timeout_total"),
-    ];
-    let short_total = "timeouts = { connect = \"1s\", first_byte = \"200ms\", idle = \"200ms\", total = \"700ms\" }";
+async fn network_failures_and_malformed_answers_are_retried() {
+    let cases = [(Fault::Reset, "network"), (Fault::Malformed, "malformed")];
     for (fault, outcome) in cases {
-        let (gateway, primary, fallback) = two_targets(short_total).await;
+        let (gateway, primary, fallback) = two_targets("").await;
         primary.set_faults(vec![FaultRule::times(1, fault.clone())]);
         let reply = gateway.openai(openai_chat("chat", "hi")).await;
         assert_eq!(reply.status, 200, "{fault:?}: {}", reply.text);
@@ -140,6 +134,65 @@ async fn network_failures_timeouts_and_malformed_answers_are_retried() {
             "{fault:?}"
         );
     }
+}
+
+/// Timeouts as the shipped OpenAI provider has them, scaled down: first byte 300ms.
+const SHORT_FIRST_BYTE: &str =
+    "timeouts = { connect = \"1s\", first_byte = \"300ms\", idle = \"300ms\", total = \"10s\" }";
+
+#[tokio::test]
+async fn a_hung_target_is_left_at_its_first_byte_deadline_without_retries() {
+    // Both client modes: a non-streaming client's answer is streamed from the provider,
+    // so the first-byte deadline catches the hang for it too.
+    for fault in [
+        Fault::Hang,
+        Fault::Delay { ms: 5_000 },
+        Fault::StallAfter { chunks: 1 },
+    ] {
+        for stream in [false, true] {
+            let (gateway, primary, fallback) = two_targets(SHORT_FIRST_BYTE).await;
+            primary.set_faults(vec![FaultRule::always(fault.clone())]);
+            let mut body = openai_chat("chat", "hi");
+            body["stream"] = json!(stream);
+            let reply = gateway.openai(body).await;
+            assert_eq!(
+                reply.status, 200,
+                "{fault:?} stream={stream}: {}",
+                reply.text
+            );
+            assert_eq!(reply.served_by(), "provider:fallback/small", "{fault:?}");
+            assert_eq!(
+                primary.request_count(),
+                1,
+                "{fault:?}: no retry after a timeout"
+            );
+            assert_eq!(fallback.request_count(), 1, "{fault:?}");
+            assert_eq!(reply.header("x-airbag-attempts"), "2", "{fault:?}");
+            if !stream {
+                assert_eq!(
+                    reply.json()["airbag"]["attempts"][0]["outcome"],
+                    "timeout_first_byte",
+                    "{fault:?}"
+                );
+                assert_eq!(
+                    reply.json()["choices"][0]["message"]["content"],
+                    "mock fallback answers: hi"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn retry_on_timeout_retries_a_hung_target() {
+    let (gateway, primary, fallback) =
+        two_targets(&format!("{SHORT_FIRST_BYTE}\nretry_on_timeout = true")).await;
+    primary.set_faults(vec![FaultRule::times(1, Fault::Hang)]);
+    let reply = gateway.openai(openai_chat("chat", "hi")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.served_by(), "provider:primary/big");
+    assert_eq!(primary.request_count(), 2);
+    assert_eq!(fallback.request_count(), 0);
 }
 
 #[tokio::test]
@@ -166,7 +219,7 @@ async fn a_connection_refused_target_falls_through_to_the_next() {
 
 #[tokio::test]
 async fn client_errors_return_as_is_without_retry_or_fallback() {
-    for code in [400, 404, 422] {
+    for code in [400, 422] {
         let (gateway, primary, fallback) = two_targets("").await;
         let upstream_body = json!({"error": {"message": format!("bad thing {code}"), "type": "invalid_request_error", "code": "nope", "param": null}});
         primary.set_faults(vec![FaultRule::always(Fault::Status {
@@ -400,11 +453,11 @@ async fn a_provider_without_keys_in_the_environment_is_skipped() {
 }
 
 #[tokio::test]
-async fn first_byte_does_not_cut_a_slow_non_streaming_answer() {
-    // Providers send a non-streaming head only when the answer is done, so a long
-    // generation must be bounded by `total`, not `first_byte`.
+async fn without_stream_upstream_first_byte_does_not_cut_a_slow_non_streaming_answer() {
+    // A server that cannot stream sends a non-streaming head only when the answer is
+    // done, so its long generations are bounded by `total`, not `first_byte`.
     let (gateway, primary, fallback) = two_targets(
-        "timeouts = { connect = \"1s\", first_byte = \"100ms\", idle = \"100ms\", total = \"5s\" }",
+        "timeouts = { connect = \"1s\", first_byte = \"100ms\", idle = \"100ms\", total = \"5s\" }\nstream_upstream = false",
     )
     .await;
     primary.set_faults(vec![FaultRule::times(1, Fault::Delay { ms: 500 })]);
@@ -412,7 +465,45 @@ async fn first_byte_does_not_cut_a_slow_non_streaming_answer() {
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(reply.served_by(), "provider:primary/big");
     assert_eq!(primary.request_count(), 1);
+    assert_eq!(primary.requests()[0].stream, false);
     assert_eq!(fallback.request_count(), 0);
+}
+
+#[tokio::test]
+async fn a_slow_stream_is_assembled_for_a_non_streaming_client() {
+    // Chunks 50ms apart stay under `idle`: the whole answer is read, however long.
+    let primary = mock_with(
+        "primary",
+        MockOptions {
+            chunk_delay: std::time::Duration::from_millis(50),
+            ..MockOptions::default()
+        },
+        Vec::new(),
+    )
+    .await;
+    let config = format!(
+        "{}{}",
+        provider(
+            "primary",
+            "openai",
+            &primary,
+            "timeouts = { connect = \"1s\", first_byte = \"300ms\", idle = \"300ms\", total = \"10s\" }"
+        ),
+        route("chat", &["primary/big"]),
+    );
+    let gateway = TestGateway::start(&config, &[]).await;
+    let reply = gateway
+        .openai(openai_chat(
+            "chat",
+            "one two three four five six seven eight",
+        ))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(primary.requests()[0].stream, true);
+    assert_eq!(
+        reply.json()["choices"][0]["message"]["content"],
+        "mock primary answers: one two three four five six seven eight"
+    );
 }
 
 #[tokio::test]

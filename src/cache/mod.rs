@@ -33,10 +33,8 @@ use store::{Purge, SemanticQuery, StoredPoint, VectorStore, placeholder_vector};
 
 use crate::config::Env;
 use crate::metrics::Metrics;
-use crate::protocol::{
-    ChatRequest, ChatResponse, EventStream, Part, StopReason, StreamEvent, ToolCall, Usage,
-    unix_now,
-};
+use crate::protocol::assembler::Assembler;
+use crate::protocol::{ChatRequest, ChatResponse, EventStream, StreamEvent, unix_now};
 
 /// Pending writes beyond this are dropped (and counted): a slow store must not grow
 /// memory without bound.
@@ -790,69 +788,6 @@ async fn maintenance_loop(cache: Arc<Cache>, mut stopped: watch::Receiver<bool>)
                 .cache_entries
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
-    }
-}
-
-/// Rebuilds a complete answer from the events of a stream.
-#[derive(Default)]
-struct Assembler {
-    id: String,
-    model: String,
-    content: Vec<Part>,
-    /// Tool call index (as streams number them) → position in `content`.
-    tool_calls: HashMap<usize, usize>,
-    /// A delta arrived for a tool call that never started: the answer is incomplete.
-    broken: bool,
-    stop_reason: Option<StopReason>,
-    usage: Usage,
-}
-
-impl Assembler {
-    fn push(&mut self, event: &StreamEvent) {
-        match event {
-            StreamEvent::Start { id, model } => {
-                self.id = id.clone();
-                self.model = model.clone();
-            }
-            StreamEvent::TextDelta(text) => match self.content.last_mut() {
-                Some(Part::Text(last)) => last.push_str(text),
-                _ => self.content.push(Part::Text(text.clone())),
-            },
-            StreamEvent::ToolCallStart { index, id, name } => {
-                self.tool_calls.insert(*index, self.content.len());
-                self.content.push(Part::ToolCall(ToolCall {
-                    id: id.clone(),
-                    name: name.clone(),
-                    arguments: String::new(),
-                }));
-            }
-            StreamEvent::ToolCallDelta { index, arguments } => {
-                let call = self
-                    .tool_calls
-                    .get(index)
-                    .and_then(|position| self.content.get_mut(*position));
-                match call {
-                    Some(Part::ToolCall(call)) => call.arguments.push_str(arguments),
-                    _ => self.broken = true,
-                }
-            }
-            StreamEvent::Finish { stop_reason } => self.stop_reason = Some(*stop_reason),
-            StreamEvent::Usage(usage) => self.usage = *usage,
-        }
-    }
-
-    /// The answer, when the stream said how it finished.
-    fn finish(self) -> Option<ChatResponse> {
-        if self.broken {
-            return None;
-        }
-        Some(ChatResponse {
-            id: self.id,
-            model: self.model,
-            content: self.content,
-            stop_reason: self.stop_reason?,
-            usage: self.usage,
-        })
     }
 }
 

@@ -370,6 +370,9 @@ impl StreamWriter {
             }
             StreamEvent::Finish { stop_reason } => self.stop_reason = Some(stop_reason),
             StreamEvent::Usage(usage) => self.usage = usage,
+            StreamEvent::Resumed { from, to } => out.push(sse::comment(&format!(
+                "airbag resumed: {from} broke, {to} continues"
+            ))),
         }
         out
     }
@@ -402,8 +405,14 @@ impl StreamWriter {
 // Upstream: talking to an `anthropic` provider.
 
 /// The body airbag sends to an Anthropic target. `default_max_tokens` fills the field
-/// Anthropic requires when the client (an OpenAI SDK, say) did not send it.
-pub fn upstream_body(request: &ChatRequest, model: &str, default_max_tokens: u32) -> Value {
+/// Anthropic requires when the client (an OpenAI SDK, say) did not send it. `stream`
+/// asks for a stream, which airbag may do for a client that wants one complete answer.
+pub fn upstream_body(
+    request: &ChatRequest,
+    model: &str,
+    default_max_tokens: u32,
+    stream: bool,
+) -> Value {
     let messages: Vec<Value> = request
         .messages
         .iter()
@@ -420,7 +429,7 @@ pub fn upstream_body(request: &ChatRequest, model: &str, default_max_tokens: u32
         "messages": messages,
         "max_tokens": params.max_tokens.unwrap_or(default_max_tokens),
     });
-    if request.stream {
+    if stream {
         body["stream"] = json!(true);
     }
     if let Some(system) = &request.system {
@@ -730,7 +739,7 @@ mod tests {
             request.messages[0].content[1],
             Part::Image(Image::Base64 { .. })
         ));
-        let upstream = upstream_body(&request, "claude-x", 4096);
+        let upstream = upstream_body(&request, "claude-x", 4096, false);
         assert_eq!(upstream["messages"][1]["content"][0]["input"]["a"], 1);
         assert_eq!(upstream["tool_choice"]["type"], "any");
     }
@@ -762,7 +771,7 @@ mod tests {
             br#"{"model":"chat","max_tokens":5,"temperature":0.5,"top_p":0.9,"messages":[{"role":"user","content":"hi"}]}"#,
         )
         .unwrap();
-        let upstream = upstream_body(&request, "claude-x", 4096);
+        let upstream = upstream_body(&request, "claude-x", 4096, false);
         assert_eq!(upstream["temperature"], 0.5);
         assert!(upstream.get("top_p").is_none(), "{upstream}");
     }
@@ -800,7 +809,7 @@ mod tests {
             ],
         });
         let request = super::super::openai::parse_request(body.to_string().as_bytes()).unwrap();
-        let upstream = upstream_body(&request, "claude-x", 4096);
+        let upstream = upstream_body(&request, "claude-x", 4096, false);
         assert_eq!(
             upstream["messages"][1]["content"],
             json!([{"type": "tool_use", "id": "call_1", "name": "f", "input": {}}])
@@ -810,7 +819,7 @@ mod tests {
             br#"{"model":"chat","messages":[{"role":"user","content":" "}]}"#,
         )
         .unwrap();
-        let upstream = upstream_body(&request, "claude-x", 4096);
+        let upstream = upstream_body(&request, "claude-x", 4096, false);
         assert_eq!(
             upstream["messages"][0]["content"],
             json!([{"type": "text", "text": " "}])

@@ -7,6 +7,7 @@
 //! no HTTP, no providers and no rungs.
 
 pub mod anthropic;
+pub mod assembler;
 pub mod openai;
 pub mod sse;
 
@@ -195,13 +196,23 @@ pub enum StreamEvent {
         stop_reason: StopReason,
     },
     Usage(Usage),
+    /// The stream broke after `from` had sent part of the answer, and `to` continues it
+    /// from there (a route's `resume_streams`). Writers leave an SSE comment naming both;
+    /// it carries no content.
+    Resumed {
+        from: String,
+        to: String,
+    },
 }
 
 impl StreamEvent {
     /// True for events that carry the answer itself (as opposed to the opening
     /// `Start` and the `Usage` count). A stream is committed at its first content event.
     pub fn is_content(&self) -> bool {
-        !matches!(self, StreamEvent::Start { .. } | StreamEvent::Usage(_))
+        !matches!(
+            self,
+            StreamEvent::Start { .. } | StreamEvent::Usage(_) | StreamEvent::Resumed { .. }
+        )
     }
 }
 

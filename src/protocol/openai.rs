@@ -415,6 +415,11 @@ impl StreamWriter {
                 self.usage = Some(usage);
                 Vec::new()
             }
+            StreamEvent::Resumed { from, to } => {
+                vec![sse::comment(&format!(
+                    "airbag resumed: {from} broke, {to} continues"
+                ))]
+            }
         }
     }
 
@@ -449,8 +454,14 @@ impl StreamWriter {
 // Upstream: talking to an `openai` provider.
 
 /// The body airbag sends to an OpenAI-compatible target; `max_tokens_field` names the
-/// field the output limit goes in (`max_tokens` or `max_completion_tokens`).
-pub fn upstream_body(request: &ChatRequest, model: &str, max_tokens_field: &str) -> Value {
+/// field the output limit goes in (`max_tokens` or `max_completion_tokens`). `stream`
+/// asks for a stream, which airbag may do for a client that wants one complete answer.
+pub fn upstream_body(
+    request: &ChatRequest,
+    model: &str,
+    max_tokens_field: &str,
+    stream: bool,
+) -> Value {
     let mut messages = Vec::new();
     if let Some(system) = &request.system {
         messages.push(json!({"role": "system", "content": system}));
@@ -461,9 +472,9 @@ pub fn upstream_body(request: &ChatRequest, model: &str, max_tokens_field: &str)
     let mut body = json!({
         "model": model,
         "messages": messages,
-        "stream": request.stream,
+        "stream": stream,
     });
-    if request.stream {
+    if stream {
         // Always ask for usage so airbag can count tokens; the client only sees the
         // usage chunk when it asked for it.
         body["stream_options"] = json!({"include_usage": true});
@@ -804,7 +815,7 @@ mod tests {
             &request.messages[2].content[0],
             Part::ToolResult(ToolResult { tool_call_id, content, .. }) if tool_call_id == "call_1" && content == "rain"
         ));
-        let upstream = upstream_body(&request, "gpt-x", "max_completion_tokens");
+        let upstream = upstream_body(&request, "gpt-x", "max_completion_tokens", false);
         assert_eq!(upstream["messages"][0]["role"], "system");
         assert_eq!(upstream["messages"][2]["tool_calls"][0]["id"], "call_1");
         assert_eq!(upstream["messages"][3]["role"], "tool");

@@ -95,6 +95,12 @@ pub fn encode(event: Option<&str>, data: &str) -> Bytes {
     Bytes::from(out)
 }
 
+/// An SSE comment line: every client ignores it, so it keeps a connection alive or
+/// leaves a note for a person reading the stream. Line breaks in `text` become spaces.
+pub fn comment(text: &str) -> Bytes {
+    Bytes::from(format!(": {}\n\n", text.replace(['\n', '\r'], " ")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

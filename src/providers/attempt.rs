@@ -1,11 +1,20 @@
 //! One attempt: one HTTP call to one target with one key, bounded by the provider's
 //! connect, first-byte, idle and total timeouts.
 //!
-//! A streaming attempt only counts as answered once its first content event has arrived, so the
-//! chain can still fail over before anything reaches the client; after that, the rest of
-//! the stream carries its own idle and total deadlines and reports a failure as an item.
+//! The upstream is asked for a stream whenever its provider allows (`stream_upstream`),
+//! even for a client that wants one complete answer: the first content event must then
+//! arrive within `first_byte` and the gaps between chunks stay under `idle`, so a hung
+//! provider is caught in seconds in both client modes. For such a client the attempt
+//! assembles the whole answer before it returns; a stream that breaks on the way is a
+//! failed attempt the chain can still route around.
+//!
+//! A streaming client's attempt only counts as answered once its first content event has
+//! arrived, so the chain can still fail over before anything reaches the client; after
+//! that, the rest of the stream carries its own idle and total deadlines and reports a
+//! failure as an item.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,6 +23,7 @@ use tokio::time::{Instant, timeout_at};
 
 use super::{Provider, Target};
 use crate::config::{MaxTokensField, ProviderKind};
+use crate::protocol::assembler::Assembler;
 use crate::protocol::{
     ChatRequest, ChatResponse, EventStream, StreamEvent, StreamFailure, anthropic, openai,
     sse::SseDecoder,
@@ -71,24 +81,50 @@ impl AttemptFailure {
     }
 }
 
-fn request_body(provider: &Provider, request: &ChatRequest, model: &str) -> Vec<u8> {
+/// Set once an attempt has seen its first content event, so a hedge (see `chain`) knows
+/// whether the target it waits on is already answering.
+#[derive(Debug, Default)]
+pub struct FirstContent(AtomicBool);
+
+impl FirstContent {
+    pub fn arrived(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn mark(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// True for the failure labels of a target that did not answer in time (as opposed to
+/// one that answered badly): `retry_on_timeout` decides whether these are retried.
+pub fn is_timeout(kind: &str) -> bool {
+    matches!(
+        kind,
+        "timeout_connect" | "timeout_first_byte" | "timeout_idle"
+    )
+}
+
+fn request_body(provider: &Provider, request: &ChatRequest, model: &str, stream: bool) -> Vec<u8> {
     let body = match provider.kind {
         ProviderKind::Openai => {
             let field = match provider.config.max_tokens_field {
                 MaxTokensField::MaxTokens => "max_tokens",
                 MaxTokensField::MaxCompletionTokens => "max_completion_tokens",
             };
-            openai::upstream_body(request, model, field)
+            openai::upstream_body(request, model, field, stream)
         }
         ProviderKind::Anthropic => {
-            anthropic::upstream_body(request, model, provider.config.default_max_tokens)
+            anthropic::upstream_body(request, model, provider.config.default_max_tokens, stream)
         }
     };
     body.to_string().into_bytes()
 }
 
 fn classify_send_error(error: &reqwest::Error) -> &'static str {
-    if error.is_connect() {
+    if error.is_connect() && error.is_timeout() {
+        "timeout_connect"
+    } else if error.is_connect() {
         "connect"
     } else if error.is_timeout() {
         "timeout_total"
@@ -122,22 +158,24 @@ fn earliest(deadlines: &[(Instant, &'static str)]) -> (Instant, &'static str) {
 
 /// Make one call to `target` with key `key_index`. `commit_deadline` is the request's
 /// own deadline: no answer is committed after it (see `server.request_timeout`).
+/// `first_content` is marked when the answer's first content event arrives.
 pub async fn attempt(
     provider: &Provider,
     target: &Target,
     key_index: usize,
     request: &ChatRequest,
     commit_deadline: Instant,
+    first_content: &FirstContent,
 ) -> Result<UpstreamAnswer, AttemptFailure> {
     let timeouts = provider.config.timeouts;
     let started = Instant::now();
     let total = (started + timeouts.total, "timeout_total");
     let request_deadline = (commit_deadline, "timeout_request");
-    // A streaming answer is committed at its first content event, which must come within
-    // `first_byte`; a complete answer is committed when it has fully arrived. Providers
-    // send a non-streaming response head only when the answer is done, so `first_byte`
-    // does not apply to it.
-    let (commit_by, commit_kind) = if request.stream {
+    let streamed = request.stream || provider.config.stream_upstream;
+    // A streamed answer's first content event must come within `first_byte`; a complete
+    // answer is committed when it has fully arrived. Providers send a non-streaming
+    // response head only when the answer is done, so `first_byte` cannot apply to it.
+    let (commit_by, commit_kind) = if streamed {
         earliest(&[
             (started + timeouts.first_byte, "timeout_first_byte"),
             total,
@@ -151,7 +189,7 @@ pub async fn attempt(
         .client
         .post(provider.endpoint.clone())
         .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(request_body(provider, request, &target.model));
+        .body(request_body(provider, request, &target.model, streamed));
     let secret = provider.keys.get(key_index).and_then(|key| key.secret());
     builder = match provider.kind {
         ProviderKind::Openai => match secret {
@@ -166,7 +204,7 @@ pub async fn attempt(
             }
         }
     };
-    if request.stream {
+    if streamed {
         builder = builder.header(reqwest::header::ACCEPT, "text/event-stream");
     }
 
@@ -202,7 +240,7 @@ pub async fn attempt(
         });
     }
 
-    if !request.stream {
+    if !streamed {
         let body = match read_capped(response, commit_by, MAX_RESPONSE_BODY).await {
             Ok(body) => body,
             Err(BodyCut::Slow(_)) => {
@@ -245,8 +283,9 @@ pub async fn attempt(
         match events.next().await {
             Some(Ok(event)) => {
                 let is_content = event.is_content();
-                opening.push(Ok(event));
+                opening.push(event);
                 if is_content {
+                    first_content.mark();
                     break;
                 }
             }
@@ -264,9 +303,61 @@ pub async fn attempt(
             }
         }
     }
+    if !request.stream {
+        return assemble(opening, events, &target.model, commit_deadline).await;
+    }
     Ok(UpstreamAnswer::Stream(Box::pin(
-        stream::iter(opening).chain(events),
+        stream::iter(opening.into_iter().map(Ok)).chain(events),
     )))
+}
+
+/// The rest of a stream read into one complete answer, for a client that asked for one.
+/// The stream's own idle and total deadlines apply, and the request's deadline bounds it
+/// all: past it nothing is committed.
+async fn assemble(
+    opening: Vec<StreamEvent>,
+    mut events: EventStream,
+    model: &str,
+    commit_deadline: Instant,
+) -> Result<UpstreamAnswer, AttemptFailure> {
+    let mut assembler = Assembler::default();
+    for event in &opening {
+        assembler.push(event);
+    }
+    let read_all = async {
+        while let Some(item) = events.next().await {
+            match item {
+                Ok(event) => assembler.push(&event),
+                Err(failure) => {
+                    return Err(AttemptFailure::Transport {
+                        kind: failure.kind,
+                        message: failure.message,
+                    });
+                }
+            }
+        }
+        Ok(())
+    };
+    match timeout_at(commit_deadline, read_all).await {
+        Err(_) => {
+            return Err(AttemptFailure::transport(
+                "timeout_request",
+                "the answer was not complete before the request's deadline",
+            ));
+        }
+        Ok(Err(failure)) => return Err(failure),
+        Ok(Ok(())) => {}
+    }
+    let mut response = assembler.finish().ok_or_else(|| {
+        AttemptFailure::transport(
+            "malformed",
+            "the stream ended without saying how the answer finished",
+        )
+    })?;
+    if response.model.is_empty() {
+        response.model = model.to_string();
+    }
+    Ok(UpstreamAnswer::Complete(response))
 }
 
 /// Why a body read stopped early; each carries what was read.

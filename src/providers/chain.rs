@@ -1,16 +1,20 @@
-//! Walking a route's chain of targets: the table in DESIGN.md "Rung 2" in code.
-//!
-//! | upstream answer | what happens |
-//! | --- | --- |
-//! | network error, timeout, malformed, 5xx, 529, 408 | retry the same target (backoff + full jitter), then the next target |
-//! | 429 | rest the key, rotate to another; without one, wait a short `retry-after`, else move on |
-//! | 401/402/403 | rest the key for `key_cooldown`, rotate at once, no backoff, no retry spent |
-//! | 400 context length exceeded | the route's context-window fallback, if configured |
-//! | other 4xx | the client's fault: returned as is, no retry, no fallback |
+//! Walking a route's chain of targets: the error table of [`super::classify`] in action,
+//! with retries (full-jitter backoff), key rotation, fallbacks, the context-window
+//! fallback and hedged requests.
 //!
 //! Each target has its own retry budget. Disabled providers and targets whose breaker is
-//! open are skipped without a call; a half-open breaker's probe gets no retries.
+//! open are skipped without a call; a half-open breaker's probe gets no retries and is
+//! never hedged. A target that times out is left at once unless its provider sets
+//! `retry_on_timeout`.
+//!
+//! Hedging (a route's `hedge_after`): when the target being tried has not produced its
+//! first content after `hedge_after`, the rest of the chain starts as well, from the next
+//! target; whichever commits first wins and the other is dropped, which closes its
+//! connection. A dropped attempt counts as `hedge_cancelled`, never as a breaker failure.
+//! A hedge is itself never hedged, and the route's budget caps how many requests hedge.
 
+use std::future::Future;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -24,23 +28,35 @@ use std::task::{Context, Poll};
 
 use futures_util::Stream;
 
-use super::attempt::{AttemptFailure, UpstreamAnswer, attempt};
+use super::attempt::{AttemptFailure, FirstContent, UpstreamAnswer, attempt};
 use super::breaker::{Admission, Breaker, ProbeTicket};
+use super::classify::{ErrorClass, classify};
+use super::hedge::HedgePolicy;
 use super::quality::{QualityJudge, Sample};
 use super::{Route, Target};
 use crate::config::ProviderKind;
 use crate::metrics::Metrics;
-use crate::protocol::{ChatRequest, EventStream, StreamEvent, StreamFailure, anthropic, openai};
+use crate::protocol::{ChatRequest, EventStream, StreamEvent, StreamFailure};
 
 /// How long a key rests after a 429 that gave no `retry-after`.
 const RATE_LIMIT_REST: Duration = Duration::from_secs(1);
+
+/// The outcome of an attempt still running; a hedge race rewrites what its loser left so.
+const IN_FLIGHT: &str = "in_flight";
+
+/// The outcome of an attempt dropped because the other side of a hedge answered first.
+pub const HEDGE_CANCELLED: &str = "hedge_cancelled";
 
 /// One line of the attempts list shown to clients: never a key, never a prompt.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct AttemptRecord {
     pub target: String,
-    /// `ok`, `status_503`, `timeout_first_byte`, `connect`, `disabled`, `no_key_available`…
+    /// `ok`, `status_503`, `timeout_first_byte`, `connect`, `disabled`, `no_key_available`,
+    /// `hedge_cancelled`…
     pub outcome: String,
+    /// True for attempts a hedge made (the rest of the chain, started early).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub hedge: bool,
 }
 
 pub enum ChainOutcome {
@@ -71,41 +87,35 @@ enum TargetResult {
     GaveUp,
 }
 
-/// What to do after a failed attempt, per the table above.
-enum Next {
-    Retry,
-    RateLimited(Option<Duration>),
-    KeyRejected,
-    ContextTooLong,
-    Refused,
+/// How a walk over (part of) the chain ended.
+enum Walked<'a> {
+    Answered {
+        answer: UpstreamAnswer,
+        target: &'a Target,
+        depth: usize,
+    },
+    Refused {
+        status: u16,
+        body: Bytes,
+        target: &'a Target,
+        depth: usize,
+    },
+    Exhausted,
 }
 
-fn next_step(failure: &AttemptFailure, kind: ProviderKind) -> Next {
-    let AttemptFailure::Status {
-        status,
-        body,
-        retry_after,
-    } = failure
-    else {
-        return Next::Retry;
-    };
-    match *status {
-        429 => Next::RateLimited(*retry_after),
-        401..=403 => Next::KeyRejected,
-        400 | 413 if says_context_too_long(body, kind) => Next::ContextTooLong,
-        408 => Next::Retry,
-        400..=499 => Next::Refused,
-        _ => Next::Retry,
-    }
-}
-
-fn says_context_too_long(body: &[u8], kind: ProviderKind) -> bool {
-    let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return false;
-    };
-    match kind {
-        ProviderKind::Openai => openai::upstream_error_is_context_length(&json),
-        ProviderKind::Anthropic => anthropic::upstream_error_is_context_length(&json),
+impl<'a> Walked<'a> {
+    /// A target's refusal (or a context-length error nothing else took) as the walk's end.
+    fn refused(result: TargetResult, target: &'a Target, depth: usize) -> Option<Walked<'a>> {
+        match result {
+            TargetResult::Refused { status, body }
+            | TargetResult::ContextTooLong { status, body } => Some(Walked::Refused {
+                status,
+                body,
+                target,
+                depth,
+            }),
+            TargetResult::Answered(_) | TargetResult::GaveUp => None,
+        }
     }
 }
 
@@ -119,6 +129,74 @@ pub fn backoff_delay(initial: Duration, max: Duration, step: u32) -> Duration {
     Duration::from_micros(fastrand::u64(0..=micros))
 }
 
+/// The attempts of one request, written by both sides of a hedge.
+#[derive(Default)]
+struct AttemptLog {
+    records: Mutex<Vec<AttemptRecord>>,
+}
+
+impl AttemptLog {
+    fn with<T>(&self, change: impl FnOnce(&mut Vec<AttemptRecord>) -> T) -> Option<T> {
+        self.records
+            .lock()
+            .ok()
+            .map(|mut records| change(&mut records))
+    }
+
+    /// An attempt starts: its line reads `in_flight` until [`AttemptLog::end`].
+    fn begin(&self, target: &Target, hedge: bool) -> Option<usize> {
+        self.with(|records| {
+            records.push(AttemptRecord {
+                target: target.label.clone(),
+                outcome: IN_FLIGHT.to_string(),
+                hedge,
+            });
+            records.len() - 1
+        })
+    }
+
+    fn end(&self, slot: Option<usize>, metrics: &Metrics, target: &Target, outcome: String) {
+        count_attempt(metrics, &target.label, &outcome);
+        if let Some(slot) = slot {
+            self.with(|records| {
+                if let Some(record) = records.get_mut(slot) {
+                    record.outcome = outcome;
+                }
+            });
+        }
+    }
+
+    /// A line for a target that was not called (`disabled`, `breaker_open`…).
+    fn note(&self, metrics: &Metrics, target: &Target, outcome: &str, hedge: bool) {
+        let slot = self.begin(target, hedge);
+        self.end(slot, metrics, target, outcome.to_string());
+    }
+
+    /// The attempts the losing side of a hedge left running, now dropped.
+    fn cancel_in_flight(&self, metrics: &Metrics) {
+        self.with(|records| {
+            for record in records
+                .iter_mut()
+                .filter(|record| record.outcome == IN_FLIGHT)
+            {
+                record.outcome = HEDGE_CANCELLED.to_string();
+                count_attempt(metrics, &record.target, HEDGE_CANCELLED);
+            }
+        });
+    }
+
+    fn into_records(self) -> Vec<AttemptRecord> {
+        self.records.into_inner().unwrap_or_default()
+    }
+}
+
+fn count_attempt(metrics: &Metrics, target: &str, outcome: &str) {
+    metrics
+        .upstream_attempts
+        .with_label_values(&[target, outcome])
+        .inc();
+}
+
 /// Walk the route's chain until a target answers, the client is at fault, every target
 /// has failed, or `deadline` (the request's `server.request_timeout`) has passed.
 pub async fn walk(
@@ -127,64 +205,269 @@ pub async fn walk(
     metrics: &Metrics,
     deadline: Instant,
 ) -> ChainOutcome {
-    let mut attempts = Vec::new();
-    let mut queue: Vec<(usize, &Target)> = route.chain.iter().enumerate().collect();
-    let mut context_fallback_queued = false;
-    let mut position = 0;
-    while let Some(&(depth, target)) = queue.get(position) {
-        position += 1;
-        if Instant::now() >= deadline {
-            record(
-                &mut attempts,
-                metrics,
-                target,
-                "timeout_request".to_string(),
-            );
-            break;
+    walk_from(route, 0, request, metrics, deadline).await
+}
+
+/// [`walk`] starting at chain position `from` (a stream resumed past the target that
+/// broke, say).
+pub async fn walk_from(
+    route: &Route,
+    from: usize,
+    request: &ChatRequest,
+    metrics: &Metrics,
+    deadline: Instant,
+) -> ChainOutcome {
+    if let Some(hedge) = &route.hedge {
+        hedge.budget.note_request();
+    }
+    let walker = Walker {
+        route,
+        request,
+        metrics,
+        deadline,
+        log: AttemptLog::default(),
+    };
+    let walked = walker.walk_from(from, false).await;
+    let attempts = walker.log.into_records();
+    match walked {
+        Walked::Answered {
+            answer,
+            target,
+            depth,
+        } => {
+            if depth > 0 {
+                metrics
+                    .fallbacks
+                    .with_label_values(&[&route.model, &target.label])
+                    .inc();
+            }
+            ChainOutcome::Answered {
+                answer,
+                target: target.label.clone(),
+                depth,
+                attempts,
+            }
         }
-        let kind = target
-            .provider
-            .as_ref()
-            .map_or(ProviderKind::Openai, |provider| provider.kind);
-        match try_target(target, request, &mut attempts, metrics, deadline).await {
-            TargetResult::Answered(answer) => {
-                if depth > 0 {
-                    metrics
-                        .fallbacks
-                        .with_label_values(&[&route.model, &target.label])
-                        .inc();
+        Walked::Refused {
+            status,
+            body,
+            target,
+            depth,
+        } => ChainOutcome::Refused {
+            status,
+            body,
+            kind: target_kind(target),
+            target: target.label.clone(),
+            depth,
+            attempts,
+        },
+        Walked::Exhausted => ChainOutcome::Exhausted { attempts },
+    }
+}
+
+fn target_kind(target: &Target) -> ProviderKind {
+    target
+        .provider
+        .as_ref()
+        .map_or(ProviderKind::Openai, |provider| provider.kind)
+}
+
+type WalkFuture<'s, 'a> = Pin<Box<dyn Future<Output = Walked<'a>> + Send + 's>>;
+
+/// One request's walk: what every step needs, and the attempts it made.
+struct Walker<'a> {
+    route: &'a Route,
+    request: &'a ChatRequest,
+    metrics: &'a Metrics,
+    deadline: Instant,
+    log: AttemptLog,
+}
+
+/// What a hedged step came to: the whole walk's end, or the hedged target's own result
+/// when no hedge started.
+enum Hedged<'a> {
+    Done(Walked<'a>),
+    NotHedged(TargetResult),
+}
+
+impl<'a> Walker<'a> {
+    /// Walk the chain from position `from`. `hedge` marks the walk a hedge started: its
+    /// attempts say so, and it never hedges itself.
+    fn walk_from<'s>(&'s self, from: usize, hedge: bool) -> WalkFuture<'s, 'a> {
+        Box::pin(async move {
+            let chain = &self.route.chain;
+            let mut context_fallback_used = false;
+            for (depth, target) in chain.iter().enumerate().skip(from) {
+                if Instant::now() >= self.deadline {
+                    self.log
+                        .note(self.metrics, target, "timeout_request", hedge);
+                    break;
                 }
-                return ChainOutcome::Answered {
-                    answer,
-                    target: target.label.clone(),
-                    depth,
-                    attempts,
+                let Some(probe) = self.admit(target, hedge) else {
+                    continue;
                 };
-            }
-            TargetResult::GaveUp => continue,
-            TargetResult::ContextTooLong { .. }
-                if route.context_window_fallback.is_some() && !context_fallback_queued =>
-            {
-                if let Some(fallback) = &route.context_window_fallback {
-                    context_fallback_queued = true;
-                    queue.insert(position, (route.chain.len(), fallback));
+                let hedge_policy = self
+                    .route
+                    .hedge
+                    .as_ref()
+                    .filter(|_| !hedge && probe.is_none() && depth + 1 < chain.len());
+                let result = match hedge_policy {
+                    Some(policy) => match self.hedged(target, depth, policy).await {
+                        Hedged::Done(walked) => return walked,
+                        Hedged::NotHedged(result) => result,
+                    },
+                    None => {
+                        let first_content = FirstContent::default();
+                        self.try_target(target, probe, hedge, &first_content).await
+                    }
+                };
+                match result {
+                    TargetResult::Answered(answer) => {
+                        return Walked::Answered {
+                            answer,
+                            target,
+                            depth,
+                        };
+                    }
+                    TargetResult::GaveUp => continue,
+                    TargetResult::ContextTooLong { .. } if !context_fallback_used => {
+                        let Some(fallback) = &self.route.context_window_fallback else {
+                            return Walked::refused(result, target, depth)
+                                .unwrap_or(Walked::Exhausted);
+                        };
+                        context_fallback_used = true;
+                        let Some(probe) = self.admit(fallback, hedge) else {
+                            continue;
+                        };
+                        let first_content = FirstContent::default();
+                        let depth = chain.len();
+                        match self
+                            .try_target(fallback, probe, hedge, &first_content)
+                            .await
+                        {
+                            TargetResult::Answered(answer) => {
+                                return Walked::Answered {
+                                    answer,
+                                    target: fallback,
+                                    depth,
+                                };
+                            }
+                            TargetResult::GaveUp => continue,
+                            refused => {
+                                return Walked::refused(refused, fallback, depth)
+                                    .unwrap_or(Walked::Exhausted);
+                            }
+                        }
+                    }
+                    refused => {
+                        return Walked::refused(refused, target, depth)
+                            .unwrap_or(Walked::Exhausted);
+                    }
                 }
-                continue;
             }
-            TargetResult::ContextTooLong { status, body }
-            | TargetResult::Refused { status, body } => {
-                return ChainOutcome::Refused {
-                    status,
-                    body,
-                    kind,
-                    target: target.label.clone(),
-                    depth,
-                    attempts,
-                };
+            Walked::Exhausted
+        })
+    }
+
+    /// Whether `target` may be called now: `Some(None)` to call it, `Some(Some(ticket))`
+    /// to call it as its breaker's half-open probe, `None` to skip it (the line says why).
+    fn admit(&self, target: &Target, hedge: bool) -> Option<Option<ProbeTicket>> {
+        if target.provider.is_none() {
+            self.log.note(self.metrics, target, "disabled", hedge);
+            return None;
+        }
+        match target.breaker.admit() {
+            Admission::Skip => {
+                self.log.note(self.metrics, target, "breaker_open", hedge);
+                None
+            }
+            Admission::Probe(ticket) => Some(Some(ticket)),
+            Admission::Pass => Some(None),
+        }
+    }
+
+    /// Try `target` (at `depth`) and, when it is still silent after the policy's wait,
+    /// the rest of the chain beside it; the first to commit wins.
+    async fn hedged(&self, target: &'a Target, depth: usize, policy: &HedgePolicy) -> Hedged<'a> {
+        let first_content = FirstContent::default();
+        let primary = self.try_target(target, None, false, &first_content);
+        tokio::pin!(primary);
+        let hedge_at = (Instant::now() + policy.after).min(self.deadline);
+        tokio::select! {
+            result = &mut primary => return Hedged::NotHedged(result),
+            () = tokio::time::sleep_until(hedge_at) => {}
+        }
+        if first_content.arrived() || Instant::now() >= self.deadline {
+            return Hedged::NotHedged(primary.await);
+        }
+        if !policy.budget.try_take() {
+            self.count_hedge("skipped_budget");
+            return Hedged::NotHedged(primary.await);
+        }
+        let mut rest = self.walk_from(depth + 1, true);
+        tokio::select! {
+            result = &mut primary => match result {
+                TargetResult::Answered(answer) => {
+                    self.log.cancel_in_flight(self.metrics);
+                    self.count_hedge("lost");
+                    Hedged::Done(Walked::Answered { answer, target, depth })
+                }
+                TargetResult::Refused { status, body } => {
+                    self.log.cancel_in_flight(self.metrics);
+                    Hedged::Done(Walked::Refused { status, body, target, depth })
+                }
+                failed => {
+                    let walked = rest.await;
+                    Hedged::Done(self.hedge_decided(walked, failed, target, depth))
+                }
+            },
+            walked = &mut rest => match walked {
+                Walked::Answered { .. } => {
+                    self.log.cancel_in_flight(self.metrics);
+                    self.count_hedge("won");
+                    Hedged::Done(walked)
+                }
+                walked => {
+                    let result = primary.await;
+                    match result {
+                        TargetResult::Answered(answer) => {
+                            self.count_hedge("lost");
+                            Hedged::Done(Walked::Answered { answer, target, depth })
+                        }
+                        failed => Hedged::Done(self.hedge_decided(walked, failed, target, depth)),
+                    }
+                }
+            },
+        }
+    }
+
+    /// The end of a hedged step whose hedged target failed: the hedge's walk decides, and
+    /// when it found nothing either, the target's own refusal (if any) is the answer.
+    fn hedge_decided(
+        &self,
+        walked: Walked<'a>,
+        failed: TargetResult,
+        target: &'a Target,
+        depth: usize,
+    ) -> Walked<'a> {
+        match walked {
+            Walked::Answered { .. } => {
+                self.count_hedge("won");
+                walked
+            }
+            Walked::Refused { .. } => walked,
+            Walked::Exhausted => {
+                Walked::refused(failed, target, depth).unwrap_or(Walked::Exhausted)
             }
         }
     }
-    ChainOutcome::Exhausted { attempts }
+
+    fn count_hedge(&self, outcome: &str) {
+        self.metrics
+            .hedges
+            .with_label_values(&[&self.route.model, outcome])
+            .inc();
+    }
 }
 
 /// Report a committed answer's outcome to the target's breaker: through the probe
@@ -269,147 +552,151 @@ impl Stream for WatchedStream {
     }
 }
 
-fn record(attempts: &mut Vec<AttemptRecord>, metrics: &Metrics, target: &Target, outcome: String) {
-    metrics
-        .upstream_attempts
-        .with_label_values(&[&target.label, &outcome])
-        .inc();
-    attempts.push(AttemptRecord {
-        target: target.label.clone(),
-        outcome,
-    });
-}
-
-/// Attempts against one target, with its own retry budget and key rotation.
-///
-/// Termination: a retry spends the budget; a rotation (after 401/402/403 or a 429) adds
-/// the key to `rotated_away`, which is never picked again in this request, so there are
-/// at most as many rotations as keys; and nothing starts after `deadline`.
-async fn try_target(
-    target: &Target,
-    request: &ChatRequest,
-    attempts: &mut Vec<AttemptRecord>,
-    metrics: &Metrics,
-    deadline: Instant,
-) -> TargetResult {
-    let Some(provider) = &target.provider else {
-        record(attempts, metrics, target, "disabled".to_string());
-        return TargetResult::GaveUp;
-    };
-    // An open breaker skips the target without a call; a half-open one lets this request
-    // through as the probe, with no retries: its first verdict decides.
-    let mut probe = match target.breaker.admit() {
-        Admission::Skip => {
-            record(attempts, metrics, target, "breaker_open".to_string());
-            return TargetResult::GaveUp;
-        }
-        Admission::Probe(ticket) => Some(ticket),
-        Admission::Pass => None,
-    };
-    let policy = &provider.config;
-    let mut retries_left = if probe.is_some() { 0 } else { policy.retries };
-    let mut backoff_step = 0;
-    let mut rotated_away: Vec<usize> = Vec::new();
-    let mut key = provider.keys.pick(&rotated_away);
-    loop {
-        let Some(key_index) = key else {
-            record(attempts, metrics, target, "no_key_available".to_string());
+impl Walker<'_> {
+    /// Attempts against one target, with its own retry budget and key rotation.
+    /// `probe` is the half-open breaker's ticket when this is its probe.
+    ///
+    /// Termination: a retry spends the budget; a rotation (after 401/402/403 or a 429) adds
+    /// the key to `rotated_away`, which is never picked again in this request, so there are
+    /// at most as many rotations as keys; and nothing starts after the deadline.
+    async fn try_target(
+        &self,
+        target: &Target,
+        mut probe: Option<ProbeTicket>,
+        hedge: bool,
+        first_content: &FirstContent,
+    ) -> TargetResult {
+        let Some(provider) = &target.provider else {
             return TargetResult::GaveUp;
         };
-        if Instant::now() >= deadline {
-            record(attempts, metrics, target, "timeout_request".to_string());
-            return TargetResult::GaveUp;
-        }
-        let failure = match attempt(provider, target, key_index, request, deadline).await {
-            Ok(answer) => {
-                record(attempts, metrics, target, "ok".to_string());
-                return TargetResult::Answered(watch(answer, target, request, probe.take()));
-            }
-            Err(failure) => failure,
-        };
-        record(attempts, metrics, target, failure.outcome());
-        tracing::debug!(target = %target.label, outcome = %failure.outcome(), "upstream attempt failed");
-        // A provider that takes no key has one placeholder key; resting it would take the
-        // provider out for everyone, so only real keys rest.
-        let has_secret = provider
-            .keys
-            .get(key_index)
-            .is_some_and(|api_key| api_key.secret().is_some());
-        let step = next_step(&failure, provider.kind);
-        // Only failures that say the target is unhealthy count against its breaker;
-        // rate limits, rejected keys and the client's own errors do not.
-        if matches!(step, Next::Retry) {
-            if let Some(ticket) = probe.take() {
-                ticket.failed();
+        let (metrics, log) = (self.metrics, &self.log);
+        let policy = &provider.config;
+        let mut retries_left = if probe.is_some() { 0 } else { policy.retries };
+        let mut backoff_step = 0;
+        let mut rotated_away: Vec<usize> = Vec::new();
+        let mut key = provider.keys.pick(&target.model, &rotated_away);
+        loop {
+            let Some(key_index) = key else {
+                log.note(metrics, target, "no_key_available", hedge);
+                return TargetResult::GaveUp;
+            };
+            if Instant::now() >= self.deadline {
+                log.note(metrics, target, "timeout_request", hedge);
                 return TargetResult::GaveUp;
             }
-            target.breaker.record(true);
-            // This failure, or a concurrent one, opened the breaker: retrying a target
-            // known to be down only makes the client wait.
-            if target.breaker.is_open() {
-                return TargetResult::GaveUp;
-            }
-        }
-        let wait = match step {
-            Next::Refused | Next::ContextTooLong => {
-                let AttemptFailure::Status { status, body, .. } = failure else {
+            let slot = log.begin(target, hedge);
+            let attempted = attempt(
+                provider,
+                target,
+                key_index,
+                self.request,
+                self.deadline,
+                first_content,
+            )
+            .await;
+            let failure = match attempted {
+                Ok(answer) => {
+                    log.end(slot, metrics, target, "ok".to_string());
+                    let answer = watch(answer, target, self.request, probe.take());
+                    return TargetResult::Answered(answer);
+                }
+                Err(failure) => failure,
+            };
+            log.end(slot, metrics, target, failure.outcome());
+            tracing::debug!(target = %target.label, outcome = %failure.outcome(), "upstream attempt failed");
+            // A provider that takes no key has one placeholder key; resting it would take
+            // the provider out for everyone, so only real keys rest.
+            let has_secret = provider
+                .keys
+                .get(key_index)
+                .is_some_and(|api_key| api_key.secret().is_some());
+            let class = classify(&failure, provider.kind);
+            // Only failures that say the target is unhealthy count against its breaker;
+            // rate limits, rejected keys and the client's own errors do not.
+            if class.is_health_failure() {
+                if let Some(ticket) = probe.take() {
+                    ticket.failed();
                     return TargetResult::GaveUp;
-                };
-                return if matches!(step, Next::ContextTooLong) {
-                    TargetResult::ContextTooLong { status, body }
-                } else {
-                    TargetResult::Refused { status, body }
-                };
-            }
-            Next::KeyRejected => {
-                if has_secret {
-                    provider.keys.rest(key_index, policy.key_cooldown);
                 }
-                rotated_away.push(key_index);
-                key = provider.keys.pick(&rotated_away);
-                Duration::ZERO
-            }
-            Next::RateLimited(retry_after) => {
-                if has_secret {
-                    let rest = retry_after.unwrap_or(RATE_LIMIT_REST).max(RATE_LIMIT_REST);
-                    provider.keys.rest(key_index, rest);
+                target.breaker.record(true);
+                // This failure, or a concurrent one, opened the breaker: retrying a target
+                // known to be down only makes the client wait.
+                if target.breaker.is_open() {
+                    return TargetResult::GaveUp;
                 }
-                rotated_away.push(key_index);
-                if let Some(other) = provider.keys.pick(&rotated_away) {
-                    // Another key has its own quota: rotate without spending the budget.
-                    key = Some(other);
-                    backoff_delay(policy.backoff.initial, policy.backoff.max, backoff_step)
-                } else {
-                    // No other key: wait for this one, if the wait is short, on the budget.
-                    rotated_away.pop();
+            }
+            let wait = match class {
+                ErrorClass::Refused | ErrorClass::ContextTooLong => {
+                    let AttemptFailure::Status { status, body, .. } = failure else {
+                        return TargetResult::GaveUp;
+                    };
+                    return if class == ErrorClass::ContextTooLong {
+                        TargetResult::ContextTooLong { status, body }
+                    } else {
+                        TargetResult::Refused { status, body }
+                    };
+                }
+                ErrorClass::ModelUnavailable => return TargetResult::GaveUp,
+                ErrorClass::TimedOut if !policy.retry_on_timeout => return TargetResult::GaveUp,
+                ErrorClass::KeyRejected | ErrorClass::ModelForbidden => {
+                    if has_secret && class == ErrorClass::KeyRejected {
+                        provider.keys.rest(key_index, policy.key_cooldown);
+                    } else if has_secret {
+                        provider
+                            .keys
+                            .rest_for_model(key_index, &target.model, policy.key_cooldown);
+                    }
+                    rotated_away.push(key_index);
+                    key = provider.keys.pick(&target.model, &rotated_away);
+                    Duration::ZERO
+                }
+                ErrorClass::RateLimited(retry_after) => {
+                    if has_secret {
+                        let rest = retry_after.unwrap_or(RATE_LIMIT_REST).max(RATE_LIMIT_REST);
+                        provider.keys.rest(key_index, rest);
+                    }
+                    rotated_away.push(key_index);
+                    if let Some(other) = provider.keys.pick(&target.model, &rotated_away) {
+                        // Another key has its own quota: rotate without spending the budget.
+                        key = Some(other);
+                        backoff_delay(policy.backoff.initial, policy.backoff.max, backoff_step)
+                    } else {
+                        // No other key: wait for this one, if the wait is short, on the budget.
+                        rotated_away.pop();
+                        if retries_left == 0 {
+                            return TargetResult::GaveUp;
+                        }
+                        retries_left -= 1;
+                        match retry_after {
+                            Some(wait) if wait > policy.retry_after_max => {
+                                return TargetResult::GaveUp;
+                            }
+                            Some(wait) => wait,
+                            None => backoff_delay(
+                                policy.backoff.initial,
+                                policy.backoff.max,
+                                backoff_step,
+                            ),
+                        }
+                    }
+                }
+                ErrorClass::Retry | ErrorClass::TimedOut => {
                     if retries_left == 0 {
                         return TargetResult::GaveUp;
                     }
                     retries_left -= 1;
-                    match retry_after {
-                        Some(wait) if wait > policy.retry_after_max => {
-                            return TargetResult::GaveUp;
-                        }
-                        Some(wait) => wait,
-                        None => {
-                            backoff_delay(policy.backoff.initial, policy.backoff.max, backoff_step)
-                        }
-                    }
+                    key = provider
+                        .keys
+                        .pick(&target.model, &rotated_away)
+                        .or(Some(key_index));
+                    backoff_delay(policy.backoff.initial, policy.backoff.max, backoff_step)
                 }
+            };
+            metrics.retries.with_label_values(&[&target.label]).inc();
+            if !wait.is_zero() {
+                backoff_step += 1;
+                tokio::time::sleep_until((Instant::now() + wait).min(self.deadline)).await;
             }
-            Next::Retry => {
-                if retries_left == 0 {
-                    return TargetResult::GaveUp;
-                }
-                retries_left -= 1;
-                key = provider.keys.pick(&rotated_away).or(Some(key_index));
-                backoff_delay(policy.backoff.initial, policy.backoff.max, backoff_step)
-            }
-        };
-        metrics.retries.with_label_values(&[&target.label]).inc();
-        if !wait.is_zero() {
-            backoff_step += 1;
-            tokio::time::sleep_until((Instant::now() + wait).min(deadline)).await;
         }
     }
 }
@@ -430,41 +717,5 @@ mod tests {
                 assert!(backoff_delay(initial, max, step) <= cap);
             }
         }
-    }
-
-    #[test]
-    fn statuses_map_to_the_design_table() {
-        let status = |status: u16, body: &str| AttemptFailure::Status {
-            status,
-            body: Bytes::from(body.to_string()),
-            retry_after: None,
-        };
-        let kind = ProviderKind::Openai;
-        assert!(matches!(next_step(&status(503, ""), kind), Next::Retry));
-        assert!(matches!(next_step(&status(529, ""), kind), Next::Retry));
-        assert!(matches!(
-            next_step(&status(429, ""), kind),
-            Next::RateLimited(None)
-        ));
-        assert!(matches!(
-            next_step(&status(401, ""), kind),
-            Next::KeyRejected
-        ));
-        assert!(matches!(
-            next_step(&status(402, ""), kind),
-            Next::KeyRejected
-        ));
-        assert!(matches!(next_step(&status(404, ""), kind), Next::Refused));
-        assert!(matches!(next_step(&status(422, ""), kind), Next::Refused));
-        let context = r#"{"error":{"code":"context_length_exceeded","message":"too long"}}"#;
-        assert!(matches!(
-            next_step(&status(400, context), kind),
-            Next::ContextTooLong
-        ));
-        let anthropic_context = r#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 300000 tokens > 200000 maximum"}}"#;
-        assert!(matches!(
-            next_step(&status(400, anthropic_context), ProviderKind::Anthropic),
-            Next::ContextTooLong
-        ));
     }
 }

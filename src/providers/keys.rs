@@ -17,6 +17,9 @@ pub struct ApiKey {
     weight: u32,
     /// Until when the key is left out of rotation (after a 429 or a 401/402/403).
     resting_until: Mutex<Option<Instant>>,
+    /// Models this key may not use for a while (a 403 for one model), each with the end
+    /// of its rest: the key keeps serving every other model.
+    resting_models: Mutex<Vec<(String, Instant)>>,
 }
 
 impl ApiKey {
@@ -32,6 +35,16 @@ impl ApiKey {
             // key as available is the safe side for serving traffic.
             Err(_) => true,
         }
+    }
+
+    fn is_available_for(&self, model: &str, now: Instant) -> bool {
+        self.is_available(now)
+            && match self.resting_models.lock() {
+                Ok(models) => !models
+                    .iter()
+                    .any(|(resting, until)| resting == model && *until > now),
+                Err(_) => true,
+            }
     }
 }
 
@@ -50,6 +63,7 @@ impl KeyPool {
                     reference: "none".to_string(),
                     weight: 1,
                     resting_until: Mutex::new(None),
+                    resting_models: Mutex::new(Vec::new()),
                 }],
             });
         }
@@ -62,6 +76,7 @@ impl KeyPool {
                     reference: config.key.reference().to_string(),
                     weight: config.weight.max(1),
                     resting_until: Mutex::new(None),
+                    resting_models: Mutex::new(Vec::new()),
                 })
             })
             .collect();
@@ -73,13 +88,13 @@ impl KeyPool {
     }
 
     /// A key chosen at random by weight among those not resting and not in `exclude`.
-    pub fn pick(&self, exclude: &[usize]) -> Option<usize> {
+    pub fn pick(&self, model: &str, exclude: &[usize]) -> Option<usize> {
         let now = Instant::now();
         let candidates: Vec<(usize, u32)> = self
             .keys
             .iter()
             .enumerate()
-            .filter(|(index, key)| !exclude.contains(index) && key.is_available(now))
+            .filter(|(index, key)| !exclude.contains(index) && key.is_available_for(model, now))
             .map(|(index, key)| (index, key.weight))
             .collect();
         let total: u32 = candidates.iter().map(|(_, weight)| weight).sum();
@@ -112,6 +127,23 @@ impl KeyPool {
     }
 
     /// Each key as the status page shows it: its `env:NAME` reference, never its value.
+    /// Take key `index` out of rotation for `model` only, for `duration`.
+    pub fn rest_for_model(&self, index: usize, model: &str, duration: Duration) {
+        let Some(key) = self.keys.get(index) else {
+            return;
+        };
+        let Ok(mut models) = key.resting_models.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        let until = now
+            .checked_add(duration)
+            .unwrap_or(now + Duration::from_secs(86_400));
+        // Expired rests go first, so the list stays as short as the models resting now.
+        models.retain(|(resting, until)| resting != model && *until > now);
+        models.push((model.to_string(), until));
+    }
+
     pub fn status(&self) -> Vec<serde_json::Value> {
         let now = Instant::now();
         self.keys
@@ -138,6 +170,7 @@ mod tests {
                     reference: format!("env:{name}"),
                     weight: *weight,
                     resting_until: Mutex::new(None),
+                    resting_models: Mutex::new(Vec::new()),
                 })
                 .collect(),
         }
@@ -146,14 +179,23 @@ mod tests {
     #[test]
     fn picks_follow_weights_and_skip_resting_keys() {
         let pool = pool(&[("a", 3), ("b", 1)]);
-        let picks: Vec<usize> = (0..4000).filter_map(|_| pool.pick(&[])).collect();
+        let picks: Vec<usize> = (0..4000).filter_map(|_| pool.pick("m", &[])).collect();
         let a_share = picks.iter().filter(|&&i| i == 0).count() as f64 / picks.len() as f64;
         assert!((0.7..0.8).contains(&a_share), "a share {a_share}");
         pool.rest(0, Duration::from_secs(60));
-        assert!((0..100).all(|_| pool.pick(&[]) == Some(1)));
-        assert_eq!(pool.pick(&[1]), None);
+        assert!((0..100).all(|_| pool.pick("m", &[]) == Some(1)));
+        assert_eq!(pool.pick("m", &[1]), None);
         assert_eq!(pool.status()[0]["resting"], true);
         assert_eq!(pool.status()[1]["resting"], false);
+    }
+
+    #[test]
+    fn a_key_rested_for_one_model_serves_the_others() {
+        let pool = pool(&[("a", 1)]);
+        pool.rest_for_model(0, "big", Duration::from_secs(60));
+        assert_eq!(pool.pick("big", &[]), None);
+        assert_eq!(pool.pick("small", &[]), Some(0));
+        assert_eq!(pool.status()[0]["resting"], false);
     }
 
     #[test]

@@ -8,8 +8,11 @@
 pub mod attempt;
 pub mod breaker;
 pub mod chain;
+pub mod classify;
+pub mod hedge;
 pub mod keys;
 pub mod quality;
+pub mod resume;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,6 +20,7 @@ use std::sync::Arc;
 use crate::config::{Config, Env, ProviderConfig, ProviderKind, split_target};
 use crate::metrics::Metrics;
 use breaker::Breaker;
+use hedge::{HedgeBudget, HedgePolicy};
 use quality::QualityJudge;
 
 pub use attempt::{AttemptFailure, UpstreamAnswer};
@@ -91,11 +95,17 @@ pub struct Target {
     pub quality: Option<Arc<QualityJudge>>,
 }
 
-/// A route with its targets resolved to providers.
+/// A route with its targets resolved to providers, and its failover policy.
 pub struct Route {
     pub model: String,
     pub chain: Vec<Target>,
     pub context_window_fallback: Option<Target>,
+    /// Hedged requests, when the route sets `hedge_after`.
+    pub hedge: Option<HedgePolicy>,
+    /// The SSE comment interval for streaming clients while the ladder works.
+    pub stream_keepalive: Option<std::time::Duration>,
+    /// Continue a stream that broke after its first content on the next target.
+    pub resume_streams: bool,
 }
 
 impl Route {
@@ -106,7 +116,8 @@ impl Route {
 
 /// All routes, matched by the model name a client asks for, and every target they name.
 pub struct Routes {
-    routes: Vec<Route>,
+    /// Shared so a resumed stream can walk its route after the request's handler returned.
+    routes: Vec<Arc<Route>>,
     targets: BTreeMap<String, Target>,
 }
 
@@ -176,14 +187,25 @@ impl Routes {
         let routes = config
             .routes
             .iter()
-            .map(|route| Route {
-                model: route.model.clone(),
-                chain: route
-                    .chain
-                    .iter()
-                    .filter_map(|label| resolve(label))
-                    .collect(),
-                context_window_fallback: route.context_window_fallback.as_deref().and_then(resolve),
+            .map(|route| {
+                Arc::new(Route {
+                    model: route.model.clone(),
+                    chain: route
+                        .chain
+                        .iter()
+                        .filter_map(|label| resolve(label))
+                        .collect(),
+                    context_window_fallback: route
+                        .context_window_fallback
+                        .as_deref()
+                        .and_then(resolve),
+                    hedge: route.hedge_after.map(|after| HedgePolicy {
+                        after,
+                        budget: HedgeBudget::new(route.hedge_max_share),
+                    }),
+                    stream_keepalive: route.stream_keepalive,
+                    resume_streams: route.resume_streams,
+                })
             })
             .collect();
         Routes { routes, targets }
@@ -195,7 +217,7 @@ impl Routes {
     }
 
     /// The route for a model name: an exact name first, then the first matching glob.
-    pub fn find(&self, model: &str) -> Option<&Route> {
+    pub fn find(&self, model: &str) -> Option<&Arc<Route>> {
         self.routes
             .iter()
             .find(|route| !route.is_glob() && route.model == model)
@@ -207,7 +229,7 @@ impl Routes {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Route> {
-        self.routes.iter()
+        self.routes.iter().map(|route| route.as_ref())
     }
 }
 

@@ -292,12 +292,22 @@ impl QualityJudge {
             self.count("judge_failed");
             return None;
         };
-        let Some(key) = provider.keys.pick(&[]) else {
+        let Some(key) = provider.keys.pick(&self.judge.model, &[]) else {
             self.count("judge_failed");
             return None;
         };
         let deadline = tokio::time::Instant::now() + provider.config.timeouts.total;
-        match attempt(provider, &self.judge, key, request, deadline).await {
+        let first_content = super::attempt::FirstContent::default();
+        match attempt(
+            provider,
+            &self.judge,
+            key,
+            request,
+            deadline,
+            &first_content,
+        )
+        .await
+        {
             Ok(UpstreamAnswer::Complete(answer)) => match parse_score(&answer.text()) {
                 Some(score) => {
                     self.count("scored");
