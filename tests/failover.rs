@@ -465,7 +465,7 @@ async fn without_stream_upstream_first_byte_does_not_cut_a_slow_non_streaming_an
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(reply.served_by(), "provider:primary/big");
     assert_eq!(primary.request_count(), 1);
-    assert_eq!(primary.requests()[0].stream, false);
+    assert!(!primary.requests()[0].stream);
     assert_eq!(fallback.request_count(), 0);
 }
 
@@ -499,7 +499,7 @@ async fn a_slow_stream_is_assembled_for_a_non_streaming_client() {
         ))
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
-    assert_eq!(primary.requests()[0].stream, true);
+    assert!(primary.requests()[0].stream);
     assert_eq!(
         reply.json()["choices"][0]["message"]["content"],
         "mock primary answers: one two three four five six seven eight"
