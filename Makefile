@@ -3,7 +3,7 @@
 
 SDK_PYTHON := $(CURDIR)/.venv-sdk/bin/python
 
-.PHONY: run test lint sdk-venv model bench bench-cache demo
+.PHONY: run test lint sdk-venv model bench bench-cache bench-failover demo
 
 ## Run the gateway with the shipped config (builds it first).
 run: model
@@ -37,6 +37,12 @@ bench:
 ## bench/results/cache.json.
 bench-cache: model
 	cargo bench --bench cache
+
+## Failover in numbers (bench/failover.rs): time to an answer with a hung primary, the
+## tail of a sometimes-slow primary with and without hedging, broken streams with and
+## without resume; writes bench/results/failover.json.
+bench-failover:
+	cargo bench --bench failover
 
 ## A mock provider on :9000 and the gateway on :8080, for trying the `demo` route.
 demo:
