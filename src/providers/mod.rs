@@ -208,7 +208,26 @@ impl Routes {
                 })
             })
             .collect();
-        Routes { routes, targets }
+        let routes = Routes { routes, targets };
+        routes.zero_failover_series(metrics);
+        routes
+    }
+
+    /// Hedge and resume series start at 0 for every route and target, so a dashboard's
+    /// rate over them reads 0, not "no data", until the first hedge or resume.
+    fn zero_failover_series(&self, metrics: &Metrics) {
+        for route in &self.routes {
+            for outcome in ["won", "lost", "skipped_budget"] {
+                metrics.hedges.with_label_values(&[&route.model, outcome]);
+            }
+            for target in &route.chain {
+                for outcome in ["resumed", "failed"] {
+                    metrics
+                        .stream_resumes
+                        .with_label_values(&[&target.label, outcome]);
+                }
+            }
+        }
     }
 
     /// Every target any route or judge names, by label.
