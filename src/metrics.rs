@@ -55,6 +55,8 @@ pub struct Metrics {
     pub canned_served: IntCounterVec,
     /// Admin API edits of canned entries, by action and outcome.
     pub canned_edits: IntCounterVec,
+    /// Attempts an injected fault (a drill) acted on, by target and fault kind.
+    pub injected_faults: IntCounterVec,
 }
 
 impl Metrics {
@@ -226,6 +228,14 @@ impl Metrics {
         )?;
         registry.register(Box::new(canned_served.clone()))?;
         registry.register(Box::new(canned_edits.clone()))?;
+        let injected_faults = IntCounterVec::new(
+            Opts::new(
+                "airbag_injected_faults_total",
+                "Upstream attempts an injected fault (a drill) acted on, by target and fault kind",
+            ),
+            &["target", "fault"],
+        )?;
+        registry.register(Box::new(injected_faults.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -248,6 +258,7 @@ impl Metrics {
             cache_entries,
             canned_served,
             canned_edits,
+            injected_faults,
         })
     }
 

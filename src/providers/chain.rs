@@ -270,6 +270,7 @@ impl Stream for WatchedStream {
 }
 
 fn record(attempts: &mut Vec<AttemptRecord>, metrics: &Metrics, target: &Target, outcome: String) {
+    target.breaker.note_outcome(&outcome);
     metrics
         .upstream_attempts
         .with_label_values(&[&target.label, &outcome])
