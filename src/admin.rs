@@ -245,7 +245,8 @@ struct FaultRequest {
 
 /// Inject a fault into one target's real attempts for a while (replacing any other).
 async fn inject_fault(State(gateway): State<Arc<Gateway>>, body: Bytes) -> Response {
-    let usage = "send {\"target\": \"provider/model\", \"fault\": \"status:503\", \"duration\": \"30s\"}";
+    let usage =
+        "send {\"target\": \"provider/model\", \"fault\": \"status:503\", \"duration\": \"30s\"}";
     let request: FaultRequest = match crate::protocol::parse_json_body(&body) {
         Ok(request) => request,
         Err(invalid) => {

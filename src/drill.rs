@@ -260,9 +260,7 @@ pub async fn run(plan: &DrillPlan) -> Result<DrillReport, String> {
         latency(&during_report, plan.slo_p95),
     ];
     let passed = before_report.client_errors == 0
-        && checks
-            .iter()
-            .all(|check| check.result != CheckResult::Fail);
+        && checks.iter().all(|check| check.result != CheckResult::Fail);
     Ok(DrillReport {
         target: plan.target.clone(),
         fault: plan.fault.to_string(),
@@ -460,7 +458,12 @@ async fn phase(
     outcomes
 }
 
-async fn one_request(client: &reqwest::Client, plan: &DrillPlan, run_id: &str, index: u64) -> Outcome {
+async fn one_request(
+    client: &reqwest::Client,
+    plan: &DrillPlan,
+    run_id: &str,
+    index: u64,
+) -> Outcome {
     let body = json!({"model": plan.model, "max_tokens": 16, "messages": [
         {"role": "user", "content": format!("airbag drill {run_id} request {index}: reply with one word")}
     ]});
@@ -699,7 +702,12 @@ mod tests {
                 "provider:b/m",
                 &[("a/m", "timeout_first_byte"), ("b/m", "ok")],
             ),
-            outcome(8, 5, "provider:b/m", &[("a/m", "breaker_open"), ("b/m", "ok")]),
+            outcome(
+                8,
+                5,
+                "provider:b/m",
+                &[("a/m", "breaker_open"), ("b/m", "ok")],
+            ),
         ];
         let first_byte = Duration::from_millis(300);
         assert_eq!(
@@ -710,7 +718,11 @@ mod tests {
             7,
             900,
             "provider:b/m",
-            &[("a/m", "timeout_first_byte"), ("a/m", "timeout_first_byte"), ("b/m", "ok")],
+            &[
+                ("a/m", "timeout_first_byte"),
+                ("a/m", "timeout_first_byte"),
+                ("b/m", "ok"),
+            ],
         )];
         assert_eq!(
             failover_speed(&slow, "a/m", first_byte, &before).result,
@@ -724,7 +736,12 @@ mod tests {
             9,
             5,
             "provider:b/m",
-            &[("a/m", "status_503"), ("a/m", "status_503"), ("a/m", "status_503"), ("b/m", "ok")],
+            &[
+                ("a/m", "status_503"),
+                ("a/m", "status_503"),
+                ("a/m", "status_503"),
+                ("b/m", "ok"),
+            ],
         )];
         let check = pickup(&stubborn, &summarize(&stubborn, "a/m"), "a/m");
         assert_eq!(check.result, CheckResult::Fail, "{}", check.detail);
@@ -735,11 +752,14 @@ mod tests {
                 first_byte,
                 &before
             )
-                .result,
+            .result,
             CheckResult::NotApplicable
         );
         let report = summarize(&fast, "a/m");
-        assert_eq!(latency(&report, Duration::from_secs(1)).result, CheckResult::Pass);
+        assert_eq!(
+            latency(&report, Duration::from_secs(1)).result,
+            CheckResult::Pass
+        );
         assert_eq!(
             latency(&report, Duration::from_millis(100)).result,
             CheckResult::Fail

@@ -296,7 +296,11 @@ fn check_canned(dir: &Path, out: &mut Stdout) -> ExitCode {
         .iter()
         .map(|entry| entry.id.as_str())
         .collect();
-    out.line(format_args!("  canned {}: {}", dir.display(), ids.join(", ")));
+    out.line(format_args!(
+        "  canned {}: {}",
+        dir.display(),
+        ids.join(", ")
+    ));
     for (file, problem) in &snapshot.problems {
         error_line(format_args!("{}: {problem}", dir.join(file).display()));
     }
@@ -352,7 +356,9 @@ async fn main() -> ExitCode {
                     if args.json {
                         match serde_json::to_string_pretty(&report) {
                             Ok(json) => out.line(json),
-                            Err(error) => error_line(format_args!("cannot write the report as JSON: {error}")),
+                            Err(error) => {
+                                error_line(format_args!("cannot write the report as JSON: {error}"))
+                            }
                         }
                     } else {
                         out.line(report.render());
@@ -379,7 +385,10 @@ async fn main() -> ExitCode {
             let mock = match MockProvider::start(args.listen, options, args.rules()).await {
                 Ok(mock) => mock,
                 Err(error) => {
-                    error_line(format_args!("mock provider cannot listen on {}: {error}", args.listen));
+                    error_line(format_args!(
+                        "mock provider cannot listen on {}: {error}",
+                        args.listen
+                    ));
                     return ExitCode::FAILURE;
                 }
             };

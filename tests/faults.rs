@@ -128,7 +128,10 @@ async fn a_hang_fails_at_the_first_byte_deadline_with_the_label_of_a_real_hang()
     let reply = gateway.openai(stream).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.served_by(), "provider:fallback/small");
-    assert_eq!(reply.openai_stream_text(), "mock fallback answers: one two three");
+    assert_eq!(
+        reply.openai_stream_text(),
+        "mock fallback answers: one two three"
+    );
     assert_eq!(primary.request_count(), 0);
     assert_eq!(fallback.request_count(), 1);
     let metrics = gateway.metrics().await;
@@ -238,7 +241,8 @@ async fn latency_delays_the_real_call_and_fails_over_past_the_deadline() {
     assert_eq!(fallback.request_count(), 1);
     let metrics = gateway.metrics().await;
     assert!(
-        metrics.contains("airbag_injected_faults_total{fault=\"latency\",target=\"primary/big\"} 2"),
+        metrics
+            .contains("airbag_injected_faults_total{fault=\"latency\",target=\"primary/big\"} 2"),
         "{metrics}"
     );
 }
@@ -289,7 +293,11 @@ async fn a_fault_ends_by_itself_when_its_time_is_up() {
     let reply = gateway.openai(openai_chat("chat", "after")).await;
     assert_eq!(reply.served_by(), "provider:primary/big");
     assert_eq!(primary.request_count(), 1);
-    assert_eq!(end(&gateway, "primary/big").await.status, 409, "nothing to end");
+    assert_eq!(
+        end(&gateway, "primary/big").await.status,
+        409,
+        "nothing to end"
+    );
 }
 
 #[tokio::test]
@@ -396,7 +404,13 @@ async fn the_faults_api_is_behind_the_admin_token() {
         assert_eq!(reply.status, 401, "{method} {path}");
     }
     let reply = gateway
-        .admin_send(Method::POST, "/admin/faults", Some("s3cret"), &[], Some(body))
+        .admin_send(
+            Method::POST,
+            "/admin/faults",
+            Some("s3cret"),
+            &[],
+            Some(body),
+        )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
 }
@@ -427,11 +441,17 @@ async fn a_drill_with_an_injected_fault_passes_when_the_fallback_takes_over() {
     let text = report.render();
     assert!(report.passed, "{text}");
     assert_eq!(report.fault, "status:503");
-    assert_eq!(report.first_byte_timeout_ms, 2000.0, "read from /admin/status");
+    assert_eq!(
+        report.first_byte_timeout_ms, 2000.0,
+        "read from /admin/status"
+    );
     assert_eq!(report.before.requests, 12);
     assert_eq!(report.during.requests, 20);
     assert_eq!(report.client_errors(), 0, "{text}");
-    assert_eq!(report.during.served_by.get("provider:fallback/small"), Some(&20));
+    assert_eq!(
+        report.during.served_by.get("provider:fallback/small"),
+        Some(&20)
+    );
     assert_eq!(report.during.failed_on_target, 20);
     assert_eq!(report.during.max_target_attempts, 2, "one retry each");
     let results: Vec<CheckResult> = report.checks.iter().map(|check| check.result).collect();
@@ -482,8 +502,19 @@ async fn the_drill_command_prints_its_verdict_as_json_and_exits_by_it() {
         tokio::task::spawn_blocking(move || {
             std::process::Command::new(env!("CARGO_BIN_EXE_airbag"))
                 .args([
-                    "drill", "--gateway", &proxy, "--admin", &admin, "--target",
-                    "primary/big", "--rate", "40", "--before", "200ms", "--during", "300ms",
+                    "drill",
+                    "--gateway",
+                    &proxy,
+                    "--admin",
+                    &admin,
+                    "--target",
+                    "primary/big",
+                    "--rate",
+                    "40",
+                    "--before",
+                    "200ms",
+                    "--during",
+                    "300ms",
                     "--json",
                 ])
                 .args(extra)
@@ -493,7 +524,11 @@ async fn the_drill_command_prints_its_verdict_as_json_and_exits_by_it() {
     };
     let output = run(&["--fault", "status:503"]).await.unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["passed"], true);
     assert_eq!(report["fault"], "status:503");

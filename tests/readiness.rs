@@ -10,9 +10,7 @@ mod common;
 use std::time::Duration;
 
 use airbag::mock::{Fault, FaultRule, MockProvider};
-use common::{
-    Reply, TestGateway, canned_dir, canned_section, mock, openai_chat, provider, route,
-};
+use common::{Reply, TestGateway, canned_dir, canned_section, mock, openai_chat, provider, route};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -65,7 +63,10 @@ async fn with_every_breaker_open_a_canned_catch_all_keeps_the_replica_ready() {
     // Healthy: every rung that can answer says so, and so do the upstreams.
     let ready = gateway.get("/readyz", &[]).await;
     assert_eq!(ready.status, 200, "{}", ready.text);
-    assert_eq!(ready.json()["rungs"], json!({"providers": true, "cache": false, "canned": true}));
+    assert_eq!(
+        ready.json()["rungs"],
+        json!({"providers": true, "cache": false, "canned": true})
+    );
     let healthy = upstreams(&gateway).await;
     assert_eq!(healthy.status, 200, "{}", healthy.text);
     assert_eq!(healthy.json()["healthy_targets"], 2);
@@ -80,18 +81,29 @@ async fn with_every_breaker_open_a_canned_catch_all_keeps_the_replica_ready() {
         target(&health, "a/m")["breaker"]["last_failure"]["outcome"],
         "status_503"
     );
-    assert_eq!(target(&health, "b/m")["breaker"]["last_failure"], Value::Null);
+    assert_eq!(
+        target(&health, "b/m")["breaker"]["last_failure"],
+        Value::Null
+    );
 
     force_open(&gateway, &["a/m", "b/m"]).await;
     let ready = gateway.get("/readyz", &[]).await;
-    assert_eq!(ready.status, 200, "canned answers still serve: {}", ready.text);
+    assert_eq!(
+        ready.status, 200,
+        "canned answers still serve: {}",
+        ready.text
+    );
     let body = ready.json();
     assert_eq!(body["ready"], true);
     assert_eq!(body["rungs"]["providers"], false);
     assert_eq!(body["rungs"]["canned"], true);
     assert_eq!(body["answering_rungs"], json!(["canned"]));
     let reply = gateway.openai(openai_chat("chat", "anyone?")).await;
-    assert_eq!(reply.served_by(), "canned:default", "what readiness promised");
+    assert_eq!(
+        reply.served_by(),
+        "canned:default",
+        "what readiness promised"
+    );
 
     // The upstreams are down, and say how and for how long.
     let down = upstreams(&gateway).await;
@@ -129,8 +141,14 @@ async fn no_rung_that_can_answer_is_not_ready() {
     assert_eq!(ready.status, 503, "{}", ready.text);
     let body = ready.json();
     assert_eq!(body["ready"], false);
-    assert_eq!(body["rungs"], json!({"providers": false, "cache": false, "canned": false}));
-    assert!(body["reason"].as_str().unwrap().contains("canned"), "{body}");
+    assert_eq!(
+        body["rungs"],
+        json!({"providers": false, "cache": false, "canned": false})
+    );
+    assert!(
+        body["reason"].as_str().unwrap().contains("canned"),
+        "{body}"
+    );
     assert_eq!(upstreams(&gateway).await.status, 503);
     let reply = gateway.openai(openai_chat("chat", "anyone?")).await;
     assert_eq!(reply.status, 503, "what readiness said");
@@ -142,11 +160,19 @@ async fn a_canned_entry_that_covers_only_some_routes_is_not_enough() {
         "chat.toml",
         "routes = [\"chat\"]\ntext = \"We are busy.\"\n",
     )]);
-    let extra = format!("{}{}", route("other", &["a/m"]), canned_section(canned.path()));
+    let extra = format!(
+        "{}{}",
+        route("other", &["a/m"]),
+        canned_section(canned.path())
+    );
     let (gateway, _a, _b) = gateway(&extra).await;
     force_open(&gateway, &["a/m", "b/m"]).await;
     let ready = gateway.get("/readyz", &[]).await;
-    assert_eq!(ready.status, 503, "route `other` would get a 503: {}", ready.text);
+    assert_eq!(
+        ready.status, 503,
+        "route `other` would get a 503: {}",
+        ready.text
+    );
     assert_eq!(ready.json()["rungs"]["canned"], false);
 }
 
@@ -159,7 +185,11 @@ async fn a_cache_with_entries_keeps_the_replica_ready() {
     );
     let (gateway, _a, _b) = gateway(&cache).await;
     force_open(&gateway, &["a/m", "b/m"]).await;
-    assert_eq!(gateway.get("/readyz", &[]).await.status, 503, "an empty cache");
+    assert_eq!(
+        gateway.get("/readyz", &[]).await.status,
+        503,
+        "an empty cache"
+    );
     let closed = gateway
         .admin_send(Method::DELETE, "/admin/drills/a/m", None, &[], None)
         .await;
@@ -178,7 +208,10 @@ async fn a_cache_with_entries_keeps_the_replica_ready() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let ready = ready.expect("the cache's entry made the replica ready");
-    assert_eq!(ready.json()["rungs"], json!({"providers": false, "cache": true, "canned": false}));
+    assert_eq!(
+        ready.json()["rungs"],
+        json!({"providers": false, "cache": true, "canned": false})
+    );
     let reply = gateway.openai(openai_chat("chat", "remember me")).await;
     assert_eq!(reply.served_by(), "cache:exact");
 }

@@ -656,7 +656,11 @@ mod tests {
     fn the_status_says_how_long_it_is_open_and_what_failed_last() {
         let breaker = breaker(BreakerConfig::default());
         breaker.note_outcome("breaker_open");
-        assert_eq!(breaker.status().last_failure, None, "a skip is not a failure");
+        assert_eq!(
+            breaker.status().last_failure,
+            None,
+            "a skip is not a failure"
+        );
         breaker.note_outcome("timeout_first_byte");
         breaker.note_outcome("ok");
         assert_eq!(
