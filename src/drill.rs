@@ -68,7 +68,7 @@ impl fmt::Display for DrillFault {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DrillFault::BreakerOpen => formatter.write_str("breaker_open"),
-            DrillFault::Injected(fault) => fault.fmt(formatter),
+            DrillFault::Injected(fault) => fmt::Display::fmt(fault, formatter),
         }
     }
 }
@@ -160,6 +160,8 @@ pub struct DrillReport {
     pub passed: bool,
     /// Why the fault could not be ended at the end, if it could not.
     pub close_error: Option<String>,
+    /// What makes the numbers say less than they seem to.
+    pub warnings: Vec<String>,
 }
 
 impl DrillReport {
@@ -210,6 +212,9 @@ impl DrillReport {
         if let Some(error) = &self.close_error {
             out.push_str(&format!("\nwarning: {error}\n"));
         }
+        for warning in &self.warnings {
+            out.push_str(&format!("\nwarning: {warning}\n"));
+        }
         out
     }
 }
@@ -234,9 +239,31 @@ pub async fn run(plan: &DrillPlan) -> Result<DrillReport, String> {
         .timeout(Duration::from_secs(120))
         .build()
         .map_err(|error| format!("cannot build an HTTP client: {error}"))?;
+    let status = target_status(&client, plan).await?;
+    // A target already out would make the drill measure its open breaker, not the fault.
+    let breaker = &status["breaker"];
+    if breaker["state"] != "closed" {
+        return Err(format!(
+            "`{}` is not healthy before the drill (its breaker is {}, reason {}, reopens in {} s): the drill would measure that, not the fault; wait until it is closed",
+            plan.target,
+            breaker["state"].as_str().unwrap_or("unknown"),
+            breaker["reason"].as_str().unwrap_or("none"),
+            breaker["reopens_in_seconds"]
+                .as_f64()
+                .map_or("?".to_string(), |seconds| format!("{seconds:.0}")),
+        ));
+    }
     let first_byte_timeout = match plan.first_byte_timeout {
         Some(timeout) => timeout,
-        None => read_first_byte_timeout(&client, plan).await?,
+        None => status["timeouts"]["first_byte_seconds"]
+            .as_f64()
+            .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
+            .ok_or_else(|| {
+                format!(
+                    "/admin/status shows no first-byte timeout for `{}` (is its provider disabled?); pass --first-byte-timeout",
+                    plan.target
+                )
+            })?,
     };
     let run = Arc::new(Run {
         id: crate::protocol::random_id("")
@@ -259,6 +286,16 @@ pub async fn run(plan: &DrillPlan) -> Result<DrillReport, String> {
         pickup(&during, &during_report, &plan.target),
         latency(&during_report, plan.slo_p95),
     ];
+    let mut warnings = Vec::new();
+    if !before_report
+        .served_by
+        .contains_key(&format!("provider:{}", plan.target))
+    {
+        warnings.push(format!(
+            "`{}` served none of the requests before the fault (is it the route's first target? are its keys resting after a broken_key drill?): the drill measured little",
+            plan.target
+        ));
+    }
     let passed = before_report.client_errors == 0
         && checks.iter().all(|check| check.result != CheckResult::Fail);
     Ok(DrillReport {
@@ -272,6 +309,7 @@ pub async fn run(plan: &DrillPlan) -> Result<DrillReport, String> {
         checks,
         passed,
         close_error,
+        warnings,
     })
 }
 
@@ -290,11 +328,8 @@ fn admin_url(plan: &DrillPlan, path: &str) -> String {
     format!("{}{path}", plan.admin.trim_end_matches('/'))
 }
 
-/// The target's `first_byte` timeout as `/admin/status` shows it.
-async fn read_first_byte_timeout(
-    client: &reqwest::Client,
-    plan: &DrillPlan,
-) -> Result<Duration, String> {
+/// The target's entry in `/admin/status` (breaker, timeouts, fault).
+async fn target_status(client: &reqwest::Client, plan: &DrillPlan) -> Result<Value, String> {
     let request = client.get(admin_url(plan, "/admin/status"));
     let response = admin_request(plan, request)
         .send()
@@ -324,15 +359,7 @@ async fn read_first_byte_timeout(
             plan.target
         ));
     };
-    target["timeouts"]["first_byte_seconds"]
-        .as_f64()
-        .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
-        .ok_or_else(|| {
-            format!(
-                "/admin/status shows no first-byte timeout for `{}` (is its provider disabled?); pass --first-byte-timeout",
-                plan.target
-            )
-        })
+    Ok(target.clone())
 }
 
 async fn start_fault(client: &reqwest::Client, plan: &DrillPlan) -> Result<(), String> {

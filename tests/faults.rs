@@ -457,6 +457,7 @@ async fn a_drill_with_an_injected_fault_passes_when_the_fallback_takes_over() {
     let results: Vec<CheckResult> = report.checks.iter().map(|check| check.result).collect();
     assert_eq!(results, [CheckResult::Pass; 3], "{text}");
     assert!(text.contains("verdict: PASS"), "{text}");
+    assert!(report.warnings.is_empty(), "{text}");
     // Only the phase before the fault reached the primary: the fault called nothing.
     assert_eq!(primary.request_count(), 12);
     assert_eq!(fallback.request_count(), 20);
@@ -556,4 +557,28 @@ async fn the_drill_command_prints_its_verdict_as_json_and_exits_by_it() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("breaker_open"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_drill_refuses_a_target_that_is_already_out() {
+    let (gateway, primary, _fallback) = pair("retries = 0").await;
+    let forced = gateway
+        .admin_send(
+            Method::POST,
+            "/admin/drills",
+            None,
+            &[],
+            Some(json!({"target": "primary/big", "duration": "60s"})),
+        )
+        .await;
+    assert_eq!(forced.status, 200);
+    let error = airbag::drill::run(&plan(&gateway, "hang"))
+        .await
+        .unwrap_err();
+    assert!(
+        error.contains("not healthy before the drill") && error.contains("open"),
+        "{error}"
+    );
+    assert!(faults(&gateway).await.is_empty(), "nothing was injected");
+    assert_eq!(primary.request_count(), 0);
 }
