@@ -44,8 +44,9 @@ bench-cache: model
 bench-failover:
 	cargo bench --bench failover
 
-## A mock provider on :9000 and the gateway on :8080, for trying the `demo` route.
-demo:
+## A mock provider on :9000 and the gateway on :8080, for trying the `demo` route. The
+## shipped config turns the semantic cache on, so the model comes first.
+demo: model
 	cargo build --release
 	./target/release/airbag mock-provider --listen 127.0.0.1:9000 & \
 	  MOCK=$$!; trap "kill $$MOCK" EXIT; \

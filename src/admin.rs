@@ -1,11 +1,11 @@
-//! The admin listener: Prometheus metrics, the gateway's status, failover drills, the
-//! cache's stats and purges, the canned answers' API (`crate::canned::admin`) and the
-//! OpenAPI document of it all.
+//! The admin listener: Prometheus metrics, the gateway's status, failover drills (forced
+//! opens and injected faults), the cache's stats and purges, the canned answers' API
+//! (`crate::canned::admin`) and the OpenAPI document of it all.
 //!
 //! Every route sits behind the bearer token when one is configured (compared in
 //! constant time); config validation refuses a listener beyond loopback without one.
-//! This module reads the gateway's state and forces breakers for drills; it never serves
-//! chat traffic.
+//! This module reads the gateway's state, forces breakers and injects faults for drills
+//! (always for a bounded time); it never serves chat traffic.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +20,9 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::health::Readiness;
 use crate::providers::breaker::Reason;
+use crate::providers::faults::{FAULT_SYNTAX, InjectedFault, MAX_FAULT};
 use crate::server::Gateway;
 
 /// The longest a drill may force a target open.
@@ -32,6 +34,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/admin/status", get(status))
         .route("/admin/drills", post(start_drill))
         .route("/admin/drills/{*target}", delete(end_drill))
+        .route("/admin/faults", get(list_faults).post(inject_fault))
+        .route("/admin/faults/{*target}", delete(end_fault))
         .route("/admin/cache", get(cache_stats))
         .route("/admin/cache/purge", post(cache_purge))
         .route("/admin/openapi.json", get(openapi))
@@ -126,6 +130,17 @@ async fn status(State(gateway): State<Arc<Gateway>>) -> Response {
                 "target": target.label,
                 "enabled": target.provider.is_some(),
                 "breaker": target.breaker.status(),
+                "fault": target.faults.status(),
+                // Drills read the first-byte timeout here to judge how fast failover was.
+                "timeouts": target.provider.as_ref().map(|provider| {
+                    let timeouts = provider.config.timeouts;
+                    json!({
+                        "connect_seconds": timeouts.connect.as_secs_f64(),
+                        "first_byte_seconds": timeouts.first_byte.as_secs_f64(),
+                        "idle_seconds": timeouts.idle.as_secs_f64(),
+                        "total_seconds": timeouts.total.as_secs_f64(),
+                    })
+                }),
                 "quality": target.quality.as_ref().map(|judge| json!({
                     "judge": judge.judge_label(),
                     "mean": judge.mean(),
@@ -144,8 +159,10 @@ async fn status(State(gateway): State<Arc<Gateway>>) -> Response {
             })
         })
         .collect();
+    let readiness = Readiness::of(&gateway).await;
     axum::Json(json!({
-        "ready": gateway.can_serve(),
+        "ready": readiness.ready(),
+        "readiness": readiness,
         "providers": providers,
         "targets": targets,
         "routes": routes,
@@ -212,6 +229,78 @@ async fn end_drill(State(gateway): State<Arc<Gateway>>, Path(label): Path<String
     }
     tracing::warn!(target = %label, "drill ended: breaker closed");
     axum::Json(json!({"target": label, "breaker": target.breaker.status()})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultRequest {
+    /// `provider/model`, as in the config.
+    target: String,
+    /// `hang`, `status:503`, `broken_key`, `latency:5s` or `error_rate:0.3`.
+    fault: String,
+    /// How long the fault lasts, e.g. "30s"; required, at most 1h.
+    #[serde(with = "humantime_serde")]
+    duration: Duration,
+}
+
+/// Inject a fault into one target's real attempts for a while (replacing any other).
+async fn inject_fault(State(gateway): State<Arc<Gateway>>, body: Bytes) -> Response {
+    let usage =
+        "send {\"target\": \"provider/model\", \"fault\": \"status:503\", \"duration\": \"30s\"}";
+    let request: FaultRequest = match crate::protocol::parse_json_body(&body) {
+        Ok(request) => request,
+        Err(invalid) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("`{}`: {}; {usage}", invalid.field, invalid.message),
+            );
+        }
+    };
+    let fault: InjectedFault = match request.fault.parse() {
+        Ok(fault) => fault,
+        Err(message) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("`fault`: {message}; the accepted faults are {FAULT_SYNTAX}"),
+            );
+        }
+    };
+    if request.duration.is_zero() || request.duration > MAX_FAULT {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "`duration`: must be longer than 0 and at most 1h".to_string(),
+        );
+    }
+    let Some(target) = gateway.routes.targets().get(&request.target) else {
+        return unknown_target(&gateway, &request.target);
+    };
+    let status = target.faults.inject(fault, request.duration);
+    axum::Json(status).into_response()
+}
+
+/// The faults active now, with the seconds each has left.
+async fn list_faults(State(gateway): State<Arc<Gateway>>) -> Response {
+    let faults: Vec<_> = gateway
+        .routes
+        .targets()
+        .values()
+        .filter_map(|target| target.faults.status())
+        .collect();
+    axum::Json(json!({"faults": faults})).into_response()
+}
+
+/// End a target's injected fault early (409 when it has none).
+async fn end_fault(State(gateway): State<Arc<Gateway>>, Path(label): Path<String>) -> Response {
+    let Some(target) = gateway.routes.targets().get(&label) else {
+        return unknown_target(&gateway, &label);
+    };
+    match target.faults.clear() {
+        Some(ended) => axum::Json(json!({"ended": ended})).into_response(),
+        None => error(
+            StatusCode::CONFLICT,
+            format!("`{label}` has no injected fault (it may have expired)"),
+        ),
+    }
 }
 
 /// Entries, hit ratios by kind, memory use, writes.

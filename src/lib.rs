@@ -5,6 +5,8 @@
 //! - [`config`]: the config file, its validation, `env:NAME` secrets.
 //! - [`server`]: starts both listeners; the proxy's ingress (auth, limits, parsing) and egress
 //!   (rendering, rung tags, metrics).
+//! - [`health`]: `/readyz` (can any rung answer?) and `/healthz/upstreams` (are the
+//!   providers up?) on the proxy listener.
 //! - [`ladder`]: the one function that knows the order of the rungs.
 //! - [`providers`]: rung 2, the chain of targets with retries, backoff, key rotation,
 //!   timeouts, circuit breakers and the quality judge.
@@ -23,6 +25,7 @@ pub mod canned;
 pub mod config;
 pub mod drill;
 pub mod error;
+pub mod health;
 pub mod ladder;
 pub mod metrics;
 pub mod mock;

@@ -1,6 +1,8 @@
 //! The `airbag` binary: parses the command line, loads and validates the config, starts
 //! logging and hands over to the library. Nothing here is needed by tests.
 
+use std::fmt::Display;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -35,7 +37,7 @@ enum Command {
     },
     /// Run a fake OpenAI- and Anthropic-compatible provider with fault injection.
     MockProvider(MockArgs),
-    /// Rehearse an outage: traffic before and while a target is forced open.
+    /// Rehearse an outage: traffic before and while a target fails, and a verdict.
     Drill(DrillArgs),
 }
 
@@ -47,9 +49,23 @@ struct DrillArgs {
     /// The gateway's admin listener.
     #[arg(long, default_value = "http://127.0.0.1:8081")]
     admin: String,
-    /// The target to force open, `provider/model`.
+    /// The target to make fail, `provider/model`.
     #[arg(long)]
     target: String,
+    /// How the target fails: `breaker_open` (skipped without a call), or a fault in its
+    /// real attempts: `hang`, `status:503`, `broken_key`, `latency:5s`, `error_rate:0.3`.
+    #[arg(long, default_value = "breaker_open")]
+    fault: airbag::drill::DrillFault,
+    /// The target's first-byte timeout, which a failover must beat; read from the
+    /// gateway's /admin/status when not given.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    first_byte_timeout: Option<Duration>,
+    /// The p95 latency the traffic must stay under while the target fails.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    slo_p95: Duration,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
     /// The route (model name) the traffic asks for.
     #[arg(long, default_value = "chat")]
     model: String,
@@ -157,6 +173,35 @@ impl MockArgs {
     }
 }
 
+/// Command output on stdout. A closed stdout (`airbag check-config | head`) is not an
+/// error: the rest of the output is dropped quietly, and the exit status still says what
+/// the command found.
+#[derive(Default)]
+struct Stdout {
+    closed: bool,
+}
+
+impl Stdout {
+    fn line(&mut self, text: impl Display) {
+        if self.closed {
+            return;
+        }
+        let mut stdout = std::io::stdout().lock();
+        // Any write error (a broken pipe above all) means nobody reads on: stop writing.
+        if writeln!(stdout, "{text}")
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            self.closed = true;
+        }
+    }
+}
+
+/// A line on stderr; a closed stderr is ignored like a closed stdout.
+fn error_line(text: impl Display) {
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
 /// Logs go to stdout through a background writer, so a slow terminal or a full pipe
 /// never blocks a request; when its buffer is full, lines are dropped instead. The
 /// returned guard flushes what is left when `main` ends.
@@ -196,9 +241,10 @@ async fn shutdown_signal() {
 
 fn check_config(path: &Path) -> ExitCode {
     let env = Env::from_process();
+    let mut out = Stdout::default();
     match Config::load(path, &env) {
         Ok(config) => {
-            println!("{}: ok", path.display());
+            out.line(format_args!("{}: ok", path.display()));
             for (name, provider) in &config.providers {
                 let set = provider
                     .keys
@@ -210,19 +256,23 @@ fn check_config(path: &Path) -> ExitCode {
                 } else {
                     "disabled: none of its keys are set in the environment"
                 };
-                println!(
+                out.line(format_args!(
                     "  provider {name} ({:?}): {set}/{} keys set, {state}",
                     provider.kind,
                     provider.keys.len()
-                );
+                ));
             }
             for route in &config.routes {
-                println!("  route {} -> {}", route.model, route.chain.join(" -> "));
+                out.line(format_args!(
+                    "  route {} -> {}",
+                    route.model,
+                    route.chain.join(" -> ")
+                ));
             }
-            check_canned(&config.canned.dir)
+            check_canned(&config.canned.dir, &mut out)
         }
         Err(error) => {
-            eprintln!("{error}");
+            error_line(format_args!("{error}"));
             ExitCode::FAILURE
         }
     }
@@ -230,14 +280,14 @@ fn check_config(path: &Path) -> ExitCode {
 
 /// The canned folder as `serve` would load it: a missing folder or a file that would be
 /// skipped fails the check, so CI catches a bad edit before it is deployed.
-fn check_canned(dir: &Path) -> ExitCode {
+fn check_canned(dir: &Path, out: &mut Stdout) -> ExitCode {
     let snapshot = match airbag::canned::files::check_folder(dir) {
         Ok(snapshot) => snapshot,
         Err(error) => {
-            eprintln!(
+            error_line(format_args!(
                 "canned.dir: cannot read the folder {}: {error}; create it (an empty folder is fine) or point canned.dir at the folder of canned answers",
                 dir.display()
-            );
+            ));
             return ExitCode::FAILURE;
         }
     };
@@ -246,9 +296,13 @@ fn check_canned(dir: &Path) -> ExitCode {
         .iter()
         .map(|entry| entry.id.as_str())
         .collect();
-    println!("  canned {}: {}", dir.display(), ids.join(", "));
+    out.line(format_args!(
+        "  canned {}: {}",
+        dir.display(),
+        ids.join(", ")
+    ));
     for (file, problem) in &snapshot.problems {
-        eprintln!("{}: {problem}", dir.join(file).display());
+        error_line(format_args!("{}: {problem}", dir.join(file).display()));
     }
     if snapshot.problems.is_empty() {
         ExitCode::SUCCESS
@@ -268,14 +322,14 @@ async fn main() -> ExitCode {
             let config = match Config::load(&config, &env) {
                 Ok(config) => config,
                 Err(error) => {
-                    eprintln!("{error}");
+                    error_line(format_args!("{error}"));
                     return ExitCode::FAILURE;
                 }
             };
             match airbag::server::run(&config, &env, shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
-                    eprintln!("airbag could not start: {error}");
+                    error_line(format_args!("airbag could not start: {error}"));
                     ExitCode::FAILURE
                 }
             }
@@ -289,26 +343,34 @@ async fn main() -> ExitCode {
                 client_key: env.get(&args.client_key_env).map(str::to_string),
                 model: args.model,
                 target: args.target,
+                fault: args.fault,
                 rate: args.rate,
                 before: args.before,
                 during: args.during,
+                first_byte_timeout: args.first_byte_timeout,
+                slo_p95: args.slo_p95,
             };
             match airbag::drill::run(&plan).await {
                 Ok(report) => {
-                    println!("{}", report.render());
-                    if report.client_errors() == 0 {
-                        println!("client errors: 0");
+                    let mut out = Stdout::default();
+                    if args.json {
+                        match serde_json::to_string_pretty(&report) {
+                            Ok(json) => out.line(json),
+                            Err(error) => {
+                                error_line(format_args!("cannot write the report as JSON: {error}"))
+                            }
+                        }
+                    } else {
+                        out.line(report.render());
+                    }
+                    if report.passed {
                         ExitCode::SUCCESS
                     } else {
-                        println!(
-                            "client errors: {} (users would have seen these)",
-                            report.client_errors()
-                        );
                         ExitCode::FAILURE
                     }
                 }
                 Err(error) => {
-                    eprintln!("drill failed: {error}");
+                    error_line(format_args!("drill failed: {error}"));
                     ExitCode::FAILURE
                 }
             }
@@ -323,7 +385,10 @@ async fn main() -> ExitCode {
             let mock = match MockProvider::start(args.listen, options, args.rules()).await {
                 Ok(mock) => mock,
                 Err(error) => {
-                    eprintln!("mock provider cannot listen on {}: {error}", args.listen);
+                    error_line(format_args!(
+                        "mock provider cannot listen on {}: {error}",
+                        args.listen
+                    ));
                     return ExitCode::FAILURE;
                 }
             };

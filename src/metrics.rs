@@ -61,6 +61,8 @@ pub struct Metrics {
     /// Streams broken after their first content that another target was asked to
     /// continue, by the target that broke and outcome (`resumed`, `failed`, `skipped`).
     pub stream_resumes: IntCounterVec,
+    /// Attempts an injected fault (a drill) acted on, by target and fault kind.
+    pub injected_faults: IntCounterVec,
 }
 
 impl Metrics {
@@ -248,6 +250,14 @@ impl Metrics {
             &["target", "outcome"],
         )?;
         registry.register(Box::new(stream_resumes.clone()))?;
+        let injected_faults = IntCounterVec::new(
+            Opts::new(
+                "airbag_injected_faults_total",
+                "Upstream attempts an injected fault (a drill) acted on, by target and fault kind",
+            ),
+            &["target", "fault"],
+        )?;
+        registry.register(Box::new(injected_faults.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -272,6 +282,7 @@ impl Metrics {
             canned_edits,
             hedges,
             stream_resumes,
+            injected_faults,
         })
     }
 

@@ -168,7 +168,8 @@ impl Gateway {
     }
 
     /// True when some route has a target that would be tried now: its provider is
-    /// enabled and its breaker is not open.
+    /// enabled and its breaker is not open. Readiness (`crate::health`) also counts the
+    /// cache and canned rungs.
     pub(crate) fn can_serve(&self) -> bool {
         self.routes.iter().any(|route| {
             route
@@ -351,7 +352,8 @@ pub fn proxy_router(gateway: Arc<Gateway>) -> Router {
         )
         .route("/v1/models", get(models))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(crate::health::readyz))
+        .route("/healthz/upstreams", get(crate::health::upstreams))
         .with_state(gateway)
 }
 
@@ -921,25 +923,6 @@ async fn models(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Resp
         })
     };
     axum::Json(body).into_response()
-}
-
-/// Ready when at least one rung can serve: today, when some route has an enabled target.
-async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
-    let enabled: Vec<&str> = gateway.providers.keys().map(String::as_str).collect();
-    if gateway.can_serve() {
-        (
-            StatusCode::OK,
-            axum::Json(json!({"ready": true, "providers_enabled": enabled})),
-        )
-            .into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"ready": false, "providers_enabled": enabled,
-                "reason": "no route has a target that can be tried: providers without keys, or breakers open"})),
-        )
-            .into_response()
-    }
 }
 
 /// Run until `shutdown` resolves.

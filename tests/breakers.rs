@@ -290,12 +290,17 @@ async fn a_drill_shifts_traffic_to_the_fallback_with_no_client_errors() {
         client_key: None,
         model: "chat".to_string(),
         target: "primary/big".to_string(),
+        fault: airbag::drill::DrillFault::BreakerOpen,
         rate: 40.0,
         before: Duration::from_millis(500),
         during: Duration::from_millis(500),
+        first_byte_timeout: None,
+        slo_p95: Duration::from_secs(5),
     };
     let report = airbag::drill::run(&plan).await.unwrap();
     assert_eq!(report.client_errors(), 0, "{}", report.render());
+    assert!(report.passed, "{}", report.render());
+    assert_eq!(report.fault, "breaker_open");
     assert_eq!(report.before.requests, 20);
     assert_eq!(
         report.before.served_by.get("provider:primary/big"),
@@ -450,6 +455,16 @@ async fn metrics_contains_every_documented_series() {
     }
     let reply = gateway.openai(openai_chat("chat", "all down")).await;
     assert_eq!(reply.served_by(), "canned:default");
+    // An injected fault: the drills' series.
+    let fault = gateway
+        .client
+        .post(gateway.admin_url("/admin/faults"))
+        .header("content-type", "application/json")
+        .body(r#"{"target": "fallback/m", "fault": "status:503", "duration": "10s"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fault.status(), 200);
     // Give the background judge a moment.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let metrics = gateway.metrics().await;

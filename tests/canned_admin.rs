@@ -517,15 +517,18 @@ async fn the_openapi_document_describes_every_admin_route() {
         [
             "DELETE /admin/canned/{id}",
             "DELETE /admin/drills/{target}",
+            "DELETE /admin/faults/{target}",
             "GET /admin/cache",
             "GET /admin/canned",
             "GET /admin/canned/{id}",
+            "GET /admin/faults",
             "GET /admin/openapi.json",
             "GET /admin/status",
             "GET /metrics",
             "POST /admin/cache/purge",
             "POST /admin/canned",
             "POST /admin/drills",
+            "POST /admin/faults",
             "PUT /admin/canned/{id}",
         ]
     );
@@ -535,6 +538,7 @@ async fn the_openapi_document_describes_every_admin_route() {
         "/admin/status",
         "/admin/cache",
         "/admin/canned",
+        "/admin/faults",
         "/admin/openapi.json",
     ] {
         let reply = gateway.admin_get(path, Some(TOKEN)).await;

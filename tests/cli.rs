@@ -334,3 +334,25 @@ fn a_drill_against_an_unreachable_gateway_fails_with_the_reason() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_config_into_a_closed_pipe_exits_quietly() {
+    // The reading end is closed before airbag starts, so every write fails with a broken
+    // pipe, as with `airbag check-config | head` once head has what it wants.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = Command::new(AIRBAG)
+        .args(["check-config", "--config", "config/airbag.toml"])
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("ANTHROPIC_API_KEY")
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        output.status.success(),
+        "the config is fine, whoever reads: {stderr}"
+    );
+}

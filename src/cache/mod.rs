@@ -591,6 +591,19 @@ impl Cache {
         })
     }
 
+    /// Whether the cache holds any entry (in memory or in the store): readiness counts a
+    /// non-empty cache as a rung that can answer. A store that cannot count within a
+    /// second reads as empty, so a probe never hangs on it.
+    pub async fn has_entries(&self) -> bool {
+        if self.memory.entry_count() > 0 {
+            return true;
+        }
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), self.store.count()).await,
+            Ok(Ok(count)) if count > 0
+        )
+    }
+
     /// Cache numbers for the admin API.
     pub async fn stats(&self) -> Value {
         let entries = self.store.count().await.ok();

@@ -361,6 +361,14 @@ impl Snapshot {
         })
     }
 
+    /// True when a request on the route named `route` gets a canned answer whatever it
+    /// says: a catch-all entry applies to the route. Readiness asks this of every route.
+    pub fn answers_any_request_on(&self, route: &str) -> bool {
+        self.entries
+            .iter()
+            .any(|entry| entry.is_catch_all() && entry.applies_to(&[route]))
+    }
+
     pub fn get(&self, id: &str) -> Option<&Arc<Entry>> {
         self.entries.iter().find(|entry| entry.id == id)
     }
@@ -546,6 +554,29 @@ mod tests {
         let found = snapshot.best(&["support-bot"], "help", None).unwrap();
         assert_eq!(found.entry.id, "a", "same priority: `a` sorts before `s`");
         assert_eq!(chosen(&snapshot, "nothing", None), None, "no catch-all");
+    }
+
+    #[test]
+    fn only_a_catch_all_on_the_route_answers_any_request() {
+        let mut support_default = spec(&[], &[], 0);
+        support_default.routes = vec!["support-*".to_string()];
+        let snapshot = Snapshot::new(
+            vec![
+                entry("billing", spec(&["(?i)invoice"], &[], 0), vec![]),
+                entry("support", support_default, vec![]),
+            ],
+            BTreeMap::new(),
+        );
+        assert!(snapshot.answers_any_request_on("support-bot"));
+        assert!(
+            !snapshot.answers_any_request_on("chat"),
+            "a pattern entry answers only what it matches"
+        );
+        let everywhere = Snapshot::new(
+            vec![entry("default", spec(&[], &[], 0), vec![])],
+            BTreeMap::new(),
+        );
+        assert!(everywhere.answers_any_request_on("chat"));
     }
 
     #[test]

@@ -208,6 +208,11 @@ pub async fn attempt(
         builder = builder.header(reqwest::header::ACCEPT, "text/event-stream");
     }
 
+    // Drills: an injected fault (faults.rs) acts here, as the provider would have.
+    builder = target
+        .faults
+        .apply(builder, provider.kind, (commit_by, commit_kind))
+        .await?;
     let response = match timeout_at(commit_by, builder.send()).await {
         Err(_) => {
             return Err(AttemptFailure::transport(

@@ -148,6 +148,12 @@ struct Inner {
     /// Bumped on every transition; a probe ticket from an earlier round cannot settle
     /// (or free) the current one.
     generation: u64,
+    /// When the breaker last left `Closed`: how long the target has been out, for
+    /// `/healthz/upstreams` and the status page.
+    opened_at: Option<Instant>,
+    /// The last failed attempt's outcome label and when it happened, so health pages say
+    /// why a target is out.
+    last_failure: Option<(String, Instant)>,
 }
 
 /// What the chain may do with a target now.
@@ -169,6 +175,18 @@ pub struct BreakerStatus {
     pub reopens_in_seconds: Option<f64>,
     pub window_requests: u32,
     pub window_failures: u32,
+    /// Seconds since the breaker left `closed`, while it is not closed.
+    pub open_for_seconds: Option<f64>,
+    /// The last failed attempt on the target, whatever the breaker's state.
+    pub last_failure: Option<LastFailure>,
+}
+
+/// The last failed attempt on a target.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LastFailure {
+    /// The attempt's outcome label (`status_503`, `timeout_first_byte`…).
+    pub outcome: String,
+    pub seconds_ago: f64,
 }
 
 pub struct Breaker {
@@ -191,6 +209,8 @@ impl Breaker {
                 buckets: VecDeque::new(),
                 consecutive_failures: 0,
                 generation: 0,
+                opened_at: None,
+                last_failure: None,
             }),
             state_gauge: metrics.breaker_state.clone(),
             transitions: metrics.breaker_transitions.clone(),
@@ -232,6 +252,9 @@ impl Breaker {
         if to == State::Closed {
             inner.buckets.clear();
             inner.consecutive_failures = 0;
+            inner.opened_at = None;
+        } else if inner.opened_at.is_none() {
+            inner.opened_at = Some(Instant::now());
         }
     }
 
@@ -285,6 +308,18 @@ impl Breaker {
             State::HalfOpen { probe_out, .. } => probe_out,
             State::Closed => false,
         }
+    }
+
+    /// Remember an attempt's outcome label when it is a failure of the target itself:
+    /// skips (`breaker_open`, `disabled`, `no_key_available`) and successes are not.
+    pub fn note_outcome(&self, outcome: &str) {
+        if matches!(
+            outcome,
+            "ok" | "breaker_open" | "disabled" | "no_key_available"
+        ) {
+            return;
+        }
+        self.lock().last_failure = Some((outcome.to_string(), Instant::now()));
     }
 
     fn second_now(&self) -> u64 {
@@ -439,6 +474,16 @@ impl Breaker {
             reopens_in_seconds,
             window_requests: requests,
             window_failures: failures,
+            open_for_seconds: inner
+                .opened_at
+                .map(|since| now.saturating_duration_since(since).as_secs_f64()),
+            last_failure: inner
+                .last_failure
+                .as_ref()
+                .map(|(outcome, at)| LastFailure {
+                    outcome: outcome.clone(),
+                    seconds_ago: now.saturating_duration_since(*at).as_secs_f64(),
+                }),
         }
     }
 }
@@ -605,6 +650,28 @@ mod tests {
         assert!(healthy.is_open());
         assert!(healthy.end_drill());
         assert_eq!(healthy.status().state, "closed");
+    }
+
+    #[test]
+    fn the_status_says_how_long_it_is_open_and_what_failed_last() {
+        let breaker = breaker(BreakerConfig::default());
+        breaker.note_outcome("breaker_open");
+        assert_eq!(
+            breaker.status().last_failure,
+            None,
+            "a skip is not a failure"
+        );
+        breaker.note_outcome("timeout_first_byte");
+        breaker.note_outcome("ok");
+        assert_eq!(
+            breaker.status().last_failure.unwrap().outcome,
+            "timeout_first_byte"
+        );
+        assert_eq!(breaker.status().open_for_seconds, None);
+        breaker.force_open(Duration::from_secs(60), Reason::Drill);
+        assert!(breaker.status().open_for_seconds.is_some());
+        breaker.end_drill();
+        assert_eq!(breaker.status().open_for_seconds, None);
     }
 
     #[test]

@@ -156,6 +156,7 @@ impl AttemptLog {
     }
 
     fn end(&self, slot: Option<usize>, metrics: &Metrics, target: &Target, outcome: String) {
+        target.breaker.note_outcome(&outcome);
         count_attempt(metrics, &target.label, &outcome);
         if let Some(slot) = slot {
             self.with(|records| {

@@ -1,6 +1,7 @@
 //! Rung 2: upstream providers. A [`Provider`] is one configured upstream API with its keys
 //! and HTTP client; [`attempt`] makes one call to one target; [`chain`] walks a route's
-//! targets with retries, backoff, key rotation and fallbacks.
+//! targets with retries, backoff, key rotation and fallbacks; [`faults`] holds the
+//! faults drills inject into a target's attempts.
 //!
 //! This module talks to providers and classifies what they answer. It never renders a
 //! client response and never knows about the cache or canned rungs.
@@ -9,6 +10,7 @@ pub mod attempt;
 pub mod breaker;
 pub mod chain;
 pub mod classify;
+pub mod faults;
 pub mod hedge;
 pub mod keys;
 pub mod quality;
@@ -20,6 +22,7 @@ use std::sync::Arc;
 use crate::config::{Config, Env, ProviderConfig, ProviderKind, split_target};
 use crate::metrics::Metrics;
 use breaker::Breaker;
+use faults::TargetFaults;
 use hedge::{HedgeBudget, HedgePolicy};
 use quality::QualityJudge;
 
@@ -93,6 +96,9 @@ pub struct Target {
     pub breaker: Arc<Breaker>,
     /// Grades a sample of this target's answers, when its provider asks for it.
     pub quality: Option<Arc<QualityJudge>>,
+    /// The fault a drill injected into this target's attempts, if any; shared like the
+    /// breaker.
+    pub faults: Arc<TargetFaults>,
 }
 
 /// A route with its targets resolved to providers, and its failover policy.
@@ -158,6 +164,7 @@ impl Routes {
                 provider: providers.get(provider_name).cloned(),
                 breaker: Breaker::new(label, breaker_config, metrics),
                 quality: None,
+                faults: TargetFaults::new(label, metrics),
             };
             targets.insert(label.to_string(), target);
         }
