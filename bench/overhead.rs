@@ -109,6 +109,10 @@ struct Settings {
     throughput_seconds: f64,
     /// BENCH_CLIENT_THREADS: tokio worker threads of the load generator.
     client_threads: usize,
+    /// BENCH_STREAM_UPSTREAM: the provider's `stream_upstream` (default true, as shipped:
+    /// the gateway streams from the mock and assembles the answer; false measures the
+    /// plain non-streaming path).
+    stream_upstream: bool,
     /// AIRBAG_BIN: the airbag binary; by default the release build next to this bench.
     #[serde(skip)]
     binary: Option<PathBuf>,
@@ -137,6 +141,7 @@ impl Settings {
                 connections: 8,
                 throughput_seconds: 0.3,
                 client_threads: 2,
+                stream_upstream: true,
                 binary: std::env::var_os("AIRBAG_BIN").map(PathBuf::from),
                 output: PathBuf::new(),
             });
@@ -150,6 +155,7 @@ impl Settings {
             connections: env_number("BENCH_CONNECTIONS", 64)?,
             throughput_seconds: env_number("BENCH_THROUGHPUT_SECONDS", seconds)?,
             client_threads: env_number("BENCH_CLIENT_THREADS", 2)?,
+            stream_upstream: env_number("BENCH_STREAM_UPSTREAM", true)?,
             binary: std::env::var_os("AIRBAG_BIN").map(PathBuf::from),
             output: std::env::var_os("BENCH_OUTPUT").map_or_else(
                 || manifest_dir().join("bench/results/overhead.json"),
@@ -331,7 +337,7 @@ fn announced_address(line: &str, name: &str) -> Result<SocketAddr, String> {
 /// The gateway's config: one provider (the mock, no key), one route to it, and the cache
 /// off. Retries are off so that a failed upstream call shows up as an error instead of a
 /// slow success.
-fn gateway_config(mock: SocketAddr) -> String {
+fn gateway_config(mock: SocketAddr, stream_upstream: bool) -> String {
     format!(
         r#"# Written by bench/overhead.rs for one run.
 [server]
@@ -346,6 +352,7 @@ base_url = "http://{mock}/v1"
 keys = []
 retries = 0
 timeouts = {{ connect = "1s", first_byte = "5s", idle = "5s", total = "10s" }}
+stream_upstream = {stream_upstream}
 
 [[routes]]
 model = "bench"
@@ -500,6 +507,7 @@ async fn start_processes(
     binary: &Path,
     folder: &Path,
     client: &reqwest::Client,
+    stream_upstream: bool,
 ) -> Result<Processes, String> {
     let limit = Duration::from_secs(15);
     let mut mock = ChildGuard::spawn(
@@ -519,7 +527,7 @@ async fn start_processes(
     let mock_addr = announced_address(&line, "base_url")?;
 
     let config = folder.join("airbag.toml");
-    std::fs::write(&config, gateway_config(mock_addr))
+    std::fs::write(&config, gateway_config(mock_addr, stream_upstream))
         .map_err(|error| format!("cannot write {}: {error}", config.display()))?;
     let mut gateway = ChildGuard::spawn(
         "gateway",
@@ -1078,7 +1086,8 @@ async fn run(settings: Settings) -> Result<(), String> {
         .timeout(Duration::from_secs(2))
         .build()
         .map_err(|error| format!("cannot build an HTTP client: {error}"))?;
-    let mut processes = start_processes(&binary, folder.path(), &probe).await?;
+    let mut processes =
+        start_processes(&binary, folder.path(), &probe, settings.stream_upstream).await?;
     let direct = Arc::new(Target::new("direct", processes.mock_addr, "m", false)?);
     let gateway = Arc::new(Target::new("gateway", processes.proxy_addr, "bench", true)?);
 
