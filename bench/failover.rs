@@ -48,8 +48,8 @@ impl Sizes {
         } else {
             Sizes {
                 first_byte: Duration::from_secs(5),
-                hang_requests: 40,
-                hang_rate: 10.0,
+                hang_requests: 60,
+                hang_rate: 5.0,
                 slow_requests: 400,
                 slow_rate: 20.0,
                 resume_streams: 2_000,
