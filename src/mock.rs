@@ -666,16 +666,7 @@ fn continue_prefill(request: &ChatRequest, answer: String) -> String {
         .messages
         .last()
         .filter(|message| message.role == Role::Assistant)
-        .map(|message| {
-            message
-                .content
-                .iter()
-                .filter_map(|part| match part {
-                    Part::Text(text) => Some(text.as_str()),
-                    _ => None,
-                })
-                .collect::<String>()
-        })
+        .map(crate::protocol::Message::text)
         .unwrap_or_default();
     match answer.strip_prefix(prefill.as_str()) {
         Some(rest) if !prefill.is_empty() => rest.to_string(),

@@ -54,6 +54,15 @@ async fn cancelled(mock: &MockProvider) -> usize {
     mock.cancelled_count()
 }
 
+/// Fail unless the gateway's metrics hold `series` (name, labels and value) exactly.
+async fn assert_metric(gateway: &TestGateway, series: &str, case: &str) {
+    let metrics = gateway.metrics().await;
+    assert!(
+        metrics.contains(series),
+        "{case}: no `{series}` in\n{metrics}"
+    );
+}
+
 fn body(protocol: &str, text: &str, stream: bool) -> Value {
     let mut body = match protocol {
         "openai" => openai_chat("chat", text),
@@ -171,17 +180,13 @@ async fn a_hedge_wins_over_a_silent_primary_which_is_cancelled() {
                 1,
                 "{case}: the loser was cancelled"
             );
-            let metrics = gateway.metrics().await;
-            assert!(
-                metrics.contains("airbag_hedges_total{outcome=\"won\",route=\"chat\"} 1"),
-                "{case}: {metrics}"
-            );
-            assert!(
-                metrics.contains(
-                    "airbag_upstream_attempts_total{outcome=\"hedge_cancelled\",target=\"primary/big\"} 1"
-                ),
-                "{case}: {metrics}"
-            );
+            assert_metric(
+                &gateway,
+                "airbag_hedges_total{outcome=\"won\",route=\"chat\"} 1",
+                &case,
+            )
+            .await;
+            assert_metric(&gateway, "airbag_upstream_attempts_total{outcome=\"hedge_cancelled\",target=\"primary/big\"} 1", &case).await;
         }
     }
 }
@@ -211,11 +216,12 @@ async fn a_primary_that_answers_first_wins_and_the_hedge_is_cancelled() {
     assert_eq!(fallback.request_count(), 1, "the hedge did start");
     assert_eq!(cancelled(&fallback).await, 1, "and was cancelled");
     assert_eq!(primary.cancelled_count(), 0);
-    let metrics = gateway.metrics().await;
-    assert!(
-        metrics.contains("airbag_hedges_total{outcome=\"lost\",route=\"chat\"} 1"),
-        "{metrics}"
-    );
+    assert_metric(
+        &gateway,
+        "airbag_hedges_total{outcome=\"lost\",route=\"chat\"} 1",
+        "lost",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -263,11 +269,8 @@ async fn the_budget_caps_the_share_of_hedged_requests() {
         ]
     );
     assert_eq!(fallback.request_count(), 1);
-    let metrics = gateway.metrics().await;
-    assert!(
-        metrics.contains("airbag_hedges_total{outcome=\"skipped_budget\",route=\"chat\"} 3"),
-        "{metrics}"
-    );
+    let series = "airbag_hedges_total{outcome=\"skipped_budget\",route=\"chat\"} 3";
+    assert_metric(&gateway, series, "budget").await;
 }
 
 #[tokio::test]
@@ -303,11 +306,12 @@ async fn a_primary_that_fails_while_hedged_leaves_the_hedge_to_answer() {
         1,
         "the hedged target is not retried meanwhile"
     );
-    let metrics = gateway.metrics().await;
-    assert!(
-        metrics.contains("airbag_hedges_total{outcome=\"won\",route=\"chat\"} 1"),
-        "{metrics}"
-    );
+    assert_metric(
+        &gateway,
+        "airbag_hedges_total{outcome=\"won\",route=\"chat\"} 1",
+        "won",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -428,13 +432,8 @@ async fn a_stream_broken_mid_answer_is_resumed_by_the_next_target() {
             !prefill.ends_with(' '),
             "no trailing whitespace in a prefill"
         );
-        let metrics = gateway.metrics().await;
-        assert!(
-            metrics.contains(
-                "airbag_stream_resumes_total{outcome=\"resumed\",target=\"primary/big\"} 1"
-            ),
-            "{protocol}: {metrics}"
-        );
+        let series = "airbag_stream_resumes_total{outcome=\"resumed\",target=\"primary/big\"} 1";
+        assert_metric(&gateway, series, protocol).await;
     }
 }
 
@@ -466,10 +465,6 @@ async fn a_tool_call_stream_is_not_resumed() {
         reply.text
     );
     assert_eq!(fallback.request_count(), 0);
-    let metrics = gateway.metrics().await;
-    assert!(
-        metrics
-            .contains("airbag_stream_resumes_total{outcome=\"skipped\",target=\"primary/big\"} 1"),
-        "{metrics}"
-    );
+    let series = "airbag_stream_resumes_total{outcome=\"skipped\",target=\"primary/big\"} 1";
+    assert_metric(&gateway, series, "tool calls").await;
 }

@@ -234,24 +234,28 @@ impl StreamFailure {
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, StreamFailure>> + Send>>;
 
+impl Message {
+    /// The message's text parts, joined by line breaks.
+    pub fn text(&self) -> String {
+        self.content
+            .iter()
+            .filter_map(|part| match part {
+                Part::Text(text) => Some(text.as_str()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
 /// The text of the last user message, for logs-free uses such as the mock provider and
-/// (later) the semantic cache key.
+/// the semantic cache key.
 pub fn last_user_text(messages: &[Message]) -> String {
     messages
         .iter()
         .rev()
         .find(|message| message.role == Role::User)
-        .map(|message| {
-            message
-                .content
-                .iter()
-                .filter_map(|part| match part {
-                    Part::Text(text) => Some(text.as_str()),
-                    _ => None,
-                })
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
+        .map(Message::text)
         .unwrap_or_default()
 }
 
