@@ -493,7 +493,7 @@ type LadderFuture = std::pin::Pin<
 /// interval), or sending the answer it got.
 enum KeptAlive {
     Waiting(LadderFuture, Writer),
-    Sending(std::pin::Pin<Box<dyn futures_util::Stream<Item = Bytes> + Send>>),
+    Sending(ChunkStream),
 }
 
 /// A streaming response whose head went out before the ladder answered: SSE comments
@@ -514,48 +514,13 @@ fn kept_alive(
         let span = span.clone();
         async move {
             match state {
-                KeptAlive::Waiting(mut answering, mut writer) => {
+                KeptAlive::Waiting(mut answering, writer) => {
                     let Ok(result) = tokio::time::timeout(interval, &mut answering).await else {
                         let waiting = KeptAlive::Waiting(answering, writer);
                         return Some((Ok(keepalive_comment()), waiting));
                     };
-                    let _entered = span.enter();
-                    let mut sending: Vec<Bytes> = Vec::new();
-                    let events = match result {
-                        Ok(served) => {
-                            account_served(&gateway, &served.tag, protocol, started);
-                            sending.push(crate::protocol::sse::comment(&tag_comment(&served.tag)));
-                            match served.answer {
-                                Answer::Stream(events) => Some((events, served.tag.served_by)),
-                                Answer::Complete(response) => {
-                                    Some((replay_as_stream(response), served.tag.served_by))
-                                }
-                                Answer::Refused { status, body, .. } => {
-                                    let message = refusal_message(status, &body);
-                                    sending.extend(writer.fail(&message));
-                                    None
-                                }
-                            }
-                        }
-                        Err(error) => {
-                            account_error(&gateway, &error, protocol);
-                            sending.extend(writer.fail(&error.to_string()));
-                            None
-                        }
-                    };
-                    let head = stream::iter(sending);
-                    let sending: std::pin::Pin<Box<dyn futures_util::Stream<Item = Bytes> + Send>> =
-                        match events {
-                            Some((events, served_by)) => Box::pin(head.chain(sse_chunks(
-                                events,
-                                writer,
-                                served_by,
-                                &gateway,
-                                span.clone(),
-                            ))),
-                            None => Box::pin(head),
-                        };
-                    let mut sending = sending;
+                    let mut sending =
+                        answer_chunks(&gateway, result, writer, protocol, started, &span);
                     let chunk = sending.next().await?;
                     Some((Ok(chunk), KeptAlive::Sending(sending)))
                 }
@@ -573,6 +538,50 @@ fn kept_alive(
         .header("x-airbag-rung", "pending")
         .body(Body::from_stream(first.chain(rest)))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+type ChunkStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = Bytes> + Send>>;
+
+/// What a kept-alive stream sends once the ladder has answered: the tag as a comment,
+/// then the answer's events, or the protocol's error event when there is no answer.
+fn answer_chunks(
+    gateway: &Gateway,
+    result: Result<Served, RequestError>,
+    mut writer: Writer,
+    protocol: Protocol,
+    started: Instant,
+    span: &tracing::Span,
+) -> ChunkStream {
+    let _entered = span.enter();
+    let mut head: Vec<Bytes> = Vec::new();
+    let events = match result {
+        Ok(served) => {
+            account_served(gateway, &served.tag, protocol, started);
+            head.push(crate::protocol::sse::comment(&tag_comment(&served.tag)));
+            match served.answer {
+                Answer::Stream(events) => Some((events, served.tag.served_by)),
+                Answer::Complete(response) => {
+                    Some((replay_as_stream(response), served.tag.served_by))
+                }
+                Answer::Refused { status, body, .. } => {
+                    head.extend(writer.fail(&refusal_message(status, &body)));
+                    None
+                }
+            }
+        }
+        Err(error) => {
+            account_error(gateway, &error, protocol);
+            head.extend(writer.fail(&error.to_string()));
+            None
+        }
+    };
+    let head = stream::iter(head);
+    match events {
+        Some((events, served_by)) => {
+            Box::pin(head.chain(sse_chunks(events, writer, served_by, gateway, span.clone())))
+        }
+        None => Box::pin(head),
+    }
 }
 
 fn keepalive_comment() -> Bytes {

@@ -225,6 +225,35 @@ async fn a_primary_that_answers_first_wins_and_the_hedge_is_cancelled() {
 }
 
 #[tokio::test]
+async fn a_retry_that_hangs_after_a_broken_first_attempt_is_still_hedged() {
+    // The first attempt sends content and breaks (retried: `network`); the retry hangs.
+    // Content from the broken attempt must not stop the hedge.
+    let (primary, fallback) = (mock("primary").await, mock("fallback").await);
+    primary.set_faults(vec![
+        FaultRule::times(1, Fault::FailAfter { chunks: 3 }),
+        FaultRule::always(Fault::Hang),
+    ]);
+    let gateway = gateway(
+        "openai",
+        "hedge_after = \"200ms\"\nhedge_max_share = 1.0",
+        &primary,
+        &fallback,
+    )
+    .await;
+    let reply = gateway.openai(openai_chat("chat", "one two three four")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.served_by(), "provider:fallback/small");
+    assert_eq!(
+        attempts(&reply),
+        json!([
+            {"target": "primary/big", "outcome": "network"},
+            {"target": "primary/big", "outcome": "hedge_cancelled"},
+            {"target": "fallback/small", "outcome": "ok", "hedge": true},
+        ])
+    );
+}
+
+#[tokio::test]
 async fn a_primary_that_answers_before_hedge_after_is_never_hedged() {
     let (primary, fallback) = (mock("primary").await, mock("fallback").await);
     let gateway = gateway(

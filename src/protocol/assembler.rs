@@ -57,6 +57,11 @@ impl Assembler {
         }
     }
 
+    /// True once the stream said how it finished.
+    pub fn has_stop_reason(&self) -> bool {
+        self.stop_reason.is_some()
+    }
+
     /// The answer, when the stream said how it finished.
     pub fn finish(self) -> Option<ChatResponse> {
         if self.broken {

@@ -94,6 +94,12 @@ impl FirstContent {
     fn mark(&self) {
         self.0.store(true, Ordering::Relaxed);
     }
+
+    /// A new attempt starts with nothing arrived: content from an earlier attempt that
+    /// then broke says nothing about this one.
+    fn reset(&self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
 }
 
 /// True for the failure labels of a target that did not answer in time (as opposed to
@@ -167,6 +173,7 @@ pub async fn attempt(
     commit_deadline: Instant,
     first_content: &FirstContent,
 ) -> Result<UpstreamAnswer, AttemptFailure> {
+    first_content.reset();
     let timeouts = provider.config.timeouts;
     let started = Instant::now();
     let total = (started + timeouts.total, "timeout_total");
@@ -353,10 +360,18 @@ async fn assemble(
         Ok(Err(failure)) => return Err(failure),
         Ok(Ok(())) => {}
     }
+    // The stream ended as a finished stream does (a finish reason or `[DONE]`): one
+    // that sent `[DONE]` without a finish reason ended its turn, as streaming clients
+    // are told too.
+    if !assembler.has_stop_reason() {
+        assembler.push(&StreamEvent::Finish {
+            stop_reason: crate::protocol::StopReason::EndTurn,
+        });
+    }
     let mut response = assembler.finish().ok_or_else(|| {
         AttemptFailure::transport(
             "malformed",
-            "the stream ended without saying how the answer finished",
+            "the stream sent arguments for a tool call it never started",
         )
     })?;
     if response.model.is_empty() {

@@ -332,32 +332,10 @@ impl<'a> Walker<'a> {
                     }
                     TargetResult::GaveUp => continue,
                     TargetResult::ContextTooLong { .. } if !context_fallback_used => {
-                        let Some(fallback) = &self.route.context_window_fallback else {
-                            return Walked::refused(result, target, depth)
-                                .unwrap_or(Walked::Exhausted);
-                        };
                         context_fallback_used = true;
-                        let Some(probe) = self.admit(fallback, hedge) else {
-                            continue;
-                        };
-                        let first_content = FirstContent::default();
-                        let depth = chain.len();
-                        match self
-                            .try_target(fallback, probe, hedge, &first_content)
-                            .await
-                        {
-                            TargetResult::Answered(answer) => {
-                                return Walked::Answered {
-                                    answer,
-                                    target: fallback,
-                                    depth,
-                                };
-                            }
-                            TargetResult::GaveUp => continue,
-                            refused => {
-                                return Walked::refused(refused, fallback, depth)
-                                    .unwrap_or(Walked::Exhausted);
-                            }
+                        match self.context_fallback(result, target, depth, hedge).await {
+                            Some(walked) => return walked,
+                            None => continue,
                         }
                     }
                     refused => {
@@ -368,6 +346,36 @@ impl<'a> Walker<'a> {
             }
             Walked::Exhausted
         })
+    }
+
+    /// After `target` (at `depth`) said the prompt is too long: the route's
+    /// context-window fallback, or the target's own error when there is none. None when
+    /// the fallback was skipped or failed, and the walk goes on.
+    async fn context_fallback(
+        &self,
+        too_long: TargetResult,
+        target: &'a Target,
+        depth: usize,
+        hedge: bool,
+    ) -> Option<Walked<'a>> {
+        let Some(fallback) = &self.route.context_window_fallback else {
+            return Some(Walked::refused(too_long, target, depth).unwrap_or(Walked::Exhausted));
+        };
+        let probe = self.admit(fallback, hedge)?;
+        let first_content = FirstContent::default();
+        let depth = self.route.chain.len();
+        match self
+            .try_target(fallback, probe, hedge, &first_content)
+            .await
+        {
+            TargetResult::Answered(answer) => Some(Walked::Answered {
+                answer,
+                target: fallback,
+                depth,
+            }),
+            TargetResult::GaveUp => None,
+            refused => Some(Walked::refused(refused, fallback, depth).unwrap_or(Walked::Exhausted)),
+        }
     }
 
     /// Whether `target` may be called now: `Some(None)` to call it, `Some(Some(ticket))`
@@ -419,7 +427,7 @@ impl<'a> Walker<'a> {
                 }
                 failed => {
                     let walked = rest.await;
-                    Hedged::Done(self.hedge_decided(walked, failed, target, depth))
+                    Hedged::Done(self.hedge_decided(walked, failed, target, depth).await)
                 }
             },
             walked = &mut rest => match walked {
@@ -435,7 +443,7 @@ impl<'a> Walker<'a> {
                             self.count_hedge("lost");
                             Hedged::Done(Walked::Answered { answer, target, depth })
                         }
-                        failed => Hedged::Done(self.hedge_decided(walked, failed, target, depth)),
+                        failed => Hedged::Done(self.hedge_decided(walked, failed, target, depth).await),
                     }
                 }
             },
@@ -443,21 +451,26 @@ impl<'a> Walker<'a> {
     }
 
     /// The end of a hedged step whose hedged target failed: the hedge's walk decides, and
-    /// when it found nothing either, the target's own refusal (if any) is the answer.
-    fn hedge_decided(
+    /// when it found nothing either, the target's own outcome: a context-length error
+    /// still goes to the context-window fallback, a refusal is the answer.
+    async fn hedge_decided(
         &self,
         walked: Walked<'a>,
         failed: TargetResult,
         target: &'a Target,
         depth: usize,
     ) -> Walked<'a> {
-        match walked {
-            Walked::Answered { .. } => {
+        match (walked, failed) {
+            (walked @ Walked::Answered { .. }, _) => {
                 self.count_hedge("won");
                 walked
             }
-            Walked::Refused { .. } => walked,
-            Walked::Exhausted => {
+            (walked @ Walked::Refused { .. }, _) => walked,
+            (Walked::Exhausted, too_long @ TargetResult::ContextTooLong { .. }) => self
+                .context_fallback(too_long, target, depth, false)
+                .await
+                .unwrap_or(Walked::Exhausted),
+            (Walked::Exhausted, failed) => {
                 Walked::refused(failed, target, depth).unwrap_or(Walked::Exhausted)
             }
         }

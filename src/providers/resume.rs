@@ -7,7 +7,8 @@
 //! OpenAI dialects get it as a final assistant message, the closest faithful form the
 //! Chat Completions API has (most models continue it, none is bound to). Trailing
 //! whitespace is left out of the prefill (Anthropic refuses it) and taken off the
-//! continuation's start instead.
+//! continuation's start instead. The usage the client is told adds the continuation's
+//! output to what came before; the input stays the original request's.
 //!
 //! Not resumed: streams that carried tool calls, answers past [`MAX_RESUMED_TEXT`],
 //! streams that already said how they finished, and breaks with no target left. Those
@@ -23,7 +24,9 @@ use tokio::time::Instant;
 use super::chain::{self, ChainOutcome};
 use super::{Route, UpstreamAnswer};
 use crate::metrics::Metrics;
-use crate::protocol::{ChatRequest, EventStream, Message, Part, Role, StreamEvent, StreamFailure};
+use crate::protocol::{
+    ChatRequest, EventStream, Message, Part, Role, StreamEvent, StreamFailure, Usage,
+};
 
 /// Answers longer than this are not resumed: the continuation would cost as much as a
 /// new answer, and the prefill could crowd the context window.
@@ -48,8 +51,13 @@ struct Resuming {
     sent_text: String,
     carried_tools: bool,
     finished: bool,
-    /// Whitespace cut off the prefill, to cut off the continuation's first text too.
-    pending_trim: Option<String>,
+    /// Whitespace cut off the prefill, still to be cut off the continuation's text.
+    pending_trim: String,
+    /// The last usage the client was told, as this stream counts it.
+    last_usage: Option<Usage>,
+    /// The usage before the latest splice: its output adds to the continuation's, and
+    /// its input stands (the continuation's input counts the prefill again).
+    carried_usage: Option<Usage>,
     /// True from a splice until the continuation's first content: its opening is dropped.
     skipping_opening: bool,
     done: bool,
@@ -63,7 +71,9 @@ pub fn resumable(events: EventStream, plan: ResumePlan) -> EventStream {
         sent_text: String::new(),
         carried_tools: false,
         finished: false,
-        pending_trim: None,
+        pending_trim: String::new(),
+        last_usage: None,
+        carried_usage: None,
         skipping_opening: false,
         done: false,
     };
@@ -111,21 +121,20 @@ impl Resuming {
                 self.skipping_opening = false;
             }
         }
-        let event = match (event, self.pending_trim.take()) {
-            (StreamEvent::TextDelta(text), Some(trim)) => {
-                let text = text
-                    .strip_prefix(trim.as_str())
-                    .unwrap_or(&text)
-                    .to_string();
+        let event = match event {
+            StreamEvent::TextDelta(text) => {
+                let text = take_trimmed(&mut self.pending_trim, text);
                 if text.is_empty() {
                     return None;
                 }
                 StreamEvent::TextDelta(text)
             }
-            (event, trim) => {
-                self.pending_trim = trim;
-                event
+            StreamEvent::Usage(usage) => {
+                let usage = self.add_carried(usage);
+                self.last_usage = Some(usage);
+                StreamEvent::Usage(usage)
             }
+            event => event,
         };
         match &event {
             StreamEvent::TextDelta(text) => self.sent_text.push_str(text),
@@ -136,6 +145,18 @@ impl Resuming {
             _ => {}
         }
         Some(event)
+    }
+
+    /// A continuation's usage counted for the whole answer.
+    fn add_carried(&self, usage: Usage) -> Usage {
+        let Some(carried) = self.carried_usage else {
+            return usage;
+        };
+        Usage {
+            input_tokens: carried.input_tokens,
+            output_tokens: carried.output_tokens + usage.output_tokens,
+            cached_input_tokens: carried.cached_input_tokens,
+        }
     }
 
     /// Why this break is not resumed, if it is not.
@@ -200,10 +221,58 @@ impl Resuming {
         self.plan.target = target.clone();
         self.plan.depth = depth;
         self.skipping_opening = true;
-        self.pending_trim = (!trimmed.is_empty()).then_some(trimmed);
+        self.pending_trim = trimmed;
+        self.carried_usage = self.last_usage;
         Some(StreamEvent::Resumed {
             from: broken,
             to: target,
         })
+    }
+}
+
+/// `text` with what it shares of `pending` (the whitespace the prefill left out) taken
+/// off its start, `pending` keeping what later deltas must still lose. Text that differs
+/// from it ends the trimming.
+fn take_trimmed(pending: &mut String, text: String) -> String {
+    if pending.is_empty() {
+        return text;
+    }
+    let shared = pending
+        .char_indices()
+        .zip(text.chars())
+        .take_while(|((_, wanted), got)| wanted == got)
+        .last()
+        .map_or(0, |((index, wanted), _)| index + wanted.len_utf8());
+    let rest = text[shared..].to_string();
+    *pending = if rest.is_empty() {
+        pending[shared..].to_string()
+    } else {
+        String::new()
+    };
+    rest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::take_trimmed;
+
+    #[test]
+    fn trimmed_whitespace_is_taken_off_across_deltas() {
+        let mut pending = "\n\n".to_string();
+        assert_eq!(take_trimmed(&mut pending, "\n".to_string()), "");
+        assert_eq!(take_trimmed(&mut pending, "\nfoo".to_string()), "foo");
+        assert_eq!(take_trimmed(&mut pending, "\nbar".to_string()), "\nbar");
+    }
+
+    #[test]
+    fn a_continuation_that_skips_the_whitespace_is_kept_whole() {
+        let mut pending = " ".to_string();
+        assert_eq!(take_trimmed(&mut pending, "answers".to_string()), "answers");
+        assert!(pending.is_empty());
+        let mut pending = " ".to_string();
+        assert_eq!(
+            take_trimmed(&mut pending, " answers".to_string()),
+            "answers"
+        );
     }
 }
