@@ -240,7 +240,9 @@ async fn a_retry_that_hangs_after_a_broken_first_attempt_is_still_hedged() {
         &fallback,
     )
     .await;
-    let reply = gateway.openai(openai_chat("chat", "one two three four")).await;
+    let reply = gateway
+        .openai(openai_chat("chat", "one two three four"))
+        .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(reply.served_by(), "provider:fallback/small");
     assert_eq!(
