@@ -17,9 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use qdrant_edge::{
-    CreateIndex, Distance, EdgeConfig, EdgeShard, EdgeVectorParams, FieldIndexOperations, Filter,
-    NamedQuery, Payload, PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations,
-    PointOperations, PointStruct, QueryEnum, SearchRequest, UpdateOperation, WithPayloadInterface,
+    CountRequest, CreateIndex, Distance, EdgeConfig, EdgeShard, EdgeVectorParams,
+    FieldIndexOperations, Filter, NamedQuery, Payload, PayloadFieldSchema, PayloadSchemaType,
+    PointId, PointInsertOperations, PointOperations, PointStruct, QueryEnum, SearchRequest,
+    UpdateOperation, WithPayloadInterface,
 };
 use serde_json::{Value, json};
 
@@ -321,8 +322,22 @@ impl VectorStore for EdgeStore {
     }
 
     fn delete_expired(&self, now: u64) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.change(move |shard| {
+        let exclusive = self.exclusive.clone();
+        let changes = self.changes.clone();
+        self.blocking(move |shard| {
             let filter = filter(json!({"must": [{"key": EXPIRY_FIELD, "range": {"lte": now}}]}))?;
+            let _guard = hold(&exclusive);
+            // Most runs find nothing expired: they neither write nor need a flush.
+            let expired = shard
+                .count(CountRequest {
+                    filter: Some(filter.clone()),
+                    exact: true,
+                })
+                .map_err(backend)?;
+            if expired == 0 {
+                return Ok(());
+            }
+            changes.made.fetch_add(1, Ordering::SeqCst);
             shard
                 .update(UpdateOperation::PointOperation(
                     PointOperations::DeletePointsByFilter(filter),
