@@ -391,3 +391,77 @@ impl VectorStore for EdgeStore {
         self.changes.unflushed()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::entry::{StoredAnswer, StoredPart, StoredStopReason};
+
+    fn point(id: u64) -> StoredPoint {
+        StoredPoint {
+            id,
+            vector: super::super::placeholder_vector(4),
+            entry: StoredEntry {
+                key: format!("{id:064x}"),
+                context: "c".into(),
+                tenant: "t".into(),
+                namespace: String::new(),
+                route: "chat".into(),
+                semantic: false,
+                question: "q".into(),
+                answer: StoredAnswer {
+                    id: "a".into(),
+                    model: "m".into(),
+                    content: vec![StoredPart::Text { text: "x".into() }],
+                    stop_reason: StoredStopReason::EndTurn,
+                    input_tokens: 1,
+                    output_tokens: 1,
+                },
+                served_by: "provider:up/m".into(),
+                created_at: 1,
+                fresh_until: u64::MAX / 4,
+                stale_until: u64::MAX / 4,
+            },
+        }
+    }
+
+    /// Copy a folder as it is on disk now, as a crash would leave it.
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for item in std::fs::read_dir(from).unwrap() {
+            let item = item.unwrap();
+            let target = to.join(item.file_name());
+            if item.file_type().unwrap().is_dir() {
+                copy_dir(&item.path(), &target);
+            } else {
+                std::fs::copy(item.path(), target).unwrap();
+            }
+        }
+    }
+
+    /// A crash leaves the folder as it is while the store is open (qdrant-edge flushes
+    /// on drop, and locks its write-ahead log while open): what was flushed comes back
+    /// from a copy, and qdrant-edge does not replay the rest from its write-ahead log,
+    /// which is why the cache flushes on an interval.
+    #[tokio::test]
+    async fn only_flushed_writes_survive_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EdgeStore::open(dir.path(), 4).unwrap();
+        store.upsert(vec![point(1)]).await.unwrap();
+        assert!(store.unflushed_changes() > 0);
+        store.flush().await.unwrap();
+        assert_eq!(store.unflushed_changes(), 0);
+        // Nothing expired: no change, nothing to flush.
+        store.delete_expired(2).await.unwrap();
+        assert_eq!(store.unflushed_changes(), 0);
+        store.upsert(vec![point(2)]).await.unwrap();
+        assert_eq!(store.unflushed_changes(), 1);
+        let crashed = tempfile::tempdir().unwrap();
+        copy_dir(dir.path(), crashed.path());
+        drop(store);
+
+        let reopened = EdgeStore::open(crashed.path(), 4).unwrap();
+        assert!(reopened.get(1).await.unwrap().is_some());
+        assert!(reopened.get(2).await.unwrap().is_none());
+    }
+}
