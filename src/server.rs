@@ -303,9 +303,24 @@ async fn load_canned(gateway: &Arc<Gateway>) -> Result<(), StartupError> {
     if let Err(source) = std::fs::read_dir(&dir) {
         return Err(StartupError::CannedDir { dir, source });
     }
-    let canned = gateway.canned.clone();
-    // Embedding examples is CPU work: off the runtime, as on every reload.
-    if let Err(error) = tokio::task::spawn_blocking(move || canned.reload_blocking()).await {
+    let set = gateway.canned.clone();
+    // Sweeping and embedding examples block: off the runtime, as on every reload.
+    let loaded = tokio::task::spawn_blocking(move || {
+        match canned::files::sweep_leftovers(set.dir()) {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(
+                dir = %set.dir().display(),
+                removed,
+                "canned: removed temporary files left by interrupted writes"
+            ),
+            Err(error) => tracing::warn!(
+                dir = %set.dir().display(),
+                "canned: cannot sweep temporary files left by interrupted writes: {error}"
+            ),
+        }
+        set.reload_blocking();
+    });
+    if let Err(error) = loaded.await {
         tracing::error!(%error, "canned: the first load panicked; no canned answers serve");
     }
     let snapshot = gateway.canned.snapshot();

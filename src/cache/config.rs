@@ -36,6 +36,11 @@ pub struct CacheConfig {
     /// How often expired entries are deleted from the store and its index optimised.
     #[serde(default = "default_maintenance_interval", with = "humantime_serde")]
     pub maintenance_interval: Duration,
+    /// How often the embedded store's new writes are flushed to disk. An answer stored
+    /// longer ago than this survives a crash (`kill -9`, power aside); newer ones may be
+    /// lost. Shorter costs more disk syncs while answers are being stored.
+    #[serde(default = "default_flush_interval", with = "humantime_serde")]
+    pub flush_interval: Duration,
     #[serde(default)]
     pub semantic: SemanticConfig,
     #[serde(default)]
@@ -53,6 +58,7 @@ impl Default for CacheConfig {
             memory: default_memory(),
             max_entry: default_max_entry(),
             maintenance_interval: default_maintenance_interval(),
+            flush_interval: default_flush_interval(),
             semantic: SemanticConfig::default(),
             store: StoreConfig::default(),
         }
@@ -162,6 +168,7 @@ impl CacheConfig {
             ("fallback_ttl", self.fallback_ttl),
             ("max_ttl", self.max_ttl),
             ("maintenance_interval", self.maintenance_interval),
+            ("flush_interval", self.flush_interval),
         ] {
             if value.is_zero() {
                 problems.push(format!(
@@ -254,6 +261,9 @@ fn default_max_entry() -> ByteSize {
 }
 fn default_maintenance_interval() -> Duration {
     Duration::from_secs(60)
+}
+fn default_flush_interval() -> Duration {
+    Duration::from_secs(1)
 }
 fn default_threshold() -> f32 {
     0.85

@@ -283,9 +283,10 @@ impl Cache {
             purges: AtomicU64::new(0),
         });
         let writer = tokio::spawn(write_loop(cache.clone(), queue, stopped.clone()));
-        let maintenance = tokio::spawn(maintenance_loop(cache.clone(), stopped));
+        let maintenance = tokio::spawn(maintenance_loop(cache.clone(), stopped.clone()));
+        let flusher = tokio::spawn(flush_loop(cache.clone(), stopped));
         if let Ok(mut tasks) = cache.tasks.lock() {
-            tasks.extend([writer, maintenance]);
+            tasks.extend([writer, maintenance, flusher]);
         }
         Ok(cache)
     }
@@ -629,6 +630,8 @@ impl Cache {
             "enabled": true,
             "store": self.store.kind(),
             "entries": entries,
+            // Stored but not yet on disk: a crash now would lose them.
+            "unflushed_changes": self.store.unflushed_changes(),
             "memory": {
                 "entries": self.memory.entry_count(),
                 "bytes": self.memory.weighted_size(),
@@ -672,8 +675,8 @@ impl Cache {
             Err(_) => Vec::new(),
         };
         for task in tasks {
-            // The writer stores what is queued, then stops; maintenance stops between
-            // runs. A stuck store must not hold the shutdown for long.
+            // The writer stores what is queued, then stops; maintenance and the flusher
+            // stop between runs. A stuck store must not hold the shutdown for long.
             let abort = task.abort_handle();
             if tokio::time::timeout(Duration::from_secs(10), task)
                 .await
@@ -801,6 +804,27 @@ async fn maintenance_loop(cache: Arc<Cache>, mut stopped: watch::Receiver<bool>)
                 .cache_entries
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
+    }
+}
+
+/// Every `flush_interval`: make the store's new writes durable, so a crash loses at most
+/// the answers stored within the last interval (shutdown flushes the rest).
+async fn flush_loop(cache: Arc<Cache>, mut stopped: watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(cache.config.flush_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stopped.wait_for(|stop| *stop) => return,
+        }
+        if cache.store.unflushed_changes() == 0 {
+            continue;
+        }
+        let started = Instant::now();
+        if let Err(error) = cache.store.flush().await {
+            tracing::warn!("cache: flushing the store failed: {error}");
+        }
+        cache.observe_store("flush", started);
     }
 }
 

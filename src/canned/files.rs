@@ -6,7 +6,8 @@
 //! file is reported and skipped; its last good version keeps serving. Writes go to a
 //! temporary file in the same folder, are flushed to disk, renamed over the target and
 //! the folder is flushed too, so a reader (airbag's reload, git, an editor) sees the old
-//! file or the new one, never half of one. This module does no matching.
+//! file or the new one, never half of one; the temporary files of writes a crash cut
+//! short are swept at start-up. This module does no matching.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -39,6 +40,67 @@ pub fn file_name(id: &str) -> String {
 /// Files a reload considers: `*.toml`, not hidden (temporary files start with a dot).
 fn is_entry_file(name: &str) -> bool {
     name.ends_with(".toml") && !name.starts_with('.')
+}
+
+/// Characters of random suffix in a temporary file's name.
+const TEMPORARY_SUFFIX_CHARS: usize = 12;
+
+/// The temporary file [`write_atomic`] writes before renaming it to `name`:
+/// `.<name>.<random suffix>.tmp`.
+fn temporary_name(name: &str) -> String {
+    let suffix: String = crate::protocol::random_id("")
+        .chars()
+        .take(TEMPORARY_SUFFIX_CHARS)
+        .collect();
+    format!(".{name}.{suffix}.tmp")
+}
+
+/// Whether `name` is a temporary file [`write_atomic`] could have written: exactly the
+/// shape of [`temporary_name`] over a valid `<id>.toml`, nothing looser, so a sweep
+/// never removes a file someone else put in the folder.
+fn is_temporary_name(name: &str) -> bool {
+    let Some(inner) = name
+        .strip_prefix('.')
+        .and_then(|rest| rest.strip_suffix(".tmp"))
+    else {
+        return false;
+    };
+    let Some((target, suffix)) = inner.rsplit_once('.') else {
+        return false;
+    };
+    let Some(id) = target.strip_suffix(".toml") else {
+        return false;
+    };
+    suffix.len() == TEMPORARY_SUFFIX_CHARS
+        && suffix.chars().all(|c| c.is_ascii_alphanumeric())
+        && check_id(id).is_ok()
+}
+
+/// Remove the temporary files of writes a crash interrupted (`kill -9` between the
+/// temporary file and its rename leaves one for good). Only names [`write_atomic`]
+/// writes are removed, and only at start-up, before this process writes any. Returns
+/// how many were removed; a file that cannot be removed is reported and left.
+pub fn sweep_leftovers(dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    for item in fs::read_dir(dir)? {
+        let item = item?;
+        let Some(name) = item.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if !is_temporary_name(&name) || !item.file_type().is_ok_and(|kind| kind.is_file()) {
+            continue;
+        }
+        match fs::remove_file(item.path()) {
+            Ok(()) => removed += 1,
+            Err(error) => {
+                tracing::warn!(file = %name, "canned: cannot remove a leftover temporary file: {error}");
+            }
+        }
+    }
+    if removed > 0 {
+        sync_dir(dir)?;
+    }
+    Ok(removed)
 }
 
 impl CannedSet {
@@ -244,13 +306,7 @@ pub fn read_current(dir: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {
 /// rename, fsync of the folder. On failure the old file is untouched and the temporary
 /// file is removed.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    let temporary = dir.join(format!(
-        ".{name}.{}.tmp",
-        crate::protocol::random_id("")
-            .chars()
-            .take(12)
-            .collect::<String>()
-    ));
+    let temporary = dir.join(temporary_name(name));
     let written = (|| {
         let mut file = OpenOptions::new()
             .write(true)
@@ -378,6 +434,28 @@ mod tests {
         fs::remove_file(&path).unwrap();
         set.reload_blocking();
         assert!(set.snapshot().get("busy").is_none());
+    }
+
+    #[test]
+    fn only_the_temporary_names_of_atomic_writes_count_as_leftovers() {
+        let written = temporary_name("refund.toml");
+        assert!(is_temporary_name(&written), "{written}");
+        assert!(is_temporary_name(".refund-2.toml.AbC123xyz789.tmp"));
+        for name in [
+            "refund.toml",
+            ".refund.toml",
+            "refund.toml.AbC123xyz789.tmp",
+            ".refund.toml.AbC123xyz78.tmp",
+            ".refund.toml.AbC123xyz7890.tmp",
+            ".refund.toml.AbC123-yz789.tmp",
+            ".Refund.toml.AbC123xyz789.tmp",
+            ".refund.txt.AbC123xyz789.tmp",
+            ".toml.AbC123xyz789.tmp",
+            ".notes.AbC123xyz789.tmp",
+            ".swap.tmp",
+        ] {
+            assert!(!is_temporary_name(name), "{name}");
+        }
     }
 
     struct FakeEmbedder;

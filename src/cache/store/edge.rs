@@ -3,6 +3,12 @@
 //! Every qdrant-edge call blocks (disk, locks), so each runs on `spawn_blocking`. The
 //! HNSW index is built by `maintain`, from the cache's maintenance task, never on the
 //! request path: until then a search scans the (payload-filtered) points.
+//!
+//! Durability: qdrant-edge appends every update to its write-ahead log, but
+//! `EdgeShard::load` never replays that log; it only loads the segments, and segments
+//! reach the disk only when the shard is flushed. So a write is durable once `flush`
+//! ran after it, which the cache does every `cache.flush_interval`; a crash loses at
+//! most the writes of the last interval.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,9 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use qdrant_edge::{
-    CreateIndex, Distance, EdgeConfig, EdgeShard, EdgeVectorParams, FieldIndexOperations, Filter,
-    NamedQuery, Payload, PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations,
-    PointOperations, PointStruct, QueryEnum, SearchRequest, UpdateOperation, WithPayloadInterface,
+    CountRequest, CreateIndex, Distance, EdgeConfig, EdgeShard, EdgeVectorParams,
+    FieldIndexOperations, Filter, NamedQuery, Payload, PayloadFieldSchema, PayloadSchemaType,
+    PointId, PointInsertOperations, PointOperations, PointStruct, QueryEnum, SearchRequest,
+    UpdateOperation, WithPayloadInterface,
 };
 use serde_json::{Value, json};
 
@@ -35,6 +42,29 @@ pub struct EdgeStore {
     /// Held by every call that changes the shard and by flush: qdrant-edge's flush
     /// panics when it meets an update holding the write-ahead log.
     exclusive: Arc<std::sync::Mutex<()>>,
+    /// Held by an index build and by flush, taken before `exclusive`: the build swaps
+    /// segments in under the segment holder's write lock, and qdrant-edge's flush panics
+    /// when it cannot take that lock for reading at once.
+    builds: Arc<std::sync::Mutex<()>>,
+    /// Changes made to the shard (counted under `exclusive`, before each one is applied)
+    /// and how many of them the last flush made durable; `flush` skips an unchanged
+    /// shard, and the difference is what a crash now would lose.
+    changes: Arc<ChangeCount>,
+}
+
+/// The store's changes and how many of them are on disk.
+#[derive(Debug, Default)]
+struct ChangeCount {
+    made: AtomicU64,
+    flushed: AtomicU64,
+}
+
+impl ChangeCount {
+    fn unflushed(&self) -> u64 {
+        self.made
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.flushed.load(Ordering::SeqCst))
+    }
 }
 
 /// A start-up problem with the embedded store; it names the folder.
@@ -88,10 +118,12 @@ impl EdgeStore {
                 (BOOL_FIELD, PayloadSchemaType::Bool),
                 (EXPIRY_FIELD, PayloadSchemaType::Integer),
             ]);
+        let mut created = 0;
         for (field, schema) in wanted {
             if indexed.keys().any(|key| key.to_string() == field) {
                 continue;
             }
+            created += 1;
             let field_name = field
                 .parse()
                 .map_err(|_| fail(format!("bad payload field name {field}")))?;
@@ -113,6 +145,12 @@ impl EdgeStore {
                 0
             })),
             exclusive: Arc::new(std::sync::Mutex::new(())),
+            builds: Arc::new(std::sync::Mutex::new(())),
+            // New payload indexes are changes too: the first flush writes them down.
+            changes: Arc::new(ChangeCount {
+                made: AtomicU64::new(created),
+                flushed: AtomicU64::new(0),
+            }),
         })
     }
 
@@ -131,21 +169,38 @@ impl EdgeStore {
         .boxed()
     }
 
-    /// [`Self::blocking`] for calls that change the shard or flush it: a flush never
-    /// runs beside an update.
-    fn exclusive<T: Send + 'static>(
+    /// [`Self::blocking`] for calls that change the shard: a flush never runs beside
+    /// an update. The change is counted before it is applied, so a flush that starts
+    /// after it returned covers it.
+    fn change<T: Send + 'static>(
         &self,
         call: impl FnOnce(&EdgeShard) -> Result<T, StoreError> + Send + 'static,
     ) -> BoxFuture<'static, Result<T, StoreError>> {
         let exclusive = self.exclusive.clone();
+        let changes = self.changes.clone();
         self.blocking(move |shard| {
-            // A poisoned lock only means an earlier call panicked; the shard is still usable.
-            let _guard = exclusive
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let _guard = hold(&exclusive);
+            changes.made.fetch_add(1, Ordering::SeqCst);
             call(shard)
         })
     }
+}
+
+/// Take one of the store's locks. A poisoned lock only means an earlier call panicked;
+/// the shard is still usable.
+fn hold(lock: &std::sync::Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
+    lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Flush the shard unless nothing changed since the last flush. The caller holds
+/// `builds` and `exclusive` (in that order), so no update or index build runs beside it.
+fn flush_changes(shard: &EdgeShard, changes: &ChangeCount) {
+    let made = changes.made.load(Ordering::SeqCst);
+    if made == changes.flushed.load(Ordering::SeqCst) {
+        return;
+    }
+    shard.flush();
+    changes.flushed.store(made, Ordering::SeqCst);
 }
 
 impl Drop for EdgeStore {
@@ -186,7 +241,7 @@ impl VectorStore for EdgeStore {
     fn upsert(&self, points: Vec<StoredPoint>) -> BoxFuture<'_, Result<(), StoreError>> {
         let count = points.len() as u64;
         let writes = self.writes_since_optimize.clone();
-        self.exclusive(move |shard| {
+        self.change(move |shard| {
             let mut persisted = Vec::with_capacity(points.len());
             for point in points {
                 let payload = serde_json::to_value(&point.entry).map_err(backend)?;
@@ -251,7 +306,7 @@ impl VectorStore for EdgeStore {
     }
 
     fn purge(&self, purge: Purge) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.exclusive(move |shard| {
+        self.change(move |shard| {
             let must: Vec<Value> = purge
                 .fields()
                 .into_iter()
@@ -267,8 +322,22 @@ impl VectorStore for EdgeStore {
     }
 
     fn delete_expired(&self, now: u64) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.exclusive(move |shard| {
+        let exclusive = self.exclusive.clone();
+        let changes = self.changes.clone();
+        self.blocking(move |shard| {
             let filter = filter(json!({"must": [{"key": EXPIRY_FIELD, "range": {"lte": now}}]}))?;
+            let _guard = hold(&exclusive);
+            // Most runs find nothing expired: they neither write nor need a flush.
+            let expired = shard
+                .count(CountRequest {
+                    filter: Some(filter.clone()),
+                    exact: true,
+                })
+                .map_err(backend)?;
+            if expired == 0 {
+                return Ok(());
+            }
+            changes.made.fetch_add(1, Ordering::SeqCst);
             shard
                 .update(UpdateOperation::PointOperation(
                     PointOperations::DeletePointsByFilter(filter),
@@ -284,26 +353,115 @@ impl VectorStore for EdgeStore {
     fn maintain(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         let writes = self.writes_since_optimize.clone();
         let exclusive = self.exclusive.clone();
+        let builds = self.builds.clone();
+        let changes = self.changes.clone();
         // The index build runs beside searches and updates (qdrant-edge swaps segments
-        // in when done); only the flush after it must not meet an update.
+        // in when done); only a flush must not meet it, and the flush after it must not
+        // meet an update either.
         self.blocking(move |shard| {
             if writes.load(Ordering::Relaxed) < OPTIMIZE_AFTER_WRITES {
                 return Ok(());
             }
             writes.store(0, Ordering::Relaxed);
+            let _build = hold(&builds);
             shard.optimize().map_err(backend)?;
-            let _guard = exclusive
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let _guard = hold(&exclusive);
+            // The build rewrote segments: flush them even if no point changed.
             shard.flush();
+            changes
+                .flushed
+                .store(changes.made.load(Ordering::SeqCst), Ordering::SeqCst);
             Ok(())
         })
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.exclusive(|shard| {
-            shard.flush();
+        let exclusive = self.exclusive.clone();
+        let builds = self.builds.clone();
+        let changes = self.changes.clone();
+        self.blocking(move |shard| {
+            let _build = hold(&builds);
+            let _guard = hold(&exclusive);
+            flush_changes(shard, &changes);
             Ok(())
         })
+    }
+
+    fn unflushed_changes(&self) -> u64 {
+        self.changes.unflushed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::entry::{StoredAnswer, StoredPart, StoredStopReason};
+
+    fn point(id: u64) -> StoredPoint {
+        StoredPoint {
+            id,
+            vector: super::super::placeholder_vector(4),
+            entry: StoredEntry {
+                key: format!("{id:064x}"),
+                context: "c".into(),
+                tenant: "t".into(),
+                namespace: String::new(),
+                route: "chat".into(),
+                semantic: false,
+                question: "q".into(),
+                answer: StoredAnswer {
+                    id: "a".into(),
+                    model: "m".into(),
+                    content: vec![StoredPart::Text { text: "x".into() }],
+                    stop_reason: StoredStopReason::EndTurn,
+                    input_tokens: 1,
+                    output_tokens: 1,
+                },
+                served_by: "provider:up/m".into(),
+                created_at: 1,
+                fresh_until: u64::MAX / 4,
+                stale_until: u64::MAX / 4,
+            },
+        }
+    }
+
+    /// Copy a folder as it is on disk now, as a crash would leave it.
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for item in std::fs::read_dir(from).unwrap() {
+            let item = item.unwrap();
+            let target = to.join(item.file_name());
+            if item.file_type().unwrap().is_dir() {
+                copy_dir(&item.path(), &target);
+            } else {
+                std::fs::copy(item.path(), target).unwrap();
+            }
+        }
+    }
+
+    /// A crash leaves the folder as it is while the store is open (qdrant-edge flushes
+    /// on drop, and locks its write-ahead log while open): what was flushed comes back
+    /// from a copy, and qdrant-edge does not replay the rest from its write-ahead log,
+    /// which is why the cache flushes on an interval.
+    #[tokio::test]
+    async fn only_flushed_writes_survive_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EdgeStore::open(dir.path(), 4).unwrap();
+        store.upsert(vec![point(1)]).await.unwrap();
+        assert!(store.unflushed_changes() > 0);
+        store.flush().await.unwrap();
+        assert_eq!(store.unflushed_changes(), 0);
+        // Nothing expired: no change, nothing to flush.
+        store.delete_expired(2).await.unwrap();
+        assert_eq!(store.unflushed_changes(), 0);
+        store.upsert(vec![point(2)]).await.unwrap();
+        assert_eq!(store.unflushed_changes(), 1);
+        let crashed = tempfile::tempdir().unwrap();
+        copy_dir(dir.path(), crashed.path());
+        drop(store);
+
+        let reopened = EdgeStore::open(crashed.path(), 4).unwrap();
+        assert!(reopened.get(1).await.unwrap().is_some());
+        assert!(reopened.get(2).await.unwrap().is_none());
     }
 }

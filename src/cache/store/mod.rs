@@ -91,8 +91,14 @@ pub trait VectorStore: Send + Sync {
     fn count(&self) -> BoxFuture<'_, Result<u64, StoreError>>;
     /// Housekeeping between requests: the embedded store builds its HNSW index here.
     fn maintain(&self) -> BoxFuture<'_, Result<(), StoreError>>;
-    /// Make every write durable (shutdown).
+    /// Make every acknowledged write durable: called every `cache.flush_interval` and
+    /// at shutdown, so it must be cheap when nothing changed.
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Changes acknowledged but not yet durable: what a crash now would lose. A store
+    /// whose writes are durable when acknowledged has none.
+    fn unflushed_changes(&self) -> u64 {
+        0
+    }
 }
 
 /// The placeholder vector of entries that only answer exact lookups: a store needs a
