@@ -4,51 +4,12 @@
 // Test helpers panic on purpose: a panic is how a test reports failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const AIRBAG: &str = env!("CARGO_BIN_EXE_airbag");
-
-/// Kills the child when the test ends, even on a failed assertion.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Start the binary with `args` (listening on port 0) and wait for the log line that
-/// announces its addresses; returns the child and that line. The child's output keeps
-/// being drained so it never blocks on a full pipe.
-fn spawn_announced(args: &[&str], announcement: &str) -> (Running, String) {
-    let mut child = Command::new(AIRBAG)
-        .args(args)
-        .env_remove("OPENAI_API_KEY")
-        .env_remove("ANTHROPIC_API_KEY")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (lines, received) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines.send(line);
-        }
-    });
-    let running = Running(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while let Ok(line) = received.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-        if line.contains(announcement) {
-            return (running, line);
-        }
-    }
-    panic!("`{announcement}` was never logged by airbag {args:?}");
-}
+use common::process::{AIRBAG, field, spawn_announced};
 
 /// A one-message OpenAI chat request for `model` through the gateway at `proxy`.
 async fn ping(client: &reqwest::Client, proxy: &str, model: &str) -> reqwest::Response {
@@ -60,15 +21,6 @@ async fn ping(client: &reqwest::Client, proxy: &str, model: &str) -> reqwest::Re
         .send()
         .await
         .unwrap()
-}
-
-/// The value of `name=` in a log line.
-fn field(line: &str, name: &str) -> String {
-    let prefix = format!("{name}=");
-    line.split_whitespace()
-        .find_map(|word| word.strip_prefix(prefix.as_str()))
-        .unwrap_or_else(|| panic!("no {name}= in {line}"))
-        .to_string()
 }
 
 #[test]

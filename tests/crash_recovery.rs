@@ -10,69 +10,34 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use airbag::mock::{Fault, FaultRule};
+use common::process::{Running, field, spawn_announced};
 use common::{
     TestGateway, cache_section, canned_dir, canned_section, mock, openai_chat, provider, route,
 };
 use serde_json::Value;
 
-const AIRBAG: &str = env!("CARGO_BIN_EXE_airbag");
-
-/// A gateway process; killed (SIGKILL) when dropped, so a failed test leaves none behind.
+/// A gateway process and the addresses it announced; killed when dropped.
 struct Gateway {
-    child: Child,
+    process: Running,
     proxy: String,
     admin: String,
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Gateway {
-    /// Start `airbag serve --config path` and wait for the line announcing its addresses.
-    /// Its output keeps being drained so it never blocks on a full pipe.
+    /// Start `airbag serve --config path` and wait for it to announce its addresses.
     fn serve(config: &Path) -> Gateway {
-        let mut child = Command::new(AIRBAG)
-            .args(["serve", "--config", &config.to_string_lossy()])
-            .env_remove("OPENAI_API_KEY")
-            .env_remove("ANTHROPIC_API_KEY")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (lines, received) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = lines.send(line);
-            }
-        });
-        let mut gateway = Gateway {
-            child,
-            proxy: String::new(),
-            admin: String::new(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while let Ok(line) =
-            received.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            if line.contains("airbag is listening") {
-                gateway.proxy = field(&line, "proxy_addr");
-                gateway.admin = field(&line, "admin_addr");
-                return gateway;
-            }
+        let config = config.to_string_lossy();
+        let (process, line) =
+            spawn_announced(&["serve", "--config", &config], "airbag is listening");
+        Gateway {
+            process,
+            proxy: field(&line, "proxy_addr"),
+            admin: field(&line, "admin_addr"),
         }
-        panic!("`airbag serve` never announced its addresses");
     }
 
     /// Ask route `chat` one question; returns what served it (the rung tag) and the answer.
@@ -107,19 +72,9 @@ impl Gateway {
     }
 
     /// SIGKILL: no shutdown, no flush, exactly like a crash.
-    fn crash(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+    fn crash(self) {
+        self.process.crash();
     }
-}
-
-/// The value of `name=` in a log line.
-fn field(line: &str, name: &str) -> String {
-    let prefix = format!("{name}=");
-    line.split_whitespace()
-        .find_map(|word| word.strip_prefix(prefix.as_str()))
-        .unwrap_or_else(|| panic!("no {name}= in {line}"))
-        .to_string()
 }
 
 /// Questions stored before the crash, each asked again after it.

@@ -137,13 +137,7 @@ pub struct ChatResponse {
 impl ChatResponse {
     /// All text parts joined, for callers that want just the words.
     pub fn text(&self) -> String {
-        self.content
-            .iter()
-            .filter_map(|part| match part {
-                Part::Text(text) => Some(text.as_str()),
-                _ => None,
-            })
-            .collect()
+        text_parts(&self.content).collect()
     }
 
     pub fn tool_calls(&self) -> impl Iterator<Item = &ToolCall> {
@@ -237,15 +231,16 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, StreamFailu
 impl Message {
     /// The message's text parts, joined by line breaks.
     pub fn text(&self) -> String {
-        self.content
-            .iter()
-            .filter_map(|part| match part {
-                Part::Text(text) => Some(text.as_str()),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
+        text_parts(&self.content).collect::<Vec<_>>().join("\n")
     }
+}
+
+/// The text parts of a message or answer, in order.
+fn text_parts(parts: &[Part]) -> impl Iterator<Item = &str> {
+    parts.iter().filter_map(|part| match part {
+        Part::Text(text) => Some(text.as_str()),
+        _ => None,
+    })
 }
 
 /// The text of the last user message, for logs-free uses such as the mock provider and

@@ -570,9 +570,10 @@ impl Walker<'_> {
     /// Attempts against one target, with its own retry budget and key rotation.
     /// `probe` is the half-open breaker's ticket when this is its probe.
     ///
-    /// Termination: a retry spends the budget; a rotation (after 401/402/403 or a 429) adds
-    /// the key to `rotated_away`, which is never picked again in this request, so there are
-    /// at most as many rotations as keys; and nothing starts after the deadline.
+    /// Termination: a retry spends the budget; a rotation (after 401/402/403, a quota
+    /// error or a 429) adds the key to `rotated_away`, which is never picked again in this
+    /// request, so there are at most as many rotations as keys; and nothing starts after
+    /// the deadline.
     async fn try_target(
         &self,
         target: &Target,

@@ -15,7 +15,7 @@ pub struct ApiKey {
     /// `env:NAME`, safe to show.
     pub reference: String,
     weight: u32,
-    /// Until when the key is left out of rotation (after a 429 or a 401/402/403).
+    /// Until when the key is left out of rotation (after a 429, a 401/402 or a quota error).
     resting_until: Mutex<Option<Instant>>,
     /// Models this key may not use for a while (a 403 for one model), each with the end
     /// of its rest: the key keeps serving every other model.

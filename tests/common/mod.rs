@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
+pub mod process;
+
 use std::path::Path;
 
 use airbag::config::{Config, Env};
