@@ -22,6 +22,7 @@ use airbag::cache::entry::{StoredAnswer, StoredEntry, StoredPart, StoredStopReas
 use airbag::cache::guard;
 use airbag::cache::store::edge::EdgeStore;
 use airbag::cache::store::{SemanticQuery, StoredPoint, VectorStore};
+use airbag::cache::verifier::Verifier;
 use serde_json::{Value, json};
 
 fn root() -> PathBuf {
@@ -154,6 +155,298 @@ fn quality(embedder: &Embedder, file: &str) -> Value {
         .map(|(pair, similarity, passes)| json!({"a": pair.a, "b": pair.b, "similarity": similarity, "guard_passes": passes}))
         .collect();
     json!({"thresholds": table, "hard_negatives_passing_guard_within_0.1_of_shipped": leaks, "paraphrases_missed_at_shipped": misses})
+}
+
+struct LabelledPair {
+    same: bool,
+    class: String,
+    a: String,
+    b: String,
+}
+
+/// Verifier settings the quality table sweeps: search threshold × verifier threshold
+/// (`None`: no verifier, the guard alone as before).
+const SEARCH_THRESHOLDS: [f32; 5] = [0.70, 0.75, 0.80, 0.85, 0.90];
+const VERIFIER_THRESHOLDS: [Option<f32>; 7] = [
+    None,
+    Some(0.30),
+    Some(0.35),
+    Some(0.40),
+    Some(0.45),
+    Some(0.50),
+    Some(0.55),
+];
+
+/// Precision, recall and false hits per class on a labelled pair file of
+/// `bench/data/cache_eval/`, for every setting: `b` is the new question, `a` the stored
+/// one, as in the cache.
+fn verified_quality(embedder: &Embedder, verifier: &Verifier, file: &str) -> Value {
+    let text = std::fs::read_to_string(root().join("bench/data/cache_eval").join(file)).unwrap();
+    let pairs: Vec<LabelledPair> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            let value: Value = serde_json::from_str(line).unwrap();
+            LabelledPair {
+                same: value["label"] == "same",
+                class: value["class"].as_str().unwrap().to_string(),
+                a: value["a"].as_str().unwrap().to_string(),
+                b: value["b"].as_str().unwrap().to_string(),
+            }
+        })
+        .collect();
+    let texts: Vec<String> = pairs
+        .iter()
+        .flat_map(|pair| [pair.a.clone(), pair.b.clone()])
+        .collect();
+    let vectors = embedder.embed_blocking(texts).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut verify_micros = Vec::new();
+    let scored: Vec<(&LabelledPair, f32, bool, f32, Option<String>)> = pairs
+        .iter()
+        .enumerate()
+        .map(|(index, pair)| {
+            let similarity = cosine(&vectors[2 * index], &vectors[2 * index + 1]);
+            let started = Instant::now();
+            let alignment = runtime
+                .block_on(verifier.verify(&pair.b, &[pair.a.as_str()]))
+                .unwrap()
+                .remove(0);
+            verify_micros.push(started.elapsed().as_secs_f64() * 1e6);
+            let passes = guard::compatible(&pair.b, &pair.a);
+            (pair, similarity, passes, alignment.score, alignment.weakest)
+        })
+        .collect();
+    let mut classes: Vec<&str> = pairs.iter().map(|pair| pair.class.as_str()).collect();
+    classes.sort_unstable();
+    classes.dedup();
+    let negatives = pairs.iter().filter(|pair| !pair.same).count();
+    println!(
+        "\nverified quality: {file} ({} pairs, {} same, {negatives} different)",
+        pairs.len(),
+        pairs.len() - negatives
+    );
+    println!(
+        "search | verifier | recall (same served) | false hits (different served) | precision | false hits by class"
+    );
+    let mut table = Vec::new();
+    for threshold in SEARCH_THRESHOLDS {
+        for verifier_threshold in VERIFIER_THRESHOLDS {
+            let served = |(_, similarity, passes, score, _): &&(
+                &LabelledPair,
+                f32,
+                bool,
+                f32,
+                Option<String>,
+            )| {
+                *similarity >= threshold
+                    && *passes
+                    && verifier_threshold.is_none_or(|minimum| *score >= minimum)
+            };
+            let same_served = scored.iter().filter(|s| s.0.same).filter(served).count();
+            let different_served = scored.iter().filter(|s| !s.0.same).filter(served).count();
+            let mut by_class = serde_json::Map::new();
+            for class in &classes {
+                let of_class: Vec<_> = scored.iter().filter(|s| s.0.class == *class).collect();
+                let hits = of_class.iter().filter(|s| served(s)).count();
+                by_class.insert(
+                    class.to_string(),
+                    json!(hits as f64 / of_class.len().max(1) as f64),
+                );
+            }
+            let recall = same_served as f64 / (pairs.len() - negatives).max(1) as f64;
+            let false_hits = different_served as f64 / negatives.max(1) as f64;
+            let precision =
+                same_served as f64 / (same_served + different_served).max(1) as f64;
+            let classes_line: Vec<String> = by_class
+                .iter()
+                .filter(|(class, _)| {
+                    pairs
+                        .iter()
+                        .any(|pair| !pair.same && pair.class == class.as_str())
+                })
+                .map(|(class, rate)| format!("{class} {:.1}%", 100.0 * rate.as_f64().unwrap()))
+                .collect();
+            println!(
+                "{threshold:.2}   | {:>8} | {:>5.1}% | {:>5.1}% ({different_served}) | {:>5.1}% | {}",
+                verifier_threshold.map_or("off".to_string(), |t| format!("{t:.2}")),
+                100.0 * recall,
+                100.0 * false_hits,
+                100.0 * precision,
+                classes_line.join(", ")
+            );
+            table.push(json!({
+                "search_threshold": threshold,
+                "verifier_threshold": verifier_threshold,
+                "recall": recall,
+                "false_hit_rate": false_hits,
+                "false_hits": different_served,
+                "precision": precision,
+                "served_by_class": by_class,
+            }));
+        }
+    }
+    let shipped = airbag::cache::CacheConfig::default().semantic;
+    let leaks: Vec<Value> = scored
+        .iter()
+        .filter(|(pair, similarity, passes, score, _)| {
+            !pair.same
+                && *similarity >= shipped.threshold
+                && *passes
+                && *score >= shipped.verifier_threshold
+        })
+        .map(|(pair, similarity, _, score, weakest)| {
+            json!({"class": pair.class, "a": pair.a, "b": pair.b, "similarity": similarity, "verifier_score": score, "weakest": weakest})
+        })
+        .collect();
+    let misses: Vec<Value> = scored
+        .iter()
+        .filter(|(pair, similarity, passes, score, _)| {
+            pair.same
+                && !(*similarity >= shipped.threshold
+                    && *passes
+                    && *score >= shipped.verifier_threshold)
+        })
+        .map(|(pair, similarity, passes, score, weakest)| {
+            json!({"class": pair.class, "a": pair.a, "b": pair.b, "similarity": similarity, "guard_passes": passes, "verifier_score": score, "weakest": weakest})
+        })
+        .collect();
+    json!({
+        "pairs": pairs.len(),
+        "settings": table,
+        "verification_one_pair": summary(verify_micros),
+        "different_served_at_shipped": leaks,
+        "same_missed_at_shipped": misses,
+    })
+}
+
+/// One line of a replay workload (`bench/data/cache_eval/workload_*.jsonl`).
+struct Arrival {
+    question: String,
+    intent: String,
+    kind: String,
+}
+
+/// Replay a workload through a real gateway, in arrival order, with the mock provider
+/// answering each question with its own text ("mock m answers: <question>"): a cache
+/// hit is right when the question it answers has this arrival's intent. Returns hit
+/// rate, wrong hits, and how often near-miss traps were answered from the cache.
+async fn replay(file: &str, threshold: f32, verifier_threshold: Option<f32>) -> Value {
+    let text = std::fs::read_to_string(root().join("bench/data/cache_eval").join(file)).unwrap();
+    let arrivals: Vec<Arrival> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            let value: Value = serde_json::from_str(line).unwrap();
+            Arrival {
+                question: value["question"].as_str().unwrap().to_string(),
+                intent: value["intent"].as_str().unwrap().to_string(),
+                kind: value["kind"].as_str().unwrap().to_string(),
+            }
+        })
+        .collect();
+    let intent_of: std::collections::HashMap<&str, &str> = arrivals
+        .iter()
+        .map(|arrival| (arrival.question.as_str(), arrival.intent.as_str()))
+        .collect();
+    let mock = airbag::mock::MockProvider::start(
+        "127.0.0.1:0".parse().unwrap(),
+        airbag::mock::MockOptions::default(),
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    let store = tempfile::tempdir().unwrap();
+    let model = root().join(".cache/model");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [providers.mock]\nkind = \"openai\"\nbase_url = \"{}\"\nkeys = []\n\
+         [[routes]]\nmodel = \"chat\"\nchain = [\"mock/m\"]\n\
+         [cache]\n[cache.semantic]\nthreshold = {threshold}\nverify = {}\nverifier_threshold = {}\n\
+         model_dir = \"{}\"\nonnxruntime = \"{}\"\n[cache.store]\npath = \"{}\"\n",
+        mock.base_url(),
+        verifier_threshold.is_some(),
+        verifier_threshold.unwrap_or(0.5),
+        model.join("all-minilm-l6-v2").display(),
+        model.join("onnxruntime/libonnxruntime.so").display(),
+        store.path().display()
+    );
+    let env = airbag::config::Env::default();
+    let config =
+        airbag::config::Config::from_toml(&text, std::path::Path::new("bench.toml"), &env).unwrap();
+    let running = airbag::server::start(&config, &env).await.unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/v1/chat/completions", running.proxy_addr);
+    let mut hits = 0usize;
+    let mut wrong = Vec::new();
+    let mut by_kind: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+    let mut hit_micros = Vec::new();
+    for arrival in &arrivals {
+        let started = Instant::now();
+        let reply = client
+            .post(&url)
+            .json(&json!({"model": "chat", "messages": [{"role": "user", "content": arrival.question}]}))
+            .send()
+            .await
+            .unwrap();
+        let served_by = reply.headers()["x-airbag-served-by"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let body: Value = reply.json().await.unwrap();
+        let elapsed = started.elapsed().as_secs_f64() * 1e6;
+        let answer = body["choices"][0]["message"]["content"].as_str().unwrap_or("");
+        let answered = answer.split_once("answers: ").map_or("", |(_, question)| question);
+        let counts = by_kind.entry(arrival.kind.clone()).or_default();
+        counts.0 += 1;
+        if served_by.starts_with("cache:") {
+            hits += 1;
+            counts.1 += 1;
+            hit_micros.push(elapsed);
+            if intent_of.get(answered).copied() != Some(arrival.intent.as_str()) {
+                wrong.push(json!({"kind": arrival.kind, "served_by": served_by, "asked": arrival.question, "answered": answered}));
+            }
+        }
+        // The store writes in the background; a repeat right behind its first arrival
+        // must find it, as it would with real traffic's spacing.
+        if !served_by.starts_with("cache:") {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    running.shutdown().await;
+    let total = arrivals.len();
+    let traps = by_kind.get("trap").copied().unwrap_or((0, 0));
+    let wrong_traps = wrong.iter().filter(|w| w["kind"] == "trap").count();
+    let result = json!({
+        "workload": file,
+        "search_threshold": threshold,
+        "verifier_threshold": verifier_threshold,
+        "requests": total,
+        "hit_rate": hits as f64 / total as f64,
+        "hits": hits,
+        "wrong_hits": wrong.len(),
+        "wrong_share_of_hits": wrong.len() as f64 / hits.max(1) as f64,
+        "traps": traps.0,
+        "traps_answered_from_cache": wrong_traps,
+        "trap_share_answered_from_cache": wrong_traps as f64 / traps.0.max(1) as f64,
+        "hit_rate_by_kind": by_kind.iter().map(|(kind, (n, h))| (kind.clone(), json!(*h as f64 / (*n).max(1) as f64))).collect::<serde_json::Map<_, _>>(),
+        "hit_latency": summary(hit_micros),
+        "wrong": wrong,
+    });
+    println!(
+        "replay {file} search {threshold:.2} verifier {}: hit rate {:.1}% ({hits}/{total}), wrong {} ({:.2}% of hits), traps answered from cache {wrong_traps}/{} ({:.1}%), by kind {}",
+        verifier_threshold.map_or("off".to_string(), |t| format!("{t:.2}")),
+        100.0 * result["hit_rate"].as_f64().unwrap(),
+        result["wrong_hits"],
+        100.0 * result["wrong_share_of_hits"].as_f64().unwrap(),
+        traps.0,
+        100.0 * result["trap_share_answered_from_cache"].as_f64().unwrap(),
+        result["hit_rate_by_kind"],
+    );
+    result
 }
 
 fn embedding_throughput(embedder: &Embedder) -> Value {
@@ -392,6 +685,60 @@ fn main() {
         return;
     }
     let embedder = load_embedder();
+    let model = root().join(".cache/model");
+    let verifier = Verifier::load(
+        &model.join("all-minilm-l6-v2"),
+        &model.join("onnxruntime/libonnxruntime.so"),
+    )
+    .expect("the model is fetched: run `make model`");
+    // `BENCH_REPLAY=workload_dev.jsonl` replays one workload at the settings of
+    // `BENCH_REPLAY_SETTINGS` ("0.75:0.45,0.85:off", search:verifier) and stops.
+    if let Ok(file) = std::env::var("BENCH_REPLAY") {
+        let settings = std::env::var("BENCH_REPLAY_SETTINGS").unwrap_or("0.85:off".to_string());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut results = Vec::new();
+        for setting in settings.split(',') {
+            let (search, verifier) = setting.split_once(':').unwrap();
+            let verifier = (verifier != "off").then(|| verifier.parse::<f32>().unwrap());
+            results.push(runtime.block_on(replay(&file, search.parse().unwrap(), verifier)));
+        }
+        std::fs::write(
+            root().join("target/replay-notes.json"),
+            serde_json::to_string_pretty(&results).unwrap(),
+        )
+        .unwrap();
+        return;
+    }
+    // `BENCH_VERIFIER_PAIRS=/path/to/pairs.jsonl` measures one file of labelled pairs
+    // and stops (a quick look at a new set).
+    if let Ok(file) = std::env::var("BENCH_VERIFIER_PAIRS") {
+        let measured = verified_quality(&embedder, &verifier, &file);
+        std::fs::write(
+            root().join("target/verifier-notes.json"),
+            serde_json::to_string_pretty(&measured).unwrap(),
+        )
+        .unwrap();
+        return;
+    }
+    // The verifier's default was chosen on the dev pairs; the held-out pairs were
+    // written apart from them and are only measured.
+    let verified_dev = verified_quality(&embedder, &verifier, "pairs_dev.jsonl");
+    let verified_heldout = verified_quality(&embedder, &verifier, "pairs_heldout.jsonl");
+    if std::env::var("BENCH_CACHE_ONLY").as_deref() == Ok("verifier") {
+        let notes = json!({
+            "dev_leaks": verified_dev["different_served_at_shipped"],
+            "dev_misses": verified_dev["same_missed_at_shipped"],
+        });
+        std::fs::write(
+            root().join("target/verifier-notes.json"),
+            serde_json::to_string_pretty(&notes).unwrap(),
+        )
+        .unwrap();
+        return;
+    }
     // The guard and the threshold were tuned on the first set; the held-out set was
     // written apart from it and only measured.
     let quality_tuned = quality(&embedder, "semantic_pairs.jsonl");
@@ -414,6 +761,8 @@ fn main() {
     let http = runtime.block_on(hits_over_http());
     let search = runtime.block_on(vector_search());
     let results = json!({
+        "verified_dev": verified_dev,
+        "verified_heldout": verified_heldout,
         "quality": quality_tuned,
         "quality_holdout": quality_holdout,
         "embedding": embedding,

@@ -59,6 +59,8 @@ pub struct RungTag {
     /// 0 for the route's primary target, 1.. for fallbacks.
     pub fallback_depth: usize,
     pub similarity: Option<f32>,
+    /// The verifier's alignment score of a semantic hit (`cache.semantic.verify`).
+    pub verifier_score: Option<f32>,
     pub attempts: Vec<AttemptRecord>,
 }
 
@@ -72,6 +74,9 @@ impl RungTag {
         });
         if let Some(similarity) = self.similarity {
             tag["similarity"] = json!(similarity);
+        }
+        if let Some(score) = self.verifier_score {
+            tag["verifier_score"] = json!(score);
         }
         tag
     }
@@ -212,6 +217,7 @@ fn cache_served(
             served_by: served_by.to_string(),
             fallback_depth: 0,
             similarity: hit.similarity,
+            verifier_score: hit.verifier_score,
             attempts,
         },
     }
@@ -269,6 +275,7 @@ async fn canned_answer(
             // Past every target of the chain, like the context-window fallback.
             fallback_depth: route.chain.len(),
             similarity: found.similarity,
+            verifier_score: None,
             attempts,
         },
     })
@@ -280,6 +287,7 @@ fn provider_tag(target: &str, depth: usize, attempts: Vec<AttemptRecord>) -> Run
         served_by: format!("provider:{target}"),
         fallback_depth: depth,
         similarity: None,
+        verifier_score: None,
         attempts,
     }
 }

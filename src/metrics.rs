@@ -41,6 +41,10 @@ pub struct Metrics {
     pub cache_lookups: IntCounterVec,
     /// Cosine similarity of semantic hits.
     pub cache_similarity: Histogram,
+    /// Semantic candidates by the verifier's decision: verified, rejected, failed, late.
+    pub cache_verifier: IntCounterVec,
+    /// Time of one verification (the question and its candidates, one model call).
+    pub cache_verifier_seconds: Histogram,
     /// Time of one embedding model call (a batch).
     pub cache_embedding_seconds: Histogram,
     /// Questions per embedding model call.
@@ -176,6 +180,20 @@ impl Metrics {
                 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98, 0.99, 1.0,
             ]),
         )?;
+        let cache_verifier = IntCounterVec::new(
+            Opts::new(
+                "airbag_cache_verifier_total",
+                "Semantic cache candidates by the verifier's decision",
+            ),
+            &["outcome"],
+        )?;
+        let cache_verifier_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "airbag_cache_verifier_seconds",
+                "Time of one verification of a question and its semantic candidates",
+            )
+            .buckets(vec![0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25]),
+        )?;
         let cache_embedding_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "airbag_cache_embedding_seconds",
@@ -213,6 +231,8 @@ impl Metrics {
         )?;
         registry.register(Box::new(cache_lookups.clone()))?;
         registry.register(Box::new(cache_similarity.clone()))?;
+        registry.register(Box::new(cache_verifier.clone()))?;
+        registry.register(Box::new(cache_verifier_seconds.clone()))?;
         registry.register(Box::new(cache_embedding_seconds.clone()))?;
         registry.register(Box::new(cache_embedding_batch.clone()))?;
         registry.register(Box::new(cache_store_seconds.clone()))?;
@@ -273,6 +293,8 @@ impl Metrics {
             quality_score,
             cache_lookups,
             cache_similarity,
+            cache_verifier,
+            cache_verifier_seconds,
             cache_embedding_seconds,
             cache_embedding_batch,
             cache_store_seconds,

@@ -160,6 +160,75 @@ async fn a_reworded_question_is_a_semantic_hit_and_a_different_one_is_not() {
 }
 
 #[tokio::test]
+async fn the_verifier_serves_a_rewording_and_refuses_a_swapped_modifier() {
+    let upstream = mock("up").await;
+    let store = tempfile::tempdir().unwrap();
+    // A low search threshold: the near miss below is proposed, the verifier decides.
+    let config = format!(
+        "{}{}{}",
+        provider("up", "openai", &upstream, ""),
+        route("chat", &["up/m"]),
+        cache_section(store.path(), "", "threshold = 0.7")
+    );
+    let gateway = TestGateway::start(&config, &[]).await;
+    gateway
+        .openai(openai_chat("chat", "What does a staff accountant do?"))
+        .await;
+    wait_stored(&gateway, 1).await;
+
+    let reworded = gateway
+        .openai(openai_chat("chat", "what does a staff accountant actually do"))
+        .await;
+    assert_eq!(reworded.served_by(), "cache:semantic", "{}", reworded.text);
+    let score = reworded.json()["airbag"]["verifier_score"].as_f64().unwrap();
+    assert!(score >= 0.45, "verifier score {score}");
+    assert!(similarity(&reworded) >= 0.7);
+
+    let swapped = gateway
+        .openai(openai_chat("chat", "What does a senior accountant do?"))
+        .await;
+    assert_eq!(swapped.served_by(), "provider:up/m", "{}", swapped.text);
+    assert_eq!(
+        swapped.json()["choices"][0]["message"]["content"],
+        "mock up answers: What does a senior accountant do?"
+    );
+    assert_eq!(upstream.request_count(), 2);
+    let metrics = gateway.metrics().await;
+    assert!(
+        metrics.contains("airbag_cache_lookups_total{kind=\"semantic\",result=\"rejected\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("airbag_cache_verifier_total{outcome=\"verified\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("airbag_cache_verifier_total{outcome=\"rejected\"}"),
+        "{metrics}"
+    );
+
+    // Without the verifier the search alone serves the wrong answer, which is what the
+    // verifier is for.
+    let store = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}{}{}",
+        provider("up", "openai", &upstream, ""),
+        route("chat", &["up/m"]),
+        cache_section(store.path(), "", "threshold = 0.7\nverify = false")
+    );
+    let unverified = TestGateway::start(&config, &[]).await;
+    unverified
+        .openai(openai_chat("chat", "What does a staff accountant do?"))
+        .await;
+    wait_stored(&unverified, 1).await;
+    let wrong = unverified
+        .openai(openai_chat("chat", "What does a senior accountant do?"))
+        .await;
+    assert_eq!(wrong.served_by(), "cache:semantic", "{}", wrong.text);
+    assert!(wrong.json()["airbag"].get("verifier_score").is_none());
+}
+
+#[tokio::test]
 async fn the_same_question_after_other_turns_is_not_a_semantic_hit() {
     let upstream = mock("up").await;
     let store = tempfile::tempdir().unwrap();

@@ -86,6 +86,15 @@ pub struct SemanticConfig {
     /// name, whatever their similarity ("refund order 1234" is not "refund order 1235").
     #[serde(default = "default_true")]
     pub guard: bool,
+    /// Verify every semantic candidate before serving it: the verifier aligns the words
+    /// of the two questions with the model's token vectors (src/cache/alignment.rs) and
+    /// refuses a candidate when a content word of either has no counterpart.
+    #[serde(default = "default_true")]
+    pub verify: bool,
+    /// The lowest word alignment a verified candidate may have (0..=1). Higher refuses
+    /// more rewordings, lower lets more swapped words through; see README's curve.
+    #[serde(default = "default_verifier_threshold")]
+    pub verifier_threshold: f32,
     /// The folder `make model` fills: model.onnx and the tokenizer files.
     #[serde(default = "default_model_dir")]
     pub model_dir: PathBuf,
@@ -110,6 +119,8 @@ impl Default for SemanticConfig {
             max_temperature: default_max_temperature(),
             skip_tools: true,
             guard: true,
+            verify: true,
+            verifier_threshold: default_verifier_threshold(),
             model_dir: default_model_dir(),
             onnxruntime: default_onnxruntime(),
             max_batch: default_max_batch(),
@@ -197,6 +208,12 @@ impl CacheConfig {
             "cache.semantic.threshold",
             self.semantic.threshold,
         ));
+        let verifier_threshold = self.semantic.verifier_threshold;
+        if !(0.0..=1.0).contains(&verifier_threshold) {
+            problems.push(format!(
+                "cache.semantic.verifier_threshold: {verifier_threshold} is outside 0..=1; it is a word alignment score (0.45 is the measured default)"
+            ));
+        }
         if self.semantic.max_batch == 0 || self.semantic.max_batch > 1024 {
             problems.push("cache.semantic.max_batch: use 1 to 1024".to_string());
         }
@@ -265,6 +282,10 @@ fn default_maintenance_interval() -> Duration {
 fn default_flush_interval() -> Duration {
     Duration::from_secs(1)
 }
+fn default_verifier_threshold() -> f32 {
+    0.45
+}
+
 fn default_threshold() -> f32 {
     0.85
 }

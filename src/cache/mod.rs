@@ -9,12 +9,14 @@
 //! in background tasks the cache owns; a store or model error is a miss, never a failed
 //! request.
 
+pub mod alignment;
 pub mod config;
 pub mod embedder;
 pub mod entry;
 pub mod guard;
 pub mod key;
 pub mod store;
+pub mod verifier;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +29,7 @@ use tokio::task::JoinHandle;
 
 pub use config::{CacheConfig, SemanticConfig, StoreKind};
 use embedder::{DIMENSIONS, Embedder, ModelError};
+use verifier::Verifier;
 use entry::{StoredAnswer, StoredEntry};
 pub use key::{CacheKeys, Scope};
 use store::{Purge, SemanticQuery, StoredPoint, VectorStore, placeholder_vector};
@@ -44,6 +47,8 @@ const SEMANTIC_CANDIDATES: usize = 4;
 /// The longest a lookup waits for its question's vector; past it the semantic lookup is
 /// skipped (a busy model must not slow every request down).
 const EMBED_DEADLINE: Duration = Duration::from_millis(250);
+/// The longest a lookup waits for the verifier; past it the candidates are refused.
+const VERIFY_DEADLINE: Duration = Duration::from_millis(250);
 /// With a shared store, another replica may purge: entries stay in this replica's
 /// memory at most this long, so a purge reaches every replica within it.
 const SHARED_STORE_MEMORY_TTL: Duration = Duration::from_secs(30);
@@ -96,6 +101,8 @@ pub struct CacheHit {
     pub kind: HitKind,
     /// Cosine of the two questions, for semantic hits.
     pub similarity: Option<f32>,
+    /// The verifier's alignment score, for semantic hits it verified.
+    pub verifier_score: Option<f32>,
 }
 
 impl CacheHit {
@@ -147,6 +154,8 @@ pub struct Cache {
     memory: moka::sync::Cache<[u8; 32], Arc<StoredEntry>>,
     store: Arc<dyn VectorStore>,
     embedder: Option<Embedder>,
+    /// The second stage of the semantic lookup (`cache.semantic.verify`).
+    verifier: Option<Verifier>,
     writes: mpsc::Sender<WriteJob>,
     metrics: Metrics,
     /// Semantic thresholds of routes that set their own (`routes[].semantic_threshold`).
@@ -229,6 +238,20 @@ impl Cache {
         } else {
             None
         };
+        let verifier = if config.semantic.enabled && config.semantic.verify {
+            let semantic = config.semantic.clone();
+            let verifier = tokio::task::spawn_blocking(move || {
+                Verifier::load(&semantic.model_dir, &semantic.onnxruntime)
+            })
+            .await
+            .map_err(|error| ModelError::Model {
+                path: config.semantic.model_dir.clone(),
+                message: error.to_string(),
+            })??;
+            Some(verifier)
+        } else {
+            None
+        };
         let store: Arc<dyn VectorStore> = match config.store.kind {
             StoreKind::Embedded => {
                 let path = config.store.path.clone();
@@ -275,6 +298,7 @@ impl Cache {
             memory,
             store,
             embedder,
+            verifier,
             writes,
             metrics: metrics.clone(),
             route_thresholds,
@@ -323,6 +347,7 @@ impl Cache {
                         entry,
                         kind: HitKind::Exact,
                         similarity: None,
+                        verifier_score: None,
                     });
                     return lookup;
                 }
@@ -332,6 +357,7 @@ impl Cache {
                         entry,
                         kind: HitKind::Exact,
                         similarity: None,
+                        verifier_score: None,
                     });
                 }
                 Ok(None) => self.count("exact", "miss"),
@@ -470,7 +496,7 @@ impl Cache {
             }
         };
         let mut guarded = false;
-        let mut stale = None;
+        let mut proposed = Vec::with_capacity(candidates.len());
         for (similarity, entry) in candidates {
             // The store filtered on these already; checked again because serving another
             // tenant's answer is the one mistake a cache must never make.
@@ -481,10 +507,22 @@ impl Cache {
                 guarded = true;
                 continue;
             }
+            proposed.push((similarity, entry));
+        }
+        let scores = self.verify(question, &proposed).await;
+        let mut rejected = false;
+        let mut stale = None;
+        for ((similarity, entry), verifier_score) in proposed.into_iter().zip(scores) {
+            if verifier_score.is_some_and(|score| score < self.config.semantic.verifier_threshold)
+            {
+                rejected = true;
+                continue;
+            }
             let hit = CacheHit {
                 entry: Arc::new(entry),
                 kind: HitKind::Semantic,
                 similarity: Some(similarity),
+                verifier_score,
             };
             if now < hit.entry.fresh_until {
                 self.count("semantic", "hit");
@@ -495,13 +533,74 @@ impl Cache {
                 stale = Some(hit);
             }
         }
-        let result = match (&stale, guarded) {
-            (Some(_), _) => "stale",
-            (None, true) => "guarded",
-            (None, false) => "miss",
+        let result = match (&stale, rejected, guarded) {
+            (Some(_), _, _) => "stale",
+            (None, true, _) => "rejected",
+            (None, false, true) => "guarded",
+            (None, false, false) => "miss",
         };
         self.count("semantic", result);
         (None, stale)
+    }
+
+    /// The verifier's score of each proposed candidate, in order: `None` for each when
+    /// verification is off. When the verifier fails or is late, every candidate scores
+    /// 0: a miss, never an unverified hit.
+    async fn verify(&self, question: &str, proposed: &[(f32, StoredEntry)]) -> Vec<Option<f32>> {
+        let Some(verifier) = &self.verifier else {
+            return vec![None; proposed.len()];
+        };
+        if proposed.is_empty() {
+            return Vec::new();
+        }
+        let candidates: Vec<&str> = proposed.iter().map(|(_, e)| e.question.as_str()).collect();
+        let started = Instant::now();
+        let verified =
+            tokio::time::timeout(VERIFY_DEADLINE, verifier.verify(question, &candidates)).await;
+        self.metrics
+            .cache_verifier_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let alignments = match verified {
+            Ok(Ok(alignments)) => alignments,
+            Ok(Err(error)) => {
+                self.count_verified("failed", proposed.len());
+                tracing::warn!("cache: {error}; the semantic candidates are not served");
+                return vec![Some(0.0); proposed.len()];
+            }
+            Err(_) => {
+                self.count_verified("late", proposed.len());
+                tracing::warn!(
+                    "cache: verification took longer than {VERIFY_DEADLINE:?}; the semantic candidates are not served"
+                );
+                return vec![Some(0.0); proposed.len()];
+            }
+        };
+        let threshold = self.config.semantic.verifier_threshold;
+        alignments
+            .into_iter()
+            .zip(&candidates)
+            .map(|(alignment, candidate)| {
+                if alignment.score >= threshold {
+                    self.count_verified("verified", 1);
+                } else {
+                    self.count_verified("rejected", 1);
+                    tracing::debug!(
+                        candidate,
+                        score = alignment.score,
+                        weakest = alignment.weakest.as_deref().unwrap_or(""),
+                        "cache: the verifier refused a semantic candidate"
+                    );
+                }
+                Some(alignment.score)
+            })
+            .collect()
+    }
+
+    fn count_verified(&self, outcome: &str, candidates: usize) {
+        self.metrics
+            .cache_verifier
+            .with_label_values(&[outcome])
+            .inc_by(candidates as u64);
     }
 
     /// Keep a provider's complete answer. `fallback` answers get `fallback_ttl`. Returns
