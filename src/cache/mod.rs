@@ -15,8 +15,10 @@ pub mod embedder;
 pub mod entry;
 pub mod guard;
 pub mod key;
+mod maintenance;
 pub mod store;
 pub mod verifier;
+mod writer;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,19 +31,15 @@ use tokio::task::JoinHandle;
 
 pub use config::{CacheConfig, SemanticConfig, StoreKind};
 use embedder::{DIMENSIONS, Embedder, ModelError};
+use entry::StoredEntry;
 use verifier::Verifier;
-use entry::{StoredAnswer, StoredEntry};
 pub use key::{CacheKeys, Scope};
-use store::{Purge, SemanticQuery, StoredPoint, VectorStore, placeholder_vector};
+use store::{SemanticQuery, VectorStore};
 
 use crate::config::Env;
 use crate::metrics::Metrics;
-use crate::protocol::assembler::Assembler;
-use crate::protocol::{ChatRequest, ChatResponse, EventStream, StreamEvent, unix_now};
+use crate::protocol::{ChatRequest, ChatResponse, unix_now};
 
-/// Pending writes beyond this are dropped (and counted): a slow store must not grow
-/// memory without bound.
-const WRITE_QUEUE: usize = 4_096;
 /// Candidates a semantic search returns; the guard may refuse the nearest ones.
 const SEMANTIC_CANDIDATES: usize = 4;
 /// The longest a lookup waits for its question's vector; past it the semantic lookup is
@@ -143,11 +141,6 @@ pub struct PendingEntry {
     generation: u64,
 }
 
-struct WriteJob {
-    pending: PendingEntry,
-    entry: Arc<StoredEntry>,
-}
-
 /// Rung 1, shared by every request of a gateway.
 pub struct Cache {
     config: CacheConfig,
@@ -156,7 +149,7 @@ pub struct Cache {
     embedder: Option<Embedder>,
     /// The second stage of the semantic lookup (`cache.semantic.verify`).
     verifier: Option<Verifier>,
-    writes: mpsc::Sender<WriteJob>,
+    writes: mpsc::Sender<writer::WriteJob>,
     metrics: Metrics,
     /// Semantic thresholds of routes that set their own (`routes[].semantic_threshold`).
     route_thresholds: HashMap<String, f32>,
@@ -291,7 +284,7 @@ impl Cache {
                 cap: (config.store.kind == StoreKind::Qdrant).then_some(SHARED_STORE_MEMORY_TTL),
             })
             .build();
-        let (writes, queue) = mpsc::channel(WRITE_QUEUE);
+        let (writes, queue) = mpsc::channel(writer::WRITE_QUEUE);
         let (stop, stopped) = watch::channel(false);
         let cache = Arc::new(Cache {
             config: config.clone(),
@@ -306,9 +299,12 @@ impl Cache {
             stop,
             purges: AtomicU64::new(0),
         });
-        let writer = tokio::spawn(write_loop(cache.clone(), queue, stopped.clone()));
-        let maintenance = tokio::spawn(maintenance_loop(cache.clone(), stopped.clone()));
-        let flusher = tokio::spawn(flush_loop(cache.clone(), stopped));
+        let writer = tokio::spawn(writer::write_loop(cache.clone(), queue, stopped.clone()));
+        let maintenance = tokio::spawn(maintenance::maintenance_loop(
+            cache.clone(),
+            stopped.clone(),
+        ));
+        let flusher = tokio::spawn(maintenance::flush_loop(cache.clone(), stopped));
         if let Ok(mut tasks) = cache.tasks.lock() {
             tasks.extend([writer, maintenance, flusher]);
         }
@@ -603,94 +599,6 @@ impl Cache {
             .inc_by(candidates as u64);
     }
 
-    /// Keep a provider's complete answer. `fallback` answers get `fallback_ttl`. Returns
-    /// at once: the in-memory layer has the entry now, the store gets it in the
-    /// background.
-    pub fn store_answer(
-        &self,
-        pending: PendingEntry,
-        response: &ChatResponse,
-        fallback: bool,
-        served_by: &str,
-    ) {
-        let Some(answer) = StoredAnswer::from_response(response) else {
-            self.metrics
-                .cache_writes
-                .with_label_values(&["skipped"])
-                .inc();
-            return;
-        };
-        let configured = if fallback {
-            self.config.fallback_ttl
-        } else {
-            self.config.ttl
-        };
-        let ttl = match pending.ttl {
-            Some(asked) if fallback => asked.min(self.config.fallback_ttl),
-            Some(asked) => asked,
-            None => configured,
-        };
-        if self.purges.load(Ordering::SeqCst) != pending.generation {
-            self.metrics
-                .cache_writes
-                .with_label_values(&["skipped"])
-                .inc();
-            return;
-        }
-        let now = unix_now();
-        let fresh_until = now.saturating_add(ttl.as_secs().max(1));
-        let entry = StoredEntry {
-            key: pending.keys.exact_hex(),
-            context: pending.keys.context_hex(),
-            tenant: pending.scope.tenant.clone(),
-            namespace: pending.scope.namespace.clone(),
-            route: pending.route.clone(),
-            semantic: pending.semantic,
-            question: pending.question.clone(),
-            answer,
-            served_by: served_by.to_string(),
-            created_at: now,
-            fresh_until,
-            stale_until: fresh_until.saturating_add(self.config.stale_if_error.as_secs()),
-        };
-        if u64::from(entry.weight()) > self.config.max_entry.0 {
-            self.metrics
-                .cache_writes
-                .with_label_values(&["skipped"])
-                .inc();
-            return;
-        }
-        let entry = Arc::new(entry);
-        self.memory.insert(pending.keys.exact, entry.clone());
-        if self.writes.try_send(WriteJob { pending, entry }).is_err() {
-            self.metrics
-                .cache_writes
-                .with_label_values(&["dropped"])
-                .inc();
-        }
-    }
-
-    /// A stream that passes every event through and, when the stream ends normally,
-    /// stores the answer it carried. A stream that fails or is dropped (the client went
-    /// away) stores nothing.
-    pub fn store_stream(
-        self: &Arc<Self>,
-        pending: PendingEntry,
-        events: EventStream,
-        fallback: bool,
-        served_by: String,
-    ) -> EventStream {
-        let cache = self.clone();
-        Box::pin(StoreOnEnd {
-            inner: events,
-            assembled: Assembler::default(),
-            failed: false,
-            on_end: Some(Box::new(move |response: ChatResponse| {
-                cache.store_answer(pending, &response, fallback, &served_by);
-            })),
-        })
-    }
-
     /// Whether the cache holds any entry (in memory or in the store): readiness counts a
     /// non-empty cache as a rung that can answer. A store that cannot count within a
     /// second reads as empty, so a probe never hangs on it.
@@ -755,17 +663,6 @@ impl Cache {
         })
     }
 
-    /// Delete every entry matching the purge, in the store and in memory.
-    pub async fn purge(&self, purge: Purge) -> Result<(), store::StoreError> {
-        // First the generation, so writes queued or in flight from now on are dropped.
-        self.purges.fetch_add(1, Ordering::SeqCst);
-        self.store.purge(purge).await?;
-        // The in-memory layer is only a front for the store: emptying it whole is
-        // simpler than matching fields, and costs a store read per key afterwards.
-        self.memory.invalidate_all();
-        Ok(())
-    }
-
     /// Stop the background tasks after the queued writes are stored, and flush.
     pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
@@ -801,164 +698,5 @@ impl Cache {
             .cache_store_seconds
             .with_label_values(&[op])
             .observe(started.elapsed().as_secs_f64());
-    }
-}
-
-/// Stores queued answers in batches: embeds the questions that were not embedded during
-/// their lookup, then upserts them in one call.
-async fn write_loop(
-    cache: Arc<Cache>,
-    mut queue: mpsc::Receiver<WriteJob>,
-    mut stopped: watch::Receiver<bool>,
-) {
-    const BATCH: usize = 64;
-    loop {
-        let mut jobs = Vec::new();
-        let stopping = tokio::select! {
-            received = queue.recv_many(&mut jobs, BATCH) => {
-                if received == 0 {
-                    return;
-                }
-                false
-            }
-            _ = stopped.wait_for(|stop| *stop) => true,
-        };
-        if stopping {
-            queue.close();
-            while queue.recv_many(&mut jobs, BATCH).await > 0 {
-                write_batch(&cache, std::mem::take(&mut jobs)).await;
-            }
-            return;
-        }
-        write_batch(&cache, jobs).await;
-    }
-}
-
-async fn write_batch(cache: &Cache, jobs: Vec<WriteJob>) {
-    let generation = cache.purges.load(Ordering::SeqCst);
-    let (jobs, purged): (Vec<WriteJob>, Vec<WriteJob>) = jobs
-        .into_iter()
-        .partition(|job| job.pending.generation == generation);
-    if !purged.is_empty() {
-        cache
-            .metrics
-            .cache_writes
-            .with_label_values(&["skipped"])
-            .inc_by(purged.len() as u64);
-    }
-    if jobs.is_empty() {
-        return;
-    }
-    let count = jobs.len() as u64;
-    let mut points = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        let vector = match (&job.pending.vector, job.pending.semantic) {
-            (Some(vector), true) => vector.clone(),
-            _ => placeholder_vector(DIMENSIONS),
-        };
-        points.push(StoredPoint {
-            id: job.pending.keys.point_id(),
-            vector,
-            entry: StoredEntry::clone(&job.entry),
-        });
-    }
-    let started = Instant::now();
-    let result = cache.store.upsert(points).await;
-    cache.observe_store("upsert", started);
-    let outcome = match result {
-        Ok(()) => "stored",
-        Err(error) => {
-            tracing::warn!("cache: storing {count} entries failed: {error}");
-            "error"
-        }
-    };
-    cache
-        .metrics
-        .cache_writes
-        .with_label_values(&[outcome])
-        .inc_by(count);
-}
-
-/// Every `maintenance_interval`: delete entries past `stale_until`, let the store build
-/// its index, and refresh the entry count.
-async fn maintenance_loop(cache: Arc<Cache>, mut stopped: watch::Receiver<bool>) {
-    let mut ticks = tokio::time::interval(cache.config.maintenance_interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            _ = stopped.wait_for(|stop| *stop) => return,
-        }
-        if let Err(error) = cache.store.delete_expired(unix_now()).await {
-            tracing::warn!("cache: deleting expired entries failed: {error}");
-        }
-        let started = Instant::now();
-        if let Err(error) = cache.store.maintain().await {
-            tracing::warn!("cache: store maintenance failed: {error}");
-        }
-        cache.observe_store("maintain", started);
-        if let Ok(count) = cache.store.count().await {
-            cache
-                .metrics
-                .cache_entries
-                .set(i64::try_from(count).unwrap_or(i64::MAX));
-        }
-    }
-}
-
-/// Every `flush_interval`: make the store's new writes durable, so a crash loses at most
-/// the answers stored within the last interval (shutdown flushes the rest).
-async fn flush_loop(cache: Arc<Cache>, mut stopped: watch::Receiver<bool>) {
-    let mut ticks = tokio::time::interval(cache.config.flush_interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            _ = stopped.wait_for(|stop| *stop) => return,
-        }
-        if cache.store.unflushed_changes() == 0 {
-            continue;
-        }
-        let started = Instant::now();
-        if let Err(error) = cache.store.flush().await {
-            tracing::warn!("cache: flushing the store failed: {error}");
-        }
-        cache.observe_store("flush", started);
-    }
-}
-
-type OnEnd = Box<dyn FnOnce(ChatResponse) + Send>;
-
-/// The stream wrapper of [`Cache::store_stream`].
-struct StoreOnEnd {
-    inner: EventStream,
-    assembled: Assembler,
-    failed: bool,
-    on_end: Option<OnEnd>,
-}
-
-impl futures_util::Stream for StoreOnEnd {
-    type Item = Result<StreamEvent, crate::protocol::StreamFailure>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        context: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        let polled = self.inner.as_mut().poll_next(context);
-        match &polled {
-            std::task::Poll::Ready(Some(Ok(event))) => self.assembled.push(event),
-            std::task::Poll::Ready(Some(Err(_))) => self.failed = true,
-            std::task::Poll::Ready(None) => {
-                if !self.failed {
-                    let assembled = std::mem::take(&mut self.assembled);
-                    if let (Some(on_end), Some(response)) = (self.on_end.take(), assembled.finish())
-                    {
-                        on_end(response);
-                    }
-                }
-            }
-            std::task::Poll::Pending => {}
-        }
-        polled
     }
 }

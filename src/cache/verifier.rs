@@ -155,7 +155,7 @@ fn sentence(
 ) -> Sentence {
     let mut sentence = Sentence::default();
     let mut current: Option<(u32, String, Vec<f32>)> = None;
-    let mut finish = |word: Option<(u32, String, Vec<f32>)>, sentence: &mut Sentence| {
+    let finish = |word: Option<(u32, String, Vec<f32>)>, sentence: &mut Sentence| {
         if let Some((_, text, vector)) = word {
             sentence.words.push(Word {
                 text,

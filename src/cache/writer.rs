@@ -1,0 +1,227 @@
+//! The write side of rung 1: a provider's complete answer goes into the in-memory layer
+//! at once and onto a bounded queue; one writer task stores the queue in batches. A
+//! stream is stored only once it ended normally (`StoreOnEnd` assembles it as it passes).
+//! Nothing here blocks a request: a full queue drops the write (counted).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, watch};
+
+use super::embedder::DIMENSIONS;
+use super::entry::{StoredAnswer, StoredEntry};
+use super::store::{StoredPoint, placeholder_vector};
+use super::{Cache, PendingEntry};
+use crate::protocol::assembler::Assembler;
+use crate::protocol::{ChatResponse, EventStream, StreamEvent, unix_now};
+
+/// Pending writes beyond this are dropped (and counted): a slow store must not grow
+/// memory without bound.
+pub(super) const WRITE_QUEUE: usize = 4_096;
+
+pub(super) struct WriteJob {
+    pending: PendingEntry,
+    entry: Arc<StoredEntry>,
+}
+
+impl Cache {
+    /// Keep a provider's complete answer. `fallback` answers get `fallback_ttl`. Returns
+    /// at once: the in-memory layer has the entry now, the store gets it in the
+    /// background.
+    pub fn store_answer(
+        &self,
+        pending: PendingEntry,
+        response: &ChatResponse,
+        fallback: bool,
+        served_by: &str,
+    ) {
+        let Some(answer) = StoredAnswer::from_response(response) else {
+            self.metrics
+                .cache_writes
+                .with_label_values(&["skipped"])
+                .inc();
+            return;
+        };
+        let configured = if fallback {
+            self.config.fallback_ttl
+        } else {
+            self.config.ttl
+        };
+        let ttl = match pending.ttl {
+            Some(asked) if fallback => asked.min(self.config.fallback_ttl),
+            Some(asked) => asked,
+            None => configured,
+        };
+        if self.purges.load(Ordering::SeqCst) != pending.generation {
+            self.metrics
+                .cache_writes
+                .with_label_values(&["skipped"])
+                .inc();
+            return;
+        }
+        let now = unix_now();
+        let fresh_until = now.saturating_add(ttl.as_secs().max(1));
+        let entry = StoredEntry {
+            key: pending.keys.exact_hex(),
+            context: pending.keys.context_hex(),
+            tenant: pending.scope.tenant.clone(),
+            namespace: pending.scope.namespace.clone(),
+            route: pending.route.clone(),
+            semantic: pending.semantic,
+            question: pending.question.clone(),
+            answer,
+            served_by: served_by.to_string(),
+            created_at: now,
+            fresh_until,
+            stale_until: fresh_until.saturating_add(self.config.stale_if_error.as_secs()),
+        };
+        if u64::from(entry.weight()) > self.config.max_entry.0 {
+            self.metrics
+                .cache_writes
+                .with_label_values(&["skipped"])
+                .inc();
+            return;
+        }
+        let entry = Arc::new(entry);
+        self.memory.insert(pending.keys.exact, entry.clone());
+        if self.writes.try_send(WriteJob { pending, entry }).is_err() {
+            self.metrics
+                .cache_writes
+                .with_label_values(&["dropped"])
+                .inc();
+        }
+    }
+
+    /// A stream that passes every event through and, when the stream ends normally,
+    /// stores the answer it carried. A stream that fails or is dropped (the client went
+    /// away) stores nothing.
+    pub fn store_stream(
+        self: &Arc<Self>,
+        pending: PendingEntry,
+        events: EventStream,
+        fallback: bool,
+        served_by: String,
+    ) -> EventStream {
+        let cache = self.clone();
+        Box::pin(StoreOnEnd {
+            inner: events,
+            assembled: Assembler::default(),
+            failed: false,
+            on_end: Some(Box::new(move |response: ChatResponse| {
+                cache.store_answer(pending, &response, fallback, &served_by);
+            })),
+        })
+    }
+}
+
+/// Stores queued answers in batches: embeds the questions that were not embedded during
+/// their lookup, then upserts them in one call.
+pub(super) async fn write_loop(
+    cache: Arc<Cache>,
+    mut queue: mpsc::Receiver<WriteJob>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    const BATCH: usize = 64;
+    loop {
+        let mut jobs = Vec::new();
+        let stopping = tokio::select! {
+            received = queue.recv_many(&mut jobs, BATCH) => {
+                if received == 0 {
+                    return;
+                }
+                false
+            }
+            _ = stopped.wait_for(|stop| *stop) => true,
+        };
+        if stopping {
+            queue.close();
+            while queue.recv_many(&mut jobs, BATCH).await > 0 {
+                write_batch(&cache, std::mem::take(&mut jobs)).await;
+            }
+            return;
+        }
+        write_batch(&cache, jobs).await;
+    }
+}
+
+async fn write_batch(cache: &Cache, jobs: Vec<WriteJob>) {
+    let generation = cache.purges.load(Ordering::SeqCst);
+    let (jobs, purged): (Vec<WriteJob>, Vec<WriteJob>) = jobs
+        .into_iter()
+        .partition(|job| job.pending.generation == generation);
+    if !purged.is_empty() {
+        cache
+            .metrics
+            .cache_writes
+            .with_label_values(&["skipped"])
+            .inc_by(purged.len() as u64);
+    }
+    if jobs.is_empty() {
+        return;
+    }
+    let count = jobs.len() as u64;
+    let mut points = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let vector = match (&job.pending.vector, job.pending.semantic) {
+            (Some(vector), true) => vector.clone(),
+            _ => placeholder_vector(DIMENSIONS),
+        };
+        points.push(StoredPoint {
+            id: job.pending.keys.point_id(),
+            vector,
+            entry: StoredEntry::clone(&job.entry),
+        });
+    }
+    let started = Instant::now();
+    let result = cache.store.upsert(points).await;
+    cache.observe_store("upsert", started);
+    let outcome = match result {
+        Ok(()) => "stored",
+        Err(error) => {
+            tracing::warn!("cache: storing {count} entries failed: {error}");
+            "error"
+        }
+    };
+    cache
+        .metrics
+        .cache_writes
+        .with_label_values(&[outcome])
+        .inc_by(count);
+}
+
+type OnEnd = Box<dyn FnOnce(ChatResponse) + Send>;
+
+/// The stream wrapper of [`Cache::store_stream`].
+struct StoreOnEnd {
+    inner: EventStream,
+    assembled: Assembler,
+    failed: bool,
+    on_end: Option<OnEnd>,
+}
+
+impl futures_util::Stream for StoreOnEnd {
+    type Item = Result<StreamEvent, crate::protocol::StreamFailure>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let polled = self.inner.as_mut().poll_next(context);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(event))) => self.assembled.push(event),
+            std::task::Poll::Ready(Some(Err(_))) => self.failed = true,
+            std::task::Poll::Ready(None) => {
+                if !self.failed {
+                    let assembled = std::mem::take(&mut self.assembled);
+                    if let (Some(on_end), Some(response)) = (self.on_end.take(), assembled.finish())
+                    {
+                        on_end(response);
+                    }
+                }
+            }
+            std::task::Poll::Pending => {}
+        }
+        polled
+    }
+}
