@@ -263,6 +263,10 @@ pub struct RouteConfig {
     pub context_window_fallback: Option<String>,
     /// This route's semantic cache threshold, instead of `cache.semantic.threshold`.
     pub semantic_threshold: Option<f32>,
+    /// Who shares this route's cache entries by default: `"tenant"` (unset) or `"user"`
+    /// (each end user, by the request's `user` / `metadata.user_id`; requests naming
+    /// no user skip the cache). `x-airbag-cache-scope` overrides it per request.
+    pub cache_scope: Option<crate::cache::CacheScope>,
     /// Hedged requests (off when unset): when the target being tried has not produced
     /// its first content after this long, the rest of the chain starts as well; the first
     /// answer wins and the other attempt is cancelled.

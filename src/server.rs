@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::cache::{Cache, CacheControls, CacheStartError};
+use crate::cache::{Cache, CacheControls, CacheScope, CacheStartError};
 use crate::canned::{self, CannedSet, ExampleEmbedder};
 use crate::config::{Config, Env};
 use crate::error::RequestError;
@@ -213,12 +213,18 @@ impl RunningGateway {
 pub async fn start(config: &Config, env: &Env) -> Result<RunningGateway, StartupError> {
     let mut gateway = Gateway::from_config(config, env)?;
     if config.cache.enabled {
-        let thresholds = config
+        let policies = config
             .routes
             .iter()
-            .filter_map(|route| Some((route.model.clone(), route.semantic_threshold?)))
+            .map(|route| {
+                let policy = crate::cache::RouteCachePolicy {
+                    semantic_threshold: route.semantic_threshold,
+                    scope: route.cache_scope,
+                };
+                (route.model.clone(), policy)
+            })
             .collect();
-        gateway.cache = Some(Cache::start(&config.cache, thresholds, env, &gateway.metrics).await?);
+        gateway.cache = Some(Cache::start(&config.cache, policies, env, &gateway.metrics).await?);
     } else {
         tracing::warn!(
             "the cache is off (cache.enabled = false): every request goes to the providers"
@@ -446,8 +452,9 @@ async fn serve_chat(
     started: Instant,
 ) -> Result<Response, RequestError> {
     let tenant = gateway.tenant(headers)?;
-    let controls = cache_controls(headers, gateway.max_cache_ttl)?;
+    let mut controls = cache_controls(headers, gateway.max_cache_ttl)?;
     let body = read_body(body, headers, gateway.max_body).await?;
+    controls.end_user = end_user(&body, protocol, &controls)?;
     let request = match protocol {
         Protocol::OpenAi => openai::parse_request(&body),
         Protocol::Anthropic => anthropic::parse_request(&body),
@@ -681,7 +688,59 @@ fn cache_controls(
         }
         controls.namespace = text.to_string();
     }
+    if let Some(value) = headers.get("x-airbag-cache-scope") {
+        controls.scope = match value.to_str().unwrap_or_default().trim() {
+            "user" => Some(CacheScope::User),
+            "tenant" => Some(CacheScope::Tenant),
+            _ => {
+                return Err(RequestError::InvalidHeader {
+                    header: "x-airbag-cache-scope",
+                    message: "use `user` (entries of the request's end user only) or `tenant`"
+                        .to_string(),
+                });
+            }
+        };
+    }
     Ok(controls)
+}
+
+/// The end user a request names, for user-scoped cache entries: OpenAI's `user`, or
+/// Anthropic's `metadata.user_id`. A user-scoped request (`x-airbag-cache-scope: user`)
+/// that names none is refused: its answer would be shared after all.
+fn end_user(
+    body: &[u8],
+    protocol: Protocol,
+    controls: &CacheControls,
+) -> Result<Option<String>, RequestError> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        user: Option<Value>,
+        metadata: Option<Value>,
+    }
+    let named = serde_json::from_slice::<Named>(body).ok();
+    let user = named.and_then(|named| match protocol {
+        Protocol::OpenAi => named.user,
+        Protocol::Anthropic => named.metadata.and_then(|m| m.get("user_id").cloned()),
+    });
+    let user = user
+        .as_ref()
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|user| !user.is_empty())
+        .map(str::to_string);
+    if user.is_none() && controls.scope == Some(CacheScope::User) {
+        let field = match protocol {
+            Protocol::OpenAi => "`user`",
+            Protocol::Anthropic => "`metadata.user_id`",
+        };
+        return Err(RequestError::InvalidHeader {
+            header: "x-airbag-cache-scope",
+            message: format!(
+                "`user` scopes cache entries to the request's end user, and this request names none: send {field}"
+            ),
+        });
+    }
+    Ok(user)
 }
 
 /// Read the body, refusing it as soon as it passes the limit.

@@ -888,3 +888,125 @@ async fn a_stream_the_client_abandoned_is_not_stored() {
     assert_eq!(served(&gateway, question).await, "provider:up/m");
     assert_eq!(upstream.request_count(), 2);
 }
+
+#[tokio::test]
+async fn user_scoped_entries_are_served_only_to_the_end_user_who_asked() {
+    let upstream = mock("up").await;
+    let store = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}{}{}cache_scope = \"user\"\n{}",
+        provider("up", "openai", &upstream, ""),
+        route("chat", &["up/m"]),
+        route("private", &["up/m"]),
+        cache_section(store.path(), "", "")
+    );
+    let gateway = TestGateway::start(&config, &[]).await;
+    let scoped = [("x-airbag-cache-scope", "user")];
+    let ask = |model: &str, user: Option<&str>| {
+        let mut body = openai_chat(model, "What is the refund policy?");
+        if let Some(user) = user {
+            body["user"] = json!(user);
+        }
+        body
+    };
+
+    // Alice plants an answer in her own scope.
+    let planted = gateway
+        .post("/v1/chat/completions", ask("chat", Some("alice")), &scoped)
+        .await;
+    assert_eq!(planted.served_by(), "provider:up/m", "{}", planted.text);
+    wait_stored(&gateway, 1).await;
+    let again = gateway
+        .post("/v1/chat/completions", ask("chat", Some("alice")), &scoped)
+        .await;
+    assert_eq!(again.served_by(), "cache:exact");
+    // Neither Bob nor the tenant-wide cache sees it.
+    let bob = gateway
+        .post("/v1/chat/completions", ask("chat", Some("bob")), &scoped)
+        .await;
+    assert_eq!(bob.served_by(), "provider:up/m");
+    let tenant_wide = gateway.openai(ask("chat", Some("alice"))).await;
+    assert_eq!(tenant_wide.served_by(), "provider:up/m");
+    assert_eq!(upstream.request_count(), 3);
+
+    // A user-scoped request that names no user is refused, naming the field to send.
+    let anonymous = gateway
+        .post("/v1/chat/completions", ask("chat", None), &scoped)
+        .await;
+    assert_eq!(anonymous.status, 400, "{}", anonymous.text);
+    assert!(anonymous.text.contains("x-airbag-cache-scope"), "{}", anonymous.text);
+    assert!(anonymous.text.contains("`user`"), "{}", anonymous.text);
+    let anthropic = gateway
+        .post(
+            "/v1/messages",
+            anthropic_chat("chat", "What is the refund policy?"),
+            &scoped,
+        )
+        .await;
+    assert_eq!(anthropic.status, 400);
+    assert!(anthropic.text.contains("metadata.user_id"), "{}", anthropic.text);
+
+    // A route scoped to users by default: no user, no cache; each user their own.
+    for _ in 0..2 {
+        let reply = gateway.openai(ask("private", None)).await;
+        assert_eq!(reply.served_by(), "provider:up/m");
+    }
+    gateway.openai(ask("private", Some("carol"))).await;
+    wait_stored(&gateway, 5).await;
+    assert_eq!(
+        gateway.openai(ask("private", Some("carol"))).await.served_by(),
+        "cache:exact"
+    );
+    assert_eq!(
+        gateway.openai(ask("private", Some("dave"))).await.served_by(),
+        "provider:up/m"
+    );
+    let metrics = gateway.metrics().await;
+    assert!(
+        metrics.contains("airbag_cache_lookups_total{kind=\"scope\",result=\"no_user\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn questions_in_other_languages_get_exact_hits_only_with_the_english_model() {
+    let upstream = mock("up").await;
+    let store = tempfile::tempdir().unwrap();
+    let gateway = cached_gateway(store.path(), &upstream, "").await;
+    let cancel = "¿cómo puedo cancelar mi suscripción?";
+    let renew = "¿cómo puedo renovar mi suscripción?";
+    gateway.openai(openai_chat("chat", cancel)).await;
+    wait_stored(&gateway, 1).await;
+    // The English model scores the two Spanish questions as near-identical, yet one
+    // cancels and the other renews: only the exact repeat is served from the cache.
+    let other = gateway.openai(openai_chat("chat", renew)).await;
+    assert_eq!(other.served_by(), "provider:up/m", "{}", other.text);
+    assert_eq!(
+        other.json()["choices"][0]["message"]["content"],
+        format!("mock up answers: {renew}")
+    );
+    let repeat = gateway.openai(openai_chat("chat", cancel)).await;
+    assert_eq!(repeat.served_by(), "cache:exact");
+    let metrics = gateway.metrics().await;
+    assert!(
+        metrics.contains("airbag_cache_lookups_total{kind=\"semantic\",result=\"language\"}"),
+        "{metrics}"
+    );
+
+    // With `multilingual = true` (a model that reads Spanish) the semantic lookup runs,
+    // and the shipped English model then proposes the wrong answer: the gate is what
+    // kept it out above.
+    gateway.running.shutdown().await;
+    let store = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}{}{}",
+        provider("up", "openai", &upstream, ""),
+        route("chat", &["up/m"]),
+        cache_section(store.path(), "", "multilingual = true\nverify = false")
+    );
+    let multilingual = TestGateway::start(&config, &[]).await;
+    multilingual.openai(openai_chat("chat", cancel)).await;
+    wait_stored(&multilingual, 1).await;
+    let wrong = multilingual.openai(openai_chat("chat", renew)).await;
+    assert_eq!(wrong.served_by(), "cache:semantic", "{}", wrong.text);
+}

@@ -54,7 +54,7 @@ pub struct Alignment {
 
 /// How much lower a one-word swap scores (see the module docs); chosen on the dev pairs
 /// of `bench/data/cache_eval/`.
-pub const ONE_WORD_SWAP_PENALTY: f32 = 0.15;
+pub const ONE_WORD_SWAP_PENALTY: f32 = 0.25;
 
 /// The word [`Alignment::weakest`] names when the order of the words decided.
 pub const WORD_ORDER: &str = "<word order>";

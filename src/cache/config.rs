@@ -91,6 +91,10 @@ pub struct SemanticConfig {
     /// refuses a candidate when a content word of either has no counterpart.
     #[serde(default = "default_true")]
     pub verify: bool,
+    /// The model in `model_dir` reads languages other than English. Off (the shipped
+    /// English model), questions that do not look English get exact hits only.
+    #[serde(default)]
+    pub multilingual: bool,
     /// The lowest word alignment a verified candidate may have (0..=1). Higher refuses
     /// more rewordings, lower lets more swapped words through; see README's curve.
     #[serde(default = "default_verifier_threshold")]
@@ -120,6 +124,7 @@ impl Default for SemanticConfig {
             skip_tools: true,
             guard: true,
             verify: true,
+            multilingual: false,
             verifier_threshold: default_verifier_threshold(),
             model_dir: default_model_dir(),
             onnxruntime: default_onnxruntime(),

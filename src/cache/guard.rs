@@ -233,6 +233,8 @@ const OPPOSITES: &[(&str, &str)] = &[
     ("thaw", "freeze"),
     ("melt", "freeze"),
     ("sunrise", "sunset"),
+    ("sender", "recipient"),
+    ("sender", "receiver"),
     ("dawn", "dusk"),
 ];
 
@@ -331,6 +333,14 @@ const NUMBER_WORDS: &[&str] = &[
     "dozen",
 ];
 
+/// Units whose number means another amount in another unit, compared with the number.
+const UNITS: &[&str] = &[
+    "second", "minute", "hour", "day", "week", "month", "year", "decade", "mile", "km",
+    "kilometer", "kilometre", "meter", "metre", "feet", "foot", "inch", "inche", "cm", "mm",
+    "kg", "kilo", "gram", "g", "lb", "pound", "ounce", "oz", "liter", "litre", "gallon", "cup",
+    "percent", "degree", "dollar", "euro", "gb", "mb", "tb", "kb",
+];
+
 /// Words that start with a capital for reasons other than being a name.
 const CAPITALISED_NON_NAMES: &[&str] = &["i", "i'm", "i've", "i'd", "i'll", "ok", "okay"];
 
@@ -357,7 +367,7 @@ struct Signature {
 
 impl Signature {
     fn of(text: &str) -> Signature {
-        let mut numbers = Vec::new();
+        let mut numbers: Vec<String> = Vec::new();
         let mut names = Vec::new();
         let mut words = Vec::new();
         let mut sentence_start = true;
@@ -373,14 +383,29 @@ impl Signature {
             // A short word right after a number is its unit ("1 GB", "20 USD"), not a
             // name: the number carries the meaning and is compared already.
             let unit_of_number = after_number && lower.len() <= 3;
+            // A unit of time or measure after a number belongs to it: "2 months" is not
+            // "2 years".
+            let singular = lower.strip_suffix('s').unwrap_or(&lower);
+            if after_number && UNITS.contains(&singular) {
+                if let Some(number) = numbers.last_mut() {
+                    number.push(' ');
+                    number.push_str(singular);
+                }
+            }
             after_number = token
                 .chars()
                 .all(|c| c.is_ascii_digit() || c == ',' || c == '.');
             if token.chars().any(|c| c.is_ascii_digit()) {
                 // The digits only: "1,000" is "1000", and "1GB" is "1 GB".
-                numbers.push(lower.chars().filter(char::is_ascii_digit).collect());
+                let mut number: String = lower.chars().filter(char::is_ascii_digit).collect();
                 // And the unit as a word of its own ("1GB" holds "gb").
                 let unit: String = lower.chars().filter(|c| c.is_alphabetic()).collect();
+                let singular = unit.strip_suffix('s').unwrap_or(&unit);
+                if UNITS.contains(&singular) {
+                    number.push(' ');
+                    number.push_str(singular);
+                }
+                numbers.push(number);
                 if !unit.is_empty() {
                     words.push(unit);
                 }
@@ -542,6 +567,15 @@ mod tests {
     #[test]
     fn hard_negatives_are_refused() {
         assert!(!compatible("Refund order 1234", "Refund order 1235"));
+        assert!(!compatible(
+            "How often should a 2 year old cat eat?",
+            "How often should a 2 month old cat eat?"
+        ));
+        assert!(compatible("Leaving after 3 months", "leaving after 3 month"));
+        assert!(!compatible(
+            "How do I replace the front brake pads?",
+            "How do I replace the rear brake pads?"
+        ));
         assert!(!compatible("Convert USD to EUR", "Convert EUR to USD"));
         assert!(!compatible(
             "Can I cancel my subscription?",

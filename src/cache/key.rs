@@ -12,11 +12,13 @@ use crate::protocol::{
     ChatRequest, Image, Message, OutputParams, Part, Role, Tool, ToolChoice, last_user_text,
 };
 
-/// Whose entry it is: a tenant (from the client key) and an optional namespace within it.
+/// Whose entry it is: a tenant (from the client key), an optional namespace within it,
+/// and, for user-scoped requests (`x-airbag-cache-scope: user`), the end user.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Scope {
     pub tenant: String,
     pub namespace: String,
+    pub user: Option<String>,
 }
 
 /// The two digests of one request.
@@ -67,6 +69,10 @@ pub fn keys(scope: &Scope, request: &ChatRequest) -> CacheKeys {
     for canon in [&mut exact, &mut context] {
         canon.str("tenant", &scope.tenant);
         canon.str("namespace", &scope.namespace);
+        // Only user-scoped keys carry the user, so tenant-wide keys stay as they were.
+        if let Some(user) = &scope.user {
+            canon.str("user", user);
+        }
         canon.str("model", model);
         canon.opt_str("system", system.as_deref());
         canon.tools(tools);
@@ -297,6 +303,7 @@ mod tests {
         Scope {
             tenant: tenant.to_string(),
             namespace: String::new(),
+            user: None,
         }
     }
 

@@ -15,6 +15,7 @@ pub mod embedder;
 pub mod entry;
 pub mod guard;
 pub mod key;
+pub mod language;
 mod maintenance;
 pub mod store;
 pub mod verifier;
@@ -73,6 +74,27 @@ pub struct CacheControls {
     pub ttl: Option<Duration>,
     /// `x-airbag-cache-namespace`; empty for the tenant's default namespace.
     pub namespace: String,
+    /// `x-airbag-cache-scope`, when the request sent it.
+    pub scope: Option<CacheScope>,
+    /// The end user the request names: OpenAI `user`, Anthropic `metadata.user_id`.
+    pub end_user: Option<String>,
+}
+
+/// Who shares a cache entry: everyone of the tenant, or only the end user who asked
+/// (so one user cannot plant an answer others get). `x-airbag-cache-scope` or the
+/// route's `cache_scope` chooses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheScope {
+    Tenant,
+    User,
+}
+
+/// What a route sets for the cache: its own semantic threshold and default scope.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct RouteCachePolicy {
+    pub semantic_threshold: Option<f32>,
+    pub scope: Option<CacheScope>,
 }
 
 impl Default for CacheControls {
@@ -82,6 +104,8 @@ impl Default for CacheControls {
             store: true,
             ttl: None,
             namespace: String::new(),
+            scope: None,
+            end_user: None,
         }
     }
 }
@@ -151,8 +175,8 @@ pub struct Cache {
     verifier: Option<Verifier>,
     writes: mpsc::Sender<writer::WriteJob>,
     metrics: Metrics,
-    /// Semantic thresholds of routes that set their own (`routes[].semantic_threshold`).
-    route_thresholds: HashMap<String, f32>,
+    /// What routes set for the cache (`routes[].semantic_threshold`, `cache_scope`).
+    route_policies: HashMap<String, RouteCachePolicy>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     stop: watch::Sender<bool>,
     /// Counts purges. Writes and in-memory inserts prepared under an older generation
@@ -203,7 +227,7 @@ impl Cache {
     /// writer and maintenance tasks.
     pub async fn start(
         config: &CacheConfig,
-        route_thresholds: HashMap<String, f32>,
+        route_policies: HashMap<String, RouteCachePolicy>,
         env: &Env,
         metrics: &Metrics,
     ) -> Result<Arc<Cache>, CacheStartError> {
@@ -294,7 +318,7 @@ impl Cache {
             verifier,
             writes,
             metrics: metrics.clone(),
-            route_thresholds,
+            route_policies,
             tasks: Mutex::new(Vec::new()),
             stop,
             purges: AtomicU64::new(0),
@@ -326,13 +350,33 @@ impl Cache {
         controls: &CacheControls,
     ) -> Lookup {
         let generation = self.purges.load(Ordering::SeqCst);
+        let route_scope = self.route_policies.get(route).and_then(|p| p.scope);
+        let user = match controls.scope.or(route_scope) {
+            Some(CacheScope::User) => match &controls.end_user {
+                Some(user) => Some(user.clone()),
+                // The route scopes entries to users, and this request names none: it
+                // neither reads nor writes entries others could share. (The header
+                // without a user is refused before the ladder.)
+                None => {
+                    self.count("scope", "no_user");
+                    return Lookup::default();
+                }
+            },
+            Some(CacheScope::Tenant) | None => None,
+        };
         let scope = Scope {
             tenant: tenant.to_string(),
             namespace: controls.namespace.clone(),
+            user,
         };
         let keys = key::keys(&scope, request);
         let question = key::question(request);
-        let semantic = self.semantic_eligible(request, &question);
+        let mut semantic = self.semantic_eligible(request, &question);
+        if semantic && !self.config.semantic.multilingual && !language::looks_english(&question) {
+            // The model reads English: other languages get exact hits only.
+            self.count("semantic", "language");
+            semantic = false;
+        }
         let mut lookup = Lookup::default();
         let now = unix_now();
         if controls.lookup {
@@ -382,9 +426,9 @@ impl Cache {
             match &vector {
                 Some(vector) => {
                     let threshold = self
-                        .route_thresholds
+                        .route_policies
                         .get(route)
-                        .copied()
+                        .and_then(|policy| policy.semantic_threshold)
                         .unwrap_or(self.config.semantic.threshold);
                     let (hit, stale) = self
                         .semantic(&keys, &scope, &question, vector.clone(), threshold)
@@ -647,7 +691,14 @@ impl Cache {
             "semantic": {
                 "enabled": self.embedder.is_some(),
                 "threshold": self.config.semantic.threshold,
-                "route_thresholds": self.route_thresholds,
+                "route_thresholds": self
+                    .route_policies
+                    .iter()
+                    .filter_map(|(route, policy)| Some((route.clone(), policy.semantic_threshold?)))
+                    .collect::<HashMap<_, _>>(),
+                "verify": self.verifier.is_some(),
+                "verifier_threshold": self.config.semantic.verifier_threshold,
+                "multilingual": self.config.semantic.multilingual,
                 "guard": self.config.semantic.guard,
             },
             "ttl_seconds": self.config.ttl.as_secs(),
