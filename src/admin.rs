@@ -42,6 +42,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .merge(crate::canned::admin::routes())
         .route_layer(middleware::from_fn_with_state(
             gateway.clone(),
+            read_body_in_time,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            gateway.clone(),
             require_token,
         ))
         .with_state(gateway)
@@ -69,12 +73,42 @@ fn authorized(gateway: &Gateway, headers: &HeaderMap) -> bool {
     let Some(expected) = &gateway.admin_token else {
         return true;
     };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .unwrap_or_default();
+    let presented = crate::server::bearer_token(headers).unwrap_or_default();
     constant_time_eq(presented.as_bytes(), expected.as_bytes())
+}
+
+/// The largest admin request body (axum's own default for its extractors, which this
+/// replaces): canned entries and drill requests are a few KiB.
+const MAX_ADMIN_BODY: usize = 2 << 20;
+
+/// Reads the whole body before the handler runs, within `server.body_timeout`, so a
+/// client that trickles a body is answered 408 and closed like on the proxy listener.
+async fn read_body_in_time(
+    State(gateway): State<Arc<Gateway>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let read = crate::server::read_body(body, &parts.headers, MAX_ADMIN_BODY, gateway.body_timeout);
+    match read.await {
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Err(failure) => {
+            let mut response = error(failure.status(), failure.to_string());
+            for (name, value) in failure.headers() {
+                response.headers_mut().insert(name, value);
+            }
+            response
+        }
+    }
+}
+
+/// The admin listener's answer to a connection over `admin.max_connections`.
+pub(crate) fn refusal(_path: &str, key: &'static str, limit: usize) -> Response {
+    let failure = crate::error::RequestError::Overloaded { key, limit };
+    error(failure.status(), failure.to_string())
 }
 
 /// Compares without stopping at the first difference, so timing says nothing about how
