@@ -20,6 +20,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::error::RequestError;
 use crate::health::Readiness;
 use crate::providers::breaker::Reason;
 use crate::providers::faults::{FAULT_SYNTAX, InjectedFault, MAX_FAULT};
@@ -96,7 +97,14 @@ async fn read_body_in_time(
                 .await
         }
         Err(failure) => {
-            let mut response = error(failure.status(), failure.to_string());
+            let message = match failure {
+                // The proxy's message names server.max_body, which is not this limit.
+                RequestError::BodyTooLarge { limit } => format!(
+                    "the request body is larger than the admin listener's limit of {limit} bytes; admin requests are a few KiB"
+                ),
+                _ => failure.to_string(),
+            };
+            let mut response = error(failure.status(), message);
             for (name, value) in failure.headers() {
                 response.headers_mut().insert(name, value);
             }
@@ -107,7 +115,7 @@ async fn read_body_in_time(
 
 /// The admin listener's answer to a connection over `admin.max_connections`.
 pub(crate) fn refusal(_path: &str, key: &'static str, limit: usize) -> Response {
-    let failure = crate::error::RequestError::Overloaded { key, limit };
+    let failure = RequestError::Overloaded { key, limit };
     error(failure.status(), failure.to_string())
 }
 

@@ -52,6 +52,38 @@ pub struct ConnectionLimits {
     pub max_connections_key: &'static str,
 }
 
+/// What a listener counts: its open connections and the ones its limits ended
+/// (`airbag_connections`, `airbag_connections_closed_total`).
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    /// `proxy` or `admin`: the `listener` label.
+    pub name: &'static str,
+    pub open: prometheus::IntGauge,
+    pub closed: prometheus::IntCounterVec,
+}
+
+impl ListenerMetrics {
+    fn closed(&self, reason: &str) {
+        self.closed.with_label_values(&[self.name, reason]).inc();
+    }
+}
+
+/// Counts a connection as open for as long as its task lives, aborted or not.
+struct OpenConnection(prometheus::IntGauge);
+
+impl OpenConnection {
+    fn new(open: &prometheus::IntGauge) -> OpenConnection {
+        open.inc();
+        OpenConnection(open.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// The answer to a request on a connection over the cap, from the request's path (to
 /// pick a protocol's error shape), the limit's config key and its value. The listener
 /// adds the 503, `retry-after` and `connection: close`.
@@ -64,9 +96,12 @@ pub fn spawn(
     router: Router,
     limits: ConnectionLimits,
     refusal: Refusal,
+    metrics: ListenerMetrics,
     shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    tokio::spawn(accept_loop(listener, router, limits, refusal, shutdown))
+    tokio::spawn(accept_loop(
+        listener, router, limits, refusal, metrics, shutdown,
+    ))
 }
 
 async fn accept_loop(
@@ -74,6 +109,7 @@ async fn accept_loop(
     router: Router,
     limits: ConnectionLimits,
     refusal: Refusal,
+    metrics: ListenerMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -103,21 +139,29 @@ async fn accept_loop(
         let (slot, refusing) = match slots.clone().try_acquire_owned() {
             Ok(slot) => (slot, false),
             Err(_) => match refusals.clone().try_acquire_owned() {
-                Ok(slot) => (slot, true),
-                Err(_) => continue,
+                Ok(slot) => {
+                    metrics.closed("max_connections");
+                    (slot, true)
+                }
+                Err(_) => {
+                    metrics.closed("flooded");
+                    continue;
+                }
             },
         };
+        let open = OpenConnection::new(&metrics.open);
         let connection = drive(
             stream,
             router.clone(),
             refusing,
             limits,
             refusal,
+            metrics.clone(),
             shutdown.clone(),
         );
         connections.spawn(async move {
             connection.await;
-            drop(slot);
+            drop((slot, open));
         });
     }
     drop(listener);
@@ -132,6 +176,7 @@ async fn drive(
     refusing: bool,
     limits: ConnectionLimits,
     refusal: Refusal,
+    metrics: ListenerMetrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let activity = Arc::new(Activity::default());
@@ -188,9 +233,13 @@ async fn drive(
                     None => {}
                     // A head that is late, or never came: nothing was written, so the
                     // connection is simply closed.
-                    Some(Expired::Head | Expired::FirstRequest) => return,
+                    Some(Expired::Head | Expired::FirstRequest) => {
+                        metrics.closed("header_timeout");
+                        return;
+                    }
                     // Idle after an answer: hyper closes once the answer is flushed.
                     Some(Expired::Idle) => {
+                        metrics.closed("idle_timeout");
                         connection.as_mut().graceful_shutdown();
                         closing_since = Some(Instant::now());
                     }

@@ -29,7 +29,7 @@ use crate::canned::{self, CannedSet, ExampleEmbedder};
 use crate::config::{Config, Env};
 use crate::error::RequestError;
 use crate::ladder::{self, Answer, RungTag, Served};
-use crate::listener::{self, ConnectionLimits};
+use crate::listener::{self, ConnectionLimits, ListenerMetrics};
 use crate::metrics::Metrics;
 use crate::protocol::{EventStream, Protocol, anthropic, openai, replay_as_stream};
 use crate::providers::{Provider, Routes};
@@ -307,6 +307,7 @@ async fn listen(config: &Config, gateway: Arc<Gateway>) -> Result<RunningGateway
             proxy_router(gateway.clone()),
             proxy_limits,
             proxy_refusal,
+            listener_metrics(&gateway, "proxy"),
             watcher.clone(),
         ),
         listener::spawn(
@@ -314,6 +315,7 @@ async fn listen(config: &Config, gateway: Arc<Gateway>) -> Result<RunningGateway
             crate::admin::router(gateway.clone()),
             admin_limits,
             crate::admin::refusal,
+            listener_metrics(&gateway, "admin"),
             watcher.clone(),
         ),
         canned::files::spawn_reloader(
@@ -368,6 +370,14 @@ async fn load_canned(gateway: &Arc<Gateway>) -> Result<(), StartupError> {
         "canned answers loaded"
     );
     Ok(())
+}
+
+fn listener_metrics(gateway: &Gateway, name: &'static str) -> ListenerMetrics {
+    ListenerMetrics {
+        name,
+        open: gateway.metrics.connections.with_label_values(&[name]),
+        closed: gateway.metrics.connections_closed.clone(),
+    }
 }
 
 /// The proxy's answer to a connection over `server.max_connections`, in the error shape

@@ -105,6 +105,9 @@ async fn a_client_that_trickles_its_headers_is_closed() {
         "a connection that never sends a byte stays open"
     );
     assert_eq!(upstream.request_count(), 0);
+    let metrics = gateway.metrics().await;
+    let line = "airbag_connections_closed_total{listener=\"proxy\",reason=\"header_timeout\"} 2";
+    assert!(metrics.contains(line), "{line} missing in {metrics}");
 
     // A client that sends its request at once is not affected.
     let reply = gateway.openai(openai_chat("chat", "hi")).await;
@@ -175,6 +178,9 @@ async fn an_idle_kept_alive_connection_is_closed_after_its_answer() {
         Some(""),
         "an idle connection stays open"
     );
+    let metrics = gateway.metrics().await;
+    let line = "airbag_connections_closed_total{listener=\"proxy\",reason=\"idle_timeout\"} 1";
+    assert!(metrics.contains(line), "{line} missing in {metrics}");
 }
 
 async fn connect_raw(addr: SocketAddr) -> TcpStream {
@@ -217,6 +223,13 @@ async fn connections_past_the_cap_get_a_503_with_retry_after_in_their_protocol()
     assert_eq!(reply.json()["error"]["type"], "overloaded_error");
     assert!(reply.text.contains("server.max_connections"));
     assert_eq!(upstream.request_count(), 0);
+    let metrics = gateway.metrics().await;
+    for line in [
+        "airbag_connections{listener=\"proxy\"} 2",
+        "airbag_connections_closed_total{listener=\"proxy\",reason=\"max_connections\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line} missing in {metrics}");
+    }
 
     // Once a connection closes, its slot serves the next client.
     drop(first);
