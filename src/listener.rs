@@ -62,6 +62,14 @@ pub struct ListenerMetrics {
     pub closed: prometheus::IntCounterVec,
 }
 
+/// Why a listener ended a connection: the `reason` label's fixed set.
+const CLOSE_REASONS: [&str; 4] = [
+    "header_timeout",
+    "idle_timeout",
+    "max_connections",
+    "flooded",
+];
+
 impl ListenerMetrics {
     fn closed(&self, reason: &str) {
         self.closed.with_label_values(&[self.name, reason]).inc();
@@ -99,6 +107,11 @@ pub fn spawn(
     metrics: ListenerMetrics,
     shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
+    // Every series exists from the start at 0, so a rate over it is defined before the
+    // first close.
+    for reason in CLOSE_REASONS {
+        metrics.closed.with_label_values(&[metrics.name, reason]);
+    }
     tokio::spawn(accept_loop(
         listener, router, limits, refusal, metrics, shutdown,
     ))
