@@ -249,6 +249,35 @@ async fn connections_past_the_cap_get_a_503_with_retry_after_in_their_protocol()
 }
 
 #[tokio::test]
+async fn the_admin_listener_has_a_connection_cap_of_its_own() {
+    let upstream = mock("up").await;
+    let config = format!(
+        "[admin]\nmax_connections = 1\n{}{}",
+        provider("up", "openai", &upstream, ""),
+        route("chat", &["up/m"]),
+    );
+    let gateway = TestGateway::start(&config, &[]).await;
+    let _held = connect_raw(gateway.running.admin_addr).await;
+    let reply = common::Reply::read(
+        reqwest::Client::new()
+            .get(gateway.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 503, "{}", reply.text);
+    assert_eq!(reply.header("retry-after"), "1");
+    let error = reply.json()["error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains("limit of 1 open connections (admin.max_connections)"),
+        "{error}"
+    );
+    // The proxy listener's own cap is untouched.
+    assert_eq!(gateway.get("/healthz", &[]).await.status, 200);
+}
+
+#[tokio::test]
 async fn chat_requests_past_the_in_flight_cap_get_a_503_and_health_still_answers() {
     // The first request is held by the provider while the others arrive.
     let upstream = mock_with(
