@@ -244,8 +244,8 @@ async fn drive(
                 }
                 match activity.expired(&limits) {
                     None => {}
-                    // A head that is late, or never came: nothing was written, so the
-                    // connection is simply closed.
+                    // A head that is late, or never came: nothing of this request was
+                    // answered, so the connection is simply closed.
                     Some(Expired::Head | Expired::FirstRequest) => {
                         metrics.closed("header_timeout");
                         return;
