@@ -20,6 +20,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::error::RequestError;
 use crate::health::Readiness;
 use crate::providers::breaker::Reason;
 use crate::providers::faults::{FAULT_SYNTAX, InjectedFault, MAX_FAULT};
@@ -40,6 +41,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/admin/cache/purge", post(cache_purge))
         .route("/admin/openapi.json", get(openapi))
         .merge(crate::canned::admin::routes())
+        .route_layer(middleware::from_fn_with_state(
+            gateway.clone(),
+            read_body_in_time,
+        ))
         .route_layer(middleware::from_fn_with_state(
             gateway.clone(),
             require_token,
@@ -69,12 +74,49 @@ fn authorized(gateway: &Gateway, headers: &HeaderMap) -> bool {
     let Some(expected) = &gateway.admin_token else {
         return true;
     };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .unwrap_or_default();
+    let presented = crate::server::bearer_token(headers).unwrap_or_default();
     constant_time_eq(presented.as_bytes(), expected.as_bytes())
+}
+
+/// The largest admin request body (axum's own default for its extractors, which this
+/// replaces): canned entries and drill requests are a few KiB.
+const MAX_ADMIN_BODY: usize = 2 << 20;
+
+/// Reads the whole body before the handler runs, within `server.body_timeout`, so a
+/// client that trickles a body is answered 408 and closed like on the proxy listener.
+async fn read_body_in_time(
+    State(gateway): State<Arc<Gateway>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let read = crate::server::read_body(body, &parts.headers, MAX_ADMIN_BODY, gateway.body_timeout);
+    match read.await {
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Err(failure) => {
+            let message = match failure {
+                // The proxy's message names server.max_body, which is not this limit.
+                RequestError::BodyTooLarge { limit } => format!(
+                    "the request body is larger than the admin listener's limit of {limit} bytes; admin requests are a few KiB"
+                ),
+                _ => failure.to_string(),
+            };
+            let mut response = error(failure.status(), message);
+            for (name, value) in failure.headers() {
+                response.headers_mut().insert(name, value);
+            }
+            response
+        }
+    }
+}
+
+/// The admin listener's answer to a connection over `admin.max_connections`.
+pub(crate) fn refusal(_path: &str, key: &'static str, limit: usize) -> Response {
+    let failure = RequestError::Overloaded { key, limit };
+    error(failure.status(), failure.to_string())
 }
 
 /// Compares without stopping at the first difference, so timing says nothing about how

@@ -89,6 +89,27 @@ pub struct ServerConfig {
     /// a long chain of slow targets; a stream already flowing is not cut by it.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// A request's head (request line and headers) must arrive within this long of the
+    /// connection's accept, or of the first byte of a later request; a client that
+    /// trickles its headers is closed (on both listeners).
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// The whole request body must arrive within this long of its head; a slower one is
+    /// answered 408 and the connection closed (on both listeners).
+    #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// A kept-alive connection with no request in progress is closed after this long (on
+    /// both listeners).
+    #[serde(default = "default_keepalive_idle", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Open connections on the proxy listener; past it a new connection gets a 503 with
+    /// `retry-after` and is closed. Keep it below the process's open-file limit.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Chat requests being answered at once (streams until their last byte); past it a
+    /// request gets a 503 with `retry-after`. Health endpoints are not counted.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
 }
 
 impl Default for ServerConfig {
@@ -97,6 +118,11 @@ impl Default for ServerConfig {
             listen: default_proxy_listen(),
             max_body: default_max_body(),
             request_timeout: default_request_timeout(),
+            header_timeout: default_header_timeout(),
+            body_timeout: default_body_timeout(),
+            idle_timeout: default_keepalive_idle(),
+            max_connections: default_max_connections(),
+            max_in_flight: default_max_in_flight(),
         }
     }
 }
@@ -108,6 +134,10 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Bearer token for the admin listener; required when it listens beyond loopback.
     pub token: Option<Secret>,
+    /// Open connections on the admin listener, apart from the proxy's, so a flood of
+    /// chat traffic never locks the operator out (and the reverse).
+    #[serde(default = "default_admin_max_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for AdminConfig {
@@ -115,6 +145,7 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: default_admin_listen(),
             token: None,
+            max_connections: default_admin_max_connections(),
         }
     }
 }
@@ -415,6 +446,24 @@ fn default_max_body() -> ByteSize {
 fn default_request_timeout() -> Duration {
     Duration::from_secs(300)
 }
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_keepalive_idle() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_max_in_flight() -> usize {
+    2048
+}
+fn default_admin_max_connections() -> usize {
+    64
+}
 fn default_canned_dir() -> PathBuf {
     PathBuf::from("canned")
 }
@@ -524,6 +573,10 @@ impl Config {
         self.check_listeners(env, &mut problems);
         for (name, provider) in &self.providers {
             check_provider(name, provider, &mut problems);
+            for (index, key) in provider.keys.iter().enumerate() {
+                let path = format!("providers.{name}.keys[{index}].key");
+                check_blank(&path, &key.key, env, &mut problems);
+            }
             if let Some(quality) = &provider.quality {
                 self.check_quality(name, quality, &mut problems);
             }
@@ -533,6 +586,7 @@ impl Config {
         problems.extend(self.cache.problems());
         if let Some(key) = &self.cache.store.api_key {
             check_secret("cache.store.api_key", key, &mut problems);
+            check_blank("cache.store.api_key", key, env, &mut problems);
         }
         if self.canned.dir.as_os_str().is_empty() {
             problems.push(
@@ -549,10 +603,29 @@ impl Config {
     }
 
     fn check_listeners(&self, env: &Env, problems: &mut Vec<String>) {
-        if self.server.request_timeout.is_zero() {
-            problems.push(
-                "server.request_timeout: must be longer than 0; write e.g. \"120s\"".to_string(),
-            );
+        let server = &self.server;
+        let durations = [
+            ("server.request_timeout", server.request_timeout, "120s"),
+            ("server.header_timeout", server.header_timeout, "10s"),
+            ("server.body_timeout", server.body_timeout, "30s"),
+            ("server.idle_timeout", server.idle_timeout, "60s"),
+        ];
+        for (key, duration, example) in durations {
+            if duration.is_zero() {
+                problems.push(format!(
+                    "{key}: must be longer than 0; write e.g. \"{example}\""
+                ));
+            }
+        }
+        let caps = [
+            ("server.max_connections", server.max_connections, 4096),
+            ("server.max_in_flight", server.max_in_flight, 2048),
+            ("admin.max_connections", self.admin.max_connections, 64),
+        ];
+        for (key, cap, example) in caps {
+            if cap == 0 {
+                problems.push(format!("{key}: must be at least 1; write e.g. {example}"));
+            }
         }
         if let Some(token) = &self.admin.token {
             check_secret("admin.token", token, problems);
@@ -562,6 +635,7 @@ impl Config {
                     token.variable().unwrap_or_default()
                 ));
             }
+            check_blank("admin.token", token, env, problems);
         }
         if !self.admin.listen.ip().is_loopback() && self.admin.token.is_none() {
             problems.push(format!(
@@ -644,6 +718,7 @@ impl Config {
                     client.key.variable().unwrap_or_default()
                 ));
             }
+            check_blank(&format!("{path}.key"), &client.key, env, problems);
             if !tenants_by_key.insert(client.key.clone()) {
                 problems.push(format!("{path}.key: the same key is listed twice"));
             }
@@ -651,6 +726,23 @@ impl Config {
                 problems.push(format!("{path}.tenant: is empty; name the tenant"));
             }
         }
+    }
+}
+
+/// A secret whose variable holds only whitespace: a copy-paste slip that would make an
+/// admin token anyone can guess, a client key of spaces, or a provider key that fails
+/// every call.
+fn check_blank(path: &str, secret: &Secret, env: &Env, problems: &mut Vec<String>) {
+    let Some(variable) = secret.variable() else {
+        return;
+    };
+    if env
+        .get(variable)
+        .is_some_and(|value| value.trim().is_empty())
+    {
+        problems.push(format!(
+            "{path}: environment variable {variable} holds only whitespace; set it to the secret itself"
+        ));
     }
 }
 

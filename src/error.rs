@@ -20,6 +20,22 @@ pub enum RequestError {
     BodyTooLarge { limit: usize },
     #[error("the request body could not be read: {0}")]
     BodyUnreadable(String),
+    #[error(
+        "the request body did not arrive within {}s (server.body_timeout); send the whole body at once, or raise server.body_timeout",
+        .timeout.as_secs_f64()
+    )]
+    BodyTimeout { timeout: std::time::Duration },
+    #[error(
+        "`Content-Type: {content_type}` is not JSON; send the body as JSON with `Content-Type: application/json`"
+    )]
+    UnsupportedMediaType { content_type: String },
+    /// A cap of `[server]` or `[admin]` is reached: `key` is its config key.
+    #[error(
+        "airbag is at its limit of {limit} {} ({key}); retry in {}s, or raise {key}",
+        if key.ends_with("max_in_flight") { "requests in flight" } else { "open connections" },
+        crate::listener::RETRY_AFTER_SECONDS
+    )]
+    Overloaded { key: &'static str, limit: usize },
     #[error("invalid request: `{}`: {}", .0.field, .0.message)]
     InvalidBody(InvalidBody),
     #[error("invalid header `{header}`: {message}")]
@@ -52,6 +68,9 @@ impl RequestError {
         match self {
             RequestError::Unauthorized => StatusCode::UNAUTHORIZED,
             RequestError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            RequestError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            RequestError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            RequestError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             RequestError::BodyUnreadable(_)
             | RequestError::InvalidBody(_)
             | RequestError::InvalidHeader { .. } => StatusCode::BAD_REQUEST,
@@ -66,6 +85,9 @@ impl RequestError {
             RequestError::Unauthorized => "unauthorized",
             RequestError::BodyTooLarge { .. } => "body_too_large",
             RequestError::BodyUnreadable(_) => "body_unreadable",
+            RequestError::BodyTimeout { .. } => "body_timeout",
+            RequestError::UnsupportedMediaType { .. } => "unsupported_media_type",
+            RequestError::Overloaded { .. } => "overloaded",
             RequestError::InvalidBody(_) => "invalid_request",
             RequestError::InvalidHeader { .. } => "invalid_header",
             RequestError::UnknownModel { .. } => "unknown_model",
@@ -91,13 +113,17 @@ impl RequestError {
             RequestError::InvalidBody(invalid) => Some(invalid.field.as_str()),
             RequestError::InvalidHeader { header, .. } => Some(*header),
             RequestError::UnknownModel { .. } => Some("model"),
+            RequestError::UnsupportedMediaType { .. } => Some("content-type"),
+            RequestError::Overloaded { key, .. } => Some(*key),
             _ => None,
         };
         let mut body = match protocol {
             Protocol::OpenAi => {
                 let error_type = match self {
                     RequestError::Unauthorized => "authentication_error",
-                    RequestError::AllTargetsFailed { .. } => "service_unavailable",
+                    RequestError::AllTargetsFailed { .. } | RequestError::Overloaded { .. } => {
+                        "service_unavailable"
+                    }
                     _ => "invalid_request_error",
                 };
                 openai::render_error(&message, error_type, self.kind(), param)
@@ -107,7 +133,9 @@ impl RequestError {
                     RequestError::Unauthorized => "authentication_error",
                     RequestError::BodyTooLarge { .. } => "request_too_large",
                     RequestError::UnknownModel { .. } => "not_found_error",
-                    RequestError::AllTargetsFailed { .. } => "overloaded_error",
+                    RequestError::AllTargetsFailed { .. } | RequestError::Overloaded { .. } => {
+                        "overloaded_error"
+                    }
                     _ => "invalid_request_error",
                 };
                 anthropic::render_error(&message, error_type)
@@ -117,5 +145,21 @@ impl RequestError {
             body["airbag"] = json!({"error": self.kind(), "attempts": attempts});
         }
         body
+    }
+
+    /// Headers the answer carries besides its body: when to retry a full gateway, and
+    /// that a connection whose body was not read to its end will not be reused.
+    pub fn headers(&self) -> Vec<(axum::http::HeaderName, axum::http::HeaderValue)> {
+        use axum::http::{HeaderValue, header};
+        match self {
+            RequestError::Overloaded { .. } => vec![(
+                header::RETRY_AFTER,
+                HeaderValue::from(crate::listener::RETRY_AFTER_SECONDS),
+            )],
+            RequestError::BodyTimeout { .. } => {
+                vec![(header::CONNECTION, HeaderValue::from_static("close"))]
+            }
+            _ => Vec::new(),
+        }
     }
 }

@@ -5,6 +5,8 @@
 //! - [`config`]: the config file, its validation, `env:NAME` secrets.
 //! - [`server`]: starts both listeners; the proxy's ingress (auth, limits, parsing) and egress
 //!   (rendering, rung tags, metrics).
+//! - [`listener`]: accepting and driving connections with header and idle timeouts and a
+//!   connection cap, for both listeners.
 //! - [`health`]: `/readyz` (can any rung answer?) and `/healthz/upstreams` (are the
 //!   providers up?) on the proxy listener.
 //! - [`ladder`]: the one function that knows the order of the rungs.
@@ -27,6 +29,7 @@ pub mod drill;
 pub mod error;
 pub mod health;
 pub mod ladder;
+pub mod listener;
 pub mod metrics;
 pub mod mock;
 pub mod protocol;

@@ -67,6 +67,12 @@ pub struct Metrics {
     pub stream_resumes: IntCounterVec,
     /// Attempts an injected fault (a drill) acted on, by target and fault kind.
     pub injected_faults: IntCounterVec,
+    /// Open connections by listener (`proxy`, `admin`).
+    pub connections: IntGaugeVec,
+    /// Connections the listener ended by listener and reason: `header_timeout`,
+    /// `idle_timeout`, `max_connections` (answered 503), `flooded` (past twice the cap,
+    /// closed unanswered).
+    pub connections_closed: IntCounterVec,
 }
 
 impl Metrics {
@@ -278,6 +284,19 @@ impl Metrics {
             &["target", "fault"],
         )?;
         registry.register(Box::new(injected_faults.clone()))?;
+        let connections = IntGaugeVec::new(
+            Opts::new("airbag_connections", "Open connections, by listener"),
+            &["listener"],
+        )?;
+        registry.register(Box::new(connections.clone()))?;
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "airbag_connections_closed_total",
+                "Connections a listener's limits ended, by listener and reason",
+            ),
+            &["listener", "reason"],
+        )?;
+        registry.register(Box::new(connections_closed.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -305,6 +324,8 @@ impl Metrics {
             hedges,
             stream_resumes,
             injected_faults,
+            connections,
+            connections_closed,
         })
     }
 

@@ -16,7 +16,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
 use serde_json::{Value, json};
@@ -30,6 +29,7 @@ use crate::canned::{self, CannedSet, ExampleEmbedder};
 use crate::config::{Config, Env};
 use crate::error::RequestError;
 use crate::ladder::{self, Answer, RungTag, Served};
+use crate::listener::{self, ConnectionLimits, ListenerMetrics};
 use crate::metrics::Metrics;
 use crate::protocol::{EventStream, Protocol, anthropic, openai, replay_as_stream};
 use crate::providers::{Provider, Routes};
@@ -51,6 +51,13 @@ pub struct Gateway {
     /// nothing about the keys themselves.
     clients: HashMap<[u8; 32], String>,
     max_body: usize,
+    /// How long a request body may take to arrive once its head is in
+    /// (`server.body_timeout`).
+    pub(crate) body_timeout: std::time::Duration,
+    /// Slots for chat requests being answered (`server.max_in_flight`); a slot is held
+    /// until the answer's last byte is sent.
+    in_flight: Arc<tokio::sync::Semaphore>,
+    max_in_flight: usize,
     /// Bearer token of the admin listener, when configured.
     pub(crate) admin_token: Option<String>,
     /// How long rung 2 may take to commit an answer (`server.request_timeout`).
@@ -135,6 +142,9 @@ impl Gateway {
             metrics,
             clients,
             max_body: usize::try_from(config.server.max_body.0).unwrap_or(usize::MAX),
+            body_timeout: config.server.body_timeout,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight)),
+            max_in_flight: config.server.max_in_flight,
             request_timeout: config.server.request_timeout,
             cache: None,
             max_cache_ttl: config.cache.max_ttl,
@@ -153,10 +163,7 @@ impl Gateway {
         if self.clients.is_empty() {
             return Ok(OPEN_TENANT.to_string());
         }
-        let bearer = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "));
+        let bearer = bearer_token(headers);
         let api_key = headers
             .get("x-api-key")
             .and_then(|value| value.to_str().ok());
@@ -178,6 +185,17 @@ impl Gateway {
                 .any(|target| target.provider.is_some() && !target.breaker.is_open())
         })
     }
+}
+
+/// The credentials of `Authorization: Bearer …`. The scheme is case-insensitive (RFC
+/// 9110 §11.1), so `bearer` and `BEARER` are read too; surrounding whitespace is not part
+/// of the token.
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
 /// A gateway listening on its proxy and admin addresses.
@@ -278,11 +296,32 @@ async fn listen(config: &Config, gateway: Arc<Gateway>) -> Result<RunningGateway
         source,
     })?;
     let (shutdown, watcher) = watch::channel(false);
+    let proxy_limits = ConnectionLimits {
+        header_timeout: config.server.header_timeout,
+        idle_timeout: config.server.idle_timeout,
+        max_connections: config.server.max_connections,
+        max_connections_key: "server.max_connections",
+    };
+    let admin_limits = ConnectionLimits {
+        max_connections: config.admin.max_connections,
+        max_connections_key: "admin.max_connections",
+        ..proxy_limits
+    };
     let tasks = vec![
-        spawn_server(proxy, proxy_router(gateway.clone()), watcher.clone()),
-        spawn_server(
+        listener::spawn(
+            proxy,
+            proxy_router(gateway.clone()),
+            proxy_limits,
+            proxy_refusal,
+            listener_metrics(&gateway, "proxy"),
+            watcher.clone(),
+        ),
+        listener::spawn(
             admin,
             crate::admin::router(gateway.clone()),
+            admin_limits,
+            crate::admin::refusal,
+            listener_metrics(&gateway, "admin"),
             watcher.clone(),
         ),
         canned::files::spawn_reloader(
@@ -339,26 +378,33 @@ async fn load_canned(gateway: &Arc<Gateway>) -> Result<(), StartupError> {
     Ok(())
 }
 
-fn spawn_server(
-    listener: TcpListener,
-    router: Router,
-    mut shutdown: watch::Receiver<bool>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let stop = async move {
-            let _ = shutdown.wait_for(|stopped| *stopped).await;
-        };
-        // Small SSE chunks must not wait for Nagle's algorithm.
-        let listener = listener.tap_io(|stream| {
-            let _ = stream.set_nodelay(true);
-        });
-        if let Err(error) = axum::serve(listener, router)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::error!(%error, "listener stopped");
-        }
-    })
+fn listener_metrics(gateway: &Gateway, name: &'static str) -> ListenerMetrics {
+    ListenerMetrics {
+        name,
+        open: gateway.metrics.connections.with_label_values(&[name]),
+        closed: gateway.metrics.connections_closed.clone(),
+    }
+}
+
+/// The proxy's answer to a connection over `server.max_connections`, in the error shape
+/// of the protocol its path speaks.
+fn proxy_refusal(path: &str, key: &'static str, limit: usize) -> Response {
+    let protocol = match path {
+        "/v1/messages" => Protocol::Anthropic,
+        _ => Protocol::OpenAi,
+    };
+    error_response(&RequestError::Overloaded { key, limit }, protocol)
+}
+
+/// A request error as the client receives it: status, body in its protocol, headers.
+fn error_response(error: &RequestError, protocol: Protocol) -> Response {
+    let mut response = (error.status(), axum::Json(error.body(protocol))).into_response();
+    let headers = response.headers_mut();
+    headers.insert("x-airbag-error", HeaderValue::from_static(error.kind()));
+    for (name, value) in error.headers() {
+        headers.insert(name, value);
+    }
+    response
 }
 
 pub fn proxy_router(gateway: Arc<Gateway>) -> Router {
@@ -398,19 +444,24 @@ async fn chat(
         served_by = tracing::field::Empty,
         attempts = tracing::field::Empty,
     );
-    let result = serve_chat(&gateway, &headers, body, protocol, started)
-        .instrument(span.clone())
-        .await;
+    // Shed load before any work: the slot is held until the answer's last byte.
+    let slot = gateway.in_flight.clone().try_acquire_owned();
+    let result = match slot {
+        Ok(slot) => serve_chat(&gateway, &headers, body, protocol, started)
+            .instrument(span.clone())
+            .await
+            .map(|response| listener::guard_body(response, slot)),
+        Err(_) => Err(RequestError::Overloaded {
+            key: "server.max_in_flight",
+            limit: gateway.max_in_flight,
+        }),
+    };
     let _entered = span.enter();
     match result {
         Ok(response) => response,
         Err(error) => {
             account_error(&gateway, &error, protocol);
-            let mut response = (error.status(), axum::Json(error.body(protocol))).into_response();
-            response
-                .headers_mut()
-                .insert("x-airbag-error", HeaderValue::from_static(error.kind()));
-            response
+            error_response(&error, protocol)
         }
     }
 }
@@ -452,8 +503,9 @@ async fn serve_chat(
     started: Instant,
 ) -> Result<Response, RequestError> {
     let tenant = gateway.tenant(headers)?;
+    require_json(headers)?;
     let mut controls = cache_controls(headers, gateway.max_cache_ttl)?;
-    let body = read_body(body, headers, gateway.max_body).await?;
+    let body = read_body(body, headers, gateway.max_body, gateway.body_timeout).await?;
     controls.end_user = end_user(&body, protocol, &controls)?;
     let request = match protocol {
         Protocol::OpenAi => openai::parse_request(&body),
@@ -639,10 +691,37 @@ fn upstream_message(body: &[u8]) -> String {
         .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(2000).collect())
 }
 
+/// A body declared as something other than JSON is refused with 415. No `Content-Type`
+/// at all is accepted: SDKs always send one, a hand-written `curl -d` may not.
+/// `application/json` (any parameters) and `application/<anything>+json` are JSON.
+fn require_json(headers: &HeaderMap) -> Result<(), RequestError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let text = String::from_utf8_lossy(value.as_bytes());
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let json = essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|subtype| subtype.ends_with("+json"));
+    if json {
+        return Ok(());
+    }
+    Err(RequestError::UnsupportedMediaType {
+        content_type: text.chars().take(100).collect(),
+    })
+}
+
 /// What the request's headers ask of the cache: `Cache-Control: no-cache` / `no-store`,
 /// `x-airbag-cache-ttl` (seconds or "10m"; 0 means do not store; capped at
 /// `cache.max_ttl`), `x-airbag-cache-namespace` (a sub-partition of the tenant).
-fn cache_controls(
+/// Every refusal names the header at fault.
+pub fn cache_controls(
     headers: &HeaderMap,
     max_ttl: std::time::Duration,
 ) -> Result<CacheControls, RequestError> {
@@ -743,8 +822,25 @@ fn end_user(
     Ok(user)
 }
 
+/// Read the body within `timeout` of the call, refusing it as soon as it passes the
+/// limit. Used by both listeners.
+pub(crate) async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, RequestError> {
+    tokio::time::timeout(timeout, read_body_within(body, headers, limit))
+        .await
+        .unwrap_or(Err(RequestError::BodyTimeout { timeout }))
+}
+
 /// Read the body, refusing it as soon as it passes the limit.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, RequestError> {
+async fn read_body_within(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, RequestError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())

@@ -308,3 +308,63 @@ fn check_config_into_a_closed_pipe_exits_quietly() {
         "the config is fine, whoever reads: {stderr}"
     );
 }
+
+#[test]
+fn check_config_refuses_secrets_that_are_only_whitespace_naming_each_key() {
+    let folder = tempfile::tempdir().unwrap();
+    let canned = folder.path().join("canned");
+    std::fs::create_dir(&canned).unwrap();
+    let path = folder.path().join("airbag.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[admin]
+token = "env:AIRBAG_TEST_ADMIN_TOKEN"
+
+[[clients]]
+key = "env:AIRBAG_TEST_CLIENT_KEY"
+tenant = "acme"
+
+[providers.openai]
+kind = "openai"
+base_url = "https://api.openai.com/v1"
+keys = [{{ key = "env:AIRBAG_TEST_PROVIDER_KEY" }}]
+
+[[routes]]
+model = "chat"
+chain = ["openai/gpt-4o"]
+
+[canned]
+dir = {:?}
+"#,
+            canned.to_string_lossy()
+        ),
+    )
+    .unwrap();
+    let run = |admin: &str| {
+        Command::new(AIRBAG)
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .env("AIRBAG_TEST_ADMIN_TOKEN", admin)
+            .env("AIRBAG_TEST_CLIENT_KEY", " \t ")
+            .env("AIRBAG_TEST_PROVIDER_KEY", "\n")
+            .output()
+            .unwrap()
+    };
+    let output = run("   ");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    for problem in [
+        "admin.token: environment variable AIRBAG_TEST_ADMIN_TOKEN holds only whitespace",
+        "clients[0].key: environment variable AIRBAG_TEST_CLIENT_KEY holds only whitespace",
+        "providers.openai.keys[0].key: environment variable AIRBAG_TEST_PROVIDER_KEY holds only whitespace",
+    ] {
+        assert!(stderr.contains(problem), "missing `{problem}` in {stderr}");
+    }
+    // A real token is fine; the other two are still refused.
+    let output = run("s3cret");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("admin.token"), "{stderr}");
+    assert!(stderr.contains("clients[0].key"), "{stderr}");
+}

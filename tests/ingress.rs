@@ -8,7 +8,7 @@ mod common;
 
 use airbag::mock::MockProvider;
 use common::{TestGateway, anthropic_chat, mock, openai_chat, provider, route};
-use serde_json::json;
+use serde_json::{Value, json};
 
 async fn simple(extra: &str, env: &[(&str, &str)]) -> (TestGateway, MockProvider) {
     let upstream = mock("up").await;
@@ -282,4 +282,257 @@ async fn metrics_count_requests_by_rung_and_the_admin_token_guards_them() {
         gateway.admin_get("/metrics", Some("s3cret")).await.status,
         200
     );
+}
+
+/// Known fields with a wrong type or out of range, as each provider refuses them: a 400
+/// in the caller's error shape whose message names the field, and no provider call.
+#[tokio::test]
+async fn known_fields_are_type_and_range_checked_per_protocol() {
+    let (gateway, upstream) = simple("", &[]).await;
+    let openai_cases = [
+        (
+            "temperature",
+            json!(-1),
+            "must be a number between 0 and 2, got -1",
+        ),
+        ("top_p", json!(1.5), "between 0 and 1"),
+        ("presence_penalty", json!("high"), "between -2 and 2"),
+        ("frequency_penalty", json!(2.5), "between -2 and 2"),
+        ("max_tokens", json!(0), "positive integer"),
+        ("max_completion_tokens", json!(10.5), "positive integer"),
+        ("response_format", json!(1), "JSON object"),
+        ("metadata", json!({"team": 7}), "values are strings"),
+        ("user", json!(42), "a string"),
+        ("logprobs", json!("yes"), "true or false"),
+        ("top_logprobs", json!(21), "from 0 to 20"),
+        ("seed", json!(1.5), "an integer"),
+        ("stream", json!("true"), "true or false"),
+    ];
+    for (field, value, expected) in openai_cases {
+        let mut body = openai_chat("chat", "hi");
+        body[field] = value.clone();
+        let reply = gateway.openai(body).await;
+        assert_eq!(reply.status, 400, "{field}={value}: {}", reply.text);
+        let error = &reply.json()["error"];
+        assert_eq!(error["param"], field, "{}", reply.text);
+        assert_eq!(error["type"], "invalid_request_error");
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains(&format!("`{field}`")), "{message}");
+        assert!(message.contains(expected), "{field}: {message}");
+    }
+    // 2^70, which a float parse would take.
+    let reply = post_raw(
+        &gateway,
+        "/v1/chat/completions",
+        r#"{"model": "chat", "messages": [{"role": "user", "content": "hi"}], "temperature": 1180591620717411303424}"#,
+    )
+    .await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    assert_eq!(reply.json()["error"]["param"], "temperature");
+    let mut body = openai_chat("chat", "hi");
+    body["tools"] = json!([{"type": "function", "function": {"name": "f", "parameters": "{}"}}]);
+    let reply = gateway.openai(body).await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(
+        reply.json()["error"]["param"],
+        "tools[0].function.parameters"
+    );
+
+    let anthropic_cases = [
+        (
+            "temperature",
+            json!(1.5),
+            "must be a number between 0 and 1, got 1.5",
+        ),
+        ("top_p", json!(-0.1), "between 0 and 1"),
+        ("top_k", json!(-1), "must be a non-negative integer, got -1"),
+        ("top_k", json!("5"), "non-negative integer"),
+        ("max_tokens", json!(0), "positive integer"),
+        ("metadata", json!("acme"), "JSON object"),
+        ("thinking", json!(true), "JSON object"),
+    ];
+    for (field, value, expected) in anthropic_cases {
+        let mut body = anthropic_chat("chat", "hi");
+        body[field] = value.clone();
+        let reply = gateway.anthropic(body).await;
+        assert_eq!(reply.status, 400, "{field}={value}: {}", reply.text);
+        assert_eq!(reply.json()["type"], "error");
+        let message = reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(message.contains(&format!("`{field}`")), "{message}");
+        assert!(message.contains(expected), "{field}: {message}");
+    }
+    for (field, value, path) in [
+        (
+            "tools",
+            json!([{"name": "f", "input_schema": "{}"}]),
+            "tools[0].input_schema",
+        ),
+        ("metadata", json!({"user_id": 5}), "metadata.user_id"),
+        (
+            "thinking",
+            json!({"type": "enabled", "budget_tokens": 10}),
+            "thinking.budget_tokens",
+        ),
+    ] {
+        let mut body = anthropic_chat("chat", "hi");
+        body[field] = value;
+        let reply = gateway.anthropic(body).await;
+        assert_eq!(reply.status, 400, "{}", reply.text);
+        let message = reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(message.contains(&format!("`{path}`")), "{message}");
+    }
+    assert_eq!(upstream.request_count(), 0, "no provider sees bad input");
+}
+
+#[tokio::test]
+async fn valid_values_nulls_and_unknown_fields_are_still_accepted() {
+    let (gateway, upstream) = simple("", &[]).await;
+    let mut body = openai_chat("chat", "hi");
+    for (field, value) in [
+        ("temperature", json!(2)),
+        ("top_p", json!(0)),
+        ("presence_penalty", json!(-2)),
+        ("max_tokens", json!(50)),
+        ("seed", json!(-7)),
+        ("response_format", json!({"type": "text"})),
+        ("metadata", json!({"team": "search"})),
+        ("user", json!("u-1")),
+        ("logprobs", json!(false)),
+        ("frequency_penalty", Value::Null),
+        ("stream_options", Value::Null),
+        ("some_future_field", json!({"anything": [1, 2]})),
+    ] {
+        body[field] = value;
+    }
+    let reply = gateway.openai(body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+
+    let mut body = anthropic_chat("chat", "hi");
+    for (field, value) in [
+        ("temperature", json!(1)),
+        ("top_k", json!(0)),
+        ("metadata", json!({"user_id": "u-1"})),
+        ("thinking", json!({"type": "disabled"})),
+        ("top_p", Value::Null),
+        ("some_future_field", json!("x")),
+    ] {
+        body[field] = value;
+    }
+    let reply = gateway.anthropic(body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(upstream.request_count(), 2);
+}
+
+#[tokio::test]
+async fn a_body_declared_as_something_other_than_json_is_a_415() {
+    let (gateway, upstream) = simple("", &[]).await;
+    let body = openai_chat("chat", "hi").to_string();
+    for content_type in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
+        let response = gateway
+            .client
+            .post(gateway.url("/v1/chat/completions"))
+            .header("content-type", content_type)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let reply = common::Reply::read(response).await;
+        assert_eq!(reply.status, 415, "{content_type}: {}", reply.text);
+        assert_eq!(reply.header("x-airbag-error"), "unsupported_media_type");
+        let error = &reply.json()["error"];
+        assert_eq!(error["param"], "content-type");
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .contains("application/json")
+        );
+    }
+    let response = gateway
+        .client
+        .post(gateway.url("/v1/messages"))
+        .header("content-type", "text/plain")
+        .body(anthropic_chat("chat", "hi").to_string())
+        .send()
+        .await
+        .unwrap();
+    let reply = common::Reply::read(response).await;
+    assert_eq!(reply.status, 415);
+    assert_eq!(reply.json()["error"]["type"], "invalid_request_error");
+    assert_eq!(upstream.request_count(), 0);
+
+    // JSON with parameters, a +json type, or no content-type at all (curl -d without -H)
+    // are read as JSON.
+    for content_type in [
+        Some("application/json; charset=utf-8"),
+        Some("Application/JSON"),
+        Some("application/vnd.api+json"),
+        None,
+    ] {
+        let mut request = gateway
+            .client
+            .post(gateway.url("/v1/chat/completions"))
+            .body(body.clone());
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let reply = common::Reply::read(request.send().await.unwrap()).await;
+        assert_eq!(reply.status, 200, "{content_type:?}: {}", reply.text);
+    }
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive_for_client_keys_and_the_admin_token() {
+    let clients = "[admin]\ntoken = \"env:ADMIN_TOKEN\"\n[[clients]]\nkey = \"env:ACME_KEY\"\ntenant = \"acme\"\n";
+    let (gateway, _upstream) = simple(
+        clients,
+        &[("ACME_KEY", "gw-acme"), ("ADMIN_TOKEN", "s3cret")],
+    )
+    .await;
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let reply = gateway
+            .post(
+                "/v1/chat/completions",
+                openai_chat("chat", "hi"),
+                &[("authorization", &format!("{scheme} gw-acme"))],
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{scheme}: {}", reply.text);
+        let response = gateway
+            .client
+            .get(gateway.admin_url("/metrics"))
+            .header("authorization", format!("{scheme} s3cret"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{scheme}");
+    }
+    for wrong in ["Basic gw-acme", "Bearergw-acme", "Bearer", "gw-acme"] {
+        let reply = gateway
+            .post(
+                "/v1/chat/completions",
+                openai_chat("chat", "hi"),
+                &[("authorization", wrong)],
+            )
+            .await;
+        assert_eq!(reply.status, 401, "{wrong}");
+    }
+    let response = gateway
+        .client
+        .get(gateway.admin_url("/metrics"))
+        .header("authorization", "Basic s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
 }

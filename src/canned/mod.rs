@@ -202,20 +202,50 @@ pub fn parse_file(bytes: &[u8]) -> Result<(EntrySpec, Vec<Regex>), Invalid> {
     Ok((spec, regexes))
 }
 
-/// A TOML error as the field it names (unknown or missing fields) and its line.
+/// A TOML error as the field it names and its line: an unknown or missing field by its
+/// name, a value of the wrong type by the key it is assigned to on the error's line, and
+/// only what names no key (broken syntax between entries) as `file`.
 fn toml_problem(text: &str, error: &toml::de::Error) -> Invalid {
     let message = error.message().trim().to_string();
+    // Bytes, not a string slice: a span is not promised to fall on a character boundary.
+    let start = error.span().map(|span| span.start.min(text.len()));
     let field = quoted_field(&message, "unknown field `")
         .or_else(|| quoted_field(&message, "missing field `"))
+        .or_else(|| start.and_then(|start| assigned_key(text, start)))
         .unwrap_or_else(|| "file".to_string());
-    let line = error
-        .span()
-        .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+    let line = start.map(|start| {
+        text.as_bytes()[..start]
+            .iter()
+            .filter(|&&byte| byte == b'\n')
+            .count()
+            + 1
+    });
     let message = match line {
         Some(line) => format!("line {line}: {message}"),
         None => message,
     };
     Invalid::new(field, message)
+}
+
+/// The bare key assigned on the line holding byte `at` (`priority = "x"` → `priority`).
+fn assigned_key(text: &str, at: usize) -> Option<String> {
+    let bytes = text.as_bytes();
+    let line_start = bytes[..at]
+        .iter()
+        .rposition(|&byte| byte == b'\n')
+        .map_or(0, |newline| newline + 1);
+    let line_end = bytes[at..]
+        .iter()
+        .position(|&byte| byte == b'\n')
+        .map_or(bytes.len(), |newline| at + newline);
+    let line = String::from_utf8_lossy(&bytes[line_start..line_end]);
+    let (key, _value) = line.split_once('=')?;
+    let key = key.trim();
+    let bare = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    bare.then(|| key.to_string())
 }
 
 /// The name in a serde message such as "unknown field `foo`, expected …".

@@ -11,11 +11,13 @@ use std::collections::{HashMap, HashSet};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::checks::{self, Expect};
 use super::{
     ChatRequest, ChatResponse, Image, InvalidBody, Message, OutputParams, Part, Role, StopReason,
     StreamEvent, StreamFailure, TextOrParts, Tool, ToolCall, ToolChoice, ToolResult, Usage,
-    parse_json_body, random_id, require_model_and_messages, sse,
+    parse_request_body, random_id, require_model_and_messages, sse,
 };
+use serde_json::Map;
 
 // ---------------------------------------------------------------------------------------
 // Inbound: what an Anthropic SDK sends.
@@ -26,8 +28,7 @@ struct WireRequest {
     messages: Vec<WireMessage>,
     max_tokens: Option<u32>,
     system: Option<WireSystem>,
-    #[serde(default)]
-    stream: bool,
+    stream: Option<bool>,
     temperature: Option<f64>,
     top_p: Option<f64>,
     stop_sequences: Option<Vec<String>>,
@@ -111,9 +112,52 @@ enum WireToolChoice {
     Tool { name: String },
 }
 
+/// The fields of a Messages request Anthropic type- and range-checks, as its API
+/// reference states them. `system`, `stop_sequences`, `tools`, `tool_choice` and the
+/// messages are checked by the typed parse.
+const FIELDS: &[(&str, Expect)] = &[
+    ("max_tokens", checks::POSITIVE_U32),
+    ("temperature", Expect::Number { min: 0.0, max: 1.0 }),
+    ("top_p", Expect::Number { min: 0.0, max: 1.0 }),
+    ("top_k", checks::NON_NEGATIVE_U32),
+    ("stream", Expect::Bool),
+    ("service_tier", Expect::String),
+    ("metadata", Expect::Object),
+    ("thinking", Expect::Object),
+];
+
+/// The checks of [`FIELDS`], `metadata.user_id`, `thinking`'s fields and each tool's
+/// `input_schema` (a JSON Schema object, required).
+fn check_request(object: &Map<String, Value>) -> Result<(), InvalidBody> {
+    checks::check_fields(object, "", FIELDS)?;
+    if let Some(metadata) = object.get("metadata").and_then(Value::as_object) {
+        checks::check_fields(metadata, "metadata.", &[("user_id", Expect::String)])?;
+    }
+    if let Some(thinking) = object.get("thinking").and_then(Value::as_object) {
+        let rules = [
+            ("type", Expect::String),
+            // Anthropic's own floor for a thinking budget.
+            (
+                "budget_tokens",
+                Expect::Integer {
+                    min: 1024,
+                    max: u32::MAX as i64,
+                },
+            ),
+        ];
+        checks::check_fields(thinking, "thinking.", &rules)?;
+    }
+    for (path, tool) in checks::objects_in(object, "tools") {
+        if let Some(schema) = tool.get("input_schema") {
+            checks::check_value(&format!("{path}.input_schema"), schema, Expect::Object)?;
+        }
+    }
+    Ok(())
+}
+
 /// Parse an Anthropic Messages body. Errors name the JSON path at fault.
 pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
-    let wire: WireRequest = parse_json_body(body)?;
+    let wire: WireRequest = parse_request_body(body, check_request)?;
     require_model_and_messages(&wire.model, wire.messages.len())?;
     let messages = wire
         .messages
@@ -167,7 +211,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
             seed: None,
             response_format: None,
         },
-        stream: wire.stream,
+        stream: wire.stream.unwrap_or(false),
         include_usage: true,
     })
 }

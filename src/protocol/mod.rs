@@ -8,6 +8,7 @@
 
 pub mod anthropic;
 pub mod assembler;
+pub mod checks;
 pub mod openai;
 pub mod sse;
 
@@ -349,28 +350,51 @@ pub fn require_model_and_messages(model: &str, message_count: usize) -> Result<(
 /// Deserialise a JSON body and, on failure, name the path of the field at fault.
 pub fn parse_json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, InvalidBody> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-        let path = error.path().to_string();
-        let inner = error.into_inner();
-        let message_text = inner.to_string();
-        // serde reports a missing field at its parent; name the field itself.
-        let missing = message_text
-            .strip_prefix("missing field `")
-            .and_then(|rest| rest.split_once('`'))
-            .map(|(name, _)| name.to_string());
-        let field = match (path.as_str(), missing) {
-            (".", Some(name)) => name,
-            (".", None) => "body".to_string(),
-            (_, Some(name)) => format!("{path}.{name}"),
-            (_, None) => path,
-        };
-        let message = if inner.is_syntax() || inner.is_eof() {
-            format!("the body is not valid JSON: {inner}")
-        } else {
-            message_text
-        };
-        InvalidBody::new(field, message)
-    })
+    serde_path_to_error::deserialize(&mut deserializer).map_err(named_error)
+}
+
+/// Parse a client's chat request: valid JSON, an object, the protocol's known fields
+/// passing `checks` (`crate::protocol::checks`), then read into the wire type. Every
+/// refusal names the field at fault; fields the protocol does not define are accepted.
+pub fn parse_request_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    checks: fn(&serde_json::Map<String, Value>) -> Result<(), InvalidBody>,
+) -> Result<T, InvalidBody> {
+    let value: Value = serde_json::from_slice(body).map_err(|error| {
+        InvalidBody::new("body", format!("the body is not valid JSON: {error}"))
+    })?;
+    let Value::Object(object) = &value else {
+        return Err(InvalidBody::new(
+            "body",
+            "must be a JSON object with `model` and `messages`",
+        ));
+    };
+    checks(object)?;
+    serde_path_to_error::deserialize(value).map_err(named_error)
+}
+
+/// A deserialisation error as the path of the field at fault and serde's message.
+fn named_error(error: serde_path_to_error::Error<serde_json::Error>) -> InvalidBody {
+    let path = error.path().to_string();
+    let inner = error.into_inner();
+    let message_text = inner.to_string();
+    // serde reports a missing field at its parent; name the field itself.
+    let missing = message_text
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(name, _)| name.to_string());
+    let field = match (path.as_str(), missing) {
+        (".", Some(name)) => name,
+        (".", None) => "body".to_string(),
+        (_, Some(name)) => format!("{path}.{name}"),
+        (_, None) => path,
+    };
+    let message = if inner.is_syntax() || inner.is_eof() {
+        format!("the body is not valid JSON: {inner}")
+    } else {
+        message_text
+    };
+    InvalidBody::new(field, message)
 }
 
 /// A complete answer as the events a stream of it would carry, so answers that never

@@ -8,11 +8,13 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::checks::{self, Expect};
 use super::{
     ChatRequest, ChatResponse, Image, InvalidBody, Message, OutputParams, Part, Role, StopReason,
     StreamEvent, StreamFailure, TextOrParts, Tool, ToolCall, ToolChoice, ToolResult, Usage,
-    parse_json_body, random_id, require_model_and_messages, sse, unix_now,
+    parse_request_body, random_id, require_model_and_messages, sse, unix_now,
 };
+use serde_json::Map;
 
 // ---------------------------------------------------------------------------------------
 // Inbound: what an OpenAI SDK sends.
@@ -21,8 +23,7 @@ use super::{
 struct WireRequest {
     model: String,
     messages: Vec<WireMessage>,
-    #[serde(default)]
-    stream: bool,
+    stream: Option<bool>,
     stream_options: Option<WireStreamOptions>,
     temperature: Option<f64>,
     top_p: Option<f64>,
@@ -38,8 +39,7 @@ struct WireRequest {
 
 #[derive(Debug, Deserialize)]
 struct WireStreamOptions {
-    #[serde(default)]
-    include_usage: bool,
+    include_usage: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,9 +107,75 @@ struct WireFunction {
     parameters: Option<Value>,
 }
 
+/// The fields of a Chat Completions request OpenAI type- and range-checks, as its API
+/// reference states them. `stop`, `tools`, `tool_choice` and the messages are checked by
+/// the typed parse.
+const FIELDS: &[(&str, Expect)] = &[
+    ("temperature", Expect::Number { min: 0.0, max: 2.0 }),
+    ("top_p", Expect::Number { min: 0.0, max: 1.0 }),
+    (
+        "presence_penalty",
+        Expect::Number {
+            min: -2.0,
+            max: 2.0,
+        },
+    ),
+    (
+        "frequency_penalty",
+        Expect::Number {
+            min: -2.0,
+            max: 2.0,
+        },
+    ),
+    ("max_tokens", checks::POSITIVE_U32),
+    ("max_completion_tokens", checks::POSITIVE_U32),
+    ("n", Expect::Integer { min: 1, max: 128 }),
+    ("seed", checks::ANY_INTEGER),
+    ("top_logprobs", Expect::Integer { min: 0, max: 20 }),
+    ("logprobs", Expect::Bool),
+    ("stream", Expect::Bool),
+    ("parallel_tool_calls", Expect::Bool),
+    ("store", Expect::Bool),
+    ("user", Expect::String),
+    ("service_tier", Expect::String),
+    ("reasoning_effort", Expect::String),
+    ("response_format", Expect::Object),
+    ("stream_options", Expect::Object),
+    ("logit_bias", Expect::Object),
+    ("metadata", Expect::StringMap),
+];
+
+/// The checks of [`FIELDS`], `response_format.type` and each tool's `function` and its
+/// `parameters` (a JSON Schema object).
+fn check_request(object: &Map<String, Value>) -> Result<(), InvalidBody> {
+    checks::check_fields(object, "", FIELDS)?;
+    if let Some(format) = object.get("response_format").and_then(Value::as_object) {
+        checks::check_fields(format, "response_format.", &[("type", Expect::String)])?;
+    }
+    if let Some(options) = object.get("stream_options").and_then(Value::as_object) {
+        checks::check_fields(
+            options,
+            "stream_options.",
+            &[("include_usage", Expect::Bool)],
+        )?;
+    }
+    for (path, tool) in checks::objects_in(object, "tools") {
+        let Some(function) = tool.get("function") else {
+            continue;
+        };
+        let function_path = format!("{path}.function");
+        checks::check_value(&function_path, function, Expect::Object)?;
+        if let Some(function) = function.as_object() {
+            let prefix = format!("{function_path}.");
+            checks::check_fields(function, &prefix, &[("parameters", Expect::Object)])?;
+        }
+    }
+    Ok(())
+}
+
 /// Parse an OpenAI Chat Completions body. Errors name the JSON path at fault.
 pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
-    let wire: WireRequest = parse_json_body(body)?;
+    let wire: WireRequest = parse_request_body(body, check_request)?;
     if wire.n.is_some_and(|n| n != 1) {
         return Err(InvalidBody::new("n", "only n=1 is supported"));
     }
@@ -189,10 +255,10 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
             seed: wire.seed,
             response_format: wire.response_format,
         },
-        stream: wire.stream,
+        stream: wire.stream.unwrap_or(false),
         include_usage: wire
             .stream_options
-            .is_some_and(|options| options.include_usage),
+            .is_some_and(|options| options.include_usage == Some(true)),
     })
 }
 
