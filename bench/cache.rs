@@ -259,8 +259,7 @@ fn verified_quality(embedder: &Embedder, verifier: &Verifier, file: &str) -> Val
             }
             let recall = same_served as f64 / (pairs.len() - negatives).max(1) as f64;
             let false_hits = different_served as f64 / negatives.max(1) as f64;
-            let precision =
-                same_served as f64 / (same_served + different_served).max(1) as f64;
+            let precision = same_served as f64 / (same_served + different_served).max(1) as f64;
             let classes_line: Vec<String> = by_class
                 .iter()
                 .filter(|(class, _)| {
@@ -398,8 +397,12 @@ async fn replay(file: &str, threshold: f32, verifier_threshold: Option<f32>) -> 
             .to_string();
         let body: Value = reply.json().await.unwrap();
         let elapsed = started.elapsed().as_secs_f64() * 1e6;
-        let answer = body["choices"][0]["message"]["content"].as_str().unwrap_or("");
-        let answered = answer.split_once("answers: ").map_or("", |(_, question)| question);
+        let answer = body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or("");
+        let answered = answer
+            .split_once("answers: ")
+            .map_or("", |(_, question)| question);
         let counts = by_kind.entry(arrival.kind.clone()).or_default();
         counts.0 += 1;
         if served_by.starts_with("cache:") {

@@ -204,6 +204,7 @@ fn cache_served(
         (true, _) => "cache:stale",
         (false, HitKind::Exact) => "cache:exact",
         (false, HitKind::Semantic) => "cache:semantic",
+        (false, HitKind::Coalesced) => "cache:coalesced",
     };
     let response = hit.response();
     Served {

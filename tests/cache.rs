@@ -177,10 +177,15 @@ async fn the_verifier_serves_a_rewording_and_refuses_a_swapped_modifier() {
     wait_stored(&gateway, 1).await;
 
     let reworded = gateway
-        .openai(openai_chat("chat", "what does a staff accountant actually do"))
+        .openai(openai_chat(
+            "chat",
+            "what does a staff accountant actually do",
+        ))
         .await;
     assert_eq!(reworded.served_by(), "cache:semantic", "{}", reworded.text);
-    let score = reworded.json()["airbag"]["verifier_score"].as_f64().unwrap();
+    let score = reworded.json()["airbag"]["verifier_score"]
+        .as_f64()
+        .unwrap();
     assert!(score >= 0.45, "verifier score {score}");
     assert!(similarity(&reworded) >= 0.7);
 
@@ -934,7 +939,11 @@ async fn user_scoped_entries_are_served_only_to_the_end_user_who_asked() {
         .post("/v1/chat/completions", ask("chat", None), &scoped)
         .await;
     assert_eq!(anonymous.status, 400, "{}", anonymous.text);
-    assert!(anonymous.text.contains("x-airbag-cache-scope"), "{}", anonymous.text);
+    assert!(
+        anonymous.text.contains("x-airbag-cache-scope"),
+        "{}",
+        anonymous.text
+    );
     assert!(anonymous.text.contains("`user`"), "{}", anonymous.text);
     let anthropic = gateway
         .post(
@@ -944,7 +953,11 @@ async fn user_scoped_entries_are_served_only_to_the_end_user_who_asked() {
         )
         .await;
     assert_eq!(anthropic.status, 400);
-    assert!(anthropic.text.contains("metadata.user_id"), "{}", anthropic.text);
+    assert!(
+        anthropic.text.contains("metadata.user_id"),
+        "{}",
+        anthropic.text
+    );
 
     // A route scoped to users by default: no user, no cache; each user their own.
     for _ in 0..2 {
@@ -952,13 +965,19 @@ async fn user_scoped_entries_are_served_only_to_the_end_user_who_asked() {
         assert_eq!(reply.served_by(), "provider:up/m");
     }
     gateway.openai(ask("private", Some("carol"))).await;
-    wait_stored(&gateway, 5).await;
+    wait_stored(&gateway, 4).await;
     assert_eq!(
-        gateway.openai(ask("private", Some("carol"))).await.served_by(),
+        gateway
+            .openai(ask("private", Some("carol")))
+            .await
+            .served_by(),
         "cache:exact"
     );
     assert_eq!(
-        gateway.openai(ask("private", Some("dave"))).await.served_by(),
+        gateway
+            .openai(ask("private", Some("dave")))
+            .await
+            .served_by(),
         "provider:up/m"
     );
     let metrics = gateway.metrics().await;
@@ -972,13 +991,22 @@ async fn user_scoped_entries_are_served_only_to_the_end_user_who_asked() {
 async fn questions_in_other_languages_get_exact_hits_only_with_the_english_model() {
     let upstream = mock("up").await;
     let store = tempfile::tempdir().unwrap();
-    let gateway = cached_gateway(store.path(), &upstream, "").await;
+    // A search threshold the two Spanish questions reach, and no verifier: the language
+    // gate alone decides.
+    let semantic = "threshold = 0.7\nverify = false";
+    let config = format!(
+        "{}{}{}",
+        provider("up", "openai", &upstream, ""),
+        route("chat", &["up/m"]),
+        cache_section(store.path(), "", semantic)
+    );
+    let gateway = TestGateway::start(&config, &[]).await;
     let cancel = "¿cómo puedo cancelar mi suscripción?";
     let renew = "¿cómo puedo renovar mi suscripción?";
     gateway.openai(openai_chat("chat", cancel)).await;
     wait_stored(&gateway, 1).await;
-    // The English model scores the two Spanish questions as near-identical, yet one
-    // cancels and the other renews: only the exact repeat is served from the cache.
+    // The English model scores the two Spanish questions as similar, yet one cancels
+    // and the other renews: only the exact repeat is served from the cache.
     let other = gateway.openai(openai_chat("chat", renew)).await;
     assert_eq!(other.served_by(), "provider:up/m", "{}", other.text);
     assert_eq!(
@@ -993,20 +1021,135 @@ async fn questions_in_other_languages_get_exact_hits_only_with_the_english_model
         "{metrics}"
     );
 
-    // With `multilingual = true` (a model that reads Spanish) the semantic lookup runs,
-    // and the shipped English model then proposes the wrong answer: the gate is what
-    // kept it out above.
+    // With `multilingual = true` (for a model that reads Spanish) the semantic lookup
+    // runs, and the shipped English model serves the wrong answer: the gate is what kept
+    // it out above.
     gateway.running.shutdown().await;
     let store = tempfile::tempdir().unwrap();
     let config = format!(
         "{}{}{}",
         provider("up", "openai", &upstream, ""),
         route("chat", &["up/m"]),
-        cache_section(store.path(), "", "multilingual = true\nverify = false")
+        cache_section(
+            store.path(),
+            "",
+            &format!("{semantic}\nmultilingual = true")
+        )
     );
     let multilingual = TestGateway::start(&config, &[]).await;
     multilingual.openai(openai_chat("chat", cancel)).await;
     wait_stored(&multilingual, 1).await;
     let wrong = multilingual.openai(openai_chat("chat", renew)).await;
-    assert_eq!(wrong.served_by(), "cache:semantic", "{}", wrong.text);
+    assert_eq!(
+        wrong.served_by(),
+        "cache:semantic",
+        "{}\n{}",
+        wrong.text,
+        multilingual.metrics().await
+    );
+}
+
+#[tokio::test]
+async fn identical_concurrent_misses_share_one_upstream_call() {
+    // A provider slow enough that all fifty requests arrive while the first is asked.
+    let slow = FaultRule {
+        key: None,
+        model: None,
+        times: None,
+        probability: 1.0,
+        fault: Fault::Delay { ms: 800 },
+    };
+    let upstream = common::mock_with("up", Default::default(), vec![slow]).await;
+    let store = tempfile::tempdir().unwrap();
+    let gateway = std::sync::Arc::new(cached_gateway(store.path(), &upstream, "").await);
+    let mut asked = Vec::new();
+    for index in 0..50 {
+        let gateway = gateway.clone();
+        asked.push(tokio::spawn(async move {
+            let mut body = openai_chat("chat", "What changed in the launch?");
+            // Some clients stream: they get the same answer, replayed.
+            body["stream"] = json!(index % 5 == 0);
+            gateway.openai(body).await
+        }));
+    }
+    let mut served_by = std::collections::BTreeMap::<String, usize>::new();
+    for reply in asked {
+        let reply = reply.await.unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        let text = if reply.text.starts_with("data:") {
+            reply.openai_stream_text()
+        } else {
+            reply.json()["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(text, "mock up answers: What changed in the launch?");
+        *served_by.entry(reply.served_by().to_string()).or_default() += 1;
+    }
+    assert_eq!(upstream.request_count(), 1, "{served_by:?}");
+    assert_eq!(served_by.get("provider:up/m"), Some(&1), "{served_by:?}");
+    assert!(
+        served_by.get("cache:coalesced").copied().unwrap_or(0) > 0,
+        "{served_by:?}"
+    );
+}
+
+#[tokio::test]
+async fn followers_of_a_leader_whose_client_went_away_are_answered_by_the_chain() {
+    // The first request hangs upstream; its client gives up. Later ones answer.
+    let hang_once = FaultRule {
+        key: None,
+        model: None,
+        times: Some(1),
+        probability: 1.0,
+        fault: Fault::Hang,
+    };
+    let slow = FaultRule {
+        key: None,
+        model: None,
+        times: None,
+        probability: 1.0,
+        fault: Fault::Delay { ms: 300 },
+    };
+    let upstream = common::mock_with("up", Default::default(), vec![hang_once, slow]).await;
+    let store = tempfile::tempdir().unwrap();
+    let gateway = cached_gateway(store.path(), &upstream, "").await;
+    let question = openai_chat("chat", "Is the launch on track?");
+    let leader = {
+        let url = gateway.url("/v1/chat/completions");
+        let question = question.clone();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .json(&question)
+                .timeout(Duration::from_millis(1_500))
+                .send()
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let followers: Vec<_> = (0..5).map(|_| gateway.openai(question.clone())).collect();
+    let replies = futures_util::future::join_all(followers).await;
+    assert!(
+        leader.await.unwrap().is_err(),
+        "the leader's client gave up"
+    );
+    let mut providers = 0;
+    for reply in &replies {
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        assert_eq!(
+            reply.json()["choices"][0]["message"]["content"],
+            "mock up answers: Is the launch on track?"
+        );
+        providers += usize::from(reply.served_by() == "provider:up/m");
+    }
+    // The hung call, then one call for all five followers.
+    assert_eq!(providers, 1);
+    assert_eq!(upstream.request_count(), 2);
+    let metrics = gateway.metrics().await;
+    assert!(
+        metrics.contains("airbag_cache_lookups_total{kind=\"coalesced\",result=\"abandoned\"}"),
+        "{metrics}"
+    );
 }

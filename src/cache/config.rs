@@ -41,6 +41,10 @@ pub struct CacheConfig {
     /// lost. Shorter costs more disk syncs while answers are being stored.
     #[serde(default = "default_flush_interval", with = "humantime_serde")]
     pub flush_interval: Duration,
+    /// Identical requests that miss at the same time share one upstream call: the first
+    /// asks, the others wait for its answer (`cache:coalesced`).
+    #[serde(default = "default_true")]
+    pub coalesce: bool,
     #[serde(default)]
     pub semantic: SemanticConfig,
     #[serde(default)]
@@ -59,6 +63,7 @@ impl Default for CacheConfig {
             max_entry: default_max_entry(),
             maintenance_interval: default_maintenance_interval(),
             flush_interval: default_flush_interval(),
+            coalesce: true,
             semantic: SemanticConfig::default(),
             store: StoreConfig::default(),
         }

@@ -177,7 +177,10 @@ fn normalised(mut vector: Vec<f32>) -> Vec<f32> {
     vector
 }
 
-pub(crate) fn load_model(model_dir: &Path, onnxruntime: &Path) -> Result<TextEmbedding, ModelError> {
+pub(crate) fn load_model(
+    model_dir: &Path,
+    onnxruntime: &Path,
+) -> Result<TextEmbedding, ModelError> {
     let require = |path: PathBuf, key: &'static str| {
         if path.is_file() {
             Ok(path)

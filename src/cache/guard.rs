@@ -335,10 +335,46 @@ const NUMBER_WORDS: &[&str] = &[
 
 /// Units whose number means another amount in another unit, compared with the number.
 const UNITS: &[&str] = &[
-    "second", "minute", "hour", "day", "week", "month", "year", "decade", "mile", "km",
-    "kilometer", "kilometre", "meter", "metre", "feet", "foot", "inch", "inche", "cm", "mm",
-    "kg", "kilo", "gram", "g", "lb", "pound", "ounce", "oz", "liter", "litre", "gallon", "cup",
-    "percent", "degree", "dollar", "euro", "gb", "mb", "tb", "kb",
+    "second",
+    "minute",
+    "hour",
+    "day",
+    "week",
+    "month",
+    "year",
+    "decade",
+    "mile",
+    "km",
+    "kilometer",
+    "kilometre",
+    "meter",
+    "metre",
+    "feet",
+    "foot",
+    "inch",
+    "inche",
+    "cm",
+    "mm",
+    "kg",
+    "kilo",
+    "gram",
+    "g",
+    "lb",
+    "pound",
+    "ounce",
+    "oz",
+    "liter",
+    "litre",
+    "gallon",
+    "cup",
+    "percent",
+    "degree",
+    "dollar",
+    "euro",
+    "gb",
+    "mb",
+    "tb",
+    "kb",
 ];
 
 /// Words that start with a capital for reasons other than being a name.
@@ -386,11 +422,12 @@ impl Signature {
             // A unit of time or measure after a number belongs to it: "2 months" is not
             // "2 years".
             let singular = lower.strip_suffix('s').unwrap_or(&lower);
-            if after_number && UNITS.contains(&singular) {
-                if let Some(number) = numbers.last_mut() {
-                    number.push(' ');
-                    number.push_str(singular);
-                }
+            if after_number
+                && UNITS.contains(&singular)
+                && let Some(number) = numbers.last_mut()
+            {
+                number.push(' ');
+                number.push_str(singular);
             }
             after_number = token
                 .chars()
@@ -571,7 +608,10 @@ mod tests {
             "How often should a 2 year old cat eat?",
             "How often should a 2 month old cat eat?"
         ));
-        assert!(compatible("Leaving after 3 months", "leaving after 3 month"));
+        assert!(compatible(
+            "Leaving after 3 months",
+            "leaving after 3 month"
+        ));
         assert!(!compatible(
             "How do I replace the front brake pads?",
             "How do I replace the rear brake pads?"

@@ -16,10 +16,7 @@ pub fn looks_english(question: &str) -> bool {
     if letters == 0 {
         return true;
     }
-    let ascii = question
-        .chars()
-        .filter(|c| c.is_ascii_alphabetic())
-        .count();
+    let ascii = question.chars().filter(|c| c.is_ascii_alphabetic()).count();
     if ascii * 10 < letters * 9 {
         return false;
     }
@@ -43,21 +40,21 @@ pub fn looks_english(question: &str) -> bool {
 const ENGLISH: &[&str] = &[
     "the", "a", "an", "is", "are", "was", "were", "do", "does", "did", "how", "what", "why",
     "when", "where", "which", "who", "can", "could", "should", "would", "will", "i", "my", "me",
-    "you", "your", "it", "of", "in", "on", "to", "for", "with", "and", "or", "not", "this",
-    "that", "there", "from", "about", "at", "by", "be", "have", "has", "if", "any", "some",
-    "get", "much", "many", "best", "way",
+    "you", "your", "it", "of", "in", "on", "to", "for", "with", "and", "or", "not", "this", "that",
+    "there", "from", "about", "at", "by", "be", "have", "has", "if", "any", "some", "get", "much",
+    "many", "best", "way",
 ];
 
 /// Function words of Spanish, French, German, Portuguese, Italian and Dutch that are not
 /// English words ("de", "la", "que", "der", "het"…).
 const OTHER: &[&str] = &[
-    "el", "la", "los", "las", "un", "una", "que", "qué", "como", "cómo", "por", "para", "mi",
-    "es", "del", "se", "lo", "puedo", "cuál", "cual", "donde", "dónde", "le", "les", "des",
-    "du", "est", "et", "je", "mon", "ma", "mes", "pour", "comment", "quel", "quelle", "où",
-    "une", "dans", "avec", "der", "die", "das", "und", "ist", "ich", "mein", "meine", "wie",
-    "was", "wo", "nicht", "ein", "eine", "mit", "für", "kann", "o", "os", "uma", "meu",
-    "minha", "não", "você", "posso", "il", "gli", "di", "che", "per", "sono", "come", "mio",
-    "het", "een", "ik", "hoe", "wat", "niet", "mijn", "voor", "kan",
+    "el", "la", "los", "las", "un", "una", "que", "qué", "como", "cómo", "por", "para", "mi", "es",
+    "del", "se", "lo", "puedo", "cuál", "cual", "donde", "dónde", "le", "les", "des", "du", "est",
+    "et", "je", "mon", "ma", "mes", "pour", "comment", "quel", "quelle", "où", "une", "dans",
+    "avec", "der", "die", "das", "und", "ist", "ich", "mein", "meine", "wie", "was", "wo", "nicht",
+    "ein", "eine", "mit", "für", "kann", "o", "os", "uma", "meu", "minha", "não", "você", "posso",
+    "il", "gli", "di", "che", "per", "sono", "come", "mio", "het", "een", "ik", "hoe", "wat",
+    "niet", "mijn", "voor", "kan",
 ];
 
 #[cfg(test)]

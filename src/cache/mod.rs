@@ -10,6 +10,7 @@
 //! request.
 
 pub mod alignment;
+pub mod coalesce;
 pub mod config;
 pub mod embedder;
 pub mod entry;
@@ -33,9 +34,9 @@ use tokio::task::JoinHandle;
 pub use config::{CacheConfig, SemanticConfig, StoreKind};
 use embedder::{DIMENSIONS, Embedder, ModelError};
 use entry::StoredEntry;
-use verifier::Verifier;
 pub use key::{CacheKeys, Scope};
 use store::{SemanticQuery, VectorStore};
+use verifier::Verifier;
 
 use crate::config::Env;
 use crate::metrics::Metrics;
@@ -46,6 +47,10 @@ const SEMANTIC_CANDIDATES: usize = 4;
 /// The longest a lookup waits for its question's vector; past it the semantic lookup is
 /// skipped (a busy model must not slow every request down).
 const EMBED_DEADLINE: Duration = Duration::from_millis(250);
+/// How many abandoned flights a request follows before it goes upstream on its own.
+const FLIGHTS_FOLLOWED: usize = 3;
+/// The longest a request waits for the leader of its flight; past it, it goes upstream.
+const COALESCE_WAIT: Duration = Duration::from_secs(120);
 /// The longest a lookup waits for the verifier; past it the candidates are refused.
 const VERIFY_DEADLINE: Duration = Duration::from_millis(250);
 /// With a shared store, another replica may purge: entries stay in this replica's
@@ -114,6 +119,8 @@ impl Default for CacheControls {
 pub enum HitKind {
     Exact,
     Semantic,
+    /// The answer of an identical request that was in flight (see `coalesce.rs`).
+    Coalesced,
 }
 
 /// A stored answer that can serve this request.
@@ -163,6 +170,8 @@ pub struct PendingEntry {
     /// The purge generation at lookup time: an answer to a request looked up before a
     /// purge is not stored after it.
     generation: u64,
+    /// The flight this request leads: identical requests wait for its answer.
+    flight: Option<Arc<coalesce::Leader>>,
 }
 
 /// Rung 1, shared by every request of a gateway.
@@ -173,6 +182,8 @@ pub struct Cache {
     embedder: Option<Embedder>,
     /// The second stage of the semantic lookup (`cache.semantic.verify`).
     verifier: Option<Verifier>,
+    /// Identical requests in flight (`cache.coalesce`).
+    flights: Arc<coalesce::Flights>,
     writes: mpsc::Sender<writer::WriteJob>,
     metrics: Metrics,
     /// What routes set for the cache (`routes[].semantic_threshold`, `cache_scope`).
@@ -316,6 +327,7 @@ impl Cache {
             store,
             embedder,
             verifier,
+            flights: Arc::default(),
             writes,
             metrics: metrics.clone(),
             route_policies,
@@ -407,6 +419,39 @@ impl Cache {
                 }
             }
         }
+        // An identical request in flight: wait for its answer rather than ask again.
+        let mut flight = None;
+        if controls.lookup && self.config.coalesce {
+            for _ in 0..FLIGHTS_FOLLOWED {
+                match self.flights.join(keys.exact, controls.store) {
+                    Some(coalesce::Joined::Follower(follower)) => {
+                        match tokio::time::timeout(COALESCE_WAIT, follower.answer()).await {
+                            Ok(Some(entry)) => {
+                                self.count("coalesced", "hit");
+                                lookup.hit = Some(CacheHit {
+                                    entry,
+                                    kind: HitKind::Coalesced,
+                                    similarity: None,
+                                    verifier_score: None,
+                                });
+                                return lookup;
+                            }
+                            // The leader gave up: look again, maybe as the next leader.
+                            Ok(None) => self.count("coalesced", "abandoned"),
+                            Err(_) => {
+                                self.count("coalesced", "late");
+                                break;
+                            }
+                        }
+                    }
+                    Some(coalesce::Joined::Leader(leader)) => {
+                        flight = Some(Arc::new(leader));
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        }
         // The vector serves the semantic lookup and the entry written later; a request
         // that wants neither is not embedded.
         let mut vector = None;
@@ -455,6 +500,7 @@ impl Cache {
                 vector,
                 ttl: controls.ttl,
                 generation,
+                flight,
             });
         }
         lookup
@@ -553,8 +599,7 @@ impl Cache {
         let mut rejected = false;
         let mut stale = None;
         for ((similarity, entry), verifier_score) in proposed.into_iter().zip(scores) {
-            if verifier_score.is_some_and(|score| score < self.config.semantic.verifier_threshold)
-            {
+            if verifier_score.is_some_and(|score| score < self.config.semantic.verifier_threshold) {
                 rejected = true;
                 continue;
             }
@@ -683,6 +728,8 @@ impl Cache {
             "entries": entries,
             // Stored but not yet on disk: a crash now would lose them.
             "unflushed_changes": self.store.unflushed_changes(),
+            // Identical requests waiting on one upstream call.
+            "flights_in_the_air": self.flights.in_the_air(),
             "memory": {
                 "entries": self.memory.entry_count(),
                 "bytes": self.memory.weighted_size(),

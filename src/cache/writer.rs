@@ -85,6 +85,9 @@ impl Cache {
         }
         let entry = Arc::new(entry);
         self.memory.insert(pending.keys.exact, entry.clone());
+        if let Some(flight) = &pending.flight {
+            flight.answered(entry.clone());
+        }
         if self.writes.try_send(WriteJob { pending, entry }).is_err() {
             self.metrics
                 .cache_writes
