@@ -3,7 +3,7 @@
 
 SDK_PYTHON := $(CURDIR)/.venv-sdk/bin/python
 
-.PHONY: run test lint sdk-venv model bench bench-cache bench-failover demo
+.PHONY: run test lint sdk-venv model bench bench-cache bench-failover bench-soak demo
 
 ## Run the gateway with the shipped config (builds it first).
 run: model
@@ -34,9 +34,16 @@ bench:
 
 ## Rung 1 in numbers (bench/cache.rs): semantic hit quality on bench/data/semantic_pairs.jsonl,
 ## embedding throughput, vector search at 10k/100k entries, hit latency; writes
-## bench/results/cache.json.
+## bench/results/cache.json; then misses at 1,000/s (bench/cache_load.rs) into
+## bench/results/cache_load.json (BENCH_CACHE_ONLY=load for that part alone).
 bench-cache: model
 	cargo bench --bench cache
+
+## Memory over time (bench/soak.rs): the release binary storing answers past
+## cache.max_entries, its resident memory sampled into bench/results/soak.json.
+## SOAK_SECONDS (default 1800), SOAK_RATE (new questions/s, default 40), SOAK_MAX_ENTRIES.
+bench-soak: model
+	cargo bench --bench soak
 
 ## Failover in numbers (bench/failover.rs): time to an answer with a hung primary, the
 ## tail of a sometimes-slow primary with and without hedging, broken streams with and

@@ -11,6 +11,8 @@
 //!    before and after the HNSW index is built, with the cache's partition filter.
 //! 4. Exact and semantic hits through a real gateway over HTTP (end to end), and the
 //!    server-side share (`airbag_request_duration_seconds{rung="cache"}`).
+//! 5. The cache at load (`bench/cache_load.rs`): misses at 1,000/s with the cache on and
+//!    off, lookups that skipped the semantic stage, hits still found.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -24,6 +26,9 @@ use airbag::cache::store::edge::EdgeStore;
 use airbag::cache::store::{SemanticQuery, StoredPoint, VectorStore};
 use airbag::cache::verifier::Verifier;
 use serde_json::{Value, json};
+
+#[path = "cache_load.rs"]
+mod cache_load;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -756,13 +761,20 @@ fn main() {
         }
         return;
     }
-    let embedding = embedding_throughput(&embedder);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
+    // `BENCH_CACHE_ONLY=load`: only the load run (bench/cache_load.rs).
+    if std::env::var("BENCH_CACHE_ONLY").as_deref() == Ok("load") {
+        drop(embedder);
+        runtime.block_on(cache_load::run());
+        return;
+    }
+    let embedding = embedding_throughput(&embedder);
     let http = runtime.block_on(hits_over_http());
     let search = runtime.block_on(vector_search());
+    runtime.block_on(cache_load::run());
     let results = json!({
         "verified_dev": verified_dev,
         "verified_heldout": verified_heldout,

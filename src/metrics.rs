@@ -6,7 +6,7 @@
 //! This module records numbers; it decides nothing.
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -55,6 +55,20 @@ pub struct Metrics {
     pub cache_writes: IntCounterVec,
     /// Entries in the store (refreshed by the maintenance task).
     pub cache_entries: IntGauge,
+    /// Semantic lookups skipped by reason: `saturated` (too many questions waiting for
+    /// the model), `deadline` (the vector came too late), `error`.
+    pub cache_semantic_skipped: IntCounterVec,
+    /// Questions dropped by the embedding threads because nobody waited for them any more.
+    pub cache_embedding_abandoned: IntCounter,
+    /// Failed store calls by operation and reason (`timeout`, `error`, `open`: refused
+    /// by the store's breaker).
+    pub cache_store_failures: IntCounterVec,
+    /// The store's breaker: 0 closed, 1 half-open, 2 open.
+    pub cache_store_breaker_state: IntGauge,
+    /// Questions the writer embedded because their lookup could not (a busy model).
+    pub cache_embedded_by_writer: IntCounter,
+    /// Entries evicted to keep the store under `cache.max_entries` / `cache.max_bytes`.
+    pub cache_evictions: IntCounter,
     /// Canned answers served, by entry id (ids are file names an operator chose).
     pub canned_served: IntCounterVec,
     /// Admin API edits of canned entries, by action and outcome.
@@ -244,6 +258,42 @@ impl Metrics {
         registry.register(Box::new(cache_store_seconds.clone()))?;
         registry.register(Box::new(cache_writes.clone()))?;
         registry.register(Box::new(cache_entries.clone()))?;
+        let cache_semantic_skipped = IntCounterVec::new(
+            Opts::new(
+                "airbag_cache_semantic_skipped_total",
+                "Semantic lookups skipped, by reason (saturated, deadline, error)",
+            ),
+            &["reason"],
+        )?;
+        let cache_embedding_abandoned = IntCounter::new(
+            "airbag_cache_embedding_abandoned_total",
+            "Questions dropped before a model call because nobody waited for them any more",
+        )?;
+        let cache_store_failures = IntCounterVec::new(
+            Opts::new(
+                "airbag_cache_store_failures_total",
+                "Failed cache store calls by operation and reason (timeout, error, open)",
+            ),
+            &["op", "reason"],
+        )?;
+        let cache_store_breaker_state = IntGauge::new(
+            "airbag_cache_store_breaker_state",
+            "The cache store's breaker: 0 closed, 1 half-open, 2 open",
+        )?;
+        let cache_embedded_by_writer = IntCounter::new(
+            "airbag_cache_writer_embedded_total",
+            "Questions embedded by the cache writer because their lookup skipped the model",
+        )?;
+        registry.register(Box::new(cache_embedded_by_writer.clone()))?;
+        let cache_evictions = IntCounter::new(
+            "airbag_cache_evictions_total",
+            "Cache entries evicted to stay under cache.max_entries / cache.max_bytes",
+        )?;
+        registry.register(Box::new(cache_semantic_skipped.clone()))?;
+        registry.register(Box::new(cache_embedding_abandoned.clone()))?;
+        registry.register(Box::new(cache_store_failures.clone()))?;
+        registry.register(Box::new(cache_store_breaker_state.clone()))?;
+        registry.register(Box::new(cache_evictions.clone()))?;
         let canned_served = IntCounterVec::new(
             Opts::new(
                 "airbag_canned_served_total",
@@ -319,6 +369,12 @@ impl Metrics {
             cache_store_seconds,
             cache_writes,
             cache_entries,
+            cache_semantic_skipped,
+            cache_embedding_abandoned,
+            cache_store_failures,
+            cache_store_breaker_state,
+            cache_embedded_by_writer,
+            cache_evictions,
             canned_served,
             canned_edits,
             hedges,

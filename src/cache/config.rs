@@ -45,6 +45,15 @@ pub struct CacheConfig {
     /// asks, the others wait for its answer (`cache:coalesced`).
     #[serde(default = "default_true")]
     pub coalesce: bool,
+    /// Most entries the store keeps; past it the least recently hit entries are
+    /// evicted (recency is tracked in memory; see `cache/usage.rs`).
+    #[serde(default = "default_max_entries")]
+    pub max_entries: u64,
+    /// Most bytes of entries (payload and vector, as written) the store keeps; past it
+    /// the least recently hit entries are evicted. The store's files are larger (index,
+    /// write-ahead log).
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: ByteSize,
     #[serde(default)]
     pub semantic: SemanticConfig,
     #[serde(default)]
@@ -64,6 +73,8 @@ impl Default for CacheConfig {
             maintenance_interval: default_maintenance_interval(),
             flush_interval: default_flush_interval(),
             coalesce: true,
+            max_entries: default_max_entries(),
+            max_bytes: default_max_bytes(),
             semantic: SemanticConfig::default(),
             store: StoreConfig::default(),
         }
@@ -118,6 +129,19 @@ pub struct SemanticConfig {
     /// instructions embed alike.
     #[serde(default = "default_max_question_chars")]
     pub max_question_chars: usize,
+    /// Threads running the embedding model, each with its own copy of it (about 25 MB).
+    /// More than the machine's cores gains nothing.
+    #[serde(default = "default_embedding_threads")]
+    pub embedding_threads: usize,
+    /// Questions waiting for the model past which a lookup skips the semantic stage at
+    /// once (counted in `airbag_cache_semantic_skipped_total{reason="saturated"}`)
+    /// rather than wait behind them.
+    #[serde(default = "default_embedding_queue")]
+    pub embedding_queue: usize,
+    /// The longest a lookup waits for its question's vector; past it the semantic stage
+    /// is skipped and the question is embedded later by the writer, if stored.
+    #[serde(default = "default_embedding_deadline", with = "humantime_serde")]
+    pub embedding_deadline: Duration,
 }
 
 impl Default for SemanticConfig {
@@ -135,6 +159,9 @@ impl Default for SemanticConfig {
             onnxruntime: default_onnxruntime(),
             max_batch: default_max_batch(),
             max_question_chars: default_max_question_chars(),
+            embedding_threads: default_embedding_threads(),
+            embedding_queue: default_embedding_queue(),
+            embedding_deadline: default_embedding_deadline(),
         }
     }
 }
@@ -165,6 +192,34 @@ pub struct StoreConfig {
     /// Deadline of one call to the Qdrant server; a slow store must not hold requests.
     #[serde(default = "default_store_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// Deadline of a store call on the request path (exact read, semantic search), for
+    /// both kinds of store: past it the lookup is a miss.
+    #[serde(default = "default_lookup_timeout", with = "humantime_serde")]
+    pub lookup_timeout: Duration,
+    /// The store's own breaker: a failing or slow store is skipped (misses, no writes)
+    /// until a probe call succeeds.
+    #[serde(default)]
+    pub breaker: StoreBreakerConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreBreakerConfig {
+    /// Consecutive failed or late store calls that open the breaker.
+    #[serde(default = "default_breaker_failures")]
+    pub failures: u32,
+    /// How long an open breaker skips the store before one probe call is let through.
+    #[serde(default = "default_breaker_cool_down", with = "humantime_serde")]
+    pub cool_down: Duration,
+}
+
+impl Default for StoreBreakerConfig {
+    fn default() -> Self {
+        StoreBreakerConfig {
+            failures: default_breaker_failures(),
+            cool_down: default_breaker_cool_down(),
+        }
+    }
 }
 
 impl Default for StoreConfig {
@@ -176,6 +231,8 @@ impl Default for StoreConfig {
             collection: default_collection(),
             api_key: None,
             timeout: default_store_timeout(),
+            lookup_timeout: default_lookup_timeout(),
+            breaker: StoreBreakerConfig::default(),
         }
     }
 }
@@ -222,6 +279,45 @@ impl CacheConfig {
         if !(0.0..=1.0).contains(&verifier_threshold) {
             problems.push(format!(
                 "cache.semantic.verifier_threshold: {verifier_threshold} is outside 0..=1; it is a word alignment score (0.45 is the measured default)"
+            ));
+        }
+        if self.semantic.embedding_threads == 0 || self.semantic.embedding_threads > 64 {
+            problems.push(
+                "cache.semantic.embedding_threads: use 1 to 64 (more than the machine's cores gains nothing)"
+                    .to_string(),
+            );
+        }
+        if self.semantic.embedding_queue == 0 {
+            problems.push(
+                "cache.semantic.embedding_queue: must be at least 1; write e.g. 64".to_string(),
+            );
+        }
+        for (field, value) in [
+            (
+                "semantic.embedding_deadline",
+                self.semantic.embedding_deadline,
+            ),
+            ("store.lookup_timeout", self.store.lookup_timeout),
+            ("store.timeout", self.store.timeout),
+            ("store.breaker.cool_down", self.store.breaker.cool_down),
+        ] {
+            if value.is_zero() {
+                problems.push(format!(
+                    "cache.{field}: must be longer than 0; write e.g. \"100ms\""
+                ));
+            }
+        }
+        if self.store.breaker.failures == 0 {
+            problems
+                .push("cache.store.breaker.failures: must be at least 1; write e.g. 5".to_string());
+        }
+        if self.max_entries == 0 {
+            problems.push("cache.max_entries: must be at least 1; write e.g. 100000".to_string());
+        }
+        if self.max_bytes.0 < self.max_entry.0 {
+            problems.push(format!(
+                "cache.max_bytes: {} bytes is less than cache.max_entry ({} bytes); raise max_bytes, e.g. \"1GiB\"",
+                self.max_bytes.0, self.max_entry.0
             ));
         }
         if self.semantic.max_batch == 0 || self.semantic.max_batch > 1024 {
@@ -325,4 +421,28 @@ fn default_collection() -> String {
 }
 fn default_store_timeout() -> Duration {
     Duration::from_secs(2)
+}
+fn default_max_entries() -> u64 {
+    100_000
+}
+fn default_max_bytes() -> ByteSize {
+    ByteSize(1 << 30)
+}
+fn default_embedding_threads() -> usize {
+    1
+}
+fn default_embedding_queue() -> usize {
+    32
+}
+fn default_embedding_deadline() -> Duration {
+    Duration::from_millis(250)
+}
+fn default_lookup_timeout() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_cool_down() -> Duration {
+    Duration::from_secs(5)
 }

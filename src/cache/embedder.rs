@@ -1,14 +1,23 @@
 //! The embedding model of the semantic cache: all-MiniLM-L6-v2 (int8 ONNX, 384 dims)
 //! through fastembed, with ONNX Runtime loaded from the file `make model` fetched.
 //!
-//! The model runs on one dedicated thread, never on the async runtime. Requests queue
-//! on a channel; the thread takes everything waiting (up to `max_batch`) and embeds it
-//! in one model call, so concurrent requests share the cost. Vectors come back with unit
-//! length, so a dot product is their cosine.
+//! The model runs on dedicated threads (`cache.semantic.embedding_threads`, each with
+//! its own copy of the model), never on the async runtime. Requests queue on a channel;
+//! a free thread takes everything waiting (up to `max_batch`) and embeds it in one model
+//! call, so concurrent requests share the cost. Vectors come back with unit length, so a
+//! dot product is their cosine.
+//!
+//! Load without cliffs: a lookup asks [`Embedder::embed_within`], which refuses at once
+//! when more than `cache.semantic.embedding_queue` questions are already waiting (the
+//! lookup skips the semantic stage instead of waiting), and a thread drops the jobs whose
+//! requester stopped waiting (its deadline passed) before running them, so a model that
+//! fell behind catches up instead of working for nobody. ONNX Runtime's CPU memory arena
+//! is off: with it, the arena grows to the largest batch ever seen and keeps it.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
 
 use fastembed::{
     InitOptionsUserDefined, Pooling, TextEmbedding, TokenizerFiles, UserDefinedEmbeddingModel,
@@ -50,72 +59,217 @@ struct Job {
     reply: oneshot::Sender<Result<Vec<Vec<f32>>, EmbedError>>,
 }
 
-/// A handle to the embedding thread. Cloning shares the thread; it stops when the last
-/// handle is dropped (its channel closes).
+/// How the embedding threads are run.
+#[derive(Debug, Clone)]
+pub struct EmbedderOptions {
+    /// Most questions in one model call.
+    pub max_batch: usize,
+    /// Threads running the model, each with its own copy (about 25 MB each).
+    pub threads: usize,
+    /// Questions waiting for a thread past which [`Embedder::embed_within`] refuses at
+    /// once.
+    pub max_waiting: usize,
+}
+
+impl EmbedderOptions {
+    /// One thread, and a lookup waits behind at most the batch being run and its own.
+    pub fn with_batch(max_batch: usize) -> EmbedderOptions {
+        EmbedderOptions {
+            max_batch,
+            threads: 1,
+            max_waiting: max_batch,
+        }
+    }
+}
+
+/// What the embedding threads report, for metrics.
+pub struct EmbedderHooks {
+    /// After each model call: questions embedded, time taken.
+    pub on_batch: Box<dyn Fn(usize, Duration) + Send + Sync>,
+    /// Questions dropped before a model call because nobody waited for them any more.
+    pub on_abandoned: Box<dyn Fn(usize) + Send + Sync>,
+}
+
+impl EmbedderHooks {
+    pub fn none() -> EmbedderHooks {
+        EmbedderHooks {
+            on_batch: Box::new(|_, _| {}),
+            on_abandoned: Box::new(|_| {}),
+        }
+    }
+}
+
+/// Why a lookup's question was not embedded: the lookup skips the semantic stage.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EmbedSkip {
+    #[error("{0} questions are already waiting for the model")]
+    Saturated(usize),
+    #[error("the embedding took longer than {0:?}")]
+    Deadline(Duration),
+    #[error(transparent)]
+    Failed(#[from] EmbedError),
+}
+
+impl EmbedSkip {
+    /// The metric label (`airbag_cache_semantic_skipped_total{reason}`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            EmbedSkip::Saturated(_) => "saturated",
+            EmbedSkip::Deadline(_) => "deadline",
+            EmbedSkip::Failed(_) => "error",
+        }
+    }
+}
+
+/// A handle to the embedding threads. Cloning shares the threads; they stop when the
+/// last handle is dropped (their channel closes).
 #[derive(Clone)]
 pub struct Embedder {
     jobs: mpsc::SyncSender<Job>,
+    /// Questions sent and not yet taken by a thread.
+    waiting: Arc<AtomicUsize>,
+    max_waiting: usize,
+    pause: Arc<Pause>,
 }
 
-/// Jobs waiting for the model beyond this are refused at once (the lookup skips the
-/// semantic cache) rather than queued behind a model that cannot keep up.
+/// Set by a test's [`Embedder::hold_model`]: the threads take no new batch meanwhile.
+#[derive(Default)]
+struct Pause {
+    paused: Mutex<bool>,
+    resumed: std::sync::Condvar,
+}
+
+impl Pause {
+    fn set(&self, paused: bool) {
+        *self
+            .paused
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = paused;
+        self.resumed.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut paused = self
+            .paused
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        while *paused {
+            paused = self
+                .resumed
+                .wait(paused)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+}
+
+/// A test's hold on the model; dropping it lets the threads go on.
+pub struct ModelHold {
+    pause: Arc<Pause>,
+}
+
+impl Drop for ModelHold {
+    fn drop(&mut self) {
+        self.pause.set(false);
+    }
+}
+
+/// Jobs waiting for the model beyond this are refused at once, whoever sends them;
+/// lookups are refused sooner (`max_waiting`).
 const QUEUE: usize = 256;
 
 impl Embedder {
     /// Load ONNX Runtime and the model from the files `make model` prepares, and start
-    /// the embedding thread. Takes about half a second.
+    /// one embedding thread. Takes about half a second.
     pub fn load(
         model_dir: &Path,
         onnxruntime: &Path,
         max_batch: usize,
-        on_batch: impl Fn(usize, std::time::Duration) + Send + 'static,
+        on_batch: impl Fn(usize, std::time::Duration) + Send + Sync + 'static,
     ) -> Result<Embedder, ModelError> {
-        let mut model = load_model(model_dir, onnxruntime)?;
+        Embedder::start(
+            model_dir,
+            onnxruntime,
+            &EmbedderOptions::with_batch(max_batch),
+            EmbedderHooks {
+                on_batch: Box::new(on_batch),
+                on_abandoned: Box::new(|_| {}),
+            },
+        )
+    }
+
+    /// [`Embedder::load`] with every option: `threads` copies of the model.
+    pub fn start(
+        model_dir: &Path,
+        onnxruntime: &Path,
+        options: &EmbedderOptions,
+        hooks: EmbedderHooks,
+    ) -> Result<Embedder, ModelError> {
+        let threads = options.threads.max(1);
+        // The cores are shared between the threads: more ONNX Runtime threads than cores
+        // only adds switching.
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let intra_threads = (cores / threads).max(1);
         let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUE);
-        std::thread::Builder::new()
-            .name("airbag-embedder".to_string())
-            .spawn(move || {
-                // Runs until every Embedder handle is gone.
-                while let Ok(first) = queue.recv() {
-                    let mut batch = vec![first];
-                    let mut count = batch[0].texts.len();
-                    while count < max_batch {
-                        let Ok(next) = queue.try_recv() else { break };
-                        count += next.texts.len();
-                        batch.push(next);
-                    }
-                    let started = Instant::now();
-                    let texts: Vec<&str> = batch
-                        .iter()
-                        .flat_map(|job| job.texts.iter().map(String::as_str))
-                        .collect();
-                    // A panic inside the model must not end the thread: every later
-                    // lookup (and canned example) would lose its embeddings for good.
-                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        model.embed(&texts, Some(max_batch.max(texts.len())))
-                    }))
-                    .map_err(|_| EmbedError("the model panicked".to_string()))
-                    .and_then(|result| result.map_err(|error| EmbedError(error.to_string())));
-                    on_batch(texts.len(), started.elapsed());
-                    match result {
-                        Ok(vectors) => {
-                            let mut vectors = vectors.into_iter().map(normalised);
-                            for job in batch {
-                                let mine: Vec<Vec<f32>> =
-                                    vectors.by_ref().take(job.texts.len()).collect();
-                                let _ = job.reply.send(Ok(mine));
-                            }
-                        }
-                        Err(error) => {
-                            for job in batch {
-                                let _ = job.reply.send(Err(error.clone()));
-                            }
-                        }
-                    }
-                }
-            })
-            .map_err(ModelError::Thread)?;
-        Ok(Embedder { jobs })
+        let queue = Arc::new(Mutex::new(queue));
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let hooks = Arc::new(hooks);
+        let pause = Arc::new(Pause::default());
+        for index in 0..threads {
+            let model = load_model(model_dir, onnxruntime, intra_threads)?;
+            let worker = Worker {
+                model,
+                queue: queue.clone(),
+                waiting: waiting.clone(),
+                hooks: hooks.clone(),
+                max_batch: options.max_batch,
+                pause: pause.clone(),
+            };
+            std::thread::Builder::new()
+                .name(format!("airbag-embedder-{index}"))
+                .spawn(move || worker.run())
+                .map_err(ModelError::Thread)?;
+        }
+        Ok(Embedder {
+            jobs,
+            waiting,
+            max_waiting: options.max_waiting.max(1),
+            pause,
+        })
+    }
+
+    /// Stop the threads from taking new batches until the hold is dropped (a batch
+    /// already taken still runs). Only behaviour tests call it: a saturated model on
+    /// demand.
+    #[doc(hidden)]
+    pub fn hold_model(&self) -> ModelHold {
+        self.pause.set(true);
+        ModelHold {
+            pause: self.pause.clone(),
+        }
+    }
+
+    /// Embed a lookup's question, unless the model is saturated (refused at once) or the
+    /// vector does not come within `deadline`. A refused or late question costs the model
+    /// nothing: it is never run, or dropped before its batch if still waiting.
+    pub async fn embed_within(
+        &self,
+        text: &str,
+        deadline: Duration,
+    ) -> Result<Vec<f32>, EmbedSkip> {
+        let waiting = self.waiting.load(Ordering::SeqCst);
+        if waiting >= self.max_waiting {
+            return Err(EmbedSkip::Saturated(waiting));
+        }
+        match tokio::time::timeout(deadline, self.embed_one(text)).await {
+            Ok(Ok(vector)) => Ok(vector),
+            Ok(Err(error)) => Err(EmbedSkip::Failed(error)),
+            Err(_) => Err(EmbedSkip::Deadline(deadline)),
+        }
+    }
+
+    /// Questions waiting for a thread now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
     }
 
     /// Embed texts; the vectors have unit length.
@@ -124,8 +278,14 @@ impl Embedder {
             return Ok(Vec::new());
         }
         let (reply, answer) = oneshot::channel();
+        let count = texts.len();
+        // Counted before it is sent: a thread may take it at once and count it down.
+        self.waiting.fetch_add(count, Ordering::SeqCst);
         self.jobs
             .try_send(Job { texts, reply })
+            .inspect_err(|_| {
+                self.waiting.fetch_sub(count, Ordering::SeqCst);
+            })
             .map_err(|error| match error {
                 mpsc::TrySendError::Full(_) => {
                     EmbedError(format!("{QUEUE} embeddings are already waiting"))
@@ -153,9 +313,12 @@ impl Embedder {
             return Ok(Vec::new());
         }
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job { texts, reply })
-            .map_err(|_| EmbedError("the embedding thread has stopped".to_string()))?;
+        let count = texts.len();
+        self.waiting.fetch_add(count, Ordering::SeqCst);
+        self.jobs.send(Job { texts, reply }).map_err(|_| {
+            self.waiting.fetch_sub(count, Ordering::SeqCst);
+            EmbedError("the embedding thread has stopped".to_string())
+        })?;
         answer
             .blocking_recv()
             .map_err(|_| EmbedError("the embedding thread has stopped".to_string()))?
@@ -177,9 +340,98 @@ fn normalised(mut vector: Vec<f32>) -> Vec<f32> {
     vector
 }
 
+/// One embedding thread and its copy of the model.
+struct Worker {
+    model: TextEmbedding,
+    queue: Arc<Mutex<mpsc::Receiver<Job>>>,
+    waiting: Arc<AtomicUsize>,
+    hooks: Arc<EmbedderHooks>,
+    max_batch: usize,
+    pause: Arc<Pause>,
+}
+
+impl Worker {
+    /// Runs until every Embedder handle is gone.
+    fn run(mut self) {
+        loop {
+            self.pause.wait();
+            let Some(batch) = self.next_batch() else {
+                return;
+            };
+            self.embed(batch);
+        }
+    }
+
+    /// Everything waiting, up to `max_batch` questions, minus the jobs whose requester
+    /// stopped waiting. `None` once the channel closed.
+    fn next_batch(&self) -> Option<Vec<Job>> {
+        let mut batch = Vec::new();
+        {
+            // Held while waiting: one thread at a time collects a batch; the others run
+            // theirs meanwhile.
+            let queue = self
+                .queue
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let first = queue.recv().ok()?;
+            let mut count = first.texts.len();
+            batch.push(first);
+            while count < self.max_batch {
+                let Ok(next) = queue.try_recv() else { break };
+                count += next.texts.len();
+                batch.push(next);
+            }
+            self.waiting.fetch_sub(count, Ordering::SeqCst);
+        }
+        let before: usize = batch.iter().map(|job| job.texts.len()).sum();
+        batch.retain(|job| !job.reply.is_closed());
+        let after: usize = batch.iter().map(|job| job.texts.len()).sum();
+        if after < before {
+            (self.hooks.on_abandoned)(before - after);
+        }
+        Some(batch)
+    }
+
+    fn embed(&mut self, batch: Vec<Job>) {
+        if batch.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let texts: Vec<&str> = batch
+            .iter()
+            .flat_map(|job| job.texts.iter().map(String::as_str))
+            .collect();
+        let max_batch = self.max_batch;
+        let model = &mut self.model;
+        // A panic inside the model must not end the thread: every later lookup (and
+        // canned example) would lose its embeddings for good.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            model.embed(&texts, Some(max_batch.max(texts.len())))
+        }))
+        .map_err(|_| EmbedError("the model panicked".to_string()))
+        .and_then(|result| result.map_err(|error| EmbedError(error.to_string())));
+        (self.hooks.on_batch)(texts.len(), started.elapsed());
+        match result {
+            Ok(vectors) => {
+                let mut vectors = vectors.into_iter().map(normalised);
+                for job in batch {
+                    let mine: Vec<Vec<f32>> = vectors.by_ref().take(job.texts.len()).collect();
+                    let _ = job.reply.send(Ok(mine));
+                }
+            }
+            Err(error) => {
+                for job in batch {
+                    let _ = job.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
 pub(crate) fn load_model(
     model_dir: &Path,
     onnxruntime: &Path,
+    intra_threads: usize,
 ) -> Result<TextEmbedding, ModelError> {
     let require = |path: PathBuf, key: &'static str| {
         if path.is_file() {
@@ -207,12 +459,16 @@ pub(crate) fn load_model(
         message: error.to_string(),
     })?;
     let model = UserDefinedEmbeddingModel::new(onnx, tokenizer_files).with_pooling(Pooling::Mean);
-    TextEmbedding::try_new_from_user_defined(model, InitOptionsUserDefined::default()).map_err(
-        |error| ModelError::Model {
-            path: model_dir.to_path_buf(),
-            message: error.to_string(),
-        },
-    )
+    // The CPU arena off: it keeps the peak of every batch size ever run (tens of MB
+    // after a burst of long questions) for the life of the process.
+    let mut options = InitOptionsUserDefined::default().with_execution_providers(vec![
+        ort::ep::CPU::default().with_arena_allocator(false).build(),
+    ]);
+    options.intra_threads = Some(intra_threads);
+    TextEmbedding::try_new_from_user_defined(model, options).map_err(|error| ModelError::Model {
+        path: model_dir.to_path_buf(),
+        message: error.to_string(),
+    })
 }
 
 impl crate::canned::ExampleEmbedder for Embedder {

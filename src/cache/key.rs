@@ -47,6 +47,21 @@ impl CacheKeys {
     }
 }
 
+/// The exact key written as hex (a stored entry's `key`), back as bytes.
+pub fn exact_of_hex(hex: &str) -> Option<[u8; 32]> {
+    blake3::Hash::from_hex(hex)
+        .ok()
+        .map(|hash| *hash.as_bytes())
+}
+
+/// The point id of an exact key written as hex (a stored entry's `key`).
+pub fn point_id_of_hex(hex: &str) -> Option<u64> {
+    let exact = exact_of_hex(hex)?;
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&exact[..8]);
+    Some(u64::from_le_bytes(first))
+}
+
 pub fn hex(bytes: &[u8; 32]) -> String {
     blake3::Hash::from_bytes(*bytes).to_hex().to_string()
 }

@@ -1,6 +1,6 @@
 //! The cache's housekeeping: purges (and their generations, which keep a purge from
 //! being undone by answers in flight), the maintenance task (expired entries, index
-//! builds, the entry count) and the flusher task (the crash window).
+//! builds, the entry count, the store's bound) and the flusher task (the crash window).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -9,19 +9,24 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 use super::Cache;
-use super::store::{self, Purge};
+use super::store::{self, Purge, VectorStore};
 use crate::protocol::unix_now;
 
 impl Cache {
     /// Delete every entry matching the purge, in the store and in memory.
     pub async fn purge(&self, purge: Purge) -> Result<(), store::StoreError> {
-        // First the generation, so writes queued or in flight from now on are dropped.
+        // First the generation, so writes queued from now on are dropped; then wait for
+        // the batch the writer may be storing (it checked the generation before the bump),
+        // so the purge deletes it rather than it landing after the purge.
         self.purges.fetch_add(1, Ordering::SeqCst);
-        self.store.purge(purge).await?;
+        let _writing = self.writing.lock().await;
+        let purged = self.store.purge(purge).await;
         // The in-memory layer is only a front for the store: emptying it whole is
         // simpler than matching fields, and costs a store read per key afterwards.
         self.memory.invalidate_all();
-        Ok(())
+        // The bound's index learns which entries went from the store itself.
+        rescan(self).await;
+        purged
     }
 }
 
@@ -35,7 +40,9 @@ pub(super) async fn maintenance_loop(cache: Arc<Cache>, mut stopped: watch::Rece
             _ = ticks.tick() => {}
             _ = stopped.wait_for(|stop| *stop) => return,
         }
-        if let Err(error) = cache.store.delete_expired(unix_now()).await {
+        let now = unix_now();
+        cache.usage.expire(now);
+        if let Err(error) = cache.store.delete_expired(now).await {
             tracing::warn!("cache: deleting expired entries failed: {error}");
         }
         let started = Instant::now();
@@ -48,6 +55,13 @@ pub(super) async fn maintenance_loop(cache: Arc<Cache>, mut stopped: watch::Rece
                 .metrics
                 .cache_entries
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
+            // At start-up, and when something other than this writer changed the store
+            // (another replica, a failed eviction), the bound's index is rebuilt.
+            if count != cache.usage.size().0 {
+                let _writing = cache.writing.lock().await;
+                rescan(&cache).await;
+                super::writer::evict(&cache).await;
+            }
         }
     }
 }
@@ -71,4 +85,33 @@ pub(super) async fn flush_loop(cache: Arc<Cache>, mut stopped: watch::Receiver<b
         }
         cache.observe_store("flush", started);
     }
+}
+
+/// Rebuild the bound's index from a scan of the whole store (ids, keys, sizes, ages).
+/// A store that cannot be read keeps the old index until the next maintenance run.
+pub(super) async fn rescan(cache: &Cache) {
+    const PAGE: usize = 1_000;
+    let started = Instant::now();
+    let mut scanned = Vec::new();
+    let mut offset = None;
+    loop {
+        let (page, next) = match cache.store.scan(offset, PAGE).await {
+            Ok(page) => page,
+            Err(error) => {
+                tracing::warn!("cache: scanning the store for its bound failed: {error}");
+                return;
+            }
+        };
+        for (id, entry) in page {
+            if let Some(exact) = super::key::exact_of_hex(&entry.key) {
+                scanned.push((id, exact, entry));
+            }
+        }
+        match next {
+            Some(next) => offset = Some(next),
+            None => break,
+        }
+    }
+    cache.usage.rebuild(scanned);
+    cache.observe_store("scan", started);
 }

@@ -19,6 +19,7 @@ pub mod key;
 pub mod language;
 mod maintenance;
 pub mod store;
+pub mod usage;
 pub mod verifier;
 mod writer;
 
@@ -32,10 +33,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use config::{CacheConfig, SemanticConfig, StoreKind};
-use embedder::{DIMENSIONS, Embedder, ModelError};
+use embedder::{DIMENSIONS, Embedder, EmbedderHooks, EmbedderOptions, ModelError};
 use entry::StoredEntry;
 pub use key::{CacheKeys, Scope};
+use store::guarded::{GuardedStore, StoreHold};
 use store::{SemanticQuery, VectorStore};
+use usage::Usage;
 use verifier::Verifier;
 
 use crate::config::Env;
@@ -44,9 +47,6 @@ use crate::protocol::{ChatRequest, ChatResponse, unix_now};
 
 /// Candidates a semantic search returns; the guard may refuse the nearest ones.
 const SEMANTIC_CANDIDATES: usize = 4;
-/// The longest a lookup waits for its question's vector; past it the semantic lookup is
-/// skipped (a busy model must not slow every request down).
-const EMBED_DEADLINE: Duration = Duration::from_millis(250);
 /// How many abandoned flights a request follows before it goes upstream on its own.
 const FLIGHTS_FOLLOWED: usize = 3;
 /// The longest a request waits for the leader of its flight; past it, it goes upstream.
@@ -178,7 +178,14 @@ pub struct PendingEntry {
 pub struct Cache {
     config: CacheConfig,
     memory: moka::sync::Cache<[u8; 32], Arc<StoredEntry>>,
-    store: Arc<dyn VectorStore>,
+    /// The store behind its deadlines and breaker.
+    store: Arc<GuardedStore>,
+    /// Which entries to evict when the store is over `max_entries` / `max_bytes`.
+    usage: Usage,
+    /// Held by the writer from its purge-generation check until its batch is stored, and
+    /// by a purge from its generation bump until the store's entries are deleted: a write
+    /// queued before a purge either lands before the purge deletes it or is dropped.
+    writing: tokio::sync::Mutex<()>,
     embedder: Option<Embedder>,
     /// The second stage of the semantic lookup (`cache.semantic.verify`).
     verifier: Option<Verifier>,
@@ -246,14 +253,22 @@ impl Cache {
             let semantic = config.semantic.clone();
             let batch_seconds = metrics.cache_embedding_seconds.clone();
             let batch_sizes = metrics.cache_embedding_batch.clone();
+            let abandoned = metrics.cache_embedding_abandoned.clone();
             let embedder = tokio::task::spawn_blocking(move || {
-                Embedder::load(
+                Embedder::start(
                     &semantic.model_dir,
                     &semantic.onnxruntime,
-                    semantic.max_batch,
-                    move |count, elapsed| {
-                        batch_seconds.observe(elapsed.as_secs_f64());
-                        batch_sizes.observe(count as f64);
+                    &EmbedderOptions {
+                        max_batch: semantic.max_batch,
+                        threads: semantic.embedding_threads,
+                        max_waiting: semantic.embedding_queue,
+                    },
+                    EmbedderHooks {
+                        on_batch: Box::new(move |count, elapsed| {
+                            batch_seconds.observe(elapsed.as_secs_f64());
+                            batch_sizes.observe(count as f64);
+                        }),
+                        on_abandoned: Box::new(move |count| abandoned.inc_by(count as u64)),
                     },
                 )
             })
@@ -280,7 +295,7 @@ impl Cache {
         } else {
             None
         };
-        let store: Arc<dyn VectorStore> = match config.store.kind {
+        let inner: Arc<dyn VectorStore> = match config.store.kind {
             StoreKind::Embedded => {
                 let path = config.store.path.clone();
                 let opened = tokio::task::spawn_blocking(move || {
@@ -312,6 +327,13 @@ impl Cache {
                 )
             }
         };
+        let store = Arc::new(GuardedStore::new(
+            inner,
+            config.store.lookup_timeout,
+            config.store.timeout,
+            &config.store.breaker,
+            metrics,
+        ));
         let memory = moka::sync::Cache::builder()
             .max_capacity(config.memory.0)
             .weigher(|_key: &[u8; 32], entry: &Arc<StoredEntry>| entry.weight())
@@ -325,6 +347,8 @@ impl Cache {
             config: config.clone(),
             memory,
             store,
+            usage: Usage::new(config.max_entries, config.max_bytes.0),
+            writing: tokio::sync::Mutex::new(()),
             embedder,
             verifier,
             flights: Arc::default(),
@@ -395,6 +419,7 @@ impl Cache {
             match self.exact(&keys, &scope).await {
                 Ok(Some(entry)) if now < entry.fresh_until => {
                     self.count("exact", "hit");
+                    self.usage.hit(keys.point_id());
                     lookup.hit = Some(CacheHit {
                         entry,
                         kind: HitKind::Exact,
@@ -459,12 +484,18 @@ impl Cache {
             && (controls.lookup || controls.store)
             && let Some(embedder) = &self.embedder
         {
-            match tokio::time::timeout(EMBED_DEADLINE, embedder.embed_one(&question)).await {
-                Ok(Ok(embedded)) => vector = Some(embedded),
-                Ok(Err(error)) => tracing::warn!("cache: {error}"),
-                Err(_) => tracing::warn!(
-                    "cache: the embedding took longer than {EMBED_DEADLINE:?}; semantic lookup skipped"
-                ),
+            match embedder
+                .embed_within(&question, self.config.semantic.embedding_deadline)
+                .await
+            {
+                Ok(embedded) => vector = Some(embedded),
+                Err(skip) => {
+                    self.metrics
+                        .cache_semantic_skipped
+                        .with_label_values(&[skip.label()])
+                        .inc();
+                    tracing::debug!("cache: semantic lookup skipped: {skip}");
+                }
             }
         }
         if controls.lookup {
@@ -496,7 +527,8 @@ impl Cache {
                 scope,
                 route: request.model.clone(),
                 question,
-                semantic: vector.is_some(),
+                // Not embedded now (a busy model): the writer embeds it before storing.
+                semantic,
                 vector,
                 ttl: controls.ttl,
                 generation,
@@ -611,6 +643,9 @@ impl Cache {
             };
             if now < hit.entry.fresh_until {
                 self.count("semantic", "hit");
+                if let Some(id) = key::point_id_of_hex(&hit.entry.key) {
+                    self.usage.hit(id);
+                }
                 self.metrics.cache_similarity.observe(f64::from(similarity));
                 return (Some(hit), stale);
             }
@@ -753,6 +788,21 @@ impl Cache {
             "stale_if_error_seconds": self.config.stale_if_error.as_secs(),
             "exact": lookups("exact"),
             "semantic_lookups": lookups("semantic"),
+            // Purges so far: writes prepared before the last one are never stored.
+            "purges": self.purges.load(Ordering::SeqCst),
+            "store_breaker": self.store.breaker_status(),
+            "bound": {
+                "entries": self.usage.size().0,
+                "bytes": self.usage.size().1,
+                "max_entries": self.config.max_entries,
+                "max_bytes": self.config.max_bytes.0,
+                "evicted": self.metrics.cache_evictions.get(),
+            },
+            "embedding": {
+                "waiting": self.embedder.as_ref().map(Embedder::waiting),
+                "threads": self.config.semantic.embedding_threads,
+                "queue": self.config.semantic.embedding_queue,
+            },
             "writes": {
                 "stored": self.metrics.cache_writes.with_label_values(&["stored"]).get(),
                 "dropped": self.metrics.cache_writes.with_label_values(&["dropped"]).get(),
@@ -782,6 +832,14 @@ impl Cache {
         if let Err(error) = self.store.flush().await {
             tracing::warn!("cache: flushing the store failed: {error}");
         }
+    }
+
+    /// Park every later store call of these operations (`get`, `search`, `upsert`…)
+    /// until the hold is dropped. Only behaviour tests call it: it makes a slow store, or
+    /// a write held in flight, on demand.
+    #[doc(hidden)]
+    pub fn hold_store_calls(&self, ops: &[&'static str]) -> StoreHold {
+        self.store.hold(ops)
     }
 
     fn count(&self, kind: &str, result: &str) {

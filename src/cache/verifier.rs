@@ -46,7 +46,9 @@ pub struct Verifier {
 impl Verifier {
     /// Load the model (the embedding model's files) and start the verifier's thread.
     pub fn load(model_dir: &Path, onnxruntime: &Path) -> Result<Verifier, ModelError> {
-        let mut model = load_model(model_dir, onnxruntime)?;
+        // One ONNX Runtime thread: verifications are a few short questions, and the
+        // cores are the embedder's too.
+        let mut model = load_model(model_dir, onnxruntime, 1)?;
         let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUE);
         std::thread::Builder::new()
             .name("airbag-verifier".to_string())

@@ -3,15 +3,16 @@
 //! stream is stored only once it ended normally (`StoreOnEnd` assembles it as it passes).
 //! Nothing here blocks a request: a full queue drops the write (counted).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
 use super::embedder::DIMENSIONS;
 use super::entry::{StoredAnswer, StoredEntry};
-use super::store::{StoredPoint, placeholder_vector};
+use super::store::{StoredPoint, VectorStore, placeholder_vector};
 use super::{Cache, PendingEntry};
 use crate::protocol::assembler::Assembler;
 use crate::protocol::{ChatResponse, EventStream, StreamEvent, unix_now};
@@ -19,6 +20,9 @@ use crate::protocol::{ChatResponse, EventStream, StreamEvent, unix_now};
 /// Pending writes beyond this are dropped (and counted): a slow store must not grow
 /// memory without bound.
 pub(super) const WRITE_QUEUE: usize = 4_096;
+
+/// The longest the writer waits for the model to embed the questions of one batch.
+const LATE_EMBEDDING: Duration = Duration::from_secs(10);
 
 pub(super) struct WriteJob {
     pending: PendingEntry,
@@ -149,6 +153,64 @@ pub(super) async fn write_loop(
 }
 
 async fn write_batch(cache: &Cache, jobs: Vec<WriteJob>) {
+    let jobs = current(cache, jobs);
+    if jobs.is_empty() {
+        return;
+    }
+    let late = embed_late(cache, &jobs).await;
+    // From the generation check until the store has the batch: a purge waits for it,
+    // then deletes it, or bumped the generation first and the batch is dropped here.
+    let _writing = cache.writing.lock().await;
+    let jobs = current(cache, jobs);
+    if jobs.is_empty() {
+        return;
+    }
+    let count = jobs.len() as u64;
+    let mut points = Vec::with_capacity(jobs.len());
+    let mut stored = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let id = job.pending.keys.point_id();
+        let vector = match (&job.pending.vector, job.pending.semantic) {
+            (Some(vector), true) => Some(vector.clone()),
+            (None, true) => late.get(&id).cloned(),
+            _ => None,
+        };
+        let mut entry = StoredEntry::clone(&job.entry);
+        // A question the model could not embed even now answers exact lookups only.
+        entry.semantic = vector.is_some();
+        stored.push((id, job.pending.keys.exact, entry.clone()));
+        points.push(StoredPoint {
+            id,
+            vector: vector.unwrap_or_else(|| placeholder_vector(DIMENSIONS)),
+            entry,
+        });
+    }
+    let started = Instant::now();
+    let result = cache.store.upsert(points).await;
+    cache.observe_store("upsert", started);
+    let outcome = match result {
+        Ok(()) => {
+            for (id, exact, entry) in &stored {
+                cache.usage.stored(*id, *exact, entry);
+            }
+            "stored"
+        }
+        Err(error) => {
+            tracing::warn!("cache: storing {count} entries failed: {error}");
+            "error"
+        }
+    };
+    cache
+        .metrics
+        .cache_writes
+        .with_label_values(&[outcome])
+        .inc_by(count);
+    evict(cache).await;
+}
+
+/// The jobs prepared under the current purge generation; the others are counted and
+/// dropped (a purge ran since their lookup).
+fn current(cache: &Cache, jobs: Vec<WriteJob>) -> Vec<WriteJob> {
     let generation = cache.purges.load(Ordering::SeqCst);
     let (jobs, purged): (Vec<WriteJob>, Vec<WriteJob>) = jobs
         .into_iter()
@@ -160,37 +222,65 @@ async fn write_batch(cache: &Cache, jobs: Vec<WriteJob>) {
             .with_label_values(&["skipped"])
             .inc_by(purged.len() as u64);
     }
-    if jobs.is_empty() {
+    jobs
+}
+
+/// Vectors for the questions that may answer reworded ones but were not embedded at
+/// lookup time (the model was saturated or late), by point id. The writer waits for the
+/// model: it runs in the background, and an entry stored without its vector would be
+/// exact-only for good.
+async fn embed_late(cache: &Cache, jobs: &[WriteJob]) -> HashMap<u64, Vec<f32>> {
+    let (ids, questions): (Vec<u64>, Vec<String>) = jobs
+        .iter()
+        .filter(|job| job.pending.semantic && job.pending.vector.is_none())
+        .map(|job| (job.pending.keys.point_id(), job.pending.question.clone()))
+        .unzip();
+    let Some(embedder) = cache.embedder.clone() else {
+        return HashMap::new();
+    };
+    if questions.is_empty() {
+        return HashMap::new();
+    }
+    let count = questions.len() as u64;
+    // Bounded: with a model that cannot keep up for minutes, the write queue must still
+    // move (the entries are then stored exact-only).
+    let embedded = tokio::time::timeout(LATE_EMBEDDING, embedder.embed(questions)).await;
+    match embedded {
+        Ok(Ok(vectors)) => {
+            cache.metrics.cache_embedded_by_writer.inc_by(count);
+            ids.into_iter().zip(vectors).collect()
+        }
+        Ok(Err(error)) => {
+            tracing::warn!("cache: the writer could not embed {count} questions: {error}");
+            HashMap::new()
+        }
+        Err(_) => {
+            tracing::warn!(
+                "cache: the model did not embed {count} stored questions within {LATE_EMBEDDING:?}; they answer exact lookups only"
+            );
+            HashMap::new()
+        }
+    }
+}
+
+/// Delete the least recently hit entries while the store is over `cache.max_entries` or
+/// `cache.max_bytes`, from the store and from memory. The caller holds `cache.writing`.
+pub(super) async fn evict(cache: &Cache) {
+    let victims = cache.usage.evict();
+    if victims.is_empty() {
         return;
     }
-    let count = jobs.len() as u64;
-    let mut points = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        let vector = match (&job.pending.vector, job.pending.semantic) {
-            (Some(vector), true) => vector.clone(),
-            _ => placeholder_vector(DIMENSIONS),
-        };
-        points.push(StoredPoint {
-            id: job.pending.keys.point_id(),
-            vector,
-            entry: StoredEntry::clone(&job.entry),
-        });
+    for victim in &victims {
+        cache.memory.invalidate(&victim.exact);
     }
+    let count = victims.len() as u64;
+    let ids = victims.iter().map(|victim| victim.id).collect();
     let started = Instant::now();
-    let result = cache.store.upsert(points).await;
-    cache.observe_store("upsert", started);
-    let outcome = match result {
-        Ok(()) => "stored",
-        Err(error) => {
-            tracing::warn!("cache: storing {count} entries failed: {error}");
-            "error"
-        }
-    };
-    cache
-        .metrics
-        .cache_writes
-        .with_label_values(&[outcome])
-        .inc_by(count);
+    match cache.store.delete(ids).await {
+        Ok(()) => cache.metrics.cache_evictions.inc_by(count),
+        Err(error) => tracing::warn!("cache: evicting {count} entries failed: {error}"),
+    }
+    cache.observe_store("delete", started);
 }
 
 type OnEnd = Box<dyn FnOnce(ChatResponse) + Send>;

@@ -19,8 +19,8 @@ use futures_util::future::BoxFuture;
 use qdrant_edge::{
     CountRequest, CreateIndex, Distance, EdgeConfig, EdgeShard, EdgeVectorParams,
     FieldIndexOperations, Filter, NamedQuery, Payload, PayloadFieldSchema, PayloadSchemaType,
-    PointId, PointInsertOperations, PointOperations, PointStruct, QueryEnum, SearchRequest,
-    UpdateOperation, WithPayloadInterface,
+    PointId, PointInsertOperations, PointOperations, PointStruct, QueryEnum, ScrollRequest,
+    SearchRequest, UpdateOperation, WithPayloadInterface,
 };
 use serde_json::{Value, json};
 
@@ -318,6 +318,48 @@ impl VectorStore for EdgeStore {
                     PointOperations::DeletePointsByFilter(filter),
                 ))
                 .map_err(backend)
+        })
+    }
+
+    fn delete(&self, ids: Vec<u64>) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.change(move |shard| {
+            let ids = ids.into_iter().map(PointId::NumId).collect();
+            shard
+                .update(UpdateOperation::PointOperation(
+                    PointOperations::DeletePoints { ids },
+                ))
+                .map_err(backend)
+        })
+    }
+
+    fn scan(
+        &self,
+        offset: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<super::ScanPage, StoreError>> {
+        self.blocking(move |shard| {
+            let (records, next) = shard
+                .scroll(ScrollRequest {
+                    offset: offset.map(PointId::NumId),
+                    limit: Some(limit.max(1)),
+                    filter: None,
+                    with_payload: Some(WithPayloadInterface::Bool(true)),
+                    with_vector: false.into(),
+                    order_by: None,
+                })
+                .map_err(backend)?;
+            let mut page = Vec::with_capacity(records.len());
+            for record in records {
+                let PointId::NumId(id) = record.id else {
+                    continue;
+                };
+                page.push((id, entry_of(record.payload)?));
+            }
+            let next = match next {
+                Some(PointId::NumId(id)) => Some(id),
+                _ => None,
+            };
+            Ok((page, next))
         })
     }
 

@@ -10,6 +10,7 @@
 //! be served or to whom (that is `cache::Cache`), beyond filtering on the fields asked.
 
 pub mod edge;
+pub mod guarded;
 pub mod qdrant;
 
 use futures_util::future::BoxFuture;
@@ -29,7 +30,14 @@ pub enum StoreError {
     Timeout(std::time::Duration),
     #[error("a stored entry cannot be read: {0}")]
     Corrupt(String),
+    #[error(
+        "the cache store's breaker is open after repeated failures; it is skipped until a probe succeeds"
+    )]
+    Unavailable,
 }
+
+/// One page of a scan over every entry: (point id, entry) and where the next page starts.
+pub type ScanPage = (Vec<(u64, StoredEntry)>, Option<u64>);
 
 /// One point: id, vector (unit length) and payload.
 #[derive(Debug, Clone)]
@@ -86,6 +94,15 @@ pub trait VectorStore: Send + Sync {
         query: SemanticQuery,
     ) -> BoxFuture<'_, Result<Vec<(f32, StoredEntry)>, StoreError>>;
     fn purge(&self, purge: Purge) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Delete these points (eviction).
+    fn delete(&self, ids: Vec<u64>) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Every entry, a page at a time in point id order, from `offset` (the previous
+    /// page's next id) on.
+    fn scan(
+        &self,
+        offset: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<ScanPage, StoreError>>;
     /// Delete entries whose `stale_until` is before `now`.
     fn delete_expired(&self, now: u64) -> BoxFuture<'_, Result<(), StoreError>>;
     fn count(&self) -> BoxFuture<'_, Result<u64, StoreError>>;

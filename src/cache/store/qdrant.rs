@@ -7,11 +7,13 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use qdrant_client::Qdrant;
+use qdrant_client::qdrant::point_id::PointIdOptions;
 use qdrant_client::qdrant::vectors_config::Config as VectorsConfigKind;
 use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
     DeletePointsBuilder, Distance, FieldType, Filter, GetPointsBuilder, PointId, PointStruct,
-    QueryPointsBuilder, Range, UpsertPointsBuilder, VectorParamsBuilder,
+    PointsIdsList, QueryPointsBuilder, Range, ScrollPointsBuilder, UpsertPointsBuilder,
+    VectorParamsBuilder,
 };
 
 use super::{
@@ -128,6 +130,13 @@ impl QdrantStore {
     }
 }
 
+fn numeric_id(id: &PointId) -> Option<u64> {
+    match id.point_id_options {
+        Some(PointIdOptions::Num(id)) => Some(id),
+        _ => None,
+    }
+}
+
 fn backend(error: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(error.to_string())
 }
@@ -236,6 +245,49 @@ impl VectorStore for QdrantStore {
         })
     }
 
+    fn delete(&self, ids: Vec<u64>) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.bounded(async move {
+            let ids: Vec<PointId> = ids.into_iter().map(PointId::from).collect();
+            self.client
+                .delete_points(
+                    DeletePointsBuilder::new(&self.collection)
+                        .points(PointsIdsList { ids })
+                        .wait(true),
+                )
+                .await
+                .map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn scan(
+        &self,
+        offset: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<super::ScanPage, StoreError>> {
+        self.bounded(async move {
+            let mut request = ScrollPointsBuilder::new(&self.collection)
+                .limit(u32::try_from(limit).unwrap_or(u32::MAX))
+                .with_payload(true)
+                .with_vectors(false);
+            if let Some(offset) = offset {
+                request = request.offset(PointId::from(offset));
+            }
+            let response = self.client.scroll(request).await.map_err(backend)?;
+            let mut page = Vec::with_capacity(response.result.len());
+            for point in response.result {
+                let Some(id) = point.id.as_ref().and_then(numeric_id) else {
+                    continue;
+                };
+                page.push((id, entry_of(point.payload)?));
+            }
+            Ok((
+                page,
+                response.next_page_offset.as_ref().and_then(numeric_id),
+            ))
+        })
+    }
+
     fn delete_expired(&self, now: u64) -> BoxFuture<'_, Result<(), StoreError>> {
         self.bounded(async move {
             let filter = Filter::must([Condition::range(
@@ -257,7 +309,7 @@ impl VectorStore for QdrantStore {
         self.bounded(async move {
             let response = self
                 .client
-                .count(CountPointsBuilder::new(&self.collection).exact(false))
+                .count(CountPointsBuilder::new(&self.collection).exact(true))
                 .await
                 .map_err(backend)?;
             Ok(response.result.map(|result| result.count).unwrap_or(0))

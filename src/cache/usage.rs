@@ -1,0 +1,294 @@
+//! The store's bound: an in-memory index of every stored entry (point id, exact key,
+//! size, expiry, and when it was last hit) that tells the writer which entries to evict
+//! once the store holds more than `cache.max_entries` entries or `cache.max_bytes` bytes.
+//!
+//! Design: recency lives here, not in the store's payload, so a hit costs no write. The
+//! order is a logical clock (each write and each hit takes the next tick), which ranks
+//! entries exactly even within one second. At start-up, and whenever the store's count
+//! disagrees with the index (a purge, another replica writing to a shared Qdrant), the
+//! index is rebuilt from a scan of the store; entries found by a scan rank by when they
+//! were stored, older first, until they are hit again. A restart therefore forgets hit
+//! recency but never the bound. Eviction goes down to 90% of the cap, so the store does
+//! not delete a handful of entries after every write once full.
+//!
+//! Sizes are estimates of what an entry costs the store: its payload as the in-memory
+//! layer weighs it plus its vector. The files on disk are larger (index, write-ahead
+//! log); `cache.max_bytes` bounds the entries, not the folder.
+//!
+//! About 80 bytes per entry: 100,000 entries cost about 8 MB here.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::embedder::DIMENSIONS;
+use super::entry::StoredEntry;
+
+/// What the index keeps of one stored entry.
+#[derive(Debug, Clone, Copy)]
+struct Used {
+    exact: [u8; 32],
+    bytes: u32,
+    stale_until: u64,
+    tick: u64,
+}
+
+#[derive(Default)]
+struct Index {
+    entries: HashMap<u64, Used>,
+    bytes: u64,
+    clock: u64,
+}
+
+impl Index {
+    fn insert(&mut self, id: u64, used: Used) {
+        if let Some(old) = self.entries.insert(id, used) {
+            self.bytes = self.bytes.saturating_sub(u64::from(old.bytes));
+        }
+        self.bytes = self.bytes.saturating_add(u64::from(used.bytes));
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(old) = self.entries.remove(&id) {
+            self.bytes = self.bytes.saturating_sub(u64::from(old.bytes));
+        }
+    }
+
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+}
+
+/// An entry chosen for eviction: its point and the key of its in-memory copy.
+#[derive(Debug, Clone, Copy)]
+pub struct Victim {
+    pub id: u64,
+    pub exact: [u8; 32],
+}
+
+/// The bound and the recency index. Shared by lookups (hits), the writer (writes and
+/// evictions) and maintenance (expiry, rebuilds).
+pub struct Usage {
+    max_entries: u64,
+    max_bytes: u64,
+    index: Mutex<Index>,
+}
+
+/// What the store costs for an entry: payload estimate plus its f32 vector.
+pub fn entry_bytes(entry: &StoredEntry) -> u32 {
+    entry
+        .weight()
+        .saturating_add(u32::try_from(DIMENSIONS * 4).unwrap_or(u32::MAX))
+}
+
+impl Usage {
+    pub fn new(max_entries: u64, max_bytes: u64) -> Usage {
+        Usage {
+            max_entries,
+            max_bytes,
+            index: Mutex::new(Index::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// An entry was written: it counts as just used.
+    pub fn stored(&self, id: u64, exact: [u8; 32], entry: &StoredEntry) {
+        let mut index = self.lock();
+        let tick = index.tick();
+        index.insert(
+            id,
+            Used {
+                exact,
+                bytes: entry_bytes(entry),
+                stale_until: entry.stale_until,
+                tick,
+            },
+        );
+    }
+
+    /// An entry was served: it moves to the back of the eviction order.
+    pub fn hit(&self, id: u64) {
+        let mut index = self.lock();
+        let tick = index.tick();
+        if let Some(used) = index.entries.get_mut(&id) {
+            used.tick = tick;
+        }
+    }
+
+    /// Forget entries past `stale_until` (maintenance deletes them from the store).
+    pub fn expire(&self, now: u64) {
+        let mut index = self.lock();
+        let expired: Vec<u64> = index
+            .entries
+            .iter()
+            .filter(|(_, used)| used.stale_until <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            index.remove(id);
+        }
+    }
+
+    /// The least recently used entries to delete, down to 90% of whichever cap is
+    /// exceeded, removed from the index at once. Empty while under both caps.
+    pub fn evict(&self) -> Vec<Victim> {
+        let mut index = self.lock();
+        let count = index.entries.len() as u64;
+        if count <= self.max_entries && index.bytes <= self.max_bytes {
+            return Vec::new();
+        }
+        let target_entries = self.max_entries - self.max_entries / 10;
+        let target_bytes = self.max_bytes - self.max_bytes / 10;
+        let mut order: Vec<(u64, u64, Used)> = index
+            .entries
+            .iter()
+            .map(|(id, used)| (used.tick, *id, *used))
+            .collect();
+        order.sort_unstable_by_key(|(tick, id, _)| (*tick, *id));
+        let mut victims = Vec::new();
+        for (_, id, used) in order {
+            if (index.entries.len() as u64) <= target_entries && index.bytes <= target_bytes {
+                break;
+            }
+            index.remove(id);
+            victims.push(Victim {
+                id,
+                exact: used.exact,
+            });
+        }
+        victims
+    }
+
+    /// Entries and bytes the index holds.
+    pub fn size(&self) -> (u64, u64) {
+        let index = self.lock();
+        (index.entries.len() as u64, index.bytes)
+    }
+
+    /// Replace the index with what a scan of the store found, keeping the recency of
+    /// entries the index already knew; new ones rank by their `created_at`, oldest first,
+    /// before every known one.
+    pub fn rebuild(&self, scanned: Vec<(u64, [u8; 32], StoredEntry)>) {
+        let mut index = self.lock();
+        let mut fresh = Index::default();
+        let mut unknown: Vec<(u64, u64, [u8; 32], u32, u64)> = Vec::new();
+        for (id, exact, entry) in &scanned {
+            match index.entries.get(id) {
+                Some(known) if known.exact == *exact => fresh.insert(*id, *known),
+                _ => unknown.push((
+                    entry.created_at,
+                    *id,
+                    *exact,
+                    entry_bytes(entry),
+                    entry.stale_until,
+                )),
+            }
+        }
+        unknown.sort_unstable_by_key(|(created_at, id, ..)| (*created_at, *id));
+        // Ticks below every known entry's: the unknown rank as least recently used.
+        let known_min = fresh
+            .entries
+            .values()
+            .map(|used| used.tick)
+            .min()
+            .unwrap_or(u64::MAX);
+        let base = known_min.saturating_sub(unknown.len() as u64 + 1);
+        for (offset, (_, id, exact, bytes, stale_until)) in unknown.into_iter().enumerate() {
+            fresh.insert(
+                id,
+                Used {
+                    exact,
+                    bytes,
+                    stale_until,
+                    tick: base.saturating_add(offset as u64),
+                },
+            );
+        }
+        fresh.clock = index.clock.max(fresh.entries.len() as u64);
+        *index = fresh;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::entry::{StoredAnswer, StoredPart, StoredStopReason};
+
+    fn entry(created_at: u64) -> StoredEntry {
+        StoredEntry {
+            key: String::new(),
+            context: String::new(),
+            tenant: "t".into(),
+            namespace: String::new(),
+            route: "chat".into(),
+            semantic: false,
+            question: "q".into(),
+            answer: StoredAnswer {
+                id: "a".into(),
+                model: "m".into(),
+                content: vec![StoredPart::Text { text: "x".into() }],
+                stop_reason: StoredStopReason::EndTurn,
+                input_tokens: 1,
+                output_tokens: 1,
+            },
+            served_by: "provider:up/m".into(),
+            created_at,
+            fresh_until: 100,
+            stale_until: 100,
+        }
+    }
+
+    fn key(id: u64) -> [u8; 32] {
+        let mut key = [0; 32];
+        key[..8].copy_from_slice(&id.to_le_bytes());
+        key
+    }
+
+    #[test]
+    fn the_least_recently_hit_entries_go_first_down_to_ninety_percent() {
+        let usage = Usage::new(10, u64::MAX);
+        for id in 0..10 {
+            usage.stored(id, key(id), &entry(id));
+        }
+        assert!(usage.evict().is_empty());
+        usage.hit(0);
+        usage.hit(1);
+        usage.stored(10, key(10), &entry(10));
+        let evicted: Vec<u64> = usage.evict().iter().map(|victim| victim.id).collect();
+        assert_eq!(evicted, vec![2, 3]);
+        assert_eq!(usage.size().0, 9);
+    }
+
+    #[test]
+    fn bytes_are_a_cap_too() {
+        let one = u64::from(entry_bytes(&entry(0)));
+        let usage = Usage::new(u64::MAX / 2, one * 4);
+        for id in 0..5 {
+            usage.stored(id, key(id), &entry(id));
+        }
+        let evicted: Vec<u64> = usage.evict().iter().map(|victim| victim.id).collect();
+        assert_eq!(evicted, vec![0, 1]);
+    }
+
+    #[test]
+    fn a_rebuild_keeps_known_recency_and_ranks_unknown_entries_by_age() {
+        let usage = Usage::new(3, u64::MAX);
+        usage.stored(1, key(1), &entry(1));
+        usage.stored(2, key(2), &entry(2));
+        usage.hit(1);
+        usage.rebuild(vec![
+            (1, key(1), entry(1)),
+            (2, key(2), entry(2)),
+            (8, key(8), entry(8)),
+            (7, key(7), entry(7)),
+        ]);
+        let evicted: Vec<u64> = usage.evict().iter().map(|victim| victim.id).collect();
+        // 4 entries over a cap of 3: down to 3 (90% of 3 rounds to 3): the oldest unknown.
+        assert_eq!(evicted, vec![7]);
+    }
+}
