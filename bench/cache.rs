@@ -2,6 +2,15 @@
 //! part is. Run with `cargo bench --bench cache` (`make bench-cache`); the model comes
 //! from `make model`. Results are printed and written to `bench/results/cache.json`.
 //!
+//! 0. The verifier: every labelled pair of `bench/data/cache_eval/pairs_dev.jsonl` (the
+//!    defaults were chosen on it) and `pairs_heldout.jsonl` (only measured) is scored by
+//!    cosine, guard and verifier; for each search threshold × verifier threshold, recall
+//!    (rewordings served), false hits (different questions served) per class, and
+//!    precision. Then the replay workloads (`workload_*.jsonl`) through a real gateway at
+//!    the shipped settings and with the verifier off: hit rate, wrong hits, traps served.
+//!    `BENCH_VERIFIER_PAIRS=FILE` scores one file; `BENCH_REPLAY=FILE` with
+//!    `BENCH_REPLAY_SETTINGS="0.75:0.45,0.85:off"` replays at other settings; both stop
+//!    there and write `target/verifier-notes.json` / `target/replay-notes.json`.
 //! 1. Quality: every pair of `bench/data/semantic_pairs.jsonl` (200 paraphrases, 200
 //!    hard negatives: other entity, number, negation or direction) is embedded with the
 //!    real model; for each threshold, the share of paraphrases that would hit and of hard
@@ -772,12 +781,22 @@ fn main() {
         return;
     }
     let embedding = embedding_throughput(&embedder);
+    // The replayed workloads at the shipped settings, and with the verifier off (the
+    // search and the guard alone, as before the verifier).
+    let shipped = airbag::cache::CacheConfig::default().semantic;
+    let mut replays = Vec::new();
+    for workload in ["workload_dev.jsonl", "workload_heldout.jsonl"] {
+        for verifier in [Some(shipped.verifier_threshold), None] {
+            replays.push(runtime.block_on(replay(workload, shipped.threshold, verifier)));
+        }
+    }
     let http = runtime.block_on(hits_over_http());
     let search = runtime.block_on(vector_search());
     runtime.block_on(cache_load::run());
     let results = json!({
         "verified_dev": verified_dev,
         "verified_heldout": verified_heldout,
+        "replays": replays,
         "quality": quality_tuned,
         "quality_holdout": quality_holdout,
         "embedding": embedding,

@@ -420,6 +420,14 @@ async fn a_write_that_fails_on_disk_is_a_500_naming_the_file() {
     assert_eq!(served_text(&gateway, "invoice").await.1, "default");
 }
 
+/// Write a file as an editor that saves atomically does: the reload never reads half of
+/// it (a plain `fs::write` truncates first, and a poll in between sees an empty file).
+fn write_whole(path: &std::path::Path, text: &str) {
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, text).unwrap();
+    std::fs::rename(&partial, path).unwrap();
+}
+
 #[tokio::test]
 async fn edits_on_disk_are_picked_up_and_a_bad_file_keeps_its_last_good_version_serving() {
     let (gateway, _down, dir) = gateway(&[("default.toml", "text = \"default\"\n")]).await;
@@ -427,27 +435,24 @@ async fn edits_on_disk_are_picked_up_and_a_bad_file_keeps_its_last_good_version_
     assert_eq!(served_text(&gateway, question).await.1, "default");
 
     // A new file appears: it serves without a restart.
-    std::fs::write(
-        dir.join("billing.toml"),
+    write_whole(
+        &dir.join("billing.toml"),
         "patterns = ['invoice']\ntext = \"billing v1\"\n",
-    )
-    .unwrap();
+    );
     wait_for_text(&gateway, question, "billing v1").await;
 
     // The file is edited.
-    std::fs::write(
-        dir.join("billing.toml"),
+    write_whole(
+        &dir.join("billing.toml"),
         "patterns = ['invoice']\ntext = \"billing v2\"\n",
-    )
-    .unwrap();
+    );
     wait_for_text(&gateway, question, "billing v2").await;
 
     // A bad version: reported, skipped, and v2 keeps serving.
-    std::fs::write(
-        dir.join("billing.toml"),
+    write_whole(
+        &dir.join("billing.toml"),
         "patterns = ['invoice', '(']\ntext = \"billing v3\"\n",
-    )
-    .unwrap();
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     let problems = loop {
         let status = gateway.admin_get("/admin/status", Some(TOKEN)).await.json();
@@ -480,11 +485,10 @@ async fn edits_on_disk_are_picked_up_and_a_bad_file_keeps_its_last_good_version_
     assert_eq!(list["problems"][0]["file"], "billing.toml");
 
     // Fixed: the new version serves and the problem is gone.
-    std::fs::write(
-        dir.join("billing.toml"),
+    write_whole(
+        &dir.join("billing.toml"),
         "patterns = ['invoice']\ntext = \"billing v4\"\n",
-    )
-    .unwrap();
+    );
     wait_for_text(&gateway, question, "billing v4").await;
     let status = gateway.admin_get("/admin/status", Some(TOKEN)).await.json();
     assert_eq!(status["canned"]["problems"], json!([]));

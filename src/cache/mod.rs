@@ -39,7 +39,7 @@ pub use key::{CacheKeys, Scope};
 use store::guarded::{GuardedStore, StoreHold};
 use store::{SemanticQuery, VectorStore};
 use usage::Usage;
-use verifier::Verifier;
+use verifier::{Verifier, VerifyError};
 
 use crate::config::Env;
 use crate::metrics::Metrics;
@@ -683,7 +683,11 @@ impl Cache {
         let alignments = match verified {
             Ok(Ok(alignments)) => alignments,
             Ok(Err(error)) => {
-                self.count_verified("failed", proposed.len());
+                let outcome = match error {
+                    VerifyError::Saturated => "saturated",
+                    VerifyError::Failed(_) => "failed",
+                };
+                self.count_verified(outcome, proposed.len());
                 tracing::warn!("cache: {error}; the semantic candidates are not served");
                 return vec![Some(0.0); proposed.len()];
             }

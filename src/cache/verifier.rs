@@ -23,13 +23,19 @@ use super::alignment::{Alignment, Sentence, Word, align};
 use super::embedder::{ModelError, load_model};
 
 /// Verifications waiting beyond this are refused at once: the lookup then serves no
-/// semantic hit (a miss, never a wrong answer).
-const QUEUE: usize = 128;
+/// semantic hit (a miss, never a wrong answer), and a burst cannot queue work that
+/// would make every lookup wait for its deadline. One verification takes a few
+/// milliseconds, so a full queue is drained well within the lookup's deadline.
+const QUEUE: usize = 16;
 
 /// Why candidates could not be verified; the lookup treats them as refused.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("verification failed: {0}")]
-pub struct VerifyError(pub String);
+pub enum VerifyError {
+    #[error("{QUEUE} verifications are already waiting")]
+    Saturated,
+    #[error("verification failed: {0}")]
+    Failed(String),
+}
 
 struct Job {
     /// The new question first, then the candidates' questions.
@@ -60,7 +66,7 @@ impl Verifier {
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         read(&mut model, &job.texts)
                     }))
-                    .map_err(|_| VerifyError("the model panicked".to_string()))
+                    .map_err(|_| VerifyError::Failed("the model panicked".to_string()))
                     .and_then(|read| read)
                     .map(|sentences| match sentences.split_first() {
                         Some((question, candidates)) => candidates
@@ -93,22 +99,20 @@ impl Verifier {
         self.jobs
             .try_send(Job { texts, reply })
             .map_err(|error| match error {
-                mpsc::TrySendError::Full(_) => {
-                    VerifyError(format!("{QUEUE} verifications are already waiting"))
-                }
+                mpsc::TrySendError::Full(_) => VerifyError::Saturated,
                 mpsc::TrySendError::Disconnected(_) => {
-                    VerifyError("the verifier thread has stopped".to_string())
+                    VerifyError::Failed("the verifier thread has stopped".to_string())
                 }
             })?;
         answer
             .await
-            .map_err(|_| VerifyError("the verifier thread has stopped".to_string()))?
+            .map_err(|_| VerifyError::Failed("the verifier thread has stopped".to_string()))?
     }
 }
 
 /// Run the model over `texts` and keep every token's vector, grouped into words.
 fn read(model: &mut TextEmbedding, texts: &[String]) -> Result<Vec<Sentence>, VerifyError> {
-    let failed = |error: &dyn std::fmt::Display| VerifyError(error.to_string());
+    let failed = |error: &dyn std::fmt::Display| VerifyError::Failed(error.to_string());
     let output = model.transform(texts, None).map_err(|e| failed(&e))?;
     let mut sentences = Vec::with_capacity(texts.len());
     let mut texts = texts.iter();
@@ -119,11 +123,13 @@ fn read(model: &mut TextEmbedding, texts: &[String]) -> Result<Vec<Sentence>, Ve
             .find(|(name, _)| name == "last_hidden_state")
             .or_else(|| batch.outputs.first())
         else {
-            return Err(VerifyError("the model returned no output".to_string()));
+            return Err(VerifyError::Failed(
+                "the model returned no output".to_string(),
+            ));
         };
         let (shape, values) = hidden.try_extract_tensor::<f32>().map_err(|e| failed(&e))?;
         let [rows, length, dimensions] = shape[..] else {
-            return Err(VerifyError(format!(
+            return Err(VerifyError::Failed(format!(
                 "the model returned a tensor of shape {shape:?}, not [texts, tokens, dimensions]"
             )));
         };
