@@ -127,7 +127,7 @@ async fn a_reworded_question_is_a_semantic_hit_and_a_different_one_is_not() {
         "mock up answers: How do I reset my password?"
     );
     let score = similarity(&reworded);
-    assert!((0.85..1.0).contains(&score), "similarity {score}");
+    assert!((0.70..1.0).contains(&score), "similarity {score}");
     assert_eq!(upstream.request_count(), 1);
 
     // Another question entirely.
@@ -831,7 +831,19 @@ async fn routes_set_their_own_threshold_and_tools_or_high_temperature_skip_the_s
 async fn concurrent_questions_are_embedded_in_shared_batches() {
     let upstream = mock("up").await;
     let store = tempfile::tempdir().unwrap();
-    let gateway = cached_gateway(store.path(), &upstream, "").await;
+    // Room for every question to wait for the model, however busy the machine: this
+    // test is about batching, not about the deadline or the saturation skip.
+    let config = format!(
+        "{}{}{}",
+        provider("up", "openai", &upstream, ""),
+        route("chat", &["up/m"]),
+        cache_section(
+            store.path(),
+            "",
+            "embedding_deadline = \"30s\"\nembedding_queue = 256"
+        )
+    );
+    let gateway = TestGateway::start(&config, &[]).await;
     let questions: Vec<String> = (0..24)
         .map(|index| format!("What is fact number {index} about the ocean?"))
         .collect();

@@ -356,7 +356,7 @@ impl CacheConfig {
 pub fn threshold_problem(path: &str, threshold: f32) -> Option<String> {
     (!(0.5..=1.0).contains(&threshold)).then(|| {
         format!(
-            "{path}: {threshold} is outside 0.5..=1.0; a cosine below 0.5 matches unrelated questions (0.85 is the measured default)"
+            "{path}: {threshold} is outside 0.5..=1.0; a cosine below 0.5 matches unrelated questions (0.70 is the measured default, with the verifier deciding)"
         )
     })
 }
@@ -393,7 +393,7 @@ fn default_verifier_threshold() -> f32 {
 }
 
 fn default_threshold() -> f32 {
-    0.85
+    0.70
 }
 fn default_max_temperature() -> f64 {
     1.0
