@@ -267,6 +267,11 @@ impl Embedder {
         }
     }
 
+    /// Whether a lookup would be refused now (`embedding_queue` questions waiting).
+    pub fn saturated(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) >= self.max_waiting
+    }
+
     /// Questions waiting for a thread now.
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::SeqCst)
