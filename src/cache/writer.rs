@@ -3,7 +3,6 @@
 //! stream is stored only once it ended normally (`StoreOnEnd` assembles it as it passes).
 //! Nothing here blocks a request: a full queue drops the write (counted).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -167,11 +166,16 @@ enum Woke {
 
 /// How often the writer looks at its backlog when no answers arrive.
 const BACKLOG_INTERVAL: Duration = Duration::from_millis(250);
+/// Questions of the backlog embedded in one model call: one batch, so a lookup arriving
+/// meanwhile waits for at most that.
+const BACKLOG_BATCH: usize = 32;
 /// Stored exact-only questions waiting for the model beyond this are left exact-only.
 const BACKLOG_MAX: usize = 4_096;
 
-/// Entries stored exact-only because the model was saturated, waiting to be embedded
-/// when it has room again; then they are stored again with their vector.
+/// Entries whose question was not embedded at lookup time (the model was saturated or
+/// late). The writer stores them at once, exact-only, never waiting for the model (that
+/// would fill the write queue and drop answers); their questions wait here until the
+/// model is idle, then they are stored again with their vector.
 #[derive(Default)]
 struct Backlog {
     jobs: std::collections::VecDeque<WriteJob>,
@@ -197,10 +201,12 @@ async fn backfill(cache: &Cache, backlog: &mut Backlog) {
     let Some(embedder) = cache.embedder.clone() else {
         return;
     };
-    if backlog.jobs.is_empty() || embedder.saturated() {
+    // Lookups come first: a hit now saves a provider call; a vector for a stored entry
+    // only helps later questions. The backlog waits for an idle model.
+    if backlog.jobs.is_empty() || embedder.waiting() > 0 {
         return;
     }
-    let take = backlog.jobs.len().min(64);
+    let take = backlog.jobs.len().min(BACKLOG_BATCH);
     let jobs: Vec<WriteJob> = backlog.jobs.drain(..take).collect();
     let questions: Vec<String> = jobs
         .iter()
@@ -246,7 +252,6 @@ async fn write_batch(cache: &Cache, jobs: Vec<WriteJob>, backlog: &mut Backlog) 
     if jobs.is_empty() {
         return;
     }
-    let (late, deferred) = embed_late(cache, &jobs).await;
     // From the generation check until the store has the batch: a purge waits for it,
     // then deletes it, or bumped the generation first and the batch is dropped here.
     let _writing = cache.writing.lock().await;
@@ -262,11 +267,10 @@ async fn write_batch(cache: &Cache, jobs: Vec<WriteJob>, backlog: &mut Backlog) 
         let id = job.pending.keys.point_id();
         let vector = match (&job.pending.vector, job.pending.semantic) {
             (Some(vector), true) => Some(vector.clone()),
-            (None, true) => late.get(&id).cloned(),
             _ => None,
         };
         let mut entry = StoredEntry::clone(&job.entry);
-        // A question the model could not embed even now answers exact lookups only.
+        // Without its vector it answers exact lookups only, until the backlog embeds it.
         entry.semantic = vector.is_some();
         stored.push((id, job.pending.keys.exact, entry.clone()));
         points.push(StoredPoint {
@@ -274,7 +278,7 @@ async fn write_batch(cache: &Cache, jobs: Vec<WriteJob>, backlog: &mut Backlog) 
             vector: vector.unwrap_or_else(|| placeholder_vector(DIMENSIONS)),
             entry,
         });
-        if deferred && job.pending.semantic && job.pending.vector.is_none() {
+        if job.pending.semantic && job.pending.vector.is_none() {
             later.push(job);
         }
     }
@@ -319,44 +323,6 @@ fn current(cache: &Cache, jobs: Vec<WriteJob>) -> Vec<WriteJob> {
             .inc_by(purged.len() as u64);
     }
     jobs
-}
-
-/// Vectors for the questions that may answer reworded ones but were not embedded at
-/// lookup time (the model was saturated or late), by point id, and whether some were
-/// deferred. While the model is saturated the batch is stored exact-only at once (waiting
-/// would fill the write queue and drop answers altogether) and its questions go to the
-/// backlog, embedded and stored again when the model has room.
-async fn embed_late(cache: &Cache, jobs: &[WriteJob]) -> (HashMap<u64, Vec<f32>>, bool) {
-    let (ids, questions): (Vec<u64>, Vec<String>) = jobs
-        .iter()
-        .filter(|job| job.pending.semantic && job.pending.vector.is_none())
-        .map(|job| (job.pending.keys.point_id(), job.pending.question.clone()))
-        .unzip();
-    let Some(embedder) = cache.embedder.clone() else {
-        return (HashMap::new(), false);
-    };
-    if questions.is_empty() {
-        return (HashMap::new(), false);
-    }
-    let count = questions.len() as u64;
-    if embedder.saturated() {
-        return (HashMap::new(), true);
-    }
-    // Bounded: with a model that cannot keep up for minutes, the write queue must still
-    // move (the entries are then stored exact-only).
-    let embedded = tokio::time::timeout(LATE_EMBEDDING, embedder.embed(questions)).await;
-    match embedded {
-        Ok(Ok(vectors)) => {
-            cache.metrics.cache_embedded_by_writer.inc_by(count);
-            (ids.into_iter().zip(vectors).collect(), false)
-        }
-        // Stored exact-only now; the backlog embeds them when the model has room.
-        Ok(Err(error)) => {
-            tracing::debug!("cache: the writer could not embed {count} questions now: {error}");
-            (HashMap::new(), true)
-        }
-        Err(_) => (HashMap::new(), true),
-    }
 }
 
 /// Delete the least recently hit entries while the store is over `cache.max_entries` or
