@@ -56,7 +56,8 @@ pub struct Metrics {
     /// Entries in the store (refreshed by the maintenance task).
     pub cache_entries: IntGauge,
     /// Semantic lookups skipped by reason: `saturated` (too many questions waiting for
-    /// the model), `deadline` (the vector came too late), `error`.
+    /// the model), `deadline` (the vector came too late), `error`; and
+    /// `writer_saturated`: stored questions left exact-only, the writer's backlog full.
     pub cache_semantic_skipped: IntCounterVec,
     /// Questions dropped by the embedding threads because nobody waited for them any more.
     pub cache_embedding_abandoned: IntCounter,

@@ -139,7 +139,7 @@ pub struct SemanticConfig {
     #[serde(default = "default_embedding_queue")]
     pub embedding_queue: usize,
     /// The longest a lookup waits for its question's vector; past it the semantic stage
-    /// is skipped and the question is embedded later by the writer, if stored.
+    /// is skipped (a stored answer's question is embedded later, when the model is idle).
     #[serde(default = "default_embedding_deadline", with = "humantime_serde")]
     pub embedding_deadline: Duration,
 }

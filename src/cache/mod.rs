@@ -527,7 +527,7 @@ impl Cache {
                 scope,
                 route: request.model.clone(),
                 question,
-                // Not embedded now (a busy model): the writer embeds it before storing.
+                // Not embedded now (a busy model): the writer embeds it later.
                 semantic,
                 vector,
                 ttl: controls.ttl,

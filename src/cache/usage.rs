@@ -164,6 +164,11 @@ impl Usage {
         victims
     }
 
+    /// Whether the entry is still stored (not evicted, expired or purged).
+    pub fn contains(&self, id: u64) -> bool {
+        self.lock().entries.contains_key(&id)
+    }
+
     /// Entries and bytes the index holds.
     pub fn size(&self) -> (u64, u64) {
         let index = self.lock();

@@ -3,7 +3,6 @@
 //! stream is stored only once it ended normally (`StoreOnEnd` assembles it as it passes).
 //! Nothing here blocks a request: a full queue drops the write (counted).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -22,7 +21,7 @@ use crate::protocol::{ChatResponse, EventStream, StreamEvent, unix_now};
 pub(super) const WRITE_QUEUE: usize = 4_096;
 
 /// The longest the writer waits for the model to embed the questions of one batch.
-const LATE_EMBEDDING: Duration = Duration::from_secs(10);
+const LATE_EMBEDDING: Duration = Duration::from_secs(2);
 
 pub(super) struct WriteJob {
     pending: PendingEntry,
@@ -130,34 +129,132 @@ pub(super) async fn write_loop(
     mut stopped: watch::Receiver<bool>,
 ) {
     const BATCH: usize = 64;
+    let mut backlog = Backlog::default();
+    let mut idle = tokio::time::interval(BACKLOG_INTERVAL);
+    idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let mut jobs = Vec::new();
-        let stopping = tokio::select! {
+        let woke = tokio::select! {
             received = queue.recv_many(&mut jobs, BATCH) => {
                 if received == 0 {
                     return;
                 }
-                false
+                Woke::Jobs
             }
-            _ = stopped.wait_for(|stop| *stop) => true,
+            _ = idle.tick() => Woke::Idle,
+            _ = stopped.wait_for(|stop| *stop) => Woke::Stop,
         };
+        if let Woke::Idle = woke {
+            backfill(&cache, &mut backlog).await;
+            continue;
+        }
+        let stopping = matches!(woke, Woke::Stop);
         if stopping {
             queue.close();
             while queue.recv_many(&mut jobs, BATCH).await > 0 {
-                write_batch(&cache, std::mem::take(&mut jobs)).await;
+                write_batch(&cache, std::mem::take(&mut jobs), &mut backlog).await;
             }
             return;
         }
-        write_batch(&cache, jobs).await;
+        write_batch(&cache, jobs, &mut backlog).await;
     }
 }
 
-async fn write_batch(cache: &Cache, jobs: Vec<WriteJob>) {
+/// What woke the writer up.
+enum Woke {
+    Jobs,
+    Idle,
+    Stop,
+}
+
+/// How often the writer looks at its backlog when no answers arrive.
+const BACKLOG_INTERVAL: Duration = Duration::from_millis(250);
+/// Questions of the backlog embedded in one model call: one batch, so a lookup arriving
+/// meanwhile waits for at most that.
+const BACKLOG_BATCH: usize = 32;
+/// Stored exact-only questions waiting for the model beyond this are left exact-only.
+const BACKLOG_MAX: usize = 4_096;
+
+/// Entries whose question was not embedded at lookup time (the model was saturated or
+/// late). The writer stores them at once, exact-only, never waiting for the model (that
+/// would fill the write queue and drop answers); their questions wait here until the
+/// model is idle, then they are stored again with their vector.
+#[derive(Default)]
+struct Backlog {
+    jobs: std::collections::VecDeque<WriteJob>,
+}
+
+impl Backlog {
+    fn push(&mut self, cache: &Cache, job: WriteJob) {
+        if self.jobs.len() >= BACKLOG_MAX {
+            cache
+                .metrics
+                .cache_semantic_skipped
+                .with_label_values(&["writer_saturated"])
+                .inc();
+            return;
+        }
+        self.jobs.push_back(job);
+    }
+}
+
+/// Embed a batch of the backlog when the model has room, and store those entries again
+/// with their vectors, unless a purge or an eviction removed them meanwhile.
+async fn backfill(cache: &Cache, backlog: &mut Backlog) {
+    let Some(embedder) = cache.embedder.clone() else {
+        return;
+    };
+    // Lookups come first: a hit now saves a provider call; a vector for a stored entry
+    // only helps later questions. The backlog waits for an idle model.
+    if backlog.jobs.is_empty() || embedder.waiting() > 0 {
+        return;
+    }
+    let take = backlog.jobs.len().min(BACKLOG_BATCH);
+    let jobs: Vec<WriteJob> = backlog.jobs.drain(..take).collect();
+    let questions: Vec<String> = jobs
+        .iter()
+        .map(|job| job.pending.question.clone())
+        .collect();
+    let count = questions.len();
+    let vectors = match tokio::time::timeout(LATE_EMBEDDING, embedder.embed(questions)).await {
+        Ok(Ok(vectors)) if vectors.len() == count => vectors,
+        _ => {
+            // The model is busy again: try these later.
+            for job in jobs.into_iter().rev() {
+                backlog.jobs.push_front(job);
+            }
+            return;
+        }
+    };
+    let _writing = cache.writing.lock().await;
+    let generation = cache.purges.load(Ordering::SeqCst);
+    let mut points = Vec::with_capacity(count);
+    for (job, vector) in jobs.into_iter().zip(vectors) {
+        let id = job.pending.keys.point_id();
+        if job.pending.generation != generation || !cache.usage.contains(id) {
+            continue;
+        }
+        let mut entry = StoredEntry::clone(&job.entry);
+        entry.semantic = true;
+        points.push(StoredPoint { id, vector, entry });
+    }
+    if points.is_empty() {
+        return;
+    }
+    let embedded = points.len() as u64;
+    let started = Instant::now();
+    match cache.store.upsert(points).await {
+        Ok(()) => cache.metrics.cache_embedded_by_writer.inc_by(embedded),
+        Err(error) => tracing::warn!("cache: storing {embedded} embedded entries failed: {error}"),
+    }
+    cache.observe_store("upsert", started);
+}
+
+async fn write_batch(cache: &Cache, jobs: Vec<WriteJob>, backlog: &mut Backlog) {
     let jobs = current(cache, jobs);
     if jobs.is_empty() {
         return;
     }
-    let late = embed_late(cache, &jobs).await;
     // From the generation check until the store has the batch: a purge waits for it,
     // then deletes it, or bumped the generation first and the batch is dropped here.
     let _writing = cache.writing.lock().await;
@@ -168,15 +265,15 @@ async fn write_batch(cache: &Cache, jobs: Vec<WriteJob>) {
     let count = jobs.len() as u64;
     let mut points = Vec::with_capacity(jobs.len());
     let mut stored = Vec::with_capacity(jobs.len());
+    let mut later = Vec::new();
     for job in jobs {
         let id = job.pending.keys.point_id();
         let vector = match (&job.pending.vector, job.pending.semantic) {
             (Some(vector), true) => Some(vector.clone()),
-            (None, true) => late.get(&id).cloned(),
             _ => None,
         };
         let mut entry = StoredEntry::clone(&job.entry);
-        // A question the model could not embed even now answers exact lookups only.
+        // Without its vector it answers exact lookups only, until the backlog embeds it.
         entry.semantic = vector.is_some();
         stored.push((id, job.pending.keys.exact, entry.clone()));
         points.push(StoredPoint {
@@ -184,6 +281,9 @@ async fn write_batch(cache: &Cache, jobs: Vec<WriteJob>) {
             vector: vector.unwrap_or_else(|| placeholder_vector(DIMENSIONS)),
             entry,
         });
+        if job.pending.semantic && job.pending.vector.is_none() {
+            later.push(job);
+        }
     }
     let started = Instant::now();
     let result = cache.store.upsert(points).await;
@@ -192,6 +292,9 @@ async fn write_batch(cache: &Cache, jobs: Vec<WriteJob>) {
         Ok(()) => {
             for (id, exact, entry) in &stored {
                 cache.usage.stored(*id, *exact, entry);
+            }
+            for job in later {
+                backlog.push(cache, job);
             }
             "stored"
         }
@@ -223,44 +326,6 @@ fn current(cache: &Cache, jobs: Vec<WriteJob>) -> Vec<WriteJob> {
             .inc_by(purged.len() as u64);
     }
     jobs
-}
-
-/// Vectors for the questions that may answer reworded ones but were not embedded at
-/// lookup time (the model was saturated or late), by point id. The writer waits for the
-/// model: it runs in the background, and an entry stored without its vector would be
-/// exact-only for good.
-async fn embed_late(cache: &Cache, jobs: &[WriteJob]) -> HashMap<u64, Vec<f32>> {
-    let (ids, questions): (Vec<u64>, Vec<String>) = jobs
-        .iter()
-        .filter(|job| job.pending.semantic && job.pending.vector.is_none())
-        .map(|job| (job.pending.keys.point_id(), job.pending.question.clone()))
-        .unzip();
-    let Some(embedder) = cache.embedder.clone() else {
-        return HashMap::new();
-    };
-    if questions.is_empty() {
-        return HashMap::new();
-    }
-    let count = questions.len() as u64;
-    // Bounded: with a model that cannot keep up for minutes, the write queue must still
-    // move (the entries are then stored exact-only).
-    let embedded = tokio::time::timeout(LATE_EMBEDDING, embedder.embed(questions)).await;
-    match embedded {
-        Ok(Ok(vectors)) => {
-            cache.metrics.cache_embedded_by_writer.inc_by(count);
-            ids.into_iter().zip(vectors).collect()
-        }
-        Ok(Err(error)) => {
-            tracing::warn!("cache: the writer could not embed {count} questions: {error}");
-            HashMap::new()
-        }
-        Err(_) => {
-            tracing::warn!(
-                "cache: the model did not embed {count} stored questions within {LATE_EMBEDDING:?}; they answer exact lookups only"
-            );
-            HashMap::new()
-        }
-    }
 }
 
 /// Delete the least recently hit entries while the store is over `cache.max_entries` or
