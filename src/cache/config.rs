@@ -135,7 +135,8 @@ pub struct SemanticConfig {
     pub embedding_threads: usize,
     /// Questions waiting for the model past which a lookup skips the semantic stage at
     /// once (counted in `airbag_cache_semantic_skipped_total{reason="saturated"}`)
-    /// rather than wait behind them.
+    /// rather than wait behind them. A lookup also skips when the questions ahead would
+    /// take more than half of `embedding_deadline` at the model's recent pace.
     #[serde(default = "default_embedding_queue")]
     pub embedding_queue: usize,
     /// The longest a lookup waits for its question's vector; past it the semantic stage

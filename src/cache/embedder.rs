@@ -15,7 +15,7 @@
 //! is off: with it, the arena grows to the largest batch ever seen and keeps it.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -130,6 +130,10 @@ pub struct Embedder {
     waiting: Arc<AtomicUsize>,
     max_waiting: usize,
     pause: Arc<Pause>,
+    /// Recent model time per question, in nanoseconds (a moving average over batches),
+    /// divided by the threads: what each waiting question adds to a lookup's wait.
+    cost: Arc<AtomicU64>,
+    threads: u64,
 }
 
 /// Set by a test's [`Embedder::hold_model`]: the threads take no new batch meanwhile.
@@ -215,6 +219,7 @@ impl Embedder {
         let waiting = Arc::new(AtomicUsize::new(0));
         let hooks = Arc::new(hooks);
         let pause = Arc::new(Pause::default());
+        let cost = Arc::new(AtomicU64::new(0));
         for index in 0..threads {
             let model = load_model(model_dir, onnxruntime, intra_threads)?;
             let worker = Worker {
@@ -224,6 +229,7 @@ impl Embedder {
                 hooks: hooks.clone(),
                 max_batch: options.max_batch,
                 pause: pause.clone(),
+                cost: cost.clone(),
             };
             std::thread::Builder::new()
                 .name(format!("airbag-embedder-{index}"))
@@ -235,6 +241,8 @@ impl Embedder {
             waiting,
             max_waiting: options.max_waiting.max(1),
             pause,
+            cost,
+            threads: threads as u64,
         })
     }
 
@@ -258,7 +266,7 @@ impl Embedder {
         deadline: Duration,
     ) -> Result<Vec<f32>, EmbedSkip> {
         let waiting = self.waiting.load(Ordering::SeqCst);
-        if waiting >= self.max_waiting {
+        if waiting >= self.max_waiting || self.expected_wait(waiting) > deadline / 2 {
             return Err(EmbedSkip::Saturated(waiting));
         }
         match tokio::time::timeout(deadline, self.embed_one(text)).await {
@@ -266,6 +274,15 @@ impl Embedder {
             Ok(Err(error)) => Err(EmbedSkip::Failed(error)),
             Err(_) => Err(EmbedSkip::Deadline(deadline)),
         }
+    }
+
+    /// How long a question sent now would wait for the model: the questions ahead of it
+    /// (and itself) at the recent cost per question. A lookup that would wait past half
+    /// its deadline is refused at once: it would most likely time out, and its batch would
+    /// spend the model's time on an answer nobody reads.
+    fn expected_wait(&self, waiting: usize) -> Duration {
+        let per_question = self.cost.load(Ordering::Relaxed) / self.threads.max(1);
+        Duration::from_nanos(per_question.saturating_mul(waiting as u64 + 1))
     }
 
     /// Whether a lookup would be refused now (`embedding_queue` questions waiting).
@@ -354,6 +371,7 @@ struct Worker {
     hooks: Arc<EmbedderHooks>,
     max_batch: usize,
     pause: Arc<Pause>,
+    cost: Arc<AtomicU64>,
 }
 
 impl Worker {
@@ -416,7 +434,22 @@ impl Worker {
         }))
         .map_err(|_| EmbedError("the model panicked".to_string()))
         .and_then(|result| result.map_err(|error| EmbedError(error.to_string())));
-        (self.hooks.on_batch)(texts.len(), started.elapsed());
+        let elapsed = started.elapsed();
+        (self.hooks.on_batch)(texts.len(), elapsed);
+        // A moving average of the time per question (a quarter weight to each batch), from
+        // batches at least half full: a lone question costs several times its share of a
+        // full batch, and only a busy model's cost predicts a queue's wait.
+        if texts.len() * 2 >= self.max_batch {
+            let per_question =
+                u64::try_from(elapsed.as_nanos() / texts.len() as u128).unwrap_or(u64::MAX);
+            let before = self.cost.load(Ordering::Relaxed);
+            let average = if before == 0 {
+                per_question
+            } else {
+                (before.saturating_mul(3).saturating_add(per_question)) / 4
+            };
+            self.cost.store(average, Ordering::Relaxed);
+        }
         match result {
             Ok(vectors) => {
                 let mut vectors = vectors.into_iter().map(normalised);
