@@ -336,6 +336,43 @@ fn verified_quality(embedder: &Embedder, verifier: &Verifier, file: &str) -> Val
     })
 }
 
+/// The mock provider behind the benches' gateways: it answers each question with its
+/// own text ("mock m answers: <question>").
+pub async fn echo_mock() -> airbag::mock::MockProvider {
+    airbag::mock::MockProvider::start(
+        "127.0.0.1:0".parse().unwrap(),
+        airbag::mock::MockOptions::default(),
+        Vec::new(),
+    )
+    .await
+    .unwrap()
+}
+
+/// A gateway with the cache on (the model of `make model`, the store in `store`) in
+/// front of `mock` on route `chat`; `semantic` adds keys to `[cache.semantic]`.
+async fn cached_gateway(
+    mock: &airbag::mock::MockProvider,
+    store: &std::path::Path,
+    semantic: &str,
+) -> airbag::server::RunningGateway {
+    let model = root().join(".cache/model");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [providers.mock]\nkind = \"openai\"\nbase_url = \"{}\"\nkeys = []\n\
+         [[routes]]\nmodel = \"chat\"\nchain = [\"mock/m\"]\n\
+         [cache]\n[cache.semantic]\n{semantic}\nmodel_dir = \"{}\"\nonnxruntime = \"{}\"\n\
+         [cache.store]\npath = \"{}\"\n",
+        mock.base_url(),
+        model.join("all-minilm-l6-v2").display(),
+        model.join("onnxruntime/libonnxruntime.so").display(),
+        store.display()
+    );
+    let env = airbag::config::Env::default();
+    let config =
+        airbag::config::Config::from_toml(&text, std::path::Path::new("bench.toml"), &env).unwrap();
+    airbag::server::start(&config, &env).await.unwrap()
+}
+
 /// One line of a replay workload (`bench/data/cache_eval/workload_*.jsonl`).
 struct Arrival {
     question: String,
@@ -365,32 +402,14 @@ async fn replay(file: &str, threshold: f32, verifier_threshold: Option<f32>) -> 
         .iter()
         .map(|arrival| (arrival.question.as_str(), arrival.intent.as_str()))
         .collect();
-    let mock = airbag::mock::MockProvider::start(
-        "127.0.0.1:0".parse().unwrap(),
-        airbag::mock::MockOptions::default(),
-        Vec::new(),
-    )
-    .await
-    .unwrap();
+    let mock = echo_mock().await;
     let store = tempfile::tempdir().unwrap();
-    let model = root().join(".cache/model");
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-         [providers.mock]\nkind = \"openai\"\nbase_url = \"{}\"\nkeys = []\n\
-         [[routes]]\nmodel = \"chat\"\nchain = [\"mock/m\"]\n\
-         [cache]\n[cache.semantic]\nthreshold = {threshold}\nverify = {}\nverifier_threshold = {}\n\
-         model_dir = \"{}\"\nonnxruntime = \"{}\"\n[cache.store]\npath = \"{}\"\n",
-        mock.base_url(),
+    let semantic = format!(
+        "threshold = {threshold}\nverify = {}\nverifier_threshold = {}\n",
         verifier_threshold.is_some(),
-        verifier_threshold.unwrap_or(0.5),
-        model.join("all-minilm-l6-v2").display(),
-        model.join("onnxruntime/libonnxruntime.so").display(),
-        store.path().display()
+        verifier_threshold.unwrap_or(0.5)
     );
-    let env = airbag::config::Env::default();
-    let config =
-        airbag::config::Config::from_toml(&text, std::path::Path::new("bench.toml"), &env).unwrap();
-    let running = airbag::server::start(&config, &env).await.unwrap();
+    let running = cached_gateway(&mock, store.path(), &semantic).await;
     let client = reqwest::Client::new();
     let url = format!("http://{}/v1/chat/completions", running.proxy_addr);
     let mut hits = 0usize;
@@ -588,29 +607,9 @@ async fn vector_search() -> Value {
 }
 
 async fn hits_over_http() -> Value {
-    let mock = airbag::mock::MockProvider::start(
-        "127.0.0.1:0".parse().unwrap(),
-        airbag::mock::MockOptions::default(),
-        Vec::new(),
-    )
-    .await
-    .unwrap();
+    let mock = echo_mock().await;
     let store = tempfile::tempdir().unwrap();
-    let model = root().join(".cache/model");
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-         [providers.mock]\nkind = \"openai\"\nbase_url = \"{}\"\nkeys = []\n\
-         [[routes]]\nmodel = \"chat\"\nchain = [\"mock/m\"]\n\
-         [cache]\n[cache.semantic]\nmodel_dir = \"{}\"\nonnxruntime = \"{}\"\n[cache.store]\npath = \"{}\"\n",
-        mock.base_url(),
-        model.join("all-minilm-l6-v2").display(),
-        model.join("onnxruntime/libonnxruntime.so").display(),
-        store.path().display()
-    );
-    let env = airbag::config::Env::default();
-    let config =
-        airbag::config::Config::from_toml(&text, std::path::Path::new("bench.toml"), &env).unwrap();
-    let running = airbag::server::start(&config, &env).await.unwrap();
+    let running = cached_gateway(&mock, store.path(), "").await;
     let client = reqwest::Client::new();
     let url = format!("http://{}/v1/chat/completions", running.proxy_addr);
     let ask = |question: String| {

@@ -181,13 +181,7 @@ pub async fn run() -> Value {
         .ok()
         .and_then(|value| value.parse().ok())
         .unwrap_or(1000);
-    let mock = airbag::mock::MockProvider::start(
-        "127.0.0.1:0".parse().unwrap(),
-        airbag::mock::MockOptions::default(),
-        Vec::new(),
-    )
-    .await
-    .unwrap();
+    let mock = super::echo_mock().await;
     let store = tempfile::tempdir().unwrap();
 
     // Baseline: the cache off.
