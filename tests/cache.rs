@@ -19,12 +19,26 @@ use serde_json::{Value, json};
 
 /// A gateway with the cache on (store in `store`) in front of one mock on route `chat`.
 async fn cached_gateway(store: &Path, mock: &MockProvider, extra: &str) -> TestGateway {
+    gateway_with(store, mock, extra, "").await
+}
+
+/// [`cached_gateway`] with `semantic` added to `[cache.semantic]`.
+async fn semantic_gateway(store: &Path, mock: &MockProvider, semantic: &str) -> TestGateway {
+    gateway_with(store, mock, "", semantic).await
+}
+
+async fn gateway_with(
+    store: &Path,
+    mock: &MockProvider,
+    extra: &str,
+    semantic: &str,
+) -> TestGateway {
     let config = format!(
         "{}{}{}{}",
         provider("up", "openai", mock, ""),
         route("chat", &["up/m"]),
         extra,
-        cache_section(store, "", "")
+        cache_section(store, "", semantic)
     );
     TestGateway::start(&config, &[]).await
 }
@@ -164,13 +178,7 @@ async fn the_verifier_serves_a_rewording_and_refuses_a_swapped_modifier() {
     let upstream = mock("up").await;
     let store = tempfile::tempdir().unwrap();
     // A low search threshold: the near miss below is proposed, the verifier decides.
-    let config = format!(
-        "{}{}{}",
-        provider("up", "openai", &upstream, ""),
-        route("chat", &["up/m"]),
-        cache_section(store.path(), "", "threshold = 0.7")
-    );
-    let gateway = TestGateway::start(&config, &[]).await;
+    let gateway = semantic_gateway(store.path(), &upstream, "threshold = 0.7").await;
     gateway
         .openai(openai_chat("chat", "What does a staff accountant do?"))
         .await;
@@ -215,13 +223,8 @@ async fn the_verifier_serves_a_rewording_and_refuses_a_swapped_modifier() {
     // Without the verifier the search alone serves the wrong answer, which is what the
     // verifier is for.
     let store = tempfile::tempdir().unwrap();
-    let config = format!(
-        "{}{}{}",
-        provider("up", "openai", &upstream, ""),
-        route("chat", &["up/m"]),
-        cache_section(store.path(), "", "threshold = 0.7\nverify = false")
-    );
-    let unverified = TestGateway::start(&config, &[]).await;
+    let unverified =
+        semantic_gateway(store.path(), &upstream, "threshold = 0.7\nverify = false").await;
     unverified
         .openai(openai_chat("chat", "What does a staff accountant do?"))
         .await;
@@ -833,17 +836,12 @@ async fn concurrent_questions_are_embedded_in_shared_batches() {
     let store = tempfile::tempdir().unwrap();
     // Room for every question to wait for the model, however busy the machine: this
     // test is about batching, not about the deadline or the saturation skip.
-    let config = format!(
-        "{}{}{}",
-        provider("up", "openai", &upstream, ""),
-        route("chat", &["up/m"]),
-        cache_section(
-            store.path(),
-            "",
-            "embedding_deadline = \"30s\"\nembedding_queue = 256"
-        )
-    );
-    let gateway = TestGateway::start(&config, &[]).await;
+    let gateway = semantic_gateway(
+        store.path(),
+        &upstream,
+        "embedding_deadline = \"30s\"\nembedding_queue = 256",
+    )
+    .await;
     let questions: Vec<String> = (0..24)
         .map(|index| format!("What is fact number {index} about the ocean?"))
         .collect();
@@ -1006,13 +1004,7 @@ async fn questions_in_other_languages_get_exact_hits_only_with_the_english_model
     // A search threshold the two Spanish questions reach, and no verifier: the language
     // gate alone decides.
     let semantic = "threshold = 0.7\nverify = false";
-    let config = format!(
-        "{}{}{}",
-        provider("up", "openai", &upstream, ""),
-        route("chat", &["up/m"]),
-        cache_section(store.path(), "", semantic)
-    );
-    let gateway = TestGateway::start(&config, &[]).await;
+    let gateway = semantic_gateway(store.path(), &upstream, semantic).await;
     let cancel = "¿cómo puedo cancelar mi suscripción?";
     let renew = "¿cómo puedo renovar mi suscripción?";
     gateway.openai(openai_chat("chat", cancel)).await;
@@ -1038,17 +1030,12 @@ async fn questions_in_other_languages_get_exact_hits_only_with_the_english_model
     // it out above.
     gateway.running.shutdown().await;
     let store = tempfile::tempdir().unwrap();
-    let config = format!(
-        "{}{}{}",
-        provider("up", "openai", &upstream, ""),
-        route("chat", &["up/m"]),
-        cache_section(
-            store.path(),
-            "",
-            &format!("{semantic}\nmultilingual = true")
-        )
-    );
-    let multilingual = TestGateway::start(&config, &[]).await;
+    let multilingual = semantic_gateway(
+        store.path(),
+        &upstream,
+        &format!("{semantic}\nmultilingual = true"),
+    )
+    .await;
     multilingual.openai(openai_chat("chat", cancel)).await;
     wait_stored(&multilingual, 1).await;
     let wrong = multilingual.openai(openai_chat("chat", renew)).await;
