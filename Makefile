@@ -32,7 +32,8 @@ sdk-venv:
 bench:
 	cargo bench --bench overhead
 
-## Rung 1 in numbers (bench/cache.rs): semantic hit quality on bench/data/semantic_pairs.jsonl,
+## Rung 1 in numbers (bench/cache.rs): the verifier on bench/data/cache_eval (pairs and replays),
+## semantic hit quality on bench/data/semantic_pairs.jsonl,
 ## embedding throughput, vector search at 10k/100k entries, hit latency; writes
 ## bench/results/cache.json; then misses at 1,000/s (bench/cache_load.rs) into
 ## bench/results/cache_load.json (BENCH_CACHE_ONLY=load for that part alone).
