@@ -159,7 +159,7 @@ async fn status(State(gateway): State<Arc<Gateway>>) -> Response {
             }),
             None => json!({
                 "name": name, "kind": kind, "enabled": false,
-                "reason": "none of its keys are set in the environment",
+                "reason": gateway.disabled_providers.get(name),
             }),
         })
         .collect();
@@ -196,7 +196,8 @@ async fn status(State(gateway): State<Arc<Gateway>>) -> Response {
         .map(|route| {
             json!({
                 "model": route.model,
-                "chain": route.chain.iter().map(|target| &target.label).collect::<Vec<_>>(),
+                "chain": route.targets().map(|target| &target.label).collect::<Vec<_>>(),
+                "tiers": route.tiers.iter().map(tier_status).collect::<Vec<_>>(),
                 "context_window_fallback": route.context_window_fallback.as_ref().map(|target| &target.label),
             })
         })
@@ -228,6 +229,38 @@ struct DrillRequest {
 }
 
 /// Force a target's breaker open for a while, as if it were failing.
+/// A tier in `/admin/status`: each member's weight, its configured share of the tier, and
+/// what it actually served on this route since start (breakers and failures shift it).
+fn tier_status(tier: &crate::providers::Tier) -> Value {
+    let total_weight: u64 = tier
+        .members
+        .iter()
+        .map(|member| u64::from(member.weight))
+        .sum();
+    let total_served: u64 = tier.members.iter().map(|member| member.served()).sum();
+    let share = |part: u64, whole: u64| {
+        if whole == 0 {
+            Value::Null
+        } else {
+            json!((part as f64 / whole as f64 * 1000.0).round() / 1000.0)
+        }
+    };
+    Value::Array(
+        tier.members
+            .iter()
+            .map(|member| {
+                json!({
+                    "target": member.target.label,
+                    "weight": member.weight,
+                    "weight_share": share(u64::from(member.weight), total_weight),
+                    "served": member.served(),
+                    "served_share": share(member.served(), total_served),
+                })
+            })
+            .collect(),
+    )
+}
+
 async fn start_drill(State(gateway): State<Arc<Gateway>>, body: Bytes) -> Response {
     let drill: DrillRequest = match crate::protocol::parse_json_body(&body) {
         Ok(drill) => drill,

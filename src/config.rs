@@ -150,6 +150,7 @@ impl Default for AdminConfig {
     }
 }
 
+/// Which API a provider speaks; each kind is one folder under `src/providers/surface/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
@@ -157,15 +158,10 @@ pub enum ProviderKind {
     Openai,
     /// Anthropic's Messages API.
     Anthropic,
-}
-
-impl ProviderKind {
-    pub fn protocol(self) -> crate::protocol::Protocol {
-        match self {
-            ProviderKind::Openai => crate::protocol::Protocol::OpenAi,
-            ProviderKind::Anthropic => crate::protocol::Protocol::Anthropic,
-        }
-    }
+    /// Claude on AWS Bedrock (`InvokeModel`, `InvokeModelWithResponseStream`).
+    Bedrock,
+    /// Claude on Google Vertex AI (`rawPredict`, `streamRawPredict`).
+    Vertex,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -173,11 +169,28 @@ impl ProviderKind {
 pub struct ProviderConfig {
     pub kind: ProviderKind,
     /// Up to and including the version segment: `https://api.openai.com/v1`,
-    /// `https://api.anthropic.com/v1`.
-    pub base_url: String,
+    /// `https://api.anthropic.com/v1`. Required for `openai` and `anthropic`; `bedrock`
+    /// and `vertex` derive it from `region` when unset.
+    pub base_url: Option<String>,
     /// API keys; an empty list sends no key (a local server such as vLLM or Ollama).
+    /// `bedrock`: Bedrock API keys (sent as a bearer token) instead of `aws`; `vertex`:
+    /// static access tokens instead of `service_account`.
     #[serde(default)]
     pub keys: Vec<KeyConfig>,
+    /// `bedrock` and `vertex`: the cloud region (`us-east-1`; `us-east5` or `global`).
+    pub region: Option<String>,
+    /// `vertex`: the Google Cloud project id.
+    pub project: Option<String>,
+    /// `bedrock`: AWS credentials, signed with SigV4.
+    pub aws: Option<AwsCredentialsConfig>,
+    /// `vertex`: a service account's JSON key, as `env:NAME` where the variable holds the
+    /// file's path or the JSON itself; airbag mints and refreshes access tokens from it.
+    pub service_account: Option<Secret>,
+    /// The route's model name → this provider's own id for it, e.g.
+    /// `"claude-sonnet-4-5" = "anthropic.claude-sonnet-4-5-20250929-v1:0"` on Bedrock.
+    /// A model not listed is sent as named.
+    #[serde(default)]
+    pub models: BTreeMap<String, String>,
     /// Retries of the same target after its first attempt, for retryable failures.
     #[serde(default = "default_retries")]
     pub retries: u32,
@@ -216,6 +229,34 @@ pub struct ProviderConfig {
     /// 5xx, 529 and broken connections keep their retries either way.
     #[serde(default)]
     pub retry_on_timeout: bool,
+}
+
+impl ProviderConfig {
+    /// The credential references besides `keys`, by their path under the provider.
+    pub fn credential_references(&self) -> Vec<(&'static str, &Secret)> {
+        let mut references = Vec::new();
+        if let Some(aws) = &self.aws {
+            references.push(("aws.access_key_id", &aws.access_key_id));
+            references.push(("aws.secret_access_key", &aws.secret_access_key));
+            if let Some(token) = &aws.session_token {
+                references.push(("aws.session_token", token));
+            }
+        }
+        if let Some(account) = &self.service_account {
+            references.push(("service_account", account));
+        }
+        references
+    }
+}
+
+/// `[providers.NAME.aws]`: the parts of an AWS credential, each an `env:NAME` reference.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsCredentialsConfig {
+    pub access_key_id: Secret,
+    pub secret_access_key: Secret,
+    /// Only for temporary credentials (STS, SSO).
+    pub session_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -288,8 +329,10 @@ pub struct RouteConfig {
     /// The model name a client asks for, or a glob (`gpt-4*`). Exact names win over
     /// globs; among globs the first in the file wins.
     pub model: String,
-    /// Targets `provider/model`, primary first.
-    pub chain: Vec<String>,
+    /// Tiers, primary first. A tier is one target `"provider/model"` or a list of
+    /// `{ target, weight }` sharing the tier's traffic; the fallback depth is the tier's
+    /// index.
+    pub chain: Vec<TierConfig>,
     /// Where to go when a target answers that the prompt exceeds its context window.
     pub context_window_fallback: Option<String>,
     /// This route's semantic cache threshold, instead of `cache.semantic.threshold`.
@@ -317,6 +360,54 @@ pub struct RouteConfig {
     /// same answer and splice its continuation in, so the client sees one answer.
     #[serde(default)]
     pub resume_streams: bool,
+}
+
+/// One tier of a route's chain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a target \"provider/model\" or a list of { target = \"provider/model\", weight = N }"
+)]
+pub enum TierConfig {
+    Single(String),
+    Weighted(Vec<WeightedTarget>),
+}
+
+impl TierConfig {
+    /// The tier's targets with their weights (1 for a single target).
+    pub fn members(&self) -> Vec<(&str, u32)> {
+        match self {
+            TierConfig::Single(target) => vec![(target.as_str(), 1)],
+            TierConfig::Weighted(members) => members
+                .iter()
+                .map(|member| (member.target.as_str(), member.weight))
+                .collect(),
+        }
+    }
+}
+
+impl std::fmt::Display for TierConfig {
+    fn fmt(&self, out: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TierConfig::Single(target) => write!(out, "{target}"),
+            TierConfig::Weighted(members) => {
+                let members: Vec<String> = members
+                    .iter()
+                    .map(|member| format!("{} {}", member.target, member.weight))
+                    .collect();
+                write!(out, "{{{}}}", members.join(", "))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedTarget {
+    pub target: String,
+    /// Relative share of the tier's traffic.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -577,6 +668,11 @@ impl Config {
                 let path = format!("providers.{name}.keys[{index}].key");
                 check_blank(&path, &key.key, env, &mut problems);
             }
+            for (field, secret) in provider.credential_references() {
+                let path = format!("providers.{name}.{field}");
+                check_secret(&path, secret, &mut problems);
+                check_blank(&path, secret, env, &mut problems);
+            }
             if let Some(quality) = &provider.quality {
                 self.check_quality(name, quality, &mut problems);
             }
@@ -671,8 +767,32 @@ impl Config {
                     "{path}.chain: is empty; list at least one target \"provider/model\""
                 ));
             }
-            for (position, target) in route.chain.iter().enumerate() {
-                self.check_target(&format!("{path}.chain[{position}]"), target, problems);
+            for (position, tier) in route.chain.iter().enumerate() {
+                let tier_path = format!("{path}.chain[{position}]");
+                let members = tier.members();
+                if members.is_empty() {
+                    problems.push(format!(
+                        "{tier_path}: is an empty tier; list at least one {{ target = \"provider/model\", weight = N }}"
+                    ));
+                }
+                let mut seen_in_route = HashSet::new();
+                for (member, (target, weight)) in members.into_iter().enumerate() {
+                    let member_path = match tier {
+                        TierConfig::Single(_) => tier_path.clone(),
+                        TierConfig::Weighted(_) => format!("{tier_path}[{member}]"),
+                    };
+                    self.check_target(&member_path, target, problems);
+                    if weight == 0 {
+                        problems.push(format!(
+                            "{member_path}.weight: must be at least 1; remove the target to stop using it"
+                        ));
+                    }
+                    if !seen_in_route.insert(target) {
+                        problems.push(format!(
+                            "{member_path}: `{target}` is twice in the same tier; keep one"
+                        ));
+                    }
+                }
             }
             if let Some(target) = &route.context_window_fallback {
                 self.check_target(&format!("{path}.context_window_fallback"), target, problems);
@@ -761,20 +881,24 @@ fn check_provider(name: &str, provider: &ProviderConfig, problems: &mut Vec<Stri
             "{path}: a provider name cannot be empty or contain `/`; rename it"
         ));
     }
-    match reqwest::Url::parse(&provider.base_url) {
-        Ok(url)
-            if !url.username().is_empty() || url.password().is_some() || url.query().is_some() =>
-        {
-            problems.push(format!(
-                "{path}.base_url: credentials or a query string in the URL would be shown and logged; put secrets in keys = [{{ key = \"env:NAME\" }}]"
-            ));
+    if let Some(base_url) = &provider.base_url {
+        match reqwest::Url::parse(base_url) {
+            Ok(url)
+                if !url.username().is_empty()
+                    || url.password().is_some()
+                    || url.query().is_some() =>
+            {
+                problems.push(format!(
+                    "{path}.base_url: credentials or a query string in the URL would be shown and logged; put secrets in keys = [{{ key = \"env:NAME\" }}]"
+                ));
+            }
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+            _ => problems.push(format!(
+                "{path}.base_url: `{base_url}` is not an http(s) URL; write e.g. \"https://api.openai.com/v1\""
+            )),
         }
-        Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-        _ => problems.push(format!(
-            "{path}.base_url: `{}` is not an http(s) URL; write e.g. \"https://api.openai.com/v1\"",
-            provider.base_url
-        )),
     }
+    problems.extend(crate::providers::surface::problems(&path, provider));
     for (index, key) in provider.keys.iter().enumerate() {
         check_secret(&format!("{path}.keys[{index}].key"), &key.key, problems);
         if key.weight == 0 {

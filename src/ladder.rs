@@ -21,7 +21,6 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::cache::{CacheControls, CacheHit, HitKind, Lookup};
-use crate::config::ProviderKind;
 use crate::error::RequestError;
 use crate::protocol::{
     ChatRequest, ChatResponse, EventStream, Part, StopReason, Usage, last_user_text, random_id,
@@ -90,7 +89,8 @@ pub enum Answer {
     Refused {
         status: u16,
         body: Bytes,
-        kind: ProviderKind,
+        /// The protocol the body may go back in as it came (None: always translated).
+        dialect: Option<crate::protocol::Protocol>,
     },
 }
 
@@ -175,12 +175,16 @@ pub async fn answer(
         ChainOutcome::Refused {
             status,
             body,
-            kind,
+            dialect,
             target,
             depth,
             attempts,
         } => Ok(Served {
-            answer: Answer::Refused { status, body, kind },
+            answer: Answer::Refused {
+                status,
+                body,
+                dialect,
+            },
             tag: provider_tag(&target, depth, attempts),
         }),
         // Stale-if-error: an expired answer beats no answer, but only now.
@@ -274,7 +278,7 @@ async fn canned_answer(
             rung: Rung::Canned,
             served_by: format!("canned:{id}"),
             // Past every target of the chain, like the context-window fallback.
-            fallback_depth: route.chain.len(),
+            fallback_depth: route.tiers.len(),
             similarity: found.similarity,
             verifier_score: None,
             attempts,

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use airbag::config::{Config, Env};
+use airbag::mock::cloud::CloudAuth;
 use airbag::mock::{Fault, FaultRule, MockOptions, MockProvider};
 use clap::{Parser, Subcommand};
 
@@ -124,9 +125,50 @@ struct MockArgs {
     /// Answer 200 with broken JSON, with this probability.
     #[arg(long, default_value_t = 0.0)]
     malformed_rate: f64,
+    /// Bedrock: accept requests SigV4-signed with this `ACCESS_KEY_ID:SECRET` (repeatable);
+    /// a signature that does not check out gets AWS's 403.
+    #[arg(long = "aws-key")]
+    aws_keys: Vec<String>,
+    /// Vertex: a service account's JSON key file; `POST /token` then mints tokens for
+    /// assertions it signed, and the Vertex routes accept only those tokens.
+    #[arg(long)]
+    service_account: Option<PathBuf>,
+    /// How long a minted Vertex token lives.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+    token_lifetime: Duration,
 }
 
 impl MockArgs {
+    /// The cloud credentials the mock checks, or what is wrong with the flags.
+    fn cloud(&self) -> Result<CloudAuth, String> {
+        let mut aws = std::collections::HashMap::new();
+        for pair in &self.aws_keys {
+            let (id, secret) = pair.split_once(':').ok_or_else(|| {
+                format!("--aws-key `{pair}`: write ACCESS_KEY_ID:SECRET")
+            })?;
+            aws.insert(id.to_string(), secret.to_string());
+        }
+        let service_account = match &self.service_account {
+            Some(path) => {
+                let json = std::fs::read_to_string(path).map_err(|error| {
+                    format!("--service-account {}: {error}", path.display())
+                })?;
+                let source = format!("--service-account {}", path.display());
+                Some(std::sync::Arc::new(
+                    airbag::providers::surface::vertex::token::ServiceAccount::from_json(
+                        &json, &source,
+                    )?,
+                ))
+            }
+            None => None,
+        };
+        Ok(CloudAuth {
+            aws,
+            service_account,
+            token_lifetime: self.token_lifetime,
+        })
+    }
+
     /// Each flag becomes a rule; rules are tried in this order.
     fn rules(&self) -> Vec<FaultRule> {
         let candidates = [
@@ -246,27 +288,25 @@ fn check_config(path: &Path) -> ExitCode {
         Ok(config) => {
             out.line(format_args!("{}: ok", path.display()));
             for (name, provider) in &config.providers {
-                let set = provider
-                    .keys
-                    .iter()
-                    .filter(|key| key.key.resolve(&env).is_some())
-                    .count();
-                let state = if provider.keys.is_empty() || set > 0 {
-                    "enabled"
+                let (set, configured) =
+                    airbag::providers::surface::credential_state(provider, &env);
+                let what = airbag::providers::surface::credential_noun(provider);
+                let state = if configured == 0 || set == configured || (set > 0 && what == "keys") {
+                    "enabled".to_string()
                 } else {
-                    "disabled: none of its keys are set in the environment"
+                    format!("disabled: not all of its {what} are set in the environment")
                 };
                 out.line(format_args!(
-                    "  provider {name} ({:?}): {set}/{} keys set, {state}",
+                    "  provider {name} ({:?}): {set}/{configured} {what} set, {state}",
                     provider.kind,
-                    provider.keys.len()
                 ));
             }
             for route in &config.routes {
+                let tiers: Vec<String> = route.chain.iter().map(ToString::to_string).collect();
                 out.line(format_args!(
                     "  route {} -> {}",
                     route.model,
-                    route.chain.join(" -> ")
+                    tiers.join(" -> ")
                 ));
             }
             check_canned(&config.canned.dir, &mut out)
@@ -401,10 +441,18 @@ async fn main() -> ExitCode {
         }
         Command::MockProvider(args) => {
             let _log_guard = init_logging();
+            let cloud = match args.cloud() {
+                Ok(cloud) => cloud,
+                Err(message) => {
+                    error_line(format_args!("{message}"));
+                    return ExitCode::FAILURE;
+                }
+            };
             let options = MockOptions {
                 name: args.name.clone(),
                 chunk_delay: args.chunk_delay,
                 valid_keys: (!args.keys.is_empty()).then(|| args.keys.clone()),
+                cloud,
             };
             let mock = match MockProvider::start(args.listen, options, args.rules()).await {
                 Ok(mock) => mock,

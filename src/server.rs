@@ -46,6 +46,8 @@ pub struct Gateway {
     pub providers: BTreeMap<String, Arc<Provider>>,
     /// Every configured provider and its kind, enabled or not, for the status page.
     pub provider_names: Vec<(String, &'static str)>,
+    /// Why each provider that could not be built is disabled.
+    pub disabled_providers: BTreeMap<String, String>,
     pub metrics: Metrics,
     /// blake3 of each client key → tenant. Hashing first means the lookup's timing says
     /// nothing about the keys themselves.
@@ -102,12 +104,16 @@ impl Gateway {
     /// from the environment are disabled with a warning, so a fresh machine still starts.
     pub fn from_config(config: &Config, env: &Env) -> Result<Gateway, StartupError> {
         let mut providers = BTreeMap::new();
+        let mut disabled_providers = BTreeMap::new();
         for (name, provider_config) in &config.providers {
             match Provider::build(name, provider_config, env) {
                 Ok(provider) => {
                     providers.insert(name.clone(), Arc::new(provider));
                 }
-                Err(reason) => tracing::warn!("{reason}; its targets will be skipped"),
+                Err(reason) => {
+                    tracing::warn!("{reason}; its targets will be skipped");
+                    disabled_providers.insert(name.clone(), reason);
+                }
             }
         }
         let metrics = Metrics::new()?;
@@ -131,12 +137,18 @@ impl Gateway {
         let provider_names = config
             .providers
             .iter()
-            .map(|(name, provider)| (name.clone(), provider.kind.protocol().label()))
+            .map(|(name, provider)| {
+                (
+                    name.clone(),
+                    crate::providers::surface::kind_name(provider.kind),
+                )
+            })
             .collect();
         // Without the cache's model; `start` gives it one when the cache loaded it.
         let canned = Arc::new(CannedSet::new(config.canned.dir.clone(), None));
         Ok(Gateway {
             provider_names,
+            disabled_providers,
             routes,
             providers,
             metrics,
@@ -180,8 +192,7 @@ impl Gateway {
     pub(crate) fn can_serve(&self) -> bool {
         self.routes.iter().any(|route| {
             route
-                .chain
-                .iter()
+                .targets()
                 .any(|target| target.provider.is_some() && !target.breaker.is_open())
         })
     }
@@ -684,8 +695,10 @@ fn refusal_message(status: u16, body: &[u8]) -> String {
 /// The message of an upstream error body, or its first 2,000 characters.
 fn upstream_message(body: &[u8]) -> String {
     let upstream: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    // `{"error": {"message"}}` (OpenAI, Anthropic, Google) or `{"message"}` (AWS).
     upstream
         .pointer("/error/message")
+        .or_else(|| upstream.get("message"))
         .and_then(Value::as_str)
         .map(str::to_string)
         .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(2000).collect())
@@ -892,7 +905,11 @@ fn render(
                 .body(body)
                 .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
         }
-        Answer::Refused { status, body, kind } => refused_response(status, body, kind, protocol),
+        Answer::Refused {
+            status,
+            body,
+            dialect,
+        } => refused_response(status, body, dialect, protocol),
     };
     set_tag_headers(response.headers_mut(), &tag);
     response
@@ -940,11 +957,11 @@ fn set_tag_headers(headers: &mut HeaderMap, tag: &RungTag) {
 fn refused_response(
     status: u16,
     body: Bytes,
-    kind: crate::config::ProviderKind,
+    dialect: Option<Protocol>,
     protocol: Protocol,
 ) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-    if kind.protocol() == protocol && serde_json::from_slice::<Value>(&body).is_ok() {
+    if dialect == Some(protocol) && serde_json::from_slice::<Value>(&body).is_ok() {
         return Response::builder()
             .status(status)
             .header(header::CONTENT_TYPE, "application/json")

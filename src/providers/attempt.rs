@@ -21,16 +21,10 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt, stream};
 use tokio::time::{Instant, timeout_at};
 
+use super::surface::StreamDecoder;
 use super::{Provider, Target};
-use crate::config::{MaxTokensField, ProviderKind};
 use crate::protocol::assembler::Assembler;
-use crate::protocol::{
-    ChatRequest, ChatResponse, EventStream, StreamEvent, StreamFailure, anthropic, openai,
-    sse::SseDecoder,
-};
-
-/// The Anthropic API version airbag speaks.
-const ANTHROPIC_VERSION: &str = "2023-06-01";
+use crate::protocol::{ChatRequest, ChatResponse, EventStream, StreamEvent, StreamFailure};
 
 /// How much of an upstream error body is kept (to pass a 400 back or read its message).
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -61,6 +55,8 @@ pub enum AttemptFailure {
         status: u16,
         body: Bytes,
         retry_after: Option<Duration>,
+        /// The surface's own name for the error (`x-amzn-ErrorType`), when it has one.
+        error_type: Option<String>,
     },
 }
 
@@ -109,22 +105,6 @@ pub fn is_timeout(kind: &str) -> bool {
         kind,
         "timeout_connect" | "timeout_first_byte" | "timeout_idle"
     )
-}
-
-fn request_body(provider: &Provider, request: &ChatRequest, model: &str, stream: bool) -> Vec<u8> {
-    let body = match provider.kind {
-        ProviderKind::Openai => {
-            let field = match provider.config.max_tokens_field {
-                MaxTokensField::MaxTokens => "max_tokens",
-                MaxTokensField::MaxCompletionTokens => "max_completion_tokens",
-            };
-            openai::upstream_body(request, model, field, stream)
-        }
-        ProviderKind::Anthropic => {
-            anthropic::upstream_body(request, model, provider.config.default_max_tokens, stream)
-        }
-    };
-    body.to_string().into_bytes()
 }
 
 fn classify_send_error(error: &reqwest::Error) -> &'static str {
@@ -192,35 +172,51 @@ pub async fn attempt(
         earliest(&[total, request_deadline])
     };
 
+    let endpoint = provider
+        .surface
+        .endpoint(&target.upstream_model, streamed)
+        .map_err(|message| AttemptFailure::transport("config", message))?;
     let mut builder = provider
         .client
-        .post(provider.endpoint.clone())
+        .post(endpoint)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(request_body(provider, request, &target.model, streamed));
-    let secret = provider.keys.get(key_index).and_then(|key| key.secret());
-    builder = match provider.kind {
-        ProviderKind::Openai => match secret {
-            Some(secret) => builder.bearer_auth(secret),
-            None => builder,
-        },
-        ProviderKind::Anthropic => {
-            let builder = builder.header("anthropic-version", ANTHROPIC_VERSION);
-            match secret {
-                Some(secret) => builder.header("x-api-key", secret),
-                None => builder,
-            }
-        }
-    };
+        .body(
+            provider
+                .surface
+                .body(request, &target.upstream_model, streamed),
+        );
     if streamed {
-        builder = builder.header(reqwest::header::ACCEPT, "text/event-stream");
+        builder = builder.header(reqwest::header::ACCEPT, provider.surface.stream_accept());
+    }
+    let mut upstream_request = builder
+        .build()
+        .map_err(|error| AttemptFailure::transport("config", error.without_url().to_string()))?;
+    let secret = provider.keys.get(key_index).and_then(|key| key.secret());
+    let authorized = timeout_at(
+        commit_by,
+        provider.surface.authorize(&mut upstream_request, secret),
+    )
+    .await;
+    match authorized {
+        Err(_) => {
+            return Err(AttemptFailure::transport(
+                commit_kind,
+                "no credential in time",
+            ));
+        }
+        Ok(result) => result?,
     }
 
     // Drills: an injected fault (faults.rs) acts here, as the provider would have.
-    builder = target
+    let upstream_request = target
         .faults
-        .apply(builder, provider.kind, (commit_by, commit_kind))
+        .apply(
+            upstream_request,
+            provider.surface.as_ref(),
+            (commit_by, commit_kind),
+        )
         .await?;
-    let response = match timeout_at(commit_by, builder.send()).await {
+    let response = match timeout_at(commit_by, provider.client.execute(upstream_request)).await {
         Err(_) => {
             return Err(AttemptFailure::transport(
                 commit_kind,
@@ -240,6 +236,7 @@ pub async fn attempt(
     let status = response.status();
     if !status.is_success() {
         let retry_after = retry_after(response.headers());
+        let error_type = provider.surface.error_type(response.headers());
         // An error body that trickles must not hold up the retry it calls for.
         let read_by = commit_by.min(Instant::now() + ERROR_BODY_WAIT);
         let body = read_capped(response, read_by, MAX_ERROR_BODY)
@@ -249,6 +246,7 @@ pub async fn attempt(
             status: status.as_u16(),
             body,
             retry_after,
+            error_type,
         });
     }
 
@@ -271,18 +269,16 @@ pub async fn attempt(
                 ));
             }
         };
-        let parsed = match provider.kind {
-            ProviderKind::Openai => openai::parse_upstream_response(&body, &target.model),
-            ProviderKind::Anthropic => anthropic::parse_upstream_response(&body, &target.model),
-        };
-        return parsed
+        return provider
+            .surface
+            .parse_complete(&body, &target.model)
             .map(UpstreamAnswer::Complete)
             .map_err(|message| AttemptFailure::transport("malformed", message));
     }
 
     let mut events = upstream_events(
         response.bytes_stream(),
-        provider.kind,
+        provider.surface.stream_decoder(),
         (commit_by, commit_kind),
         timeouts.idle,
         total.0,
@@ -420,42 +416,10 @@ async fn read_capped(
     }
 }
 
-enum KindParser {
-    OpenAi(openai::StreamParser),
-    Anthropic(anthropic::StreamParser),
-}
-
-impl KindParser {
-    fn parse(
-        &mut self,
-        event: &crate::protocol::sse::SseEvent,
-    ) -> Result<Vec<StreamEvent>, StreamFailure> {
-        match self {
-            KindParser::OpenAi(parser) => parser.parse(event),
-            KindParser::Anthropic(parser) => parser.parse(event),
-        }
-    }
-
-    fn is_complete(&self) -> bool {
-        match self {
-            KindParser::OpenAi(parser) => parser.is_complete(),
-            KindParser::Anthropic(parser) => parser.is_complete(),
-        }
-    }
-
-    fn is_done(&self) -> bool {
-        match self {
-            KindParser::OpenAi(parser) => parser.is_done(),
-            KindParser::Anthropic(parser) => parser.is_done(),
-        }
-    }
-}
-
 /// The state behind an upstream event stream.
 struct UpstreamEvents<B> {
     body: B,
-    decoder: SseDecoder,
-    parser: KindParser,
+    decoder: Box<dyn StreamDecoder>,
     pending: VecDeque<StreamEvent>,
     /// Until the first content event: when it must arrive, and the label if it does not.
     first_content_deadline: (Instant, &'static str),
@@ -475,7 +439,7 @@ where
                 self.started |= event.is_content();
                 return Some(Ok(event));
             }
-            if self.ended || self.parser.is_done() {
+            if self.ended || self.decoder.is_done() {
                 self.ended = true;
                 return None;
             }
@@ -490,27 +454,16 @@ where
                 self.first_content_deadline
             };
             match timeout_at(deadline, self.body.next()).await {
-                Err(_) if self.parser.is_complete() => {
+                Err(_) if self.decoder.is_complete() => {
                     // The answer is whole; only the trailer ([DONE], usage) is late.
                     self.ended = true;
                     return None;
                 }
                 Err(_) => return self.fail(StreamFailure::new(kind, "the stream stalled")),
-                Ok(Some(Ok(chunk))) => {
-                    let events = self.decoder.push(&chunk);
-                    if self.decoder.is_oversized() {
-                        return self.fail(StreamFailure::new(
-                            "malformed",
-                            "a stream event is larger than airbag accepts",
-                        ));
-                    }
-                    for event in events {
-                        match self.parser.parse(&event) {
-                            Ok(events) => self.pending.extend(events),
-                            Err(failure) => return self.fail(failure),
-                        }
-                    }
-                }
+                Ok(Some(Ok(chunk))) => match self.decoder.push(&chunk) {
+                    Ok(events) => self.pending.extend(events),
+                    Err(failure) => return self.fail(failure),
+                },
                 Ok(Some(Err(error))) => {
                     return self.fail(StreamFailure::new(
                         "network",
@@ -518,7 +471,7 @@ where
                     ));
                 }
                 Ok(None) => {
-                    if self.parser.is_complete() {
+                    if self.decoder.is_complete() {
                         self.ended = true;
                         return None;
                     }
@@ -540,7 +493,7 @@ where
 
 fn upstream_events<B>(
     body: B,
-    kind: ProviderKind,
+    decoder: Box<dyn StreamDecoder>,
     first_content_deadline: (Instant, &'static str),
     idle: Duration,
     total_deadline: Instant,
@@ -550,11 +503,7 @@ where
 {
     let state = UpstreamEvents {
         body,
-        decoder: SseDecoder::default(),
-        parser: match kind {
-            ProviderKind::Openai => KindParser::OpenAi(openai::StreamParser::default()),
-            ProviderKind::Anthropic => KindParser::Anthropic(anthropic::StreamParser::default()),
-        },
+        decoder,
         pending: VecDeque::new(),
         first_content_deadline,
         idle,

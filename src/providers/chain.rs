@@ -1,15 +1,17 @@
-//! Walking a route's chain of targets: the error table of [`super::classify`] in action,
-//! with retries (full-jitter backoff), key rotation, fallbacks, the context-window
-//! fallback and hedged requests.
+//! Walking a route's tiers of targets: the error table of [`super::classify`] in action,
+//! with weights, retries (full-jitter backoff), key rotation, fallbacks, the
+//! context-window fallback and hedged requests.
 //!
+//! A request walks the steps [`Route::plan`] draws for it: tier by tier, each tier's
+//! members in a weighted random order; a target's fallback depth is its tier's index.
 //! Each target has its own retry budget. Disabled providers and targets whose breaker is
 //! open are skipped without a call; a half-open breaker's probe gets no retries and is
 //! never hedged. A target that times out is left at once unless its provider sets
 //! `retry_on_timeout`.
 //!
 //! Hedging (a route's `hedge_after`): when the target being tried has not produced its
-//! first content after `hedge_after`, the rest of the chain starts as well, from the next
-//! target; whichever commits first wins and the other is dropped, which closes its
+//! first content after `hedge_after`, the rest of the walk starts as well, from the next
+//! step; whichever commits first wins and the other is dropped, which closes its
 //! connection. A dropped attempt counts as `hedge_cancelled`, never as a breaker failure.
 //! A hedge is itself never hedged, and the route's budget caps how many requests hedge.
 
@@ -33,10 +35,9 @@ use super::breaker::{Admission, Breaker, ProbeTicket};
 use super::classify::{ErrorClass, classify};
 use super::hedge::HedgePolicy;
 use super::quality::{QualityJudge, Sample};
-use super::{Route, Target};
-use crate::config::ProviderKind;
+use super::{Route, Step, Target};
 use crate::metrics::Metrics;
-use crate::protocol::{ChatRequest, EventStream, StreamEvent, StreamFailure};
+use crate::protocol::{ChatRequest, EventStream, Protocol, StreamEvent, StreamFailure};
 
 /// How long a key rests after a 429 that gave no `retry-after`.
 const RATE_LIMIT_REST: Duration = Duration::from_secs(1);
@@ -70,7 +71,8 @@ pub enum ChainOutcome {
     Refused {
         status: u16,
         body: Bytes,
-        kind: ProviderKind,
+        /// The protocol the body may go back in as it came (None: always translated).
+        dialect: Option<Protocol>,
         target: String,
         depth: usize,
         attempts: Vec<AttemptRecord>,
@@ -198,7 +200,7 @@ fn count_attempt(metrics: &Metrics, target: &str, outcome: &str) {
         .inc();
 }
 
-/// Walk the route's chain until a target answers, the client is at fault, every target
+/// Walk the route's tiers until a target answers, the client is at fault, every target
 /// has failed, or `deadline` (the request's `server.request_timeout`) has passed.
 pub async fn walk(
     route: &Route,
@@ -206,14 +208,15 @@ pub async fn walk(
     metrics: &Metrics,
     deadline: Instant,
 ) -> ChainOutcome {
-    walk_from(route, 0, request, metrics, deadline).await
+    walk_from(route, 0, None, request, metrics, deadline).await
 }
 
-/// [`walk`] starting at chain position `from` (a stream resumed past the target that
-/// broke, say).
+/// [`walk`] starting at tier `from` and leaving out the target `exclude` (a stream
+/// resumed on another member of its tier or past it, say).
 pub async fn walk_from(
     route: &Route,
     from: usize,
+    exclude: Option<&str>,
     request: &ChatRequest,
     metrics: &Metrics,
     deadline: Instant,
@@ -223,12 +226,13 @@ pub async fn walk_from(
     }
     let walker = Walker {
         route,
+        steps: route.plan(from, exclude),
         request,
         metrics,
         deadline,
         log: AttemptLog::default(),
     };
-    let walked = walker.walk_from(from, false).await;
+    let walked = walker.walk_from(0, false).await;
     let attempts = walker.log.into_records();
     match walked {
         Walked::Answered {
@@ -236,6 +240,7 @@ pub async fn walk_from(
             target,
             depth,
         } => {
+            route.note_served(&target.label);
             if depth > 0 {
                 metrics
                     .fallbacks
@@ -257,7 +262,10 @@ pub async fn walk_from(
         } => ChainOutcome::Refused {
             status,
             body,
-            kind: target_kind(target),
+            dialect: target
+                .provider
+                .as_ref()
+                .and_then(|provider| provider.surface.error_dialect()),
             target: target.label.clone(),
             depth,
             attempts,
@@ -266,18 +274,13 @@ pub async fn walk_from(
     }
 }
 
-fn target_kind(target: &Target) -> ProviderKind {
-    target
-        .provider
-        .as_ref()
-        .map_or(ProviderKind::Openai, |provider| provider.kind)
-}
-
 type WalkFuture<'s, 'a> = Pin<Box<dyn Future<Output = Walked<'a>> + Send + 's>>;
 
 /// One request's walk: what every step needs, and the attempts it made.
 struct Walker<'a> {
     route: &'a Route,
+    /// This request's order of targets.
+    steps: Vec<Step<'a>>,
     request: &'a ChatRequest,
     metrics: &'a Metrics,
     deadline: Instant,
@@ -292,13 +295,13 @@ enum Hedged<'a> {
 }
 
 impl<'a> Walker<'a> {
-    /// Walk the chain from position `from`. `hedge` marks the walk a hedge started: its
+    /// Walk the steps from position `from`. `hedge` marks the walk a hedge started: its
     /// attempts say so, and it never hedges itself.
     fn walk_from<'s>(&'s self, from: usize, hedge: bool) -> WalkFuture<'s, 'a> {
         Box::pin(async move {
-            let chain = &self.route.chain;
+            let steps = &self.steps;
             let mut context_fallback_used = false;
-            for (depth, target) in chain.iter().enumerate().skip(from) {
+            for (position, &Step { target, depth }) in steps.iter().enumerate().skip(from) {
                 if Instant::now() >= self.deadline {
                     self.log
                         .note(self.metrics, target, "timeout_request", hedge);
@@ -311,9 +314,9 @@ impl<'a> Walker<'a> {
                     .route
                     .hedge
                     .as_ref()
-                    .filter(|_| !hedge && probe.is_none() && depth + 1 < chain.len());
+                    .filter(|_| !hedge && probe.is_none() && position + 1 < steps.len());
                 let result = match hedge_policy {
-                    Some(policy) => match self.hedged(target, depth, policy).await {
+                    Some(policy) => match self.hedged(target, depth, position, policy).await {
                         Hedged::Done(walked) => return walked,
                         Hedged::NotHedged(result) => result,
                     },
@@ -363,7 +366,7 @@ impl<'a> Walker<'a> {
         };
         let probe = self.admit(fallback, hedge)?;
         let first_content = FirstContent::default();
-        let depth = self.route.chain.len();
+        let depth = self.route.tiers.len();
         match self
             .try_target(fallback, probe, hedge, &first_content)
             .await
@@ -395,9 +398,15 @@ impl<'a> Walker<'a> {
         }
     }
 
-    /// Try `target` (at `depth`) and, when it is still silent after the policy's wait,
-    /// the rest of the chain beside it; the first to commit wins.
-    async fn hedged(&self, target: &'a Target, depth: usize, policy: &HedgePolicy) -> Hedged<'a> {
+    /// Try `target` (at `depth`, step `position`) and, when it is still silent after the
+    /// policy's wait, the rest of the walk beside it; the first to commit wins.
+    async fn hedged(
+        &self,
+        target: &'a Target,
+        depth: usize,
+        position: usize,
+        policy: &HedgePolicy,
+    ) -> Hedged<'a> {
         let first_content = FirstContent::default();
         let primary = self.try_target(target, None, false, &first_content);
         tokio::pin!(primary);
@@ -413,7 +422,7 @@ impl<'a> Walker<'a> {
             self.count_hedge("skipped_budget");
             return Hedged::NotHedged(primary.await);
         }
-        let mut rest = self.walk_from(depth + 1, true);
+        let mut rest = self.walk_from(position + 1, true);
         tokio::select! {
             result = &mut primary => match result {
                 TargetResult::Answered(answer) => {
@@ -589,6 +598,8 @@ impl Walker<'_> {
         let mut retries_left = if probe.is_some() { 0 } else { policy.retries };
         let mut backoff_step = 0;
         let mut rotated_away: Vec<usize> = Vec::new();
+        // A short-lived credential refused with 401 is minted again once per target.
+        let mut refreshed = false;
         let mut key = provider.keys.pick(&target.model, &rotated_away);
         loop {
             let Some(key_index) = key else {
@@ -625,7 +636,7 @@ impl Walker<'_> {
                 .keys
                 .get(key_index)
                 .is_some_and(|api_key| api_key.secret().is_some());
-            let class = classify(&failure, provider.kind);
+            let class = classify(&failure, provider.surface.as_ref());
             // Only failures that say the target is unhealthy count against its breaker;
             // rate limits, rejected keys and the client's own errors do not.
             if class.is_health_failure() {
@@ -653,6 +664,14 @@ impl Walker<'_> {
                 }
                 ErrorClass::ModelUnavailable => return TargetResult::GaveUp,
                 ErrorClass::TimedOut if !policy.retry_on_timeout => return TargetResult::GaveUp,
+                ErrorClass::KeyRejected
+                    if !refreshed
+                        && matches!(failure, AttemptFailure::Status { status: 401, .. })
+                        && provider.surface.refresh_credentials() =>
+                {
+                    refreshed = true;
+                    Duration::ZERO
+                }
                 ErrorClass::KeyRejected | ErrorClass::ModelForbidden => {
                     if has_secret && class == ErrorClass::KeyRejected {
                         provider.keys.rest(key_index, policy.key_cooldown);

@@ -22,8 +22,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::attempt::{AttemptFailure, is_timeout};
-use crate::config::ProviderKind;
-use crate::protocol::{anthropic, openai};
+use super::surface::Surface;
+use super::surface::bedrock::eventstream::STREAM_THROTTLED;
 
 /// What to do after a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,20 +57,31 @@ impl ErrorClass {
     }
 }
 
-/// The class of a failed attempt against a provider of `kind`.
-pub fn classify(failure: &AttemptFailure, kind: ProviderKind) -> ErrorClass {
+/// The class of a failed attempt against a provider on `surface`.
+pub fn classify(failure: &AttemptFailure, surface: &dyn Surface) -> ErrorClass {
     let AttemptFailure::Status {
         status,
         body,
         retry_after,
+        error_type,
     } = failure
     else {
         return match failure {
             AttemptFailure::Transport { kind, .. } if is_timeout(kind) => ErrorClass::TimedOut,
+            // A throttling exception inside a stream, before its first content.
+            AttemptFailure::Transport { kind, .. } if *kind == STREAM_THROTTLED => {
+                ErrorClass::RateLimited(None)
+            }
             _ => ErrorClass::Retry,
         };
     };
     let json = serde_json::from_slice::<Value>(body).unwrap_or(Value::Null);
+    if let Some(class) = surface.classify_status(*status, error_type.as_deref(), &json) {
+        return match class {
+            ErrorClass::RateLimited(_) => ErrorClass::RateLimited(*retry_after),
+            class => class,
+        };
+    }
     match *status {
         400..=499 if says_content_policy(&json) => ErrorClass::Refused,
         402 => ErrorClass::KeyRejected,
@@ -80,7 +91,7 @@ pub fn classify(failure: &AttemptFailure, kind: ProviderKind) -> ErrorClass {
         403 => ErrorClass::ModelForbidden,
         404 => ErrorClass::ModelUnavailable,
         400..=499 if says_model_unavailable(&json) => ErrorClass::ModelUnavailable,
-        400 | 413 if says_context_too_long(&json, kind) => ErrorClass::ContextTooLong,
+        400 | 413 if surface.says_context_too_long(&json) => ErrorClass::ContextTooLong,
         408 => ErrorClass::Retry,
         400..=499 => ErrorClass::Refused,
         _ => ErrorClass::Retry,
@@ -149,13 +160,6 @@ fn says_model_unavailable(json: &Value) -> bool {
         .any(|phrase| message.contains(phrase))
 }
 
-fn says_context_too_long(json: &Value, kind: ProviderKind) -> bool {
-    match kind {
-        ProviderKind::Openai => openai::upstream_error_is_context_length(json),
-        ProviderKind::Anthropic => anthropic::upstream_error_is_context_length(json),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,11 +170,24 @@ mod tests {
             status,
             body: Bytes::from(body.to_string()),
             retry_after: None,
+            error_type: None,
         }
     }
 
+    fn surface(kind: &str) -> Box<dyn Surface> {
+        let config: crate::config::ProviderConfig =
+            toml::from_str(&format!("kind = \"{kind}\"\nbase_url = \"http://x/v1\"\n")).unwrap();
+        crate::providers::surface::build(
+            "p",
+            &config,
+            &crate::config::Env::default(),
+            &reqwest::Client::new(),
+        )
+        .unwrap()
+    }
+
     fn openai(code: u16, body: &str) -> ErrorClass {
-        classify(&status(code, body), ProviderKind::Openai)
+        classify(&status(code, body), &*surface("openai"))
     }
 
     #[test]
@@ -198,13 +215,17 @@ mod tests {
         };
         for kind in ["timeout_connect", "timeout_first_byte", "timeout_idle"] {
             assert_eq!(
-                classify(&transport(kind), ProviderKind::Openai),
+                classify(&transport(kind), &*surface("openai")),
                 ErrorClass::TimedOut
             );
         }
-        for kind in ["connect", "network", "malformed", "timeout_total"] {
+        assert_eq!(
+            classify(&transport(STREAM_THROTTLED), &*surface("openai")),
+            ErrorClass::RateLimited(None)
+        );
+        for kind in ["connect", "network", "malformed", "timeout_total", "auth"] {
             assert_eq!(
-                classify(&transport(kind), ProviderKind::Openai),
+                classify(&transport(kind), &*surface("openai")),
                 ErrorClass::Retry
             );
         }
@@ -216,7 +237,7 @@ mod tests {
         assert_eq!(openai(429, quota), ErrorClass::KeyRejected);
         let credit = r#"{"type":"error","error":{"type":"invalid_request_error","message":"Your credit balance is too low to access the Anthropic API."}}"#;
         assert_eq!(
-            classify(&status(400, credit), ProviderKind::Anthropic),
+            classify(&status(400, credit), &*surface("anthropic")),
             ErrorClass::KeyRejected
         );
         let retired = r#"{"error":{"message":"The model `gpt-3` has been deprecated","code":"model_not_found"}}"#;
@@ -231,7 +252,7 @@ mod tests {
         assert_eq!(openai(400, context), ErrorClass::ContextTooLong);
         let anthropic_context = r#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 300000 tokens > 200000 maximum"}}"#;
         assert_eq!(
-            classify(&status(400, anthropic_context), ProviderKind::Anthropic),
+            classify(&status(400, anthropic_context), &*surface("anthropic")),
             ErrorClass::ContextTooLong
         );
     }

@@ -22,7 +22,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::attempt::AttemptFailure;
-use crate::config::ProviderKind;
+use super::surface::Surface;
 use crate::metrics::Metrics;
 
 /// The longest an injected fault may last.
@@ -260,17 +260,17 @@ impl TargetFaults {
     /// the timeout label that belongs to it.
     pub async fn apply(
         &self,
-        builder: reqwest::RequestBuilder,
-        kind: ProviderKind,
+        mut request: reqwest::Request,
+        surface: &dyn Surface,
         commit: (Instant, &'static str),
-    ) -> Result<reqwest::RequestBuilder, AttemptFailure> {
+    ) -> Result<reqwest::Request, AttemptFailure> {
         let (commit_by, commit_kind) = commit;
         let timed_out = || AttemptFailure::Transport {
             kind: commit_kind,
             message: "no response head in time (injected fault)".to_string(),
         };
         match self.decide() {
-            Action::Proceed => Ok(builder),
+            Action::Proceed => Ok(request),
             Action::Hang => {
                 tokio::time::sleep_until(commit_by).await;
                 Err(timed_out())
@@ -282,14 +282,18 @@ impl TargetFaults {
                     return Err(timed_out());
                 }
                 tokio::time::sleep_until(wake).await;
-                Ok(builder)
+                Ok(request)
             }
             Action::Fail(status) => Err(AttemptFailure::Status {
                 status,
                 body: injected_body(status),
                 retry_after: None,
+                error_type: None,
             }),
-            Action::BrokenKey => with_broken_key(builder, kind),
+            Action::BrokenKey => {
+                surface.break_credentials(&mut request);
+                Ok(request)
+            }
         }
     }
 }
@@ -301,31 +305,6 @@ fn injected_body(status: u16) -> Bytes {
         "message": format!("airbag drill: injected status {status}"),
     }});
     Bytes::from(body.to_string())
-}
-
-/// The same request with [`BROKEN_KEY`] in place of the real key.
-fn with_broken_key(
-    builder: reqwest::RequestBuilder,
-    kind: ProviderKind,
-) -> Result<reqwest::RequestBuilder, AttemptFailure> {
-    let (client, request) = builder.build_split();
-    let mut request = request.map_err(|error| AttemptFailure::Transport {
-        kind: "network",
-        message: error.without_url().to_string(),
-    })?;
-    let headers = request.headers_mut();
-    let (name, value) = match kind {
-        ProviderKind::Openai => (
-            reqwest::header::AUTHORIZATION,
-            reqwest::header::HeaderValue::from_static("Bearer airbag-drill-broken-key"),
-        ),
-        ProviderKind::Anthropic => (
-            reqwest::header::HeaderName::from_static("x-api-key"),
-            reqwest::header::HeaderValue::from_static(BROKEN_KEY),
-        ),
-    };
-    headers.insert(name, value);
-    Ok(reqwest::RequestBuilder::from_parts(client, request))
 }
 
 #[cfg(test)]

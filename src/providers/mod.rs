@@ -1,7 +1,8 @@
-//! Rung 2: upstream providers. A [`Provider`] is one configured upstream API with its keys
-//! and HTTP client; [`attempt`] makes one call to one target; [`chain`] walks a route's
-//! targets with retries, backoff, key rotation and fallbacks; [`faults`] holds the
-//! faults drills inject into a target's attempts.
+//! Rung 2: upstream providers. A [`Provider`] is one configured upstream API with its keys,
+//! its [`surface`] (what differs between OpenAI, Anthropic, Bedrock and Vertex) and HTTP
+//! client; [`attempt`] makes one call to one target; [`chain`] walks a route's tiers of
+//! targets with weights, retries, backoff, key rotation and fallbacks; [`faults`] holds
+//! the faults drills inject into a target's attempts.
 //!
 //! This module talks to providers and classifies what they answer. It never renders a
 //! client response and never knows about the cache or canned rungs.
@@ -15,9 +16,11 @@ pub mod hedge;
 pub mod keys;
 pub mod quality;
 pub mod resume;
+pub mod surface;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::{Config, Env, ProviderConfig, ProviderKind, split_target};
 use crate::metrics::Metrics;
@@ -35,10 +38,11 @@ pub struct Provider {
     pub name: String,
     pub kind: ProviderKind,
     pub config: ProviderConfig,
+    /// Static secrets (API keys, Bedrock API keys, Vertex tokens) with rotation; one
+    /// placeholder for a provider whose surface signs or mints its own credentials.
     pub keys: KeyPool,
-    /// The chat endpoint, parsed once: building it per attempt cost 4% of the gateway's
-    /// time in the overhead benchmark.
-    pub endpoint: reqwest::Url,
+    /// Where requests go, how they are encoded, signed and read back.
+    pub surface: Box<dyn surface::Surface>,
     client: reqwest::Client,
 }
 
@@ -62,19 +66,9 @@ impl Provider {
             .pool_max_idle_per_host(256)
             .build()
             .map_err(|error| format!("provider `{name}`: cannot build its HTTP client: {error}"))?;
-        let base = config.base_url.trim_end_matches('/');
-        let path = match config.kind {
-            ProviderKind::Openai => "chat/completions",
-            ProviderKind::Anthropic => "messages",
-        };
-        let endpoint = reqwest::Url::parse(&format!("{base}/{path}")).map_err(|error| {
-            format!(
-                "provider `{name}`: base_url `{}` is not a URL: {error}",
-                config.base_url
-            )
-        })?;
+        let surface = surface::build(name, config, env, &client)?;
         Ok(Provider {
-            endpoint,
+            surface,
             name: name.to_string(),
             kind: config.kind,
             config: config.clone(),
@@ -89,7 +83,10 @@ impl Provider {
 pub struct Target {
     /// `provider/model`, as written in the config; used in tags, metrics and errors.
     pub label: String,
+    /// The model as the route names it (the label's part after `/`).
     pub model: String,
+    /// The provider's own id for it (`models` in the provider's config), sent upstream.
+    pub upstream_model: String,
     /// None when the provider is disabled (no keys in the environment).
     pub provider: Option<Arc<Provider>>,
     /// Shared by every route that names this target.
@@ -101,10 +98,37 @@ pub struct Target {
     pub faults: Arc<TargetFaults>,
 }
 
+/// One target of a tier, with its share of the tier's traffic.
+pub struct Member {
+    pub target: Target,
+    pub weight: u32,
+    /// Requests this member answered on this route.
+    served: AtomicU64,
+}
+
+impl Member {
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+}
+
+/// Targets at the same fallback depth, sharing its traffic by weight.
+pub struct Tier {
+    pub members: Vec<Member>,
+}
+
+/// One step of a request's walk: a target and its fallback depth (its tier's index).
+#[derive(Clone, Copy)]
+pub struct Step<'a> {
+    pub target: &'a Target,
+    pub depth: usize,
+}
+
 /// A route with its targets resolved to providers, and its failover policy.
 pub struct Route {
     pub model: String,
-    pub chain: Vec<Target>,
+    /// Primary tier first; the fallback depth of a target is its tier's index.
+    pub tiers: Vec<Tier>,
     pub context_window_fallback: Option<Target>,
     /// Hedged requests, when the route sets `hedge_after`.
     pub hedge: Option<HedgePolicy>,
@@ -118,6 +142,51 @@ impl Route {
     fn is_glob(&self) -> bool {
         self.model.contains(['*', '?'])
     }
+
+    /// Every target of every tier.
+    pub fn targets(&self) -> impl Iterator<Item = &Target> {
+        self.tiers
+            .iter()
+            .flat_map(|tier| tier.members.iter().map(|member| &member.target))
+    }
+
+    /// One request's order of targets from tier `from` on, leaving out `exclude`: tier by
+    /// tier, each tier's members in a random order drawn by weight (a member of weight 70
+    /// goes first 70% of the time against one of 30). A member whose breaker is open is
+    /// skipped when the walk reaches it, so the next by weight takes its share.
+    pub fn plan(&self, from: usize, exclude: Option<&str>) -> Vec<Step<'_>> {
+        let mut steps = Vec::new();
+        for (depth, tier) in self.tiers.iter().enumerate().skip(from) {
+            let mut drawn: Vec<(f64, &Target)> = tier
+                .members
+                .iter()
+                .filter(|member| exclude != Some(member.target.label.as_str()))
+                .map(|member| (weighted_draw(member.weight), &member.target))
+                .collect();
+            drawn.sort_by(|a, b| a.0.total_cmp(&b.0));
+            steps.extend(drawn.into_iter().map(|(_, target)| Step { target, depth }));
+        }
+        steps
+    }
+
+    /// Counts an answer served by `label` toward its member's share.
+    pub fn note_served(&self, label: &str) {
+        if let Some(member) = self
+            .tiers
+            .iter()
+            .flat_map(|tier| &tier.members)
+            .find(|member| member.target.label == label)
+        {
+            member.served.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A random key whose order among members is a weighted shuffle (Efraimidis and
+/// Spirakis): the smallest of `-ln(u) / weight` wins with probability weight / total.
+fn weighted_draw(weight: u32) -> f64 {
+    let uniform = fastrand::f64().max(f64::MIN_POSITIVE);
+    -uniform.ln() / f64::from(weight.max(1))
 }
 
 /// All routes, matched by the model name a client asks for, and every target they name.
@@ -137,7 +206,9 @@ impl Routes {
     ) -> Routes {
         let mut labels: Vec<&str> = Vec::new();
         for route in &config.routes {
-            labels.extend(route.chain.iter().map(String::as_str));
+            for tier in &route.chain {
+                labels.extend(tier.members().into_iter().map(|(label, _)| label));
+            }
             labels.extend(route.context_window_fallback.as_deref());
         }
         labels.extend(
@@ -153,14 +224,17 @@ impl Routes {
                 continue;
             }
             let (provider_name, model) = split_target(label).unwrap_or((label, ""));
-            let breaker_config = config
-                .providers
-                .get(provider_name)
+            let provider_config = config.providers.get(provider_name);
+            let breaker_config = provider_config
                 .map(|provider| provider.breaker)
                 .unwrap_or_default();
+            let upstream_model = provider_config
+                .and_then(|provider| provider.models.get(model))
+                .map_or(model, String::as_str);
             let target = Target {
                 label: label.to_string(),
                 model: model.to_string(),
+                upstream_model: upstream_model.to_string(),
                 provider: providers.get(provider_name).cloned(),
                 breaker: Breaker::new(label, breaker_config, metrics),
                 quality: None,
@@ -197,10 +271,22 @@ impl Routes {
             .map(|route| {
                 Arc::new(Route {
                     model: route.model.clone(),
-                    chain: route
+                    tiers: route
                         .chain
                         .iter()
-                        .filter_map(|label| resolve(label))
+                        .map(|tier| Tier {
+                            members: tier
+                                .members()
+                                .into_iter()
+                                .filter_map(|(label, weight)| {
+                                    Some(Member {
+                                        target: resolve(label)?,
+                                        weight,
+                                        served: AtomicU64::new(0),
+                                    })
+                                })
+                                .collect(),
+                        })
                         .collect(),
                     context_window_fallback: route
                         .context_window_fallback
@@ -227,7 +313,7 @@ impl Routes {
             for outcome in ["won", "lost", "skipped_budget"] {
                 metrics.hedges.with_label_values(&[&route.model, outcome]);
             }
-            for target in &route.chain {
+            for target in route.targets() {
                 for outcome in ["resumed", "failed"] {
                     metrics
                         .stream_resumes

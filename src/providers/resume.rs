@@ -37,7 +37,7 @@ pub struct ResumePlan {
     pub route: Arc<Route>,
     pub request: ChatRequest,
     pub metrics: Metrics,
-    /// The target streaming now, and its chain position.
+    /// The target streaming now, and its tier.
     pub target: String,
     pub depth: usize,
     /// How long a continuation may take to commit (`server.request_timeout`).
@@ -165,7 +165,12 @@ impl Resuming {
             Some("skipped")
         } else if self.sent_text.len() > MAX_RESUMED_TEXT {
             Some("skipped_too_long")
-        } else if self.plan.depth + 1 >= self.plan.route.chain.len() {
+        } else if self
+            .plan
+            .route
+            .plan(self.plan.depth, Some(&self.plan.target))
+            .is_empty()
+        {
             Some("no_target_left")
         } else {
             None
@@ -198,9 +203,11 @@ impl Resuming {
         tracing::warn!(target = %broken, kind = failure.kind,
             "stream broke after its first content; asking the next target to continue it");
         let deadline = Instant::now() + self.plan.request_timeout;
+        // The rest of the walk: the broken target's tier-mates first, then the tiers after.
         let outcome = chain::walk_from(
             &self.plan.route,
-            self.plan.depth + 1,
+            self.plan.depth,
+            Some(&broken),
             &request,
             &self.plan.metrics,
             deadline,

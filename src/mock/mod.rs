@@ -1,13 +1,16 @@
-//! `airbag mock-provider`: a fake OpenAI- and Anthropic-compatible provider with fault
-//! injection, for tests, benchmarks and failover drills.
+//! `airbag mock-provider`: a fake provider with fault injection, for tests, benchmarks
+//! and failover drills. One mock speaks all four surfaces airbag does.
 //!
-//! It serves `POST /v1/chat/completions` and `POST /v1/messages` with deterministic
-//! answers (streaming too), records every request it receives, and misbehaves on demand:
+//! It serves `POST /v1/chat/completions` (OpenAI), `POST /v1/messages` (Anthropic),
+//! Bedrock's `POST /model/{id}/invoke[-with-response-stream]` and Vertex's
+//! `POST /v1/projects/…/models/{id}:rawPredict|:streamRawPredict` plus a service-account
+//! token endpoint `POST /token` (see [`cloud`]) with deterministic answers (streaming
+//! too), records every request it receives, and misbehaves on demand:
 //! a status with a probability, 429 with `retry-after`, a delay before the first byte, a
 //! stall mid-stream, a hang, a reset connection, malformed JSON. Faults are rules, set at
 //! start-up from the CLI or at any time through `PUT /mock/faults`.
 //!
-//! It reuses airbag's own protocol module to read requests and write answers; it shares
+//! It reuses airbag's own protocol module (and the Bedrock frame writer and SigV4 signer) to read requests and write answers; it shares
 //! nothing else with the gateway.
 
 use std::net::SocketAddr;
@@ -29,6 +32,10 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+pub mod cloud;
+
+use cloud::{CloudAuth, Surface};
 
 use crate::protocol::{
     ChatRequest, ChatResponse, Part, Protocol, Role, StopReason, StreamEvent, ToolCall, Usage,
@@ -66,6 +73,20 @@ pub enum Fault {
     /// A normal answer with this text instead of the echo: garbage for the quality
     /// breaker, or a score when the mock plays the judge.
     Reply { text: String },
+    /// Bedrock streams: after this many frames, an `exception` frame of this type
+    /// (`throttlingException`, `modelStreamErrorException`…) ends the 200. Other
+    /// surfaces break the connection there instead.
+    Exception {
+        exception_type: String,
+        #[serde(default)]
+        after_chunks: usize,
+    },
+    /// Bedrock streams: the frame after this many has a corrupted CRC. Other surfaces
+    /// send broken JSON there instead.
+    BadCrc {
+        #[serde(default)]
+        after_chunks: usize,
+    },
 }
 
 impl Fault {
@@ -132,8 +153,11 @@ impl FaultRule {
 #[derive(Debug, Clone, Serialize)]
 pub struct ReceivedRequest {
     pub path: String,
-    /// The API key sent (`Authorization: Bearer` or `x-api-key`).
+    /// The API key sent (`Authorization: Bearer` or `x-api-key`); the access key id of a
+    /// SigV4-signed request; the access token of a Vertex request.
     pub key: Option<String>,
+    /// The `anthropic-version` header, or the body's `anthropic_version` on Bedrock and
+    /// Vertex.
     pub anthropic_version: Option<String>,
     pub model: String,
     pub stream: bool,
@@ -148,6 +172,8 @@ pub struct MockOptions {
     pub chunk_delay: Duration,
     /// When set, other keys get 401.
     pub valid_keys: Option<Vec<String>>,
+    /// Bedrock and Vertex credentials the mock checks (SigV4 secrets, a service account).
+    pub cloud: CloudAuth,
 }
 
 impl Default for MockOptions {
@@ -156,6 +182,7 @@ impl Default for MockOptions {
             name: "mock".to_string(),
             chunk_delay: Duration::ZERO,
             valid_keys: None,
+            cloud: CloudAuth::default(),
         }
     }
 }
@@ -166,6 +193,8 @@ struct MockState {
     requests: Mutex<Vec<ReceivedRequest>>,
     /// Responses abandoned by the client before they were complete.
     cancelled: AtomicUsize,
+    /// Vertex access tokens this mock issued.
+    tokens: cloud::IssuedTokens,
 }
 
 impl MockState {
@@ -238,6 +267,7 @@ impl MockProvider {
             rules: Mutex::new(rules),
             requests: Mutex::new(Vec::new()),
             cancelled: AtomicUsize::new(0),
+            tokens: cloud::IssuedTokens::default(),
         });
         let (shutdown, mut watcher) = watch::channel(false);
         let app = router(state.clone());
@@ -294,6 +324,16 @@ impl MockProvider {
         self.state.cancelled.load(Ordering::SeqCst)
     }
 
+    /// Service-account tokens minted at `POST /token`.
+    pub fn token_exchanges(&self) -> usize {
+        self.state.tokens.exchanges()
+    }
+
+    /// Every token issued so far is refused with 401 from now on, as after a revocation.
+    pub fn revoke_tokens(&self) {
+        self.state.tokens.revoke_all();
+    }
+
     /// Stop without waiting for hung responses: they are abandoned with the task.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
@@ -306,12 +346,18 @@ fn router(state: Arc<MockState>) -> Router {
     Router::new()
         .route(
             "/v1/chat/completions",
-            post(|state, headers, body| answer(state, headers, body, Protocol::OpenAi)),
+            post(|state, headers, body| answer(state, headers, body, Surface::OpenAi)),
         )
         .route(
             "/v1/messages",
-            post(|state, headers, body| answer(state, headers, body, Protocol::Anthropic)),
+            post(|state, headers, body| answer(state, headers, body, Surface::Anthropic)),
         )
+        .route("/model/{model}/{action}", post(cloud::bedrock))
+        .route(
+            "/v1/projects/{project}/locations/{region}/publishers/anthropic/models/{call}",
+            post(cloud::vertex),
+        )
+        .route("/token", post(cloud::token))
         .route("/mock/requests", get(list_requests).delete(clear_requests))
         .route("/mock/faults", put(replace_faults))
         .route("/mock/stats", get(stats))
@@ -356,66 +402,63 @@ async fn stats(State(state): State<Arc<MockState>>) -> Response {
         .into_response()
 }
 
-fn error_response(protocol: Protocol, status: u16, message: &str, error_type: &str) -> Response {
-    let body = match protocol {
-        Protocol::OpenAi => openai::render_error(message, error_type, error_type, None),
-        Protocol::Anthropic => anthropic::render_error(message, error_type),
-    };
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, axum::Json(body)).into_response()
-}
-
 async fn answer(
     State(state): State<Arc<MockState>>,
     headers: HeaderMap,
     body: Bytes,
-    protocol: Protocol,
+    surface: Surface,
 ) -> Response {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_string)
-    };
-    let key = header("authorization")
-        .and_then(|value| value.strip_prefix("Bearer ").map(str::to_string))
-        .or_else(|| header("x-api-key"));
+    let key = cloud::bearer(&headers).or_else(|| cloud::header(&headers, "x-api-key"));
     let raw: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let model = raw["model"].as_str().unwrap_or_default().to_string();
+    let anthropic_version = cloud::header(&headers, "anthropic-version");
     state.record(ReceivedRequest {
-        path: match protocol {
-            Protocol::OpenAi => "/v1/chat/completions".to_string(),
-            Protocol::Anthropic => "/v1/messages".to_string(),
+        path: match surface {
+            Surface::OpenAi => "/v1/chat/completions".to_string(),
+            _ => "/v1/messages".to_string(),
         },
         key: key.clone(),
-        anthropic_version: header("anthropic-version"),
+        anthropic_version: anthropic_version.clone(),
         model: model.clone(),
         stream: raw["stream"].as_bool().unwrap_or(false),
         body: raw,
     });
-    let parsed = match protocol {
-        Protocol::OpenAi => openai::parse_request(&body),
-        Protocol::Anthropic => anthropic::parse_request(&body),
-    };
-    let request = match parsed {
-        Ok(request) => request,
-        Err(invalid) => {
-            let message = format!("{}: {}", invalid.field, invalid.message);
-            return error_response(protocol, 400, &message, "invalid_request_error");
-        }
-    };
-    if protocol == Protocol::Anthropic && header("anthropic-version").is_none() {
-        return error_response(
-            protocol,
+    if surface == Surface::Anthropic && anthropic_version.is_none() {
+        return surface.error_response(
             400,
             "anthropic-version header is required",
             "invalid_request_error",
         );
     }
+    serve(state, surface, key, model, &body).await
+}
+
+/// The answer to an authenticated request of `surface` whose body is in the surface's
+/// dialect with `model` set: parse it, apply the fault rules, answer in the surface's
+/// framing.
+async fn serve(
+    state: Arc<MockState>,
+    surface: Surface,
+    key: Option<String>,
+    model: String,
+    body: &[u8],
+) -> Response {
+    let protocol = surface.protocol();
+    let parsed = match protocol {
+        Protocol::OpenAi => openai::parse_request(body),
+        Protocol::Anthropic => anthropic::parse_request(body),
+    };
+    let request = match parsed {
+        Ok(request) => request,
+        Err(invalid) => {
+            let message = format!("{}: {}", invalid.field, invalid.message);
+            return surface.error_response(400, &message, "invalid_request_error");
+        }
+    };
     if let Some(valid) = &state.options.valid_keys
         && !key.as_ref().is_some_and(|key| valid.contains(key))
     {
-        return error_response(protocol, 401, "invalid x-api-key", "authentication_error");
+        return surface.error_response(401, "invalid x-api-key", "authentication_error");
     }
 
     let mut guard = CancelGuard {
@@ -426,6 +469,8 @@ async fn answer(
     let mut reply = reply_for(&state.options.name, &request);
     let mut stall_after = None;
     let mut fail_after = None;
+    let mut exception = None;
+    let mut bad_crc_at = None;
     match fault {
         None => {}
         Some(Fault::Status {
@@ -447,7 +492,7 @@ async fn answer(
                         400..=499 => "invalid_request_error",
                         _ => "api_error",
                     };
-                    error_response(protocol, status, &format!("mock {status}"), error_type)
+                    surface.error_response(status, &format!("mock {status}"), error_type)
                 }
             };
             if let Some(seconds) = retry_after
@@ -459,24 +504,7 @@ async fn answer(
         }
         Some(Fault::ContextLength) => {
             guard.disarm();
-            return match protocol {
-                Protocol::OpenAi => (
-                    StatusCode::BAD_REQUEST,
-                    axum::Json(openai::render_error(
-                        "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens.",
-                        "invalid_request_error",
-                        "context_length_exceeded",
-                        Some("messages"),
-                    )),
-                )
-                    .into_response(),
-                Protocol::Anthropic => error_response(
-                    protocol,
-                    400,
-                    "prompt is too long: 250000 tokens > 200000 maximum",
-                    "invalid_request_error",
-                ),
-            };
+            return surface.context_length_error();
         }
         Some(Fault::Delay { ms }) => tokio::time::sleep(Duration::from_millis(ms)).await,
         Some(Fault::Hang) => std::future::pending::<()>().await,
@@ -492,8 +520,19 @@ async fn answer(
             reply.stop_reason = StopReason::EndTurn;
         }
         Some(Fault::Reset) => fail_after = Some(0),
+        Some(Fault::Exception {
+            exception_type,
+            after_chunks,
+        }) => match surface {
+            Surface::Bedrock if request.stream => exception = Some((exception_type, after_chunks)),
+            _ => fail_after = Some(after_chunks),
+        },
+        Some(Fault::BadCrc { after_chunks }) => bad_crc_at = Some(after_chunks),
         Some(Fault::Malformed) => {
             guard.disarm();
+            if surface == Surface::Bedrock && request.stream {
+                return cloud::malformed_event_stream();
+            }
             let body = if request.stream {
                 "data: {\"choices\": [{\"delta\": \n\n"
             } else {
@@ -509,7 +548,11 @@ async fn answer(
     }
 
     let mut chunks: Vec<Bytes> = if request.stream {
-        stream_chunks(protocol, &request, &reply)
+        let chunks = stream_chunks(protocol, &request, &reply);
+        match surface {
+            Surface::Bedrock => cloud::event_stream_frames(&chunks),
+            _ => chunks,
+        }
     } else {
         let body = match protocol {
             Protocol::OpenAi => openai::render_response(&reply),
@@ -517,13 +560,26 @@ async fn answer(
         };
         vec![Bytes::from(body.to_string())]
     };
+    if let Some((exception_type, after)) = exception {
+        chunks.truncate(after);
+        chunks.push(cloud::exception_frame(&exception_type));
+    }
+    if let Some(index) = bad_crc_at
+        && let Some(chunk) = chunks.get_mut(index)
+    {
+        *chunk = match surface {
+            Surface::Bedrock if request.stream => cloud::corrupt_crc(chunk),
+            _ => Bytes::from_static(b"data: {\"broken\n\n"),
+        };
+    }
+    let content_type = surface.content_type(request.stream);
     if fail_after.is_none() && stall_after.is_none() && state.options.chunk_delay.is_zero() {
         guard.disarm();
-        let content_type = if request.stream {
-            "text/event-stream"
-        } else {
-            "application/json"
-        };
+        if surface == Surface::Bedrock && request.stream {
+            // Frames split at arbitrary points, as a network delivers them.
+            return ([(header::CONTENT_TYPE, content_type)], cloud::split_body(chunks.concat()))
+                .into_response();
+        }
         let body: Vec<u8> = chunks.concat();
         return ([(header::CONTENT_TYPE, content_type)], body).into_response();
     }
@@ -532,11 +588,6 @@ async fn answer(
         chunks = vec![Bytes::from_static(b"{\"id\": \"chatcmpl-reset\", ")];
         fail_after = Some(1);
     }
-    let content_type = if request.stream {
-        "text/event-stream"
-    } else {
-        "application/json"
-    };
     let body = paced_body(
         chunks,
         state.options.chunk_delay,

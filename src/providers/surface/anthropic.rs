@@ -1,0 +1,96 @@
+//! `kind = "anthropic"`: Anthropic's Messages API, with `x-api-key` keys.
+
+use serde_json::Value;
+
+use super::sse_framed::SseFramed;
+use super::{BoxFuture, StreamDecoder, Surface};
+use crate::config::ProviderConfig;
+use crate::protocol::{ChatRequest, ChatResponse, Protocol, anthropic};
+use crate::providers::attempt::AttemptFailure;
+use crate::providers::faults::BROKEN_KEY;
+
+/// The Anthropic API version airbag speaks.
+const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+pub struct AnthropicSurface {
+    endpoint: reqwest::Url,
+    default_max_tokens: u32,
+}
+
+impl AnthropicSurface {
+    pub fn new(name: &str, config: &ProviderConfig) -> Result<AnthropicSurface, String> {
+        let base = super::base_url(name, config.base_url.as_deref().unwrap_or_default())?;
+        Ok(AnthropicSurface {
+            endpoint: super::join(name, &base, "messages")?,
+            default_max_tokens: config.default_max_tokens,
+        })
+    }
+}
+
+impl Surface for AnthropicSurface {
+    fn error_dialect(&self) -> Option<Protocol> {
+        Some(Protocol::Anthropic)
+    }
+
+    fn endpoint(&self, _model: &str, _stream: bool) -> Result<reqwest::Url, String> {
+        Ok(self.endpoint.clone())
+    }
+
+    fn body(&self, request: &ChatRequest, model: &str, stream: bool) -> Vec<u8> {
+        anthropic::upstream_body(request, model, self.default_max_tokens, stream)
+            .to_string()
+            .into_bytes()
+    }
+
+    fn authorize<'a>(
+        &'a self,
+        request: &'a mut reqwest::Request,
+        key: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), AttemptFailure>> {
+        super::set_header(request, "anthropic-version", ANTHROPIC_VERSION);
+        if let Some(key) = key {
+            super::set_header(request, "x-api-key", key);
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn break_credentials(&self, request: &mut reqwest::Request) {
+        super::set_header(request, "x-api-key", BROKEN_KEY);
+    }
+
+    fn stream_decoder(&self) -> Box<dyn StreamDecoder> {
+        Box::new(SseFramed::<anthropic::StreamParser>::default())
+    }
+
+    fn parse_complete(&self, body: &[u8], model: &str) -> Result<ChatResponse, String> {
+        anthropic::parse_upstream_response(body, model)
+    }
+
+    fn says_context_too_long(&self, body: &Value) -> bool {
+        anthropic::upstream_error_is_context_length(body)
+    }
+}
+
+/// The Anthropic body for a cloud surface that takes the model in its URL: no `model`,
+/// the surface's `anthropic_version` in the body, and `stream` only where the surface
+/// reads it (Vertex does, Bedrock picks the stream by its endpoint).
+pub fn cloud_body(
+    request: &ChatRequest,
+    default_max_tokens: u32,
+    stream: bool,
+    anthropic_version: &str,
+    keep_stream_field: bool,
+) -> Vec<u8> {
+    let mut body = anthropic::upstream_body(request, "", default_max_tokens, stream);
+    if let Some(fields) = body.as_object_mut() {
+        fields.remove("model");
+        if !keep_stream_field {
+            fields.remove("stream");
+        }
+        fields.insert(
+            "anthropic_version".to_string(),
+            Value::String(anthropic_version.to_string()),
+        );
+    }
+    body.to_string().into_bytes()
+}
