@@ -228,7 +228,6 @@ struct DrillRequest {
     duration: Duration,
 }
 
-/// Force a target's breaker open for a while, as if it were failing.
 /// A tier in `/admin/status`: each member's weight, its configured share of the tier, and
 /// what it actually served on this route since start (breakers and failures shift it).
 fn tier_status(tier: &crate::providers::Tier) -> Value {
@@ -261,6 +260,7 @@ fn tier_status(tier: &crate::providers::Tier) -> Value {
     )
 }
 
+/// Force a target's breaker open for a while, as if it were failing.
 async fn start_drill(State(gateway): State<Arc<Gateway>>, body: Bytes) -> Response {
     let drill: DrillRequest = match crate::protocol::parse_json_body(&body) {
         Ok(drill) => drill,
