@@ -143,16 +143,15 @@ impl MockArgs {
     fn cloud(&self) -> Result<CloudAuth, String> {
         let mut aws = std::collections::HashMap::new();
         for pair in &self.aws_keys {
-            let (id, secret) = pair.split_once(':').ok_or_else(|| {
-                format!("--aws-key `{pair}`: write ACCESS_KEY_ID:SECRET")
-            })?;
+            let (id, secret) = pair
+                .split_once(':')
+                .ok_or_else(|| format!("--aws-key `{pair}`: write ACCESS_KEY_ID:SECRET"))?;
             aws.insert(id.to_string(), secret.to_string());
         }
         let service_account = match &self.service_account {
             Some(path) => {
-                let json = std::fs::read_to_string(path).map_err(|error| {
-                    format!("--service-account {}: {error}", path.display())
-                })?;
+                let json = std::fs::read_to_string(path)
+                    .map_err(|error| format!("--service-account {}: {error}", path.display()))?;
                 let source = format!("--service-account {}", path.display());
                 Some(std::sync::Arc::new(
                     airbag::providers::surface::vertex::token::ServiceAccount::from_json(

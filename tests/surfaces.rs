@@ -3,6 +3,8 @@
 //! each mock checks the surface's credentials (a real SigV4 signature, a token minted
 //! from the service account's key), so an answer is proof they were right.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashMap;
@@ -216,10 +218,9 @@ async fn healthy_surfaces_share_the_first_tier_by_weight() {
     let mut served: HashMap<String, usize> = HashMap::new();
     for batch in 0..(total / 50) {
         let replies = futures_util::future::join_all((0..50).map(|index| {
-            surfaces.gateway.anthropic(anthropic_chat(
-                ROUTE,
-                &format!("question {batch}-{index}"),
-            ))
+            surfaces
+                .gateway
+                .anthropic(anthropic_chat(ROUTE, &format!("question {batch}-{index}")))
         }))
         .await;
         for reply in replies {
@@ -228,7 +229,8 @@ async fn healthy_surfaces_share_the_first_tier_by_weight() {
             *served.entry(reply.served_by().to_string()).or_default() += 1;
         }
     }
-    let share = |target: &str| served.get(&served_by(target)).copied().unwrap_or(0) as f64 / total as f64;
+    let share =
+        |target: &str| served.get(&served_by(target)).copied().unwrap_or(0) as f64 / total as f64;
     let anthropic_share = share(ANTHROPIC_TARGET);
     assert!(
         (0.67..=0.73).contains(&anthropic_share),
@@ -237,7 +239,11 @@ async fn healthy_surfaces_share_the_first_tier_by_weight() {
     assert!((share(ANTHROPIC_TARGET) + share(BEDROCK_TARGET) - 1.0).abs() < 1e-9);
     assert_eq!(surfaces.vertex.request_count(), 0, "tier 2 stays idle");
 
-    let status = surfaces.gateway.admin_get("/admin/status", None).await.json();
+    let status = surfaces
+        .gateway
+        .admin_get("/admin/status", None)
+        .await
+        .json();
     let tier = &status["routes"][0]["tiers"][0];
     assert_eq!(tier[0]["target"], ANTHROPIC_TARGET);
     assert_eq!(tier[0]["weight"], 70);
@@ -317,7 +323,11 @@ async fn a_throttling_frame_before_content_sends_the_request_to_vertex_at_depth_
             body["stream"] = json!(stream);
             let reply = surfaces.gateway.anthropic(body).await;
             assert_eq!(reply.status, 200, "{}", reply.text);
-            assert_eq!(reply.served_by(), served_by(VERTEX_TARGET), "stream {stream} tools {tools}");
+            assert_eq!(
+                reply.served_by(),
+                served_by(VERTEX_TARGET),
+                "stream {stream} tools {tools}"
+            );
             assert_eq!(reply.depth(), "1");
             if !stream {
                 let tried = attempts(&reply);
@@ -360,9 +370,15 @@ async fn a_throttling_frame_before_content_sends_the_request_to_vertex_at_depth_
             request.path,
             "/v1/projects/airbag-test/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929:streamRawPredict"
         );
-        assert_eq!(request.anthropic_version.as_deref(), Some("vertex-2023-10-16"));
+        assert_eq!(
+            request.anthropic_version.as_deref(),
+            Some("vertex-2023-10-16")
+        );
         assert!(
-            request.key.as_deref().is_some_and(|token| token.starts_with("ya29.mock-")),
+            request
+                .key
+                .as_deref()
+                .is_some_and(|token| token.starts_with("ya29.mock-")),
             "a minted token: {:?}",
             request.key
         );
@@ -387,7 +403,10 @@ async fn an_exception_after_content_ends_the_stream_with_an_error_event() {
     body["stream"] = json!(true);
     let reply = surfaces.gateway.anthropic(body).await;
     assert_eq!(reply.status, 200);
-    assert!(!reply.anthropic_stream_text().is_empty(), "content came first");
+    assert!(
+        !reply.anthropic_stream_text().is_empty(),
+        "content came first"
+    );
     let events = reply.events();
     assert_eq!(
         events.last().and_then(|(name, _)| name.as_deref()),
@@ -450,7 +469,11 @@ async fn vertex_tokens_are_cached_refreshed_before_expiry_and_after_a_401() {
     assert_eq!(surfaces.vertex.token_exchanges(), 1, "cached");
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     assert_eq!(ask("third").await.status, 200);
-    assert_eq!(surfaces.vertex.token_exchanges(), 2, "refreshed before expiry");
+    assert_eq!(
+        surfaces.vertex.token_exchanges(),
+        2,
+        "refreshed before expiry"
+    );
 
     surfaces.vertex.revoke_tokens();
     let reply = ask("after a revocation").await;
@@ -524,7 +547,12 @@ async fn a_drill_breaks_cloud_credentials_too() {
         .await;
     assert!(injected.status < 300, "{}", injected.text);
     let reply = surfaces.gateway.openai(openai_chat(ROUTE, "drill")).await;
-    assert_eq!(reply.served_by(), served_by(VERTEX_TARGET), "{}", reply.text);
+    assert_eq!(
+        reply.served_by(),
+        served_by(VERTEX_TARGET),
+        "{}",
+        reply.text
+    );
     assert_eq!(
         attempts(&reply)[0],
         (BEDROCK_TARGET.to_string(), "status_403".to_string())
@@ -549,6 +577,9 @@ fn check_config_names_what_each_surface_is_missing() {
         "providers.o.base_url: is required for kind = \"openai\"",
         "routes[0].chain[0][0].weight: must be at least 1",
     ] {
-        assert!(error.contains(expected), "missing `{expected}` in:\n{error}");
+        assert!(
+            error.contains(expected),
+            "missing `{expected}` in:\n{error}"
+        );
     }
 }

@@ -67,9 +67,11 @@ impl Surface {
                 axum::Json(openai::render_error(message, error_type, error_type, None)),
             )
                 .into_response(),
-            Surface::Anthropic => {
-                (code, axum::Json(anthropic::render_error(message, error_type))).into_response()
-            }
+            Surface::Anthropic => (
+                code,
+                axum::Json(anthropic::render_error(message, error_type)),
+            )
+                .into_response(),
             Surface::Bedrock => aws_error(status, aws_exception(status), message),
             Surface::Vertex => google_error(status, message),
         }
@@ -240,7 +242,7 @@ pub(super) async fn bedrock(
         Some(value) if value.starts_with("AWS4-HMAC-SHA256 ") => {
             match check_signature(&state.options.cloud, &value, &uri, &headers, &body) {
                 Ok(access_key_id) => Some(access_key_id),
-                Err(response) => return response,
+                Err((exception, message)) => return aws_error(403, exception, message),
             }
         }
         _ => bearer(&headers),
@@ -279,7 +281,9 @@ pub(super) async fn vertex(
     };
     let key = bearer(&headers);
     if state.options.cloud.service_account.is_some()
-        && !key.as_deref().is_some_and(|token| state.tokens.is_live(token))
+        && !key
+            .as_deref()
+            .is_some_and(|token| state.tokens.is_live(token))
     {
         return google_error(401, "Request had invalid authentication credentials.");
     }
@@ -322,16 +326,19 @@ fn cloud_body(mut raw: Value, model: &str, stream: bool, version: &str) -> Resul
     Ok(raw.to_string().into_bytes())
 }
 
+/// Why a SigV4 signature is refused: AWS's exception name and message.
+type SignatureRefusal = (&'static str, &'static str);
+
 /// Checks a SigV4 `authorization` by signing the request again with the secret of its
-/// access key id; the access key id when it matches, else AWS's 403.
+/// access key id; the access key id when it matches, else why not.
 fn check_signature(
     auth: &CloudAuth,
     authorization: &str,
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<String, Response> {
-    let refused = |exception: &str, message: &str| Err(aws_error(403, exception, message));
+) -> Result<String, SignatureRefusal> {
+    let refused = |exception: &'static str, message: &'static str| Err((exception, message));
     let field = |name: &str| {
         authorization
             .split([' ', ','])
@@ -519,10 +526,7 @@ pub fn corrupt_crc(frame: &Bytes) -> Bytes {
 /// A 200 event stream whose bytes are not frames.
 pub fn malformed_event_stream() -> Response {
     (
-        [(
-            header::CONTENT_TYPE,
-            Surface::Bedrock.content_type(true),
-        )],
+        [(header::CONTENT_TYPE, Surface::Bedrock.content_type(true))],
         Bytes::from_static(b"\x00\x00\x00\x10 this is not a frame"),
     )
         .into_response()

@@ -577,7 +577,10 @@ async fn serve(
         guard.disarm();
         if surface == Surface::Bedrock && request.stream {
             // Frames split at arbitrary points, as a network delivers them.
-            return ([(header::CONTENT_TYPE, content_type)], cloud::split_body(chunks.concat()))
+            return (
+                [(header::CONTENT_TYPE, content_type)],
+                cloud::split_body(chunks.concat()),
+            )
                 .into_response();
         }
         let body: Vec<u8> = chunks.concat();

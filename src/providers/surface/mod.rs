@@ -189,7 +189,11 @@ pub(super) fn wrong_kind_fields(path: &str, config: &ProviderConfig) -> Vec<Stri
         ("region", config.region.is_some(), "bedrock and vertex"),
         ("project", config.project.is_some(), "vertex"),
         ("aws", config.aws.is_some(), "bedrock"),
-        ("service_account", config.service_account.is_some(), "vertex"),
+        (
+            "service_account",
+            config.service_account.is_some(),
+            "vertex",
+        ),
     ];
     set.into_iter()
         .filter(|(_, is_set, kinds)| *is_set && !kinds.contains(kind))
@@ -201,9 +205,8 @@ pub(super) fn wrong_kind_fields(path: &str, config: &ProviderConfig) -> Vec<Stri
 
 /// The provider's base URL, without a trailing slash, parsed.
 fn base_url(name: &str, base: &str) -> Result<String, String> {
-    reqwest::Url::parse(base).map_err(|error| {
-        format!("provider `{name}`: base_url `{base}` is not a URL: {error}")
-    })?;
+    reqwest::Url::parse(base)
+        .map_err(|error| format!("provider `{name}`: base_url `{base}` is not a URL: {error}"))?;
     Ok(base.trim_end_matches('/').to_string())
 }
 

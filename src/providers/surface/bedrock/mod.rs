@@ -187,9 +187,7 @@ impl Surface for BedrockSurface {
             | "ModelErrorException"
             | "ServiceUnavailableException"
             | "InternalServerException" => ErrorClass::Retry,
-            "ValidationException" if self.says_context_too_long(body) => {
-                ErrorClass::ContextTooLong
-            }
+            "ValidationException" if self.says_context_too_long(body) => ErrorClass::ContextTooLong,
             "ValidationException" => ErrorClass::Refused,
             _ => return None,
         };
@@ -208,9 +206,14 @@ impl Surface for BedrockSurface {
             .unwrap_or_default()
             .to_ascii_lowercase();
         anthropic::upstream_error_is_context_length(body)
-            || ["too long", "too many tokens", "context window", "context length"]
-                .iter()
-                .any(|phrase| message.contains(phrase))
+            || [
+                "too long",
+                "too many tokens",
+                "context window",
+                "context length",
+            ]
+            .iter()
+            .any(|phrase| message.contains(phrase))
     }
 }
 
@@ -238,12 +241,17 @@ fn sign(
         headers: vec![("content-type", content_type.as_str())],
         body: &body,
     };
-    let headers =
-        sigv4::signature_headers(&signable, credentials, region, SIGNING_SERVICE, SystemTime::now())
-            .map_err(|message| AttemptFailure::Transport {
-                kind: "auth",
-                message,
-            })?;
+    let headers = sigv4::signature_headers(
+        &signable,
+        credentials,
+        region,
+        SIGNING_SERVICE,
+        SystemTime::now(),
+    )
+    .map_err(|message| AttemptFailure::Transport {
+        kind: "auth",
+        message,
+    })?;
     for (name, value) in headers {
         let (Ok(name), Ok(mut value)) = (
             reqwest::header::HeaderName::from_bytes(name.as_bytes()),
@@ -310,7 +318,10 @@ pub fn credential_state(config: &ProviderConfig, env: &Env) -> (usize, usize) {
         .into_iter()
         .chain(aws.session_token.as_ref())
         .collect();
-    let set = parts.iter().filter(|part| part.resolve(env).is_some()).count();
+    let set = parts
+        .iter()
+        .filter(|part| part.resolve(env).is_some())
+        .count();
     (set, parts.len())
 }
 

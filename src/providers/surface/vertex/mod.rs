@@ -130,13 +130,14 @@ impl Surface for VertexSurface {
         Box::pin(async move {
             match (&self.tokens, key) {
                 (Some(tokens), _) => {
-                    let token = tokens
-                        .token()
-                        .await
-                        .map_err(|message| AttemptFailure::Transport {
-                            kind: "auth",
-                            message,
-                        })?;
+                    let token =
+                        tokens
+                            .token()
+                            .await
+                            .map_err(|message| AttemptFailure::Transport {
+                                kind: "auth",
+                                message,
+                            })?;
                     super::set_bearer(request, &token);
                 }
                 (None, Some(key)) => super::set_bearer(request, key),
@@ -218,10 +219,13 @@ mod tests {
             "kind = \"vertex\"\nregion = \"global\"\nproject = \"p1\"\nkeys = [{ key = \"env:T\" }]\n",
         )
         .unwrap();
-        let surface = VertexSurface::new("v", &config, &Env::default(), &reqwest::Client::new())
-            .unwrap();
+        let surface =
+            VertexSurface::new("v", &config, &Env::default(), &reqwest::Client::new()).unwrap();
         assert_eq!(
-            surface.endpoint("claude-sonnet-4-5@20250929", true).unwrap().as_str(),
+            surface
+                .endpoint("claude-sonnet-4-5@20250929", true)
+                .unwrap()
+                .as_str(),
             "https://aiplatform.googleapis.com/v1/projects/p1/locations/global/publishers/anthropic/models/claude-sonnet-4-5@20250929:streamRawPredict"
         );
         assert_eq!(

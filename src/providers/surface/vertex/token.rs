@@ -195,7 +195,10 @@ impl TokenSource {
             })?;
         let status = response.status();
         let body = response.bytes().await.map_err(|error| {
-            format!("the token endpoint's answer broke off: {}", error.without_url())
+            format!(
+                "the token endpoint's answer broke off: {}",
+                error.without_url()
+            )
         })?;
         if !status.is_success() {
             let said: String = String::from_utf8_lossy(&body).chars().take(300).collect();
@@ -255,7 +258,10 @@ mod tests {
     #[test]
     fn a_bad_key_file_says_what_is_wrong() {
         let error = ServiceAccount::from_json("{}", "env:SA").err().unwrap();
-        assert!(error.contains("env:SA") && error.contains("service-account"), "{error}");
+        assert!(
+            error.contains("env:SA") && error.contains("service-account"),
+            "{error}"
+        );
         let error = ServiceAccount::from_json(
             r#"{"client_email":"a","private_key":"nope","token_uri":"http://t"}"#,
             "env:SA",
