@@ -291,3 +291,121 @@ async fn the_official_python_sdks_work_through_the_gateway() {
         MockProvider::stop(mock).await;
     }
 }
+
+/// Runs the script over `routes` and returns its summary, failing on any mismatch.
+async fn run_summary(python: String, gateway: &TestGateway, routes: &Value) -> Value {
+    let args = vec![
+        "--gateway".to_string(),
+        gateway.url(""),
+        "--key".to_string(),
+        CLIENT_KEY.to_string(),
+        "--routes".to_string(),
+        routes.to_string(),
+    ];
+    let output = run_clients(python, args).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the SDK script failed ({}):\n{stderr}\nstdout: {stdout}",
+        output.status
+    );
+    println!("{stderr}");
+    stdout
+        .lines()
+        .last()
+        .and_then(|line| serde_json::from_str(line).ok())
+        .unwrap_or_else(|| panic!("the script's last line is a JSON summary: {stdout}"))
+}
+
+/// Claude on Bedrock and Vertex through both SDKs: a Bedrock target that answers (SigV4,
+/// event-stream), and one that throttles inside its stream before any content, so Vertex
+/// (a minted token, SSE) serves at depth 1. Plain, streamed and tool-calling alike.
+#[tokio::test]
+async fn the_official_python_sdks_reach_claude_on_bedrock_and_vertex() {
+    use common::cloud::{AWS_ENV, VertexMock, bedrock_mock, bedrock_provider, vertex_provider};
+
+    let Some(python) = sdk_python() else {
+        return;
+    };
+    let bedrock = bedrock_mock("bedrock-upstream").await;
+    let throttled = bedrock_mock("throttled").await;
+    throttled.set_faults(vec![FaultRule::always(Fault::Exception {
+        exception_type: "throttlingException".to_string(),
+        after_chunks: 0,
+    })]);
+    let vertex = VertexMock::start("vertex-upstream", Duration::from_secs(3600)).await;
+    let models = "models = { \"claude\" = \"anthropic.claude-sonnet-4-5-20250929-v1:0\" }";
+    let config = format!(
+        "[[clients]]\nkey = \"env:SDK_CLIENT_KEY\"\ntenant = \"sdk\"\n{}{}{}{}{}",
+        bedrock_provider("bed", &bedrock, models),
+        bedrock_provider(
+            "bed_throttled",
+            &throttled,
+            &format!("{models}\nretries = 0")
+        ),
+        vertex_provider(
+            "vtx",
+            &vertex.mock,
+            "models = { \"claude\" = \"claude-sonnet-4-5@20250929\" }"
+        ),
+        route("claude-on-bedrock", &["bed/claude"]),
+        route(
+            "claude-throttled-to-vertex",
+            &["bed_throttled/claude", "vtx/claude"]
+        ),
+    );
+    let key_path = vertex.key_path();
+    let gateway = TestGateway::start(
+        &config,
+        &[
+            ("SDK_CLIENT_KEY", CLIENT_KEY),
+            AWS_ENV[0],
+            AWS_ENV[1],
+            AWS_ENV[2],
+            ("VERTEX_SERVICE_ACCOUNT", key_path.as_str()),
+        ],
+    )
+    .await;
+    let routes = json!([
+        expectation("claude-on-bedrock", "bedrock-upstream", "bed/claude", None),
+        {
+            "model": "claude-throttled-to-vertex",
+            "mock": "vertex-upstream",
+            "served_by": "provider:vtx/claude",
+            "depth": 1,
+            "attempts": [
+                {"target": "bed_throttled/claude", "outcome": "stream_throttled"},
+                {"target": "vtx/claude", "outcome": "ok"},
+            ],
+        },
+    ]);
+    let summary = run_summary(python, &gateway, &routes).await;
+    assert_eq!(summary["failed"], json!([]), "{summary}");
+    assert_eq!(summary["passed"], 9 * 2 + 4, "{summary}");
+    let sent = |model: &str| summary["requests_per_route"][model].as_u64().unwrap_or(0) as usize;
+    assert_eq!(bedrock.request_count(), sent("claude-on-bedrock"));
+    assert_eq!(
+        vertex.mock.request_count(),
+        sent("claude-throttled-to-vertex")
+    );
+    assert_eq!(
+        throttled.request_count(),
+        sent("claude-throttled-to-vertex")
+    );
+    assert!(bedrock.requests().iter().all(|request| {
+        request.key.as_deref() == Some(AWS_ENV[0].1)
+            && request.path
+                == "/model/anthropic.claude-sonnet-4-5-20250929-v1%3A0/invoke-with-response-stream"
+    }));
+    assert_eq!(
+        vertex.mock.token_exchanges(),
+        1,
+        "one token for the whole run"
+    );
+
+    gateway.running.shutdown().await;
+    for mock in [bedrock, throttled, vertex.mock] {
+        MockProvider::stop(mock).await;
+    }
+}

@@ -8,40 +8,31 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use airbag::mock::cloud::CloudAuth;
 use airbag::mock::{Fault, FaultRule, MockOptions, MockProvider};
-use airbag::providers::surface::vertex::token::ServiceAccount;
+use common::cloud::{
+    AWS_ENV, AWS_KEY_ID, VertexMock, bedrock_mock, bedrock_provider, vertex_provider,
+};
 use common::{TestGateway, anthropic_chat, config_error, mock_with, openai_chat};
 use serde_json::{Value, json};
 
 const ANTHROPIC_KEY: &str = "sk-ant-surfaces";
-const AWS_KEY_ID: &str = "AKIDSURFACES";
-const AWS_SECRET: &str = "surfaces/secret+key";
 const ROUTE: &str = "claude";
 const ANTHROPIC_TARGET: &str = "anthropic/claude-sonnet-4-5";
 const BEDROCK_TARGET: &str = "bedrock/claude-sonnet-4-5";
 const VERTEX_TARGET: &str = "vertex/claude-sonnet-4-5";
 const BEDROCK_ID: &str = "anthropic.claude-sonnet-4-5-20250929-v1:0";
 const VERTEX_ID: &str = "claude-sonnet-4-5@20250929";
-
-fn fixture_account() -> String {
-    std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/vertex-service-account.json"
-    ))
-    .expect("the service-account fixture")
-}
+/// Test-sized retries and no breakers, for every provider of these tests.
+const POLICY: &str =
+    "retries = 1\nbackoff = { initial = \"1ms\", max = \"2ms\" }\nbreaker = { enabled = false }";
 
 struct Surfaces {
     gateway: TestGateway,
     anthropic: MockProvider,
     bedrock: MockProvider,
-    vertex: MockProvider,
-    /// Holds the service-account file the gateway reads.
-    _folder: tempfile::TempDir,
+    vertex: VertexMock,
 }
 
 struct Setup {
@@ -56,14 +47,13 @@ impl Default for Setup {
     fn default() -> Self {
         Setup {
             chain: r#"[[{ target = "anthropic/claude-sonnet-4-5", weight = 70 }, { target = "bedrock/claude-sonnet-4-5", weight = 30 }], "vertex/claude-sonnet-4-5"]"#,
-            aws_secret: AWS_SECRET,
+            aws_secret: AWS_ENV[1].1,
             token_lifetime: Duration::from_secs(3600),
         }
     }
 }
 
 async fn start_surfaces(setup: Setup) -> Surfaces {
-    let account = ServiceAccount::from_json(&fixture_account(), "fixture").expect("fixture");
     let anthropic = mock_with(
         "anthropic",
         MockOptions {
@@ -73,38 +63,8 @@ async fn start_surfaces(setup: Setup) -> Surfaces {
         Vec::new(),
     )
     .await;
-    let bedrock = mock_with(
-        "bedrock",
-        MockOptions {
-            cloud: CloudAuth {
-                aws: HashMap::from([(AWS_KEY_ID.to_string(), AWS_SECRET.to_string())]),
-                ..CloudAuth::default()
-            },
-            ..MockOptions::default()
-        },
-        Vec::new(),
-    )
-    .await;
-    let vertex = mock_with(
-        "vertex",
-        MockOptions {
-            cloud: CloudAuth {
-                service_account: Some(Arc::new(account)),
-                token_lifetime: setup.token_lifetime,
-                ..CloudAuth::default()
-            },
-            ..MockOptions::default()
-        },
-        Vec::new(),
-    )
-    .await;
-    // The key file as Google issues it, its token_uri pointing at the Vertex mock.
-    let folder = tempfile::tempdir().expect("temporary folder");
-    let mut file: Value = serde_json::from_str(&fixture_account()).expect("fixture JSON");
-    file["token_uri"] = json!(format!("http://{}/token", vertex.addr));
-    let key_path = folder.path().join("service-account.json");
-    std::fs::write(&key_path, file.to_string()).expect("key file written");
-
+    let bedrock = bedrock_mock("bedrock").await;
+    let vertex = VertexMock::start("vertex", setup.token_lifetime).await;
     let config = format!(
         r#"
 [providers.anthropic]
@@ -112,48 +72,35 @@ kind = "anthropic"
 base_url = "{anthropic_url}"
 keys = [{{ key = "env:ANTHROPIC_KEY" }}]
 models = {{ "claude-sonnet-4-5" = "claude-sonnet-4-5-20250929" }}
-retries = 1
-backoff = {{ initial = "1ms", max = "2ms" }}
-breaker = {{ enabled = false }}
+{POLICY}
 
-[providers.bedrock]
-kind = "bedrock"
-region = "us-east-1"
-base_url = "http://{bedrock_addr}"
-models = {{ "claude-sonnet-4-5" = "{BEDROCK_ID}" }}
-retries = 1
-backoff = {{ initial = "1ms", max = "2ms" }}
-breaker = {{ enabled = false }}
-aws = {{ access_key_id = "env:AWS_ACCESS_KEY_ID", secret_access_key = "env:AWS_SECRET_ACCESS_KEY", session_token = "env:AWS_SESSION_TOKEN" }}
-
-[providers.vertex]
-kind = "vertex"
-region = "us-east5"
-project = "airbag-test"
-base_url = "{vertex_url}"
-service_account = "env:VERTEX_SERVICE_ACCOUNT"
-models = {{ "claude-sonnet-4-5" = "{VERTEX_ID}" }}
-retries = 1
-backoff = {{ initial = "1ms", max = "2ms" }}
-breaker = {{ enabled = false }}
-
+{bedrock}
+{vertex}
 [[routes]]
 model = "{ROUTE}"
 chain = {chain}
 "#,
         anthropic_url = anthropic.base_url(),
-        bedrock_addr = bedrock.addr,
-        vertex_url = vertex.base_url(),
+        bedrock = bedrock_provider(
+            "bedrock",
+            &bedrock,
+            &format!("models = {{ \"claude-sonnet-4-5\" = \"{BEDROCK_ID}\" }}\n{POLICY}")
+        ),
+        vertex = vertex_provider(
+            "vertex",
+            &vertex.mock,
+            &format!("models = {{ \"claude-sonnet-4-5\" = \"{VERTEX_ID}\" }}\n{POLICY}")
+        ),
         chain = setup.chain,
     );
-    let key_path = key_path.to_string_lossy().to_string();
+    let key_path = vertex.key_path();
     let gateway = TestGateway::start(
         &config,
         &[
             ("ANTHROPIC_KEY", ANTHROPIC_KEY),
-            ("AWS_ACCESS_KEY_ID", AWS_KEY_ID),
+            AWS_ENV[0],
             ("AWS_SECRET_ACCESS_KEY", setup.aws_secret),
-            ("AWS_SESSION_TOKEN", "session-token-1"),
+            AWS_ENV[2],
             ("VERTEX_SERVICE_ACCOUNT", key_path.as_str()),
         ],
     )
@@ -163,7 +110,6 @@ chain = {chain}
         anthropic,
         bedrock,
         vertex,
-        _folder: folder,
     }
 }
 
@@ -237,7 +183,7 @@ async fn healthy_surfaces_share_the_first_tier_by_weight() {
         "anthropic served {anthropic_share:.3} of the tier, not 0.70 ± 0.03: {served:?}"
     );
     assert!((share(ANTHROPIC_TARGET) + share(BEDROCK_TARGET) - 1.0).abs() < 1e-9);
-    assert_eq!(surfaces.vertex.request_count(), 0, "tier 2 stays idle");
+    assert_eq!(surfaces.vertex.mock.request_count(), 0, "tier 2 stays idle");
 
     let status = surfaces
         .gateway
@@ -363,7 +309,7 @@ async fn a_throttling_frame_before_content_sends_the_request_to_vertex_at_depth_
         "weather"
     );
 
-    let received = surfaces.vertex.requests();
+    let received = surfaces.vertex.mock.requests();
     assert!(!received.is_empty());
     for request in &received {
         assert_eq!(
@@ -383,7 +329,11 @@ async fn a_throttling_frame_before_content_sends_the_request_to_vertex_at_depth_
             request.key
         );
     }
-    assert_eq!(surfaces.vertex.token_exchanges(), 1, "one token, cached");
+    assert_eq!(
+        surfaces.vertex.mock.token_exchanges(),
+        1,
+        "one token, cached"
+    );
 }
 
 #[tokio::test]
@@ -466,16 +416,16 @@ async fn vertex_tokens_are_cached_refreshed_before_expiry_and_after_a_401() {
     let ask = |text: &str| surfaces.gateway.openai(openai_chat(ROUTE, text));
     assert_eq!(ask("first").await.status, 200);
     assert_eq!(ask("second").await.status, 200);
-    assert_eq!(surfaces.vertex.token_exchanges(), 1, "cached");
+    assert_eq!(surfaces.vertex.mock.token_exchanges(), 1, "cached");
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     assert_eq!(ask("third").await.status, 200);
     assert_eq!(
-        surfaces.vertex.token_exchanges(),
+        surfaces.vertex.mock.token_exchanges(),
         2,
         "refreshed before expiry"
     );
 
-    surfaces.vertex.revoke_tokens();
+    surfaces.vertex.mock.revoke_tokens();
     let reply = ask("after a revocation").await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(reply.served_by(), served_by(VERTEX_TARGET));
@@ -487,7 +437,7 @@ async fn vertex_tokens_are_cached_refreshed_before_expiry_and_after_a_401() {
         ],
         "a 401 mints a new token once instead of resting the credential"
     );
-    assert_eq!(surfaces.vertex.token_exchanges(), 3);
+    assert_eq!(surfaces.vertex.mock.token_exchanges(), 3);
     assert_eq!(ask("and again").await.status, 200, "not rested");
 }
 

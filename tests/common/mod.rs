@@ -3,6 +3,7 @@
 
 #![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
+pub mod cloud;
 pub mod process;
 
 use std::path::Path;
