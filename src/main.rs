@@ -290,10 +290,11 @@ fn check_config(path: &Path) -> ExitCode {
                 let (set, configured) =
                     airbag::providers::surface::credential_state(provider, &env);
                 let what = airbag::providers::surface::credential_noun(provider);
-                let state = if configured == 0 || set == configured || (set > 0 && what == "keys") {
-                    "enabled".to_string()
-                } else {
-                    format!("disabled: not all of its {what} are set in the environment")
+                let state = match what {
+                    _ if configured == 0 || set == configured => "enabled".to_string(),
+                    "keys" if set > 0 => "enabled".to_string(),
+                    "keys" => "disabled: none of its keys are set in the environment".to_string(),
+                    _ => format!("disabled: not all of its {what} are set in the environment"),
                 };
                 out.line(format_args!(
                     "  provider {name} ({:?}): {set}/{configured} {what} set, {state}",

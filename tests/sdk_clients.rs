@@ -355,6 +355,13 @@ async fn the_official_python_sdks_reach_claude_on_bedrock_and_vertex() {
             &["bed_throttled/claude", "vtx/claude"]
         ),
     );
+    // The headline: Anthropic (down) and Bedrock share tier 1 by weight, Vertex is tier 2.
+    let down = mock("down").await;
+    down.set_faults(vec![FaultRule::always(Fault::status(503))]);
+    let config = format!(
+        "{config}{}[[routes]]\nmodel = \"claude-anthropic-down\"\nchain = [[{{ target = \"ant_down/claude\", weight = 70 }}, {{ target = \"bed/claude\", weight = 30 }}], \"vtx/claude\"]\n",
+        provider("ant_down", "anthropic", &down, "retries = 0"),
+    );
     let key_path = vertex.key_path();
     let gateway = TestGateway::start(
         &config,
@@ -379,12 +386,26 @@ async fn the_official_python_sdks_reach_claude_on_bedrock_and_vertex() {
                 {"target": "vtx/claude", "outcome": "ok"},
             ],
         },
+        {
+            "model": "claude-anthropic-down",
+            "mock": "bedrock-upstream",
+            "served_by": "provider:bed/claude",
+            "depth": 0,
+            "attempts_one_of": [
+                [{"target": "ant_down/claude", "outcome": "status_503"}, {"target": "bed/claude", "outcome": "ok"}],
+                [{"target": "bed/claude", "outcome": "ok"}],
+            ],
+        },
     ]);
     let summary = run_summary(python, &gateway, &routes).await;
     assert_eq!(summary["failed"], json!([]), "{summary}");
-    assert_eq!(summary["passed"], 9 * 2 + 4, "{summary}");
+    assert_eq!(summary["passed"], 9 * 3 + 4, "{summary}");
     let sent = |model: &str| summary["requests_per_route"][model].as_u64().unwrap_or(0) as usize;
-    assert_eq!(bedrock.request_count(), sent("claude-on-bedrock"));
+    assert_eq!(
+        bedrock.request_count(),
+        sent("claude-on-bedrock") + sent("claude-anthropic-down")
+    );
+    assert!(down.request_count() <= sent("claude-anthropic-down"));
     assert_eq!(
         vertex.mock.request_count(),
         sent("claude-throttled-to-vertex")
@@ -405,7 +426,7 @@ async fn the_official_python_sdks_reach_claude_on_bedrock_and_vertex() {
     );
 
     gateway.running.shutdown().await;
-    for mock in [bedrock, throttled, vertex.mock] {
+    for mock in [bedrock, throttled, vertex.mock, down] {
         MockProvider::stop(mock).await;
     }
 }
