@@ -110,6 +110,9 @@ pub struct ServerConfig {
     /// request gets a 503 with `retry-after`. Health endpoints are not counted.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// Browser origins allowed to call the proxy (CORS); off when none are listed.
+    #[serde(default)]
+    pub cors: crate::http_edge::CorsConfig,
 }
 
 impl Default for ServerConfig {
@@ -123,6 +126,7 @@ impl Default for ServerConfig {
             idle_timeout: default_keepalive_idle(),
             max_connections: default_max_connections(),
             max_in_flight: default_max_in_flight(),
+            cors: crate::http_edge::CorsConfig::default(),
         }
     }
 }
@@ -662,6 +666,7 @@ impl Config {
     pub fn problems(&self, env: &Env) -> Vec<String> {
         let mut problems = Vec::new();
         self.check_listeners(env, &mut problems);
+        problems.extend(self.server.cors.problems());
         for (name, provider) in &self.providers {
             check_provider(name, provider, &mut problems);
             for (index, key) in provider.keys.iter().enumerate() {

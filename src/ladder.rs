@@ -61,6 +61,10 @@ pub struct RungTag {
     /// The verifier's alignment score of a semantic hit (`cache.semantic.verify`).
     pub verifier_score: Option<f32>,
     pub attempts: Vec<AttemptRecord>,
+    /// The answering provider's own request id (`x-airbag-upstream-request-id`).
+    pub upstream_request_id: Option<String>,
+    /// The request's id (`x-request-id`), set by the server once the ladder answered.
+    pub request_id: Option<String>,
 }
 
 impl RungTag {
@@ -76,6 +80,12 @@ impl RungTag {
         }
         if let Some(score) = self.verifier_score {
             tag["verifier_score"] = json!(score);
+        }
+        if let Some(id) = &self.upstream_request_id {
+            tag["upstream_request_id"] = json!(id);
+        }
+        if let Some(id) = &self.request_id {
+            tag["request_id"] = json!(id);
         }
         tag
     }
@@ -97,6 +107,14 @@ pub enum Answer {
 pub struct Served {
     pub answer: Answer,
     pub tag: RungTag,
+}
+
+impl Served {
+    /// The answer with the request's id in its tag.
+    pub fn with_request_id(mut self, id: String) -> Served {
+        self.tag.request_id = Some(id);
+        self
+    }
 }
 
 /// Walk the rungs for one request of `tenant`.
@@ -224,6 +242,8 @@ fn cache_served(
             similarity: hit.similarity,
             verifier_score: hit.verifier_score,
             attempts,
+            upstream_request_id: None,
+            request_id: None,
         },
     }
 }
@@ -282,11 +302,19 @@ async fn canned_answer(
             similarity: found.similarity,
             verifier_score: None,
             attempts,
+            upstream_request_id: None,
+            request_id: None,
         },
     })
 }
 
 fn provider_tag(target: &str, depth: usize, attempts: Vec<AttemptRecord>) -> RungTag {
+    // The answering attempt is the last `ok` one of the target that answered.
+    let upstream_request_id = attempts
+        .iter()
+        .rev()
+        .find(|attempt| attempt.target == target && attempt.outcome == "ok")
+        .and_then(|attempt| attempt.upstream_request_id.clone());
     RungTag {
         rung: Rung::Provider,
         served_by: format!("provider:{target}"),
@@ -294,5 +322,7 @@ fn provider_tag(target: &str, depth: usize, attempts: Vec<AttemptRecord>) -> Run
         similarity: None,
         verifier_score: None,
         attempts,
+        upstream_request_id,
+        request_id: None,
     }
 }

@@ -28,6 +28,7 @@ pub mod config;
 pub mod drill;
 pub mod error;
 pub mod health;
+pub mod http_edge;
 pub mod ladder;
 pub mod listener;
 pub mod metrics;

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -28,10 +28,13 @@ use crate::cache::{Cache, CacheControls, CacheScope, CacheStartError};
 use crate::canned::{self, CannedSet, ExampleEmbedder};
 use crate::config::{Config, Env};
 use crate::error::RequestError;
+use crate::http_edge::{self, RequestId};
 use crate::ladder::{self, Answer, RungTag, Served};
 use crate::listener::{self, ConnectionLimits, ListenerMetrics};
 use crate::metrics::Metrics;
-use crate::protocol::{EventStream, Protocol, anthropic, openai, replay_as_stream};
+use crate::protocol::{
+    ChatRequest, EventStream, Protocol, TraceContext, anthropic, openai, replay_as_stream,
+};
 use crate::providers::{Provider, Routes};
 
 /// How long a shutdown waits for in-flight requests.
@@ -60,6 +63,8 @@ pub struct Gateway {
     /// until the answer's last byte is sent.
     in_flight: Arc<tokio::sync::Semaphore>,
     max_in_flight: usize,
+    /// `server.cors`, for the proxy router's CORS layer.
+    cors: Arc<crate::http_edge::CorsConfig>,
     /// Bearer token of the admin listener, when configured.
     pub(crate) admin_token: Option<String>,
     /// How long rung 2 may take to commit an answer (`server.request_timeout`).
@@ -157,6 +162,7 @@ impl Gateway {
             body_timeout: config.server.body_timeout,
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight)),
             max_in_flight: config.server.max_in_flight,
+            cors: Arc::new(config.server.cors.clone()),
             request_timeout: config.server.request_timeout,
             cache: None,
             max_cache_ttl: config.cache.max_ttl,
@@ -419,20 +425,26 @@ fn error_response(error: &RequestError, protocol: Protocol) -> Response {
 }
 
 pub fn proxy_router(gateway: Arc<Gateway>) -> Router {
+    let cors = gateway.cors.clone();
     Router::new()
         .route(
             "/v1/chat/completions",
-            post(|state, headers, body| chat(state, headers, body, Protocol::OpenAi)),
+            post(|state, id, headers, body| chat(state, id, headers, body, Protocol::OpenAi)),
         )
         .route(
             "/v1/messages",
-            post(|state, headers, body| chat(state, headers, body, Protocol::Anthropic)),
+            post(|state, id, headers, body| chat(state, id, headers, body, Protocol::Anthropic)),
         )
         .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(crate::health::readyz))
         .route("/healthz/upstreams", get(crate::health::upstreams))
+        .fallback(http_edge::unknown_path)
         .with_state(gateway)
+        // The last layer is the outermost: every response, a preflight's too, gets its id.
+        .layer(axum::middleware::from_fn_with_state(cors, http_edge::cors))
+        .layer(axum::middleware::from_fn(http_edge::request_ids))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -440,6 +452,7 @@ pub fn proxy_router(gateway: Arc<Gateway>) -> Router {
 
 async fn chat(
     State(gateway): State<Arc<Gateway>>,
+    Extension(request_id): Extension<RequestId>,
     headers: HeaderMap,
     body: Body,
     protocol: Protocol,
@@ -449,6 +462,7 @@ async fn chat(
     // log line of the request (attempts included) carries them.
     let span = tracing::info_span!(
         "request",
+        request_id = request_id.0.as_str(),
         protocol = protocol.label(),
         model = tracing::field::Empty,
         rung = tracing::field::Empty,
@@ -458,7 +472,7 @@ async fn chat(
     // Shed load before any work: the slot is held until the answer's last byte.
     let slot = gateway.in_flight.clone().try_acquire_owned();
     let result = match slot {
-        Ok(slot) => serve_chat(&gateway, &headers, body, protocol, started)
+        Ok(slot) => serve_chat(&gateway, &headers, body, protocol, started, request_id)
             .instrument(span.clone())
             .await
             .map(|response| listener::guard_body(response, slot)),
@@ -512,6 +526,7 @@ async fn serve_chat(
     body: Body,
     protocol: Protocol,
     started: Instant,
+    request_id: RequestId,
 ) -> Result<Response, RequestError> {
     let tenant = gateway.tenant(headers)?;
     require_json(headers)?;
@@ -523,6 +538,10 @@ async fn serve_chat(
         Protocol::Anthropic => anthropic::parse_request(&body),
     }
     .map_err(RequestError::InvalidBody)?;
+    let request = ChatRequest {
+        trace_context: trace_context(headers),
+        ..request
+    };
     tracing::Span::current().record("model", request.model.as_str());
     let include_usage = request.include_usage;
     let keepalive = gateway
@@ -531,7 +550,9 @@ async fn serve_chat(
         .and_then(|route| route.stream_keepalive)
         .filter(|_| request.stream);
     let Some(interval) = keepalive else {
-        let served = ladder::answer(gateway, &request, &tenant, &controls).await?;
+        let served = ladder::answer(gateway, &request, &tenant, &controls)
+            .await?
+            .with_request_id(request_id.0);
         return Ok(render(
             gateway,
             served,
@@ -547,8 +568,12 @@ async fn serve_chat(
     let model = request.model.clone();
     let owned = gateway.clone();
     let mut answering: LadderFuture = Box::pin(
-        async move { ladder::answer(&owned, &request, &tenant, &controls).await }
-            .instrument(tracing::Span::current()),
+        async move {
+            ladder::answer(&owned, &request, &tenant, &controls)
+                .await
+                .map(|served| served.with_request_id(request_id.0))
+        }
+        .instrument(tracing::Span::current()),
     );
     match tokio::time::timeout(interval, &mut answering).await {
         Ok(served) => Ok(render(
@@ -945,7 +970,11 @@ fn set_tag_headers(headers: &mut HeaderMap, tag: &RungTag) {
         ("x-airbag-fallback-depth", tag.fallback_depth.to_string()),
         ("x-airbag-attempts", tag.attempts.len().to_string()),
     ];
-    for (name, value) in values {
+    let upstream_id = tag
+        .upstream_request_id
+        .as_ref()
+        .map(|id| ("x-airbag-upstream-request-id", id.clone()));
+    for (name, value) in values.into_iter().chain(upstream_id) {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(name, value);
         }
@@ -1097,6 +1126,54 @@ fn sse_chunks(
 // Other proxy endpoints.
 
 /// The routes, in the OpenAI list shape, or Anthropic's when an Anthropic SDK asks.
+/// The client's W3C trace context, when its `traceparent` is one (55 visible characters,
+/// `version-traceid-parentid-flags`), to forward to the providers.
+fn trace_context(headers: &HeaderMap) -> Option<TraceContext> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::trim)
+    };
+    let traceparent = header("traceparent").filter(|value| {
+        let parts: Vec<&str> = value.split('-').collect();
+        parts.len() == 4
+            && [2, 32, 16, 2].iter().zip(&parts).all(|(length, part)| {
+                part.len() == *length && part.bytes().all(|byte| byte.is_ascii_hexdigit())
+            })
+    })?;
+    Some(TraceContext {
+        traceparent: traceparent.to_string(),
+        tracestate: header("tracestate")
+            .filter(|state| !state.is_empty() && state.len() <= 512)
+            .map(str::to_string),
+    })
+}
+
+/// `GET /v1/models/{id}`: a model a route serves (by exact name or glob), in the
+/// caller's shape; a 404 in that shape otherwise.
+async fn model(
+    State(gateway): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let protocol = http_edge::caller_protocol("/v1/models", &headers);
+    if gateway.routes.find(&id).is_none() {
+        return http_edge::not_found(
+            protocol,
+            &format!("model `{id}` is not routed by airbag; GET /v1/models lists the routes"),
+        );
+    }
+    let body = match protocol {
+        Protocol::Anthropic => json!({"type": "model", "id": id, "display_name": id,
+            "created_at": "1970-01-01T00:00:00Z"}),
+        Protocol::OpenAi => {
+            json!({"id": id, "object": "model", "created": 0, "owned_by": "airbag"})
+        }
+    };
+    axum::Json(body).into_response()
+}
+
 async fn models(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     let names: Vec<&str> = gateway
         .routes

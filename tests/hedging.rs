@@ -39,7 +39,7 @@ fn attempts(reply: &common::Reply) -> Value {
     {
         return Value::Null;
     }
-    reply.json()["airbag"]["attempts"].clone()
+    reply.attempts()
 }
 
 /// Cancellation reaches a mock when the gateway drops the connection, a moment after the

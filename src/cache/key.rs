@@ -78,6 +78,8 @@ pub fn keys(scope: &Scope, request: &ChatRequest) -> CacheKeys {
         // How the answer is delivered, not what it says.
         stream: _,
         include_usage: _,
+        // Which trace the request belongs to, not what it asks.
+        trace_context: _,
     } = request;
     let mut exact = Canon::new("airbag.exact.v1");
     let mut context = Canon::new("airbag.context.v1");

@@ -255,6 +255,7 @@ pub(super) async fn bedrock(
         model: model.clone(),
         stream,
         body: raw.clone(),
+        traceparent: header(&headers, "traceparent"),
     });
     match cloud_body(raw, &model, stream, "bedrock-2023-05-31") {
         Ok(body) => serve(state, surface, key, model, &body).await,
@@ -295,6 +296,7 @@ pub(super) async fn vertex(
         model: model.to_string(),
         stream,
         body: raw.clone(),
+        traceparent: header(&headers, "traceparent"),
     });
     if raw["stream"].as_bool().unwrap_or(false) != stream {
         return google_error(400, "`stream` in the body does not match the method");

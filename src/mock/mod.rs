@@ -162,6 +162,8 @@ pub struct ReceivedRequest {
     pub model: String,
     pub stream: bool,
     pub body: Value,
+    /// The W3C `traceparent` header, when one was sent.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -362,6 +364,25 @@ fn router(state: Arc<MockState>) -> Router {
         .route("/mock/faults", put(replace_faults))
         .route("/mock/stats", get(stats))
         .with_state(state)
+        .layer(axum::middleware::from_fn(with_request_id))
+}
+
+/// Every answer carries a request id in the header its surface uses: Anthropic's
+/// `request-id`, AWS's `x-amzn-requestid`, OpenAI's (and Google's) `x-request-id`.
+async fn with_request_id(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let name = match request.uri().path() {
+        "/v1/messages" => "request-id",
+        path if path.starts_with("/model/") => "x-amzn-requestid",
+        _ => "x-request-id",
+    };
+    let mut response = next.run(request).await;
+    if let Ok(value) = header::HeaderValue::from_str(&random_id("req_mock_")) {
+        response.headers_mut().insert(name, value);
+    }
+    response
 }
 
 async fn list_requests(State(state): State<Arc<MockState>>) -> Response {
@@ -422,6 +443,7 @@ async fn answer(
         model: model.clone(),
         stream: raw["stream"].as_bool().unwrap_or(false),
         body: raw,
+        traceparent: cloud::header(&headers, "traceparent"),
     });
     if surface == Surface::Anthropic && anthropic_version.is_none() {
         return surface.error_response(

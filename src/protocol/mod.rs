@@ -51,6 +51,16 @@ pub struct ChatRequest {
     pub stream: bool,
     /// OpenAI `stream_options.include_usage`: the client wants a final usage chunk.
     pub include_usage: bool,
+    /// The client's W3C trace context, forwarded to every attempt; never part of the
+    /// cache key.
+    pub trace_context: Option<TraceContext>,
+}
+
+/// The `traceparent` and `tracestate` headers of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    pub traceparent: String,
+    pub tracestate: Option<String>,
 }
 
 /// Every request parameter that changes what the model answers.

@@ -259,6 +259,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
         include_usage: wire
             .stream_options
             .is_some_and(|options| options.include_usage == Some(true)),
+        trace_context: None,
     })
 }
 

@@ -142,9 +142,17 @@ fn earliest(deadlines: &[(Instant, &'static str)]) -> (Instant, &'static str) {
         .unwrap_or((Instant::now(), "timeout_total"))
 }
 
+/// The response headers providers put their own request id in, first match wins:
+/// Anthropic's `request-id`, OpenAI's `x-request-id`, AWS's `x-amzn-requestid`.
+const UPSTREAM_REQUEST_ID_HEADERS: [&str; 3] = ["request-id", "x-request-id", "x-amzn-requestid"];
+
+/// The longest upstream request id relayed; longer ones are not ids.
+const MAX_UPSTREAM_REQUEST_ID: usize = 200;
+
 /// Make one call to `target` with key `key_index`. `commit_deadline` is the request's
 /// own deadline: no answer is committed after it (see `server.request_timeout`).
-/// `first_content` is marked when the answer's first content event arrives.
+/// `first_content` is marked when the answer's first content event arrives;
+/// `upstream_request_id` gets the provider's request id once its response head is in.
 pub async fn attempt(
     provider: &Provider,
     target: &Target,
@@ -152,6 +160,7 @@ pub async fn attempt(
     request: &ChatRequest,
     commit_deadline: Instant,
     first_content: &FirstContent,
+    upstream_request_id: &mut Option<String>,
 ) -> Result<UpstreamAnswer, AttemptFailure> {
     first_content.reset();
     let timeouts = provider.config.timeouts;
@@ -187,6 +196,12 @@ pub async fn attempt(
         );
     if streamed {
         builder = builder.header(reqwest::header::ACCEPT, provider.surface.stream_accept());
+    }
+    if let Some(trace) = &request.trace_context {
+        builder = builder.header("traceparent", trace.traceparent.as_str());
+        if let Some(state) = &trace.tracestate {
+            builder = builder.header("tracestate", state.as_str());
+        }
     }
     let mut upstream_request = builder
         .build()
@@ -233,6 +248,10 @@ pub async fn attempt(
         Ok(Ok(response)) => response,
     };
 
+    *upstream_request_id = UPSTREAM_REQUEST_ID_HEADERS.iter().find_map(|name| {
+        let value = response.headers().get(*name)?.to_str().ok()?.trim();
+        (!value.is_empty() && value.len() <= MAX_UPSTREAM_REQUEST_ID).then(|| value.to_string())
+    });
     let status = response.status();
     if !status.is_success() {
         let retry_after = retry_after(response.headers());

@@ -58,6 +58,10 @@ pub struct AttemptRecord {
     /// True for attempts a hedge made (the rest of the chain, started early).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub hedge: bool,
+    /// The provider's own id of the request (`request-id`, `x-request-id`,
+    /// `x-amzn-requestid`), for a support ticket with the provider.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_request_id: Option<String>,
 }
 
 pub enum ChainOutcome {
@@ -152,6 +156,7 @@ impl AttemptLog {
                 target: target.label.clone(),
                 outcome: IN_FLIGHT.to_string(),
                 hedge,
+                upstream_request_id: None,
             });
             records.len() - 1
         })
@@ -164,6 +169,17 @@ impl AttemptLog {
             self.with(|records| {
                 if let Some(record) = records.get_mut(slot) {
                     record.outcome = outcome;
+                }
+            });
+        }
+    }
+
+    /// The provider's request id of the attempt in `slot`.
+    fn note_upstream_id(&self, slot: Option<usize>, id: Option<String>) {
+        if let (Some(slot), Some(id)) = (slot, id) {
+            self.with(|records| {
+                if let Some(record) = records.get_mut(slot) {
+                    record.upstream_request_id = Some(id);
                 }
             });
         }
@@ -611,6 +627,7 @@ impl Walker<'_> {
                 return TargetResult::GaveUp;
             }
             let slot = log.begin(target, hedge);
+            let mut upstream_request_id = None;
             let attempted = attempt(
                 provider,
                 target,
@@ -618,8 +635,10 @@ impl Walker<'_> {
                 self.request,
                 self.deadline,
                 first_content,
+                &mut upstream_request_id,
             )
             .await;
+            log.note_upstream_id(slot, upstream_request_id);
             let failure = match attempted {
                 Ok(answer) => {
                     log.end(slot, metrics, target, "ok".to_string());

@@ -305,6 +305,7 @@ impl QualityJudge {
             request,
             deadline,
             &first_content,
+            &mut None,
         )
         .await
         {
@@ -391,6 +392,7 @@ fn judge_request(model: &str, sample: &Sample) -> ChatRequest {
         },
         stream: false,
         include_usage: false,
+        trace_context: None,
     }
 }
 

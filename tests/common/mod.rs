@@ -268,6 +268,20 @@ impl Reply {
             .unwrap_or("")
     }
 
+    /// The body's `airbag.attempts` without the providers' request ids (random per
+    /// response), so a test can compare them whole.
+    pub fn attempts(&self) -> Value {
+        let mut attempts = self.json()["airbag"]["attempts"].clone();
+        if let Some(list) = attempts.as_array_mut() {
+            for attempt in list {
+                if let Some(fields) = attempt.as_object_mut() {
+                    fields.remove("upstream_request_id");
+                }
+            }
+        }
+        attempts
+    }
+
     pub fn served_by(&self) -> &str {
         self.header("x-airbag-served-by")
     }

@@ -130,16 +130,27 @@ def check_tag_headers(what: str, headers: Any, route: dict) -> None:
     )
 
 
+def without_upstream_ids(attempts: Any) -> Any:
+    """The attempts list without the providers' request ids, which differ per call."""
+    if not isinstance(attempts, list):
+        return attempts
+    return [
+        {key: value for key, value in attempt.items() if key != "upstream_request_id"}
+        for attempt in attempts
+    ]
+
+
 def check_tag_body(what: str, extra: dict, route: dict) -> None:
     tag = extra.get("airbag")
     expect_true(f"{what}: the body carries an `airbag` object", isinstance(tag, dict), extra)
     expect(f"{what} airbag.rung", tag.get("rung"), "provider")
     expect(f"{what} airbag.served_by", tag.get("served_by"), route["served_by"])
     expect(f"{what} airbag.fallback_depth", tag.get("fallback_depth"), route["depth"])
+    attempts = without_upstream_ids(tag.get("attempts"))
     expect_true(
         f"{what} airbag.attempts is one of {attempt_lists(route)}",
-        tag.get("attempts") in attempt_lists(route),
-        tag.get("attempts"),
+        attempts in attempt_lists(route),
+        attempts,
     )
 
 
