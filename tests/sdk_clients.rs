@@ -175,20 +175,7 @@ async fn the_official_python_sdks_work_through_the_gateway() {
         "no-such-model".to_string(),
     ];
 
-    let output = run_clients(python, args).await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the SDK script failed ({}):\n{stderr}\nstdout: {stdout}",
-        output.status
-    );
-    println!("{stderr}");
-    let summary: Value = stdout
-        .lines()
-        .last()
-        .and_then(|line| serde_json::from_str(line).ok())
-        .unwrap_or_else(|| panic!("the script's last line is a JSON summary: {stdout}"));
+    let summary = run_summary(python, args).await;
     assert_eq!(summary["failed"], json!([]), "{summary}");
     // 9 scenarios for each of 4 routes, 2 SDKs for each of 2 broken routes, then
     // 2 unknown-model, 2 wrong-key and 2 listing checks.
@@ -292,16 +279,8 @@ async fn the_official_python_sdks_work_through_the_gateway() {
     }
 }
 
-/// Runs the script over `routes` and returns its summary, failing on any mismatch.
-async fn run_summary(python: String, gateway: &TestGateway, routes: &Value) -> Value {
-    let args = vec![
-        "--gateway".to_string(),
-        gateway.url(""),
-        "--key".to_string(),
-        CLIENT_KEY.to_string(),
-        "--routes".to_string(),
-        routes.to_string(),
-    ];
+/// Runs the script with `args` and returns its summary line; a failed run fails the test.
+async fn run_summary(python: String, args: Vec<String>) -> Value {
     let output = run_clients(python, args).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -397,7 +376,15 @@ async fn the_official_python_sdks_reach_claude_on_bedrock_and_vertex() {
             ],
         },
     ]);
-    let summary = run_summary(python, &gateway, &routes).await;
+    let args = vec![
+        "--gateway".to_string(),
+        gateway.url(""),
+        "--key".to_string(),
+        CLIENT_KEY.to_string(),
+        "--routes".to_string(),
+        routes.to_string(),
+    ];
+    let summary = run_summary(python, args).await;
     assert_eq!(summary["failed"], json!([]), "{summary}");
     assert_eq!(summary["passed"], 9 * 3 + 4, "{summary}");
     let sent = |model: &str| summary["requests_per_route"][model].as_u64().unwrap_or(0) as usize;

@@ -203,6 +203,40 @@ pub(super) fn wrong_kind_fields(path: &str, config: &ProviderConfig) -> Vec<Stri
         .collect()
 }
 
+/// A cloud surface takes exactly one kind of credential: its own (`own_field`, e.g.
+/// `aws`) or static `keys`. `add` says how to add one.
+pub(super) fn one_credential(
+    path: &str,
+    config: &ProviderConfig,
+    own_field: &str,
+    own_set: bool,
+    add: &str,
+) -> Option<String> {
+    match (own_set, !config.keys.is_empty()) {
+        (true, true) => Some(format!("{path}: has both {own_field} and keys; keep one")),
+        (false, false) => Some(format!("{path}: has no credentials; {add}")),
+        _ => None,
+    }
+}
+
+/// Every `models` id that does not `fit` the surface, named with an `example` of one.
+pub(super) fn model_id_problems(
+    path: &str,
+    config: &ProviderConfig,
+    fits: fn(&str) -> bool,
+    what: &str,
+    example: &str,
+) -> Vec<String> {
+    config
+        .models
+        .iter()
+        .filter(|(_, id)| !fits(id))
+        .map(|(model, id)| {
+            format!("{path}.models.\"{model}\": `{id}` is not {what}; write e.g. {example}")
+        })
+        .collect()
+}
+
 /// The provider's base URL, without a trailing slash, parsed.
 fn base_url(name: &str, base: &str) -> Result<String, String> {
     reqwest::Url::parse(base)

@@ -277,23 +277,20 @@ pub fn problems(path: &str, config: &ProviderConfig) -> Vec<String> {
         )),
         Some(_) => {}
     }
-    if config.aws.is_some() && !config.keys.is_empty() {
-        problems.push(format!(
-            "{path}: has both aws (SigV4) and keys (Bedrock API keys); keep one"
-        ));
-    }
-    if config.aws.is_none() && config.keys.is_empty() {
-        problems.push(format!(
-            "{path}: has no credentials; add [{path}.aws] with access_key_id and secret_access_key, or keys = [{{ key = \"env:BEDROCK_API_KEY\" }}]"
-        ));
-    }
-    for (model, id) in &config.models {
-        if !looks_like_model_id(id) {
-            problems.push(format!(
-                "{path}.models.\"{model}\": `{id}` is not a Bedrock model id; write e.g. \"anthropic.claude-sonnet-4-5-20250929-v1:0\" (or an inference profile \"us.anthropic…\", or an ARN)"
-            ));
-        }
-    }
+    problems.extend(super::one_credential(
+        path,
+        config,
+        "aws (SigV4)",
+        config.aws.is_some(),
+        &format!("add [{path}.aws] with access_key_id and secret_access_key, or keys = [{{ key = \"env:BEDROCK_API_KEY\" }}] (Bedrock API keys)"),
+    ));
+    problems.extend(super::model_id_problems(
+        path,
+        config,
+        looks_like_model_id,
+        "a Bedrock model id",
+        "\"anthropic.claude-sonnet-4-5-20250929-v1:0\" (or an inference profile \"us.anthropic…\", or an ARN)",
+    ));
     problems
 }
 

@@ -181,23 +181,20 @@ pub fn problems(path: &str, config: &ProviderConfig) -> Vec<String> {
             "{path}.project: is required for kind = \"vertex\"; write your Google Cloud project id"
         ));
     }
-    if config.service_account.is_some() && !config.keys.is_empty() {
-        problems.push(format!(
-            "{path}: has both service_account and keys (static tokens); keep one"
-        ));
-    }
-    if config.service_account.is_none() && config.keys.is_empty() {
-        problems.push(format!(
-            "{path}: has no credentials; set service_account = \"env:GOOGLE_APPLICATION_CREDENTIALS\" (a key file's path or its JSON)"
-        ));
-    }
-    for (model, id) in &config.models {
-        if !id.starts_with("claude") || id.contains(char::is_whitespace) {
-            problems.push(format!(
-                "{path}.models.\"{model}\": `{id}` is not a Vertex Claude model id; write e.g. \"claude-sonnet-4-5@20250929\""
-            ));
-        }
-    }
+    problems.extend(super::one_credential(
+        path,
+        config,
+        "service_account",
+        config.service_account.is_some(),
+        "set service_account = \"env:GOOGLE_APPLICATION_CREDENTIALS\" (a key file's path or its JSON), or keys = [{ key = \"env:VERTEX_TOKEN\" }] (static access tokens)",
+    ));
+    problems.extend(super::model_id_problems(
+        path,
+        config,
+        |id| id.starts_with("claude") && !id.contains(char::is_whitespace),
+        "a Vertex Claude model id",
+        "\"claude-sonnet-4-5@20250929\"",
+    ));
     problems
 }
 
