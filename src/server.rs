@@ -35,7 +35,8 @@ use crate::metrics::Metrics;
 use crate::protocol::{
     ChatRequest, EventStream, Protocol, TraceContext, anthropic, openai, replay_as_stream,
 };
-use crate::providers::{Provider, Routes};
+use crate::providers::count_tokens::Counted;
+use crate::providers::{AttemptRecord, Provider, Routes};
 
 /// How long a shutdown waits for in-flight requests.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -435,6 +436,7 @@ pub fn proxy_router(gateway: Arc<Gateway>) -> Router {
             "/v1/messages",
             post(|state, id, headers, body| chat(state, id, headers, body, Protocol::Anthropic)),
         )
+        .route("/v1/messages/count_tokens", post(count_tokens))
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))
         .route("/healthz", get(|| async { "ok" }))
@@ -1126,6 +1128,72 @@ fn sse_chunks(
 // Other proxy endpoints.
 
 /// The routes, in the OpenAI list shape, or Anthropic's when an Anthropic SDK asks.
+/// `POST /v1/messages/count_tokens`, forwarded to an Anthropic target of the route
+/// (`providers::count_tokens`); errors in Anthropic's shape.
+async fn count_tokens(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let counted = async {
+        gateway.tenant(&headers)?;
+        require_json(&headers)?;
+        let body = read_body(body, &headers, gateway.max_body, gateway.body_timeout).await?;
+        let request: Value =
+            crate::protocol::parse_json_body(&body).map_err(RequestError::InvalidBody)?;
+        let Some(model) = request.get("model").and_then(Value::as_str) else {
+            return Err(RequestError::InvalidBody(crate::protocol::InvalidBody::new(
+                "model",
+                "is required: the model (an airbag route) to count the tokens for",
+            )));
+        };
+        let Some(route) = gateway.routes.find(model) else {
+            return Err(RequestError::UnknownModel {
+                model: model.to_string(),
+                known: gateway.routes.iter().map(|route| route.model.clone()).collect(),
+            });
+        };
+        match crate::providers::count_tokens::count_tokens(route, &request).await {
+            Counted::Answered {
+                status,
+                body,
+                target,
+            } => {
+                let mut response = Response::builder()
+                    .status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY))
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(body))
+                    .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+                if let Ok(value) = HeaderValue::from_str(&format!("provider:{target}")) {
+                    response.headers_mut().insert("x-airbag-served-by", value);
+                }
+                Ok(response)
+            }
+            Counted::NoTarget => Err(RequestError::InvalidBody(crate::protocol::InvalidBody::new(
+                "model",
+                format!(
+                    "route `{}` has no target that counts tokens (kind = \"anthropic\"); add one to its chain",
+                    route.model
+                ),
+            ))),
+            Counted::Failed(failures) => Err(RequestError::AllTargetsFailed {
+                route: route.model.clone(),
+                attempts: failures
+                    .into_iter()
+                    .map(|(target, outcome)| AttemptRecord {
+                        target,
+                        outcome,
+                        hedge: false,
+                        upstream_request_id: None,
+                    })
+                    .collect(),
+            }),
+        }
+    }
+    .await;
+    counted.unwrap_or_else(|error| error_response(&error, Protocol::Anthropic))
+}
+
 /// The client's W3C trace context, when its `traceparent` is one (55 visible characters,
 /// `version-traceid-parentid-flags`), to forward to the providers.
 fn trace_context(headers: &HeaderMap) -> Option<TraceContext> {

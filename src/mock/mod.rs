@@ -354,6 +354,7 @@ fn router(state: Arc<MockState>) -> Router {
             "/v1/messages",
             post(|state, headers, body| answer(state, headers, body, Surface::Anthropic)),
         )
+        .route("/v1/messages/count_tokens", post(count_tokens))
         .route("/model/{model}/{action}", post(cloud::bedrock))
         .route(
             "/v1/projects/{project}/locations/{region}/publishers/anthropic/models/{call}",
@@ -383,6 +384,41 @@ async fn with_request_id(
         response.headers_mut().insert(name, value);
     }
     response
+}
+
+/// `POST /v1/messages/count_tokens`: the words of the request, as its input tokens.
+async fn count_tokens(
+    State(state): State<Arc<MockState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let key = cloud::header(&headers, "x-api-key");
+    let raw: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    state.record(ReceivedRequest {
+        path: "/v1/messages/count_tokens".to_string(),
+        key: key.clone(),
+        anthropic_version: cloud::header(&headers, "anthropic-version"),
+        model: raw["model"].as_str().unwrap_or_default().to_string(),
+        stream: false,
+        body: raw,
+        traceparent: cloud::header(&headers, "traceparent"),
+    });
+    if let Some(valid) = &state.options.valid_keys
+        && !key.as_ref().is_some_and(|key| valid.contains(key))
+    {
+        return Surface::Anthropic.error_response(401, "invalid x-api-key", "authentication_error");
+    }
+    match anthropic::parse_request(&body) {
+        Ok(request) => {
+            let reply = reply_for(&state.options.name, &request);
+            axum::Json(json!({"input_tokens": reply.usage.input_tokens})).into_response()
+        }
+        Err(invalid) => Surface::Anthropic.error_response(
+            400,
+            &format!("{}: {}", invalid.field, invalid.message),
+            "invalid_request_error",
+        ),
+    }
 }
 
 async fn list_requests(State(state): State<Arc<MockState>>) -> Response {

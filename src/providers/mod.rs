@@ -11,6 +11,7 @@ pub mod attempt;
 pub mod breaker;
 pub mod chain;
 pub mod classify;
+pub mod count_tokens;
 pub mod faults;
 pub mod hedge;
 pub mod keys;

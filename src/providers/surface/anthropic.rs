@@ -14,6 +14,7 @@ const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 pub struct AnthropicSurface {
     endpoint: reqwest::Url,
+    count_tokens: reqwest::Url,
     default_max_tokens: u32,
 }
 
@@ -22,6 +23,7 @@ impl AnthropicSurface {
         let base = super::base_url(name, config.base_url.as_deref().unwrap_or_default())?;
         Ok(AnthropicSurface {
             endpoint: super::join(name, &base, "messages")?,
+            count_tokens: super::join(name, &base, "messages/count_tokens")?,
             default_max_tokens: config.default_max_tokens,
         })
     }
@@ -56,6 +58,10 @@ impl Surface for AnthropicSurface {
 
     fn break_credentials(&self, request: &mut reqwest::Request) {
         super::set_header(request, "x-api-key", BROKEN_KEY);
+    }
+
+    fn count_tokens_endpoint(&self) -> Option<reqwest::Url> {
+        Some(self.count_tokens.clone())
     }
 
     fn stream_decoder(&self) -> Box<dyn StreamDecoder> {

@@ -68,6 +68,12 @@ pub trait Surface: Send + Sync {
         false
     }
 
+    /// Where `POST /v1/messages/count_tokens` goes on this surface; None when it has no
+    /// such endpoint in the Messages dialect.
+    fn count_tokens_endpoint(&self) -> Option<reqwest::Url> {
+        None
+    }
+
     /// A decoder for one streamed answer.
     fn stream_decoder(&self) -> Box<dyn StreamDecoder>;
 

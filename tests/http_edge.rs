@@ -1,5 +1,6 @@
-//! Request ids, trace context, CORS and the JSON 404s, as a client and a browser see
-//! them through HTTP.
+//! Request ids, trace context, CORS, the JSON 404s and the endpoints besides chat
+//! (`/v1/models/{id}`, `/v1/messages/count_tokens`), as a client and a browser see them
+//! through HTTP.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -243,6 +244,50 @@ async fn gateway_without_cors() -> (
     airbag::mock::MockProvider,
 ) {
     gateway("").await
+}
+
+#[tokio::test]
+async fn count_tokens_goes_to_an_anthropic_target_of_the_route() {
+    let (gateway, openai_upstream, anthropic_upstream) = gateway("").await;
+    let body = serde_json::json!({
+        "model": "claude-x",
+        "system": "be brief",
+        "messages": [{"role": "user", "content": "one two three"}],
+    });
+    let reply = gateway
+        .post(
+            "/v1/messages/count_tokens",
+            body.clone(),
+            &[("anthropic-version", "2023-06-01")],
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.json()["input_tokens"], 5, "{}", reply.text);
+    assert_eq!(reply.served_by(), "provider:ant/claude-mock");
+    let received = anthropic_upstream.requests();
+    assert_eq!(received[0].path, "/v1/messages/count_tokens");
+    assert_eq!(received[0].model, "claude-mock", "the target's model");
+
+    // A route with only an OpenAI target cannot count: a 400 naming the field.
+    let reply = gateway
+        .post(
+            "/v1/messages/count_tokens",
+            serde_json::json!({"model": "gpt", "messages": []}),
+            &[],
+        )
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    assert!(reply.text.contains("model"), "{}", reply.text);
+    assert_eq!(openai_upstream.request_count(), 0);
+    let reply = gateway
+        .post(
+            "/v1/messages/count_tokens",
+            serde_json::json!({"model": "nope"}),
+            &[],
+        )
+        .await;
+    assert_eq!(reply.status, 404);
+    assert_eq!(reply.json()["type"], "error");
 }
 
 #[test]
