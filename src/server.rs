@@ -542,6 +542,7 @@ async fn serve_chat(
     .map_err(RequestError::InvalidBody)?;
     let request = ChatRequest {
         trace_context: trace_context(headers),
+        anthropic_beta: anthropic_beta(headers),
         ..request
     };
     tracing::Span::current().record("model", request.model.as_str());
@@ -1192,6 +1193,19 @@ async fn count_tokens(
     }
     .await;
     counted.unwrap_or_else(|error| error_response(&error, Protocol::Anthropic))
+}
+
+/// The beta features of `anthropic-beta` (comma-separated, any number of headers).
+fn anthropic_beta(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all("anthropic-beta")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|beta| !beta.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// The client's W3C trace context, when its `traceparent` is one (55 visible characters,

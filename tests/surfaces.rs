@@ -533,3 +533,74 @@ fn check_config_names_what_each_surface_is_missing() {
         );
     }
 }
+
+#[tokio::test]
+async fn anthropic_betas_reach_each_surface_its_own_way() {
+    let surfaces = start_surfaces(Setup::default()).await;
+    let ask = || {
+        surfaces.gateway.post(
+            "/v1/messages",
+            anthropic_chat(ROUTE, "with betas"),
+            &[
+                ("anthropic-version", "2023-06-01"),
+                (
+                    "anthropic-beta",
+                    "context-1m-2025-08-07, files-api-2025-04-14",
+                ),
+            ],
+        )
+    };
+    let betas = "context-1m-2025-08-07,files-api-2025-04-14";
+
+    down(&surfaces.bedrock);
+    let reply = ask().await;
+    assert_eq!(
+        reply.served_by(),
+        served_by(ANTHROPIC_TARGET),
+        "{}",
+        reply.text
+    );
+    let received = surfaces.anthropic.requests();
+    assert_eq!(
+        received.last().unwrap().anthropic_beta.as_deref(),
+        Some(betas)
+    );
+
+    surfaces.bedrock.set_faults(Vec::new());
+    down(&surfaces.anthropic);
+    let reply = ask().await;
+    assert_eq!(
+        reply.served_by(),
+        served_by(BEDROCK_TARGET),
+        "{}",
+        reply.text
+    );
+    let received = surfaces.bedrock.requests();
+    assert_eq!(
+        received.last().unwrap().body["anthropic_beta"],
+        json!(["context-1m-2025-08-07", "files-api-2025-04-14"]),
+        "Bedrock reads betas from the body"
+    );
+
+    down(&surfaces.bedrock);
+    let reply = ask().await;
+    assert_eq!(
+        reply.served_by(),
+        served_by(VERTEX_TARGET),
+        "{}",
+        reply.text
+    );
+    let received = surfaces.vertex.mock.requests();
+    assert_eq!(
+        received.last().unwrap().anthropic_beta.as_deref(),
+        Some(betas)
+    );
+    assert!(
+        received
+            .last()
+            .unwrap()
+            .body
+            .get("anthropic_beta")
+            .is_none()
+    );
+}

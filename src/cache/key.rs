@@ -80,6 +80,7 @@ pub fn keys(scope: &Scope, request: &ChatRequest) -> CacheKeys {
         include_usage: _,
         // Which trace the request belongs to, not what it asks.
         trace_context: _,
+        anthropic_beta,
     } = request;
     let mut exact = Canon::new("airbag.exact.v1");
     let mut context = Canon::new("airbag.context.v1");
@@ -95,6 +96,10 @@ pub fn keys(scope: &Scope, request: &ChatRequest) -> CacheKeys {
         canon.tools(tools);
         canon.tool_choice(tool_choice.as_ref());
         canon.params(params);
+        // Only requests with betas carry them, so other keys stay as they were.
+        if !anthropic_beta.is_empty() {
+            canon.str("anthropic_beta", &anthropic_beta.join(","));
+        }
     }
     exact.messages(messages);
     // The context is every message but the text of the last user message; its other
@@ -436,6 +441,28 @@ mod tests {
         }
         assert_ne!(keys_of(base(), "other-tenant").exact, reference.exact);
         assert_ne!(keys_of(base(), "other-tenant").context, reference.context);
+    }
+
+    #[test]
+    fn anthropic_betas_change_the_key_and_trace_context_does_not() {
+        let scope = scope("acme");
+        let plain = parse_request(base().to_string().as_bytes()).unwrap();
+        let reference = keys(&scope, &plain);
+        let with_beta = crate::protocol::ChatRequest {
+            anthropic_beta: vec!["context-1m-2025-08-07".to_string()],
+            ..plain.clone()
+        };
+        let changed = keys(&scope, &with_beta);
+        assert_ne!(changed.exact, reference.exact);
+        assert_ne!(changed.context, reference.context);
+        let traced = crate::protocol::ChatRequest {
+            trace_context: Some(crate::protocol::TraceContext {
+                traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_string(),
+                tracestate: None,
+            }),
+            ..plain
+        };
+        assert_eq!(keys(&scope, &traced).exact, reference.exact);
     }
 
     #[test]

@@ -256,6 +256,7 @@ pub(super) async fn bedrock(
         stream,
         body: raw.clone(),
         traceparent: header(&headers, "traceparent"),
+        anthropic_beta: header(&headers, "anthropic-beta"),
     });
     match cloud_body(raw, &model, stream, "bedrock-2023-05-31") {
         Ok(body) => serve(state, surface, key, model, &body).await,
@@ -297,6 +298,7 @@ pub(super) async fn vertex(
         stream,
         body: raw.clone(),
         traceparent: header(&headers, "traceparent"),
+        anthropic_beta: header(&headers, "anthropic-beta"),
     });
     if raw["stream"].as_bool().unwrap_or(false) != stream {
         return google_error(400, "`stream` in the body does not match the method");

@@ -164,6 +164,8 @@ pub struct ReceivedRequest {
     pub body: Value,
     /// The W3C `traceparent` header, when one was sent.
     pub traceparent: Option<String>,
+    /// The `anthropic-beta` header, when one was sent.
+    pub anthropic_beta: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -402,6 +404,7 @@ async fn count_tokens(
         stream: false,
         body: raw,
         traceparent: cloud::header(&headers, "traceparent"),
+        anthropic_beta: cloud::header(&headers, "anthropic-beta"),
     });
     if let Some(valid) = &state.options.valid_keys
         && !key.as_ref().is_some_and(|key| valid.contains(key))
@@ -480,6 +483,7 @@ async fn answer(
         stream: raw["stream"].as_bool().unwrap_or(false),
         body: raw,
         traceparent: cloud::header(&headers, "traceparent"),
+        anthropic_beta: cloud::header(&headers, "anthropic-beta"),
     });
     if surface == Surface::Anthropic && anthropic_version.is_none() {
         return surface.error_response(

@@ -214,6 +214,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
         stream: wire.stream.unwrap_or(false),
         include_usage: true,
         trace_context: None,
+        anthropic_beta: Vec::new(),
     })
 }
 

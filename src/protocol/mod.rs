@@ -54,6 +54,10 @@ pub struct ChatRequest {
     /// The client's W3C trace context, forwarded to every attempt; never part of the
     /// cache key.
     pub trace_context: Option<TraceContext>,
+    /// Anthropic beta features the client turned on (`anthropic-beta`), sent to every
+    /// Anthropic-dialect target (a header; Bedrock's `anthropic_beta` body field). They
+    /// can change the answer, so they are part of the cache key.
+    pub anthropic_beta: Vec<String>,
 }
 
 /// The `traceparent` and `tracestate` headers of a request.

@@ -260,6 +260,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
             .stream_options
             .is_some_and(|options| options.include_usage == Some(true)),
         trace_context: None,
+        anthropic_beta: Vec::new(),
     })
 }
 

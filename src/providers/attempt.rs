@@ -197,6 +197,9 @@ pub async fn attempt(
     if streamed {
         builder = builder.header(reqwest::header::ACCEPT, provider.surface.stream_accept());
     }
+    for (name, value) in provider.surface.request_headers(request) {
+        builder = builder.header(name, value);
+    }
     if let Some(trace) = &request.trace_context {
         builder = builder.header("traceparent", trace.traceparent.as_str());
         if let Some(state) = &trace.tracestate {

@@ -393,6 +393,7 @@ fn judge_request(model: &str, sample: &Sample) -> ChatRequest {
         stream: false,
         include_usage: false,
         trace_context: None,
+        anthropic_beta: Vec::new(),
     }
 }
 

@@ -44,6 +44,10 @@ impl Surface for AnthropicSurface {
             .into_bytes()
     }
 
+    fn request_headers(&self, request: &ChatRequest) -> Vec<(&'static str, String)> {
+        beta_header(request)
+    }
+
     fn authorize<'a>(
         &'a self,
         request: &'a mut reqwest::Request,
@@ -77,26 +81,50 @@ impl Surface for AnthropicSurface {
     }
 }
 
+/// `anthropic-beta` with the request's betas, when it has any.
+pub fn beta_header(request: &ChatRequest) -> Vec<(&'static str, String)> {
+    if request.anthropic_beta.is_empty() {
+        Vec::new()
+    } else {
+        vec![("anthropic-beta", request.anthropic_beta.join(","))]
+    }
+}
+
+/// How a cloud surface differs from Anthropic's own Messages body.
+pub struct CloudDialect {
+    /// Its `anthropic_version`, sent in the body.
+    pub anthropic_version: &'static str,
+    /// Whether it reads `stream` from the body (Vertex) or from the endpoint (Bedrock).
+    pub stream_field: bool,
+    /// Whether it reads beta features from the body's `anthropic_beta` (Bedrock) rather
+    /// than from the `anthropic-beta` header (Vertex).
+    pub betas_in_body: bool,
+}
+
 /// The Anthropic body for a cloud surface that takes the model in its URL: no `model`,
-/// the surface's `anthropic_version` in the body, and `stream` only where the surface
-/// reads it (Vertex does, Bedrock picks the stream by its endpoint).
+/// and the surface's differences ([`CloudDialect`]).
 pub fn cloud_body(
     request: &ChatRequest,
     default_max_tokens: u32,
     stream: bool,
-    anthropic_version: &str,
-    keep_stream_field: bool,
+    dialect: &CloudDialect,
 ) -> Vec<u8> {
     let mut body = anthropic::upstream_body(request, "", default_max_tokens, stream);
     if let Some(fields) = body.as_object_mut() {
         fields.remove("model");
-        if !keep_stream_field {
+        if !dialect.stream_field {
             fields.remove("stream");
         }
         fields.insert(
             "anthropic_version".to_string(),
-            Value::String(anthropic_version.to_string()),
+            Value::String(dialect.anthropic_version.to_string()),
         );
+        if dialect.betas_in_body && !request.anthropic_beta.is_empty() {
+            fields.insert(
+                "anthropic_beta".to_string(),
+                Value::from(request.anthropic_beta.clone()),
+            );
+        }
     }
     body.to_string().into_bytes()
 }

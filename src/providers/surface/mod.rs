@@ -44,6 +44,11 @@ pub trait Surface: Send + Sync {
     /// The request body for the provider's model id.
     fn body(&self, request: &ChatRequest, model: &str, stream: bool) -> Vec<u8>;
 
+    /// Headers the request asks for beyond the body and credentials (`anthropic-beta`).
+    fn request_headers(&self, _request: &ChatRequest) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
     /// The `accept` header of a streamed attempt.
     fn stream_accept(&self) -> &'static str {
         "text/event-stream"

@@ -13,6 +13,7 @@ use std::time::SystemTime;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value;
 
+use super::anthropic::CloudDialect;
 use super::{BoxFuture, StreamDecoder, Surface};
 use crate::config::{Env, ProviderConfig};
 use crate::protocol::{ChatRequest, ChatResponse, Protocol, anthropic};
@@ -21,7 +22,11 @@ use crate::providers::classify::ErrorClass;
 use crate::providers::faults::BROKEN_KEY;
 use sigv4::{AwsCredentials, Signable};
 
-const ANTHROPIC_VERSION: &str = "bedrock-2023-05-31";
+const DIALECT: CloudDialect = CloudDialect {
+    anthropic_version: "bedrock-2023-05-31",
+    stream_field: false,
+    betas_in_body: true,
+};
 
 /// The SigV4 service name of the Bedrock runtime.
 pub const SIGNING_SERVICE: &str = "bedrock";
@@ -109,13 +114,7 @@ impl Surface for BedrockSurface {
     }
 
     fn body(&self, request: &ChatRequest, _model: &str, stream: bool) -> Vec<u8> {
-        super::anthropic::cloud_body(
-            request,
-            self.default_max_tokens,
-            stream,
-            ANTHROPIC_VERSION,
-            false,
-        )
+        super::anthropic::cloud_body(request, self.default_max_tokens, stream, &DIALECT)
     }
 
     fn stream_accept(&self) -> &'static str {

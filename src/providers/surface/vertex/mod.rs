@@ -9,6 +9,7 @@ pub mod token;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value;
 
+use super::anthropic::CloudDialect;
 use super::sse_framed::SseFramed;
 use super::{BoxFuture, StreamDecoder, Surface};
 use crate::config::{Env, ProviderConfig};
@@ -17,7 +18,11 @@ use crate::providers::attempt::AttemptFailure;
 use crate::providers::faults::BROKEN_KEY;
 use token::{ServiceAccount, TokenSource};
 
-const ANTHROPIC_VERSION: &str = "vertex-2023-10-16";
+const DIALECT: CloudDialect = CloudDialect {
+    anthropic_version: "vertex-2023-10-16",
+    stream_field: true,
+    betas_in_body: false,
+};
 
 /// Model ids keep `@` (`claude-sonnet-4-5@20250929`); anything else outside RFC 3986's
 /// unreserved characters is encoded.
@@ -113,13 +118,11 @@ impl Surface for VertexSurface {
     }
 
     fn body(&self, request: &ChatRequest, _model: &str, stream: bool) -> Vec<u8> {
-        super::anthropic::cloud_body(
-            request,
-            self.default_max_tokens,
-            stream,
-            ANTHROPIC_VERSION,
-            true,
-        )
+        super::anthropic::cloud_body(request, self.default_max_tokens, stream, &DIALECT)
+    }
+
+    fn request_headers(&self, request: &ChatRequest) -> Vec<(&'static str, String)> {
+        super::anthropic::beta_header(request)
     }
 
     fn authorize<'a>(
