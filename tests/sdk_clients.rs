@@ -229,21 +229,44 @@ async fn the_official_python_sdks_work_through_the_gateway() {
     );
 
     // Anthropic refuses empty text blocks; an OpenAI client's assembled tool-call turn
-    // (`content: ""`) must not turn into one. Thinking blocks sent back are dropped.
+    // (`content: ""`) must not turn into one. An Anthropic client's thinking history
+    // reaches an Anthropic target exactly as sent (same protocol: lossless); nothing
+    // else carries thinking blocks upstream.
     for request in &anthropic_received {
+        let thinking_history = request
+            .body
+            .to_string()
+            .contains("anthropic after thinking");
         for message in request.body["messages"].as_array().expect("messages") {
-            for block in message["content"].as_array().expect("content blocks") {
+            let Some(blocks) = message["content"].as_array() else {
+                assert!(message["content"].is_string(), "{}", request.body);
+                continue;
+            };
+            for block in blocks {
                 assert!(
                     block["type"] != "text" || block["text"] != "",
                     "an empty text block went upstream: {}",
                     request.body
                 );
-                assert!(
-                    !block["type"].as_str().unwrap_or("").contains("thinking"),
-                    "a thinking block went upstream: {}",
-                    request.body
-                );
+                if block["type"] == "thinking" || block["type"] == "redacted_thinking" {
+                    assert!(
+                        thinking_history,
+                        "a thinking block went upstream: {}",
+                        request.body
+                    );
+                }
             }
+        }
+        if thinking_history {
+            assert_eq!(
+                request.body["messages"][1]["content"],
+                json!([
+                    {"type": "thinking", "thinking": "Let me think.", "signature": "c2lnbmF0dXJl"},
+                    {"type": "redacted_thinking", "data": "b3BhcXVl"},
+                    {"type": "text", "text": "first answer"},
+                ]),
+                "the thinking history reached the Anthropic target unchanged"
+            );
         }
     }
 

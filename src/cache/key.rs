@@ -9,7 +9,8 @@
 use serde_json::Value;
 
 use crate::protocol::{
-    ChatRequest, Image, Message, OutputParams, Part, Role, Tool, ToolChoice, last_user_text,
+    ChatRequest, Image, Message, OutputParams, Part, Passthrough, Protocol, Role, Tool, ToolChoice,
+    last_user_text,
 };
 
 /// Whose entry it is: a tenant (from the client key), an optional namespace within it,
@@ -66,6 +67,60 @@ pub fn hex(bytes: &[u8; 32]) -> String {
     blake3::Hash::from_bytes(*bytes).to_hex().to_string()
 }
 
+/// Top-level fields the neutral type reads (they are keyed through it) or that cannot
+/// change the answer (delivery, billing, bookkeeping), per protocol.
+const NOT_EXTRA_OPENAI: &[&str] = &[
+    "model",
+    "messages",
+    "tools",
+    "tool_choice",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "max_completion_tokens",
+    "stop",
+    "seed",
+    "response_format",
+    "stream",
+    "stream_options",
+    "user",
+    "metadata",
+    "store",
+    "service_tier",
+    "prompt_cache_key",
+    "safety_identifier",
+];
+const NOT_EXTRA_ANTHROPIC: &[&str] = &[
+    "model",
+    "messages",
+    "system",
+    "tools",
+    "tool_choice",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "stop_sequences",
+    "stream",
+    "metadata",
+    "service_tier",
+];
+
+/// The sent fields outside the neutral type that can change the answer, by name.
+fn answer_changing_extras(passthrough: &Passthrough) -> Vec<(&str, &Value)> {
+    let skip = match passthrough.protocol {
+        Protocol::OpenAi => NOT_EXTRA_OPENAI,
+        Protocol::Anthropic => NOT_EXTRA_ANTHROPIC,
+    };
+    let mut extras: Vec<(&str, &Value)> = passthrough
+        .body
+        .iter()
+        .filter(|(name, _)| !skip.contains(&name.as_str()))
+        .map(|(name, value)| (name.as_str(), value))
+        .collect();
+    extras.sort_by_key(|(name, _)| *name);
+    extras
+}
+
 /// Both keys of a request within a scope.
 pub fn keys(scope: &Scope, request: &ChatRequest) -> CacheKeys {
     let ChatRequest {
@@ -81,6 +136,7 @@ pub fn keys(scope: &Scope, request: &ChatRequest) -> CacheKeys {
         // Which trace the request belongs to, not what it asks.
         trace_context: _,
         anthropic_beta,
+        passthrough,
     } = request;
     let mut exact = Canon::new("airbag.exact.v1");
     let mut context = Canon::new("airbag.context.v1");
@@ -99,6 +155,19 @@ pub fn keys(scope: &Scope, request: &ChatRequest) -> CacheKeys {
         // Only requests with betas carry them, so other keys stay as they were.
         if !anthropic_beta.is_empty() {
             canon.str("anthropic_beta", &anthropic_beta.join(","));
+        }
+        // Fields a same-protocol target gets as sent that the neutral type does not read
+        // (`logprobs`, `top_k`, `thinking`…): they change the answer. Only requests that
+        // carry some add them, so other keys stay as they were.
+        if let Some(passthrough) = passthrough {
+            let extra = answer_changing_extras(passthrough);
+            if !extra.is_empty() {
+                canon.tag("extra");
+                for (name, value) in extra {
+                    canon.str("field", name);
+                    canon.json(value);
+                }
+            }
         }
     }
     exact.messages(messages);
@@ -429,6 +498,19 @@ mod tests {
                 "model",
                 Box::new(|body| body["model"] = json!("chat-large")),
             ),
+            ("logprobs", Box::new(|body| body["logprobs"] = json!(true))),
+            (
+                "frequency_penalty",
+                Box::new(|body| body["frequency_penalty"] = json!(0.5)),
+            ),
+            (
+                "reasoning_effort",
+                Box::new(|body| body["reasoning_effort"] = json!("high")),
+            ),
+            (
+                "an unknown field",
+                Box::new(|body| body["verbosity"] = json!("low")),
+            ),
         ];
         for (what, change) in changes {
             let mut body = base();
@@ -441,6 +523,18 @@ mod tests {
         }
         assert_ne!(keys_of(base(), "other-tenant").exact, reference.exact);
         assert_ne!(keys_of(base(), "other-tenant").context, reference.context);
+    }
+
+    #[test]
+    fn bookkeeping_fields_keep_the_key() {
+        let reference = keys_of(base(), "acme");
+        let mut body = base();
+        body["user"] = json!("end-user-1");
+        body["metadata"] = json!({"feature": "search"});
+        body["store"] = json!(true);
+        body["service_tier"] = json!("flex");
+        body["stream_options"] = json!({"include_usage": true});
+        assert_eq!(keys_of(body, "acme").exact, reference.exact);
     }
 
     #[test]

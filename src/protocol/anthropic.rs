@@ -13,9 +13,9 @@ use serde_json::{Value, json};
 
 use super::checks::{self, Expect};
 use super::{
-    ChatRequest, ChatResponse, Image, InvalidBody, Message, OutputParams, Part, Role, StopReason,
-    StreamEvent, StreamFailure, TextOrParts, Tool, ToolCall, ToolChoice, ToolResult, Usage,
-    parse_request_body, random_id, require_model_and_messages, sse,
+    ChatRequest, ChatResponse, Image, InvalidBody, Message, OutputParams, Part, Passthrough,
+    Protocol, Role, StopReason, StreamEvent, StreamFailure, TextOrParts, Tool, ToolCall,
+    ToolChoice, ToolResult, Usage, parse_request_body, random_id, require_model_and_messages, sse,
 };
 use serde_json::Map;
 
@@ -157,7 +157,7 @@ fn check_request(object: &Map<String, Value>) -> Result<(), InvalidBody> {
 
 /// Parse an Anthropic Messages body. Errors name the JSON path at fault.
 pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
-    let wire: WireRequest = parse_request_body(body, check_request)?;
+    let (wire, raw): (WireRequest, _) = parse_request_body(body, check_request)?;
     require_model_and_messages(&wire.model, wire.messages.len())?;
     let messages = wire
         .messages
@@ -215,6 +215,10 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
         include_usage: true,
         trace_context: None,
         anthropic_beta: Vec::new(),
+        passthrough: Some(Passthrough {
+            protocol: Protocol::Anthropic,
+            body: std::sync::Arc::new(raw),
+        }),
     })
 }
 
@@ -459,6 +463,21 @@ pub fn upstream_body(
     default_max_tokens: u32,
     stream: bool,
 ) -> Value {
+    if let Some(sent) = request.passthrough_in(Protocol::Anthropic) {
+        // An Anthropic client's own body: every field and block as sent (cache_control,
+        // thinking, top_k, metadata, the system prompt's blocks…), with the target's
+        // model, airbag's choice of `stream`, and the `max_tokens` Anthropic requires.
+        let mut body = sent.clone();
+        body.insert("model".to_string(), json!(model));
+        if stream {
+            body.insert("stream".to_string(), json!(true));
+        } else {
+            body.remove("stream");
+        }
+        body.entry("max_tokens")
+            .or_insert_with(|| json!(request.params.max_tokens.unwrap_or(default_max_tokens)));
+        return Value::Object(body);
+    }
     let messages: Vec<Value> = request
         .messages
         .iter()

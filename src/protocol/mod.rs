@@ -58,6 +58,28 @@ pub struct ChatRequest {
     /// Anthropic-dialect target (a header; Bedrock's `anthropic_beta` body field). They
     /// can change the answer, so they are part of the cache key.
     pub anthropic_beta: Vec<String>,
+    /// The client's body as sent, for a target that speaks the client's protocol: it gets
+    /// every field and content block unchanged (airbag sets only the model, `stream` and
+    /// what the target needs), so nothing airbag does not read is lost. None for a request
+    /// airbag made or changed (a judge's, a resumed stream's).
+    pub passthrough: Option<Passthrough>,
+}
+
+/// The body a client sent, in its protocol.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Passthrough {
+    pub protocol: Protocol,
+    pub body: std::sync::Arc<serde_json::Map<String, Value>>,
+}
+
+impl ChatRequest {
+    /// The client's own body when it was sent in `protocol`.
+    pub fn passthrough_in(&self, protocol: Protocol) -> Option<&serde_json::Map<String, Value>> {
+        self.passthrough
+            .as_ref()
+            .filter(|passthrough| passthrough.protocol == protocol)
+            .map(|passthrough| passthrough.body.as_ref())
+    }
 }
 
 /// The `traceparent` and `tracestate` headers of a request.
@@ -373,18 +395,23 @@ pub fn parse_json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T,
 pub fn parse_request_body<T: serde::de::DeserializeOwned>(
     body: &[u8],
     checks: fn(&serde_json::Map<String, Value>) -> Result<(), InvalidBody>,
-) -> Result<T, InvalidBody> {
+) -> Result<(T, serde_json::Map<String, Value>), InvalidBody> {
     let value: Value = serde_json::from_slice(body).map_err(|error| {
         InvalidBody::new("body", format!("the body is not valid JSON: {error}"))
     })?;
-    let Value::Object(object) = &value else {
+    let Value::Object(object) = value else {
         return Err(InvalidBody::new(
             "body",
             "must be a JSON object with `model` and `messages`",
         ));
     };
-    checks(object)?;
-    serde_path_to_error::deserialize(value).map_err(named_error)
+    checks(&object)?;
+    let value = Value::Object(object);
+    let typed = serde_path_to_error::deserialize(&value).map_err(named_error)?;
+    match value {
+        Value::Object(object) => Ok((typed, object)),
+        _ => Ok((typed, serde_json::Map::new())),
+    }
 }
 
 /// A deserialisation error as the path of the field at fault and serde's message.

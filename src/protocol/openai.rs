@@ -10,9 +10,10 @@ use serde_json::{Value, json};
 
 use super::checks::{self, Expect};
 use super::{
-    ChatRequest, ChatResponse, Image, InvalidBody, Message, OutputParams, Part, Role, StopReason,
-    StreamEvent, StreamFailure, TextOrParts, Tool, ToolCall, ToolChoice, ToolResult, Usage,
-    parse_request_body, random_id, require_model_and_messages, sse, unix_now,
+    ChatRequest, ChatResponse, Image, InvalidBody, Message, OutputParams, Part, Passthrough,
+    Protocol, Role, StopReason, StreamEvent, StreamFailure, TextOrParts, Tool, ToolCall,
+    ToolChoice, ToolResult, Usage, parse_request_body, random_id, require_model_and_messages, sse,
+    unix_now,
 };
 use serde_json::Map;
 
@@ -175,7 +176,7 @@ fn check_request(object: &Map<String, Value>) -> Result<(), InvalidBody> {
 
 /// Parse an OpenAI Chat Completions body. Errors name the JSON path at fault.
 pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
-    let wire: WireRequest = parse_request_body(body, check_request)?;
+    let (wire, raw): (WireRequest, _) = parse_request_body(body, check_request)?;
     if wire.n.is_some_and(|n| n != 1) {
         return Err(InvalidBody::new("n", "only n=1 is supported"));
     }
@@ -261,6 +262,10 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
             .is_some_and(|options| options.include_usage == Some(true)),
         trace_context: None,
         anthropic_beta: Vec::new(),
+        passthrough: Some(Passthrough {
+            protocol: Protocol::OpenAi,
+            body: std::sync::Arc::new(raw),
+        }),
     })
 }
 
@@ -530,6 +535,9 @@ pub fn upstream_body(
     max_tokens_field: &str,
     stream: bool,
 ) -> Value {
+    if let Some(sent) = request.passthrough_in(Protocol::OpenAi) {
+        return same_protocol_body(sent, model, max_tokens_field, stream);
+    }
     let mut messages = Vec::new();
     if let Some(system) = &request.system {
         messages.push(json!({"role": "system", "content": system}));
@@ -588,6 +596,41 @@ pub fn upstream_body(
         };
     }
     body
+}
+
+/// An OpenAI client's own body for an OpenAI target: every field as sent, with the
+/// target's model, airbag's choice of `stream` (with usage asked for), and the output
+/// limit in the field the target takes.
+fn same_protocol_body(
+    sent: &serde_json::Map<String, Value>,
+    model: &str,
+    max_tokens_field: &str,
+    stream: bool,
+) -> Value {
+    let mut body = sent.clone();
+    body.insert("model".to_string(), json!(model));
+    body.insert("stream".to_string(), json!(stream));
+    if stream {
+        let mut options = match body.remove("stream_options") {
+            Some(Value::Object(options)) => options,
+            _ => serde_json::Map::new(),
+        };
+        options.insert("include_usage".to_string(), json!(true));
+        body.insert("stream_options".to_string(), Value::Object(options));
+    } else {
+        body.remove("stream_options");
+    }
+    let other_field = if max_tokens_field == "max_tokens" {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    };
+    if !body.contains_key(max_tokens_field)
+        && let Some(limit) = body.remove(other_field)
+    {
+        body.insert(max_tokens_field.to_string(), limit);
+    }
+    Value::Object(body)
 }
 
 fn push_upstream_message(out: &mut Vec<Value>, message: &Message) {

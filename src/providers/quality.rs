@@ -394,6 +394,7 @@ fn judge_request(model: &str, sample: &Sample) -> ChatRequest {
         include_usage: false,
         trace_context: None,
         anthropic_beta: Vec::new(),
+        passthrough: None,
     }
 }
 

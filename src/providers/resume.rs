@@ -196,6 +196,8 @@ impl Resuming {
         let trimmed = self.sent_text[prefill.len()..].to_string();
         let mut request = self.plan.request.clone();
         request.stream = true;
+        // The continuation is airbag's own request, rendered from the neutral type.
+        request.passthrough = None;
         request.messages.push(Message {
             role: Role::Assistant,
             content: vec![Part::Text(prefill.to_string())],

@@ -1,0 +1,303 @@
+//! Same protocol in and out is lossless: a field or content block airbag does not read
+//! reaches a provider of the client's dialect unchanged, unknown ones included; only the
+//! model, `stream` and what the target requires are set. Across protocols the request is
+//! translated (nothing of the other dialect leaks), as a client and the fake provider see
+//! it through HTTP.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use airbag::mock::{Fault, FaultRule};
+use common::{TestGateway, mock, provider, route};
+use serde_json::{Value, json};
+
+async fn gateway() -> (
+    TestGateway,
+    airbag::mock::MockProvider,
+    airbag::mock::MockProvider,
+) {
+    let openai_upstream = mock("oai").await;
+    let anthropic_upstream = mock("ant").await;
+    let config = format!(
+        "{}{}{}{}{}{}",
+        provider("oai", "openai", &openai_upstream, ""),
+        provider("ant", "anthropic", &anthropic_upstream, ""),
+        route("gpt", &["oai/gpt-mock"]),
+        route("claude-*", &["ant/claude-mock"]),
+        route("gpt-then-claude", &["oai/gpt-mock", "ant/claude-mock"]),
+        route("claude-then-gpt", &["ant/claude-mock", "oai/gpt-mock"]),
+    );
+    let gateway = TestGateway::start(&config, &[]).await;
+    (gateway, openai_upstream, anthropic_upstream)
+}
+
+/// Every field the OpenAI SDK sends that airbag has no use for, and one nobody knows yet.
+fn openai_body(model: &str) -> Value {
+    json!({
+        "model": model,
+        "messages": [
+            {"role": "developer", "content": "Answer briefly."},
+            {"role": "user", "content": [{"type": "text", "text": "what is a tide?"}]},
+        ],
+        "logprobs": true,
+        "top_logprobs": 3,
+        "frequency_penalty": 0.5,
+        "presence_penalty": -0.25,
+        "logit_bias": {"50256": -100},
+        "parallel_tool_calls": false,
+        "reasoning_effort": "low",
+        "user": "user-7",
+        "metadata": {"feature": "tides"},
+        "store": false,
+        "service_tier": "flex",
+        "max_completion_tokens": 300,
+        "tools": [{
+            "type": "function",
+            "function": {
+                "name": "lookup",
+                "description": "Look a word up",
+                "strict": true,
+                "parameters": {
+                    "type": "object",
+                    "properties": {"word": {"type": "string"}},
+                    "required": ["word"],
+                    "additionalProperties": false,
+                },
+            },
+        }],
+        "prediction": {"type": "content", "content": "A tide is"},
+        "a_field_from_next_year": {"nested": [1, 2, 3]},
+    })
+}
+
+/// Prompt caching, extended thinking, top_k, metadata and a block-list system prompt.
+fn anthropic_body(model: &str) -> Value {
+    json!({
+        "model": model,
+        "max_tokens": 2048,
+        "system": [
+            {"type": "text", "text": "You are terse."},
+            {"type": "text", "text": "A long shared context.", "cache_control": {"type": "ephemeral"}},
+        ],
+        "messages": [
+            {"role": "user", "content": "first question"},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "Let me think.", "signature": "c2lnbmF0dXJl"},
+                {"type": "text", "text": "first answer"},
+            ]},
+            {"role": "user", "content": [
+                {"type": "text", "text": "what is a tide?", "cache_control": {"type": "ephemeral", "ttl": "1h"}},
+            ]},
+        ],
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "top_k": 40,
+        "metadata": {"user_id": "user-7"},
+        "tools": [{
+            "name": "lookup",
+            "description": "Look a word up",
+            "input_schema": {"type": "object", "properties": {"word": {"type": "string"}}},
+            "cache_control": {"type": "ephemeral"},
+        }],
+        "service_tier": "auto",
+        "a_field_from_next_year": {"nested": [1, 2, 3]},
+    })
+}
+
+/// `received` without the fields airbag sets on every upstream request.
+fn without_airbag_fields(received: &Value, fields: &[&str]) -> Value {
+    let mut body = received.clone();
+    for field in fields {
+        body.as_object_mut().unwrap().remove(*field);
+    }
+    body
+}
+
+#[tokio::test]
+async fn an_openai_client_reaches_an_openai_provider_with_every_field_as_sent() {
+    let (gateway, openai_upstream, _anthropic) = gateway().await;
+    let sent = openai_body("gpt");
+    let reply = gateway.openai(sent.clone()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.served_by(), "provider:oai/gpt-mock");
+
+    let received = &openai_upstream.requests()[0].body;
+    assert_eq!(received["model"], "gpt-mock");
+    assert_eq!(received["stream"], true, "airbag streams upstream");
+    assert_eq!(received["stream_options"], json!({"include_usage": true}));
+    // The output limit goes in the field the provider is configured to take
+    // (`max_tokens_field`, `max_tokens` unless set).
+    assert_eq!(received["max_tokens"], 300);
+    assert_eq!(
+        without_airbag_fields(
+            received,
+            &["model", "stream", "stream_options", "max_tokens"]
+        ),
+        without_airbag_fields(&sent, &["model", "max_completion_tokens"]),
+        "every other field reached the provider unchanged"
+    );
+    let keys = |body: &Value| -> Vec<String> {
+        let skip = [
+            "stream",
+            "stream_options",
+            "max_tokens",
+            "max_completion_tokens",
+        ];
+        let fields = body.as_object().unwrap().keys();
+        fields
+            .filter(|key| !skip.contains(&key.as_str()))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(keys(received), keys(&sent), "in the order sent");
+
+    // Streamed too, with the client's own stream options kept.
+    let mut streamed = sent.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": false, "include_obfuscation": false});
+    let reply = gateway.openai(streamed).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let received = &openai_upstream.requests()[1].body;
+    assert_eq!(
+        received["stream_options"],
+        json!({"include_usage": true, "include_obfuscation": false})
+    );
+    assert_eq!(received["developer"], Value::Null);
+    assert_eq!(received["messages"][0]["role"], "developer");
+    assert_eq!(received["tools"][0]["function"]["strict"], true);
+}
+
+#[tokio::test]
+async fn an_anthropic_client_reaches_an_anthropic_provider_with_every_block_as_sent() {
+    let (gateway, _openai, anthropic_upstream) = gateway().await;
+    let sent = anthropic_body("claude-x");
+    let reply = gateway.anthropic(sent.clone()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.served_by(), "provider:ant/claude-mock");
+
+    let received = &anthropic_upstream.requests()[0].body;
+    assert_eq!(received["model"], "claude-mock");
+    assert_eq!(received["stream"], true);
+    assert_eq!(
+        without_airbag_fields(received, &["model", "stream"]),
+        without_airbag_fields(&sent, &["model"]),
+        "cache_control, thinking, top_k, metadata and the system blocks arrived as sent"
+    );
+
+    // A body without max_tokens gets the default Anthropic requires; nothing else changes.
+    let mut sent = anthropic_body("claude-x");
+    sent.as_object_mut().unwrap().remove("max_tokens");
+    sent["stream"] = json!(true);
+    let reply = gateway.anthropic(sent).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let received = &anthropic_upstream.requests()[1].body;
+    assert!(received["max_tokens"].is_u64(), "{received}");
+    assert_eq!(received["top_k"], 40);
+}
+
+#[tokio::test]
+async fn across_protocols_the_request_is_translated_and_nothing_of_the_other_dialect_leaks() {
+    let (gateway, openai_upstream, anthropic_upstream) = gateway().await;
+
+    // The OpenAI target fails: the fallback is an Anthropic provider, which gets a
+    // translated body, while the OpenAI target got the client's own.
+    openai_upstream.set_faults(vec![FaultRule::always(Fault::status(503))]);
+    let reply = gateway.openai(openai_body("gpt-then-claude")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.served_by(), "provider:ant/claude-mock");
+    assert_eq!(openai_upstream.requests()[0].body["logprobs"], true);
+    let translated = &anthropic_upstream.requests()[0].body;
+    for field in [
+        "logprobs",
+        "top_logprobs",
+        "logit_bias",
+        "a_field_from_next_year",
+        "prediction",
+        "stream_options",
+    ] {
+        assert!(
+            translated.get(field).is_none(),
+            "`{field}` leaked: {translated}"
+        );
+    }
+    assert_eq!(translated["system"], "Answer briefly.");
+
+    // And the other way round.
+    openai_upstream.set_faults(Vec::new());
+    anthropic_upstream.set_faults(vec![FaultRule::always(Fault::status(503))]);
+    let reply = gateway.anthropic(anthropic_body("claude-then-gpt")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.served_by(), "provider:oai/gpt-mock");
+    let translated = openai_upstream.requests().last().unwrap().body.clone();
+    for field in [
+        "thinking",
+        "top_k",
+        "system",
+        "a_field_from_next_year",
+        "cache_control",
+    ] {
+        assert!(
+            translated.get(field).is_none(),
+            "`{field}` leaked: {translated}"
+        );
+    }
+    assert!(
+        !translated.to_string().contains("cache_control"),
+        "{translated}"
+    );
+}
+
+#[tokio::test]
+async fn fields_that_change_the_answer_change_the_cache_key_and_the_others_do_not() {
+    let store = tempfile::tempdir().unwrap();
+    let upstream = mock("oai").await;
+    let config = format!(
+        "{}{}{}",
+        common::cache_section(store.path(), "", ""),
+        provider("oai", "openai", &upstream, ""),
+        route("gpt", &["oai/gpt-mock"]),
+    );
+    let gateway = TestGateway::start(&config, &[]).await;
+    let ask = |extra: Value| {
+        let mut body = json!({
+            "model": "gpt",
+            "messages": [{"role": "user", "content": "what is a tide?"}],
+        });
+        for (field, value) in extra.as_object().unwrap() {
+            body[field] = value.clone();
+        }
+        body
+    };
+    assert_eq!(gateway.openai(ask(json!({}))).await.rung(), "provider");
+    // Stored answers are written behind the reply; wait for the exact entry.
+    let mut repeated = gateway.openai(ask(json!({}))).await;
+    for _ in 0..50 {
+        if repeated.rung() == "cache" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        repeated = gateway.openai(ask(json!({}))).await;
+    }
+    assert_eq!(repeated.rung(), "cache", "{}", repeated.text);
+    for unchanged in [
+        json!({"user": "someone"}),
+        json!({"metadata": {"feature": "x"}}),
+        json!({"store": true}),
+    ] {
+        let reply = gateway.openai(ask(unchanged.clone())).await;
+        assert_eq!(
+            reply.rung(),
+            "cache",
+            "{unchanged} does not change the answer"
+        );
+    }
+    for changed in [
+        json!({"logprobs": true}),
+        json!({"frequency_penalty": 1.0}),
+        json!({"reasoning_effort": "high"}),
+        json!({"a_field_from_next_year": 1}),
+    ] {
+        let reply = gateway.openai(ask(changed.clone())).await;
+        assert_eq!(reply.rung(), "provider", "{changed} may change the answer");
+    }
+}
