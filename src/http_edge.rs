@@ -114,7 +114,7 @@ impl CorsConfig {
 const ALLOWED_HEADERS: &str = "authorization, content-type, x-api-key, anthropic-version, anthropic-beta, x-request-id, traceparent, tracestate, x-airbag-cache, x-airbag-cache-ttl, x-airbag-cache-namespace, x-airbag-cache-scope, x-stainless-arch, x-stainless-lang, x-stainless-os, x-stainless-package-version, x-stainless-retry-count, x-stainless-runtime, x-stainless-runtime-version, x-stainless-timeout, anthropic-dangerous-direct-browser-access, openai-organization, openai-project";
 
 /// The response headers a page may read.
-const EXPOSED_HEADERS: &str = "x-request-id, x-airbag-rung, x-airbag-served-by, x-airbag-fallback-depth, x-airbag-attempts, x-airbag-error, x-airbag-upstream-request-id, retry-after";
+const EXPOSED_HEADERS: &str = "x-request-id, x-airbag-rung, x-airbag-served-by, x-airbag-fallback-depth, x-airbag-attempts, x-airbag-error, x-airbag-upstream-request-id, x-airbag-dropped-fields, retry-after";
 
 /// Middleware: answers preflights and marks answers to allowed origins.
 pub async fn cors(State(config): State<Arc<CorsConfig>>, request: Request, next: Next) -> Response {

@@ -23,8 +23,8 @@ use serde_json::{Value, json};
 use crate::cache::{CacheControls, CacheHit, HitKind, Lookup};
 use crate::error::RequestError;
 use crate::protocol::{
-    ChatRequest, ChatResponse, EventStream, Part, StopReason, Usage, last_user_text, random_id,
-    replay_as_stream,
+    ChatRequest, ChatResponse, EventStream, Part, StopReason, Usage, crossing, last_user_text,
+    random_id, replay_as_stream,
 };
 use crate::providers::resume::{self, ResumePlan};
 use crate::providers::{AttemptRecord, ChainOutcome, Route, UpstreamAnswer, chain};
@@ -65,6 +65,9 @@ pub struct RungTag {
     pub upstream_request_id: Option<String>,
     /// The request's id (`x-request-id`), set by the server once the ladder answered.
     pub request_id: Option<String>,
+    /// What of the client's body the answering target (of the other dialect) could not
+    /// be given (`x-airbag-dropped-fields`); see `protocol::crossing`.
+    pub dropped_fields: Vec<String>,
 }
 
 impl RungTag {
@@ -86,6 +89,9 @@ impl RungTag {
         }
         if let Some(id) = &self.request_id {
             tag["request_id"] = json!(id);
+        }
+        if !self.dropped_fields.is_empty() {
+            tag["dropped_fields"] = json!(self.dropped_fields);
         }
         tag
     }
@@ -176,7 +182,7 @@ pub async fn answer(
                 }
                 answer => answer,
             };
-            let tag = provider_tag(&target, depth, attempts);
+            let tag = provider_tag(route, request, &target, depth, attempts);
             let answer = match (answer, &gateway.cache, pending) {
                 (UpstreamAnswer::Complete(response), Some(cache), Some(pending)) => {
                     cache.store_answer(pending, &response, depth > 0, &tag.served_by);
@@ -203,7 +209,7 @@ pub async fn answer(
                 body,
                 dialect,
             },
-            tag: provider_tag(&target, depth, attempts),
+            tag: provider_tag(route, request, &target, depth, attempts),
         }),
         // Stale-if-error: an expired answer beats no answer, but only now.
         ChainOutcome::Exhausted { attempts } => match stale {
@@ -244,6 +250,7 @@ fn cache_served(
             attempts,
             upstream_request_id: None,
             request_id: None,
+            dropped_fields: Vec::new(),
         },
     }
 }
@@ -304,11 +311,18 @@ async fn canned_answer(
             attempts,
             upstream_request_id: None,
             request_id: None,
+            dropped_fields: Vec::new(),
         },
     })
 }
 
-fn provider_tag(target: &str, depth: usize, attempts: Vec<AttemptRecord>) -> RungTag {
+fn provider_tag(
+    route: &Route,
+    request: &ChatRequest,
+    target: &str,
+    depth: usize,
+    attempts: Vec<AttemptRecord>,
+) -> RungTag {
     // The answering attempt is the last `ok` one of the target that answered.
     let upstream_request_id = attempts
         .iter()
@@ -324,5 +338,9 @@ fn provider_tag(target: &str, depth: usize, attempts: Vec<AttemptRecord>) -> Run
         attempts,
         upstream_request_id,
         request_id: None,
+        dropped_fields: route
+            .body_dialect_of(target)
+            .map(|dialect| crossing::dropped_fields(request, dialect))
+            .unwrap_or_default(),
     }
 }

@@ -977,7 +977,9 @@ fn set_tag_headers(headers: &mut HeaderMap, tag: &RungTag) {
         .upstream_request_id
         .as_ref()
         .map(|id| ("x-airbag-upstream-request-id", id.clone()));
-    for (name, value) in values.into_iter().chain(upstream_id) {
+    let dropped = (!tag.dropped_fields.is_empty())
+        .then(|| ("x-airbag-dropped-fields", tag.dropped_fields.join(", ")));
+    for (name, value) in values.into_iter().chain(upstream_id).chain(dropped) {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(name, value);
         }

@@ -301,3 +301,96 @@ async fn fields_that_change_the_answer_change_the_cache_key_and_the_others_do_no
         assert_eq!(reply.rung(), "provider", "{changed} may change the answer");
     }
 }
+
+#[tokio::test]
+async fn across_protocols_what_maps_is_mapped_and_what_does_not_is_named() {
+    let (gateway, openai_upstream, anthropic_upstream) = gateway().await;
+    let schema = json!({"type": "object", "properties": {"answer": {"type": "string"}}});
+    let tool = |strict: bool| {
+        json!({"type": "function", "function": {
+            "name": "lookup", "parameters": {"type": "object"}, "strict": strict,
+        }})
+    };
+
+    // An OpenAI client answered by Claude.
+    let reply = gateway
+        .openai(json!({
+            "model": "claude-x",
+            "messages": [{"role": "user", "content": "what is a tide?"}],
+            "max_completion_tokens": 300,
+            "reasoning_effort": "medium",
+            "temperature": 0.2,
+            "parallel_tool_calls": false,
+            "user": "user-7",
+            "stop": ["END"],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+            "tools": [tool(true)],
+            "logprobs": true,
+            "seed": 3,
+        }))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.served_by(), "provider:ant/claude-mock");
+    assert_eq!(
+        reply.header("x-airbag-dropped-fields"),
+        "temperature, logprobs, seed"
+    );
+    assert_eq!(
+        reply.json()["airbag"]["dropped_fields"],
+        json!(["temperature", "logprobs", "seed"])
+    );
+    let received = &anthropic_upstream.requests()[0].body;
+    assert_eq!(
+        received["thinking"],
+        json!({"type": "enabled", "budget_tokens": 4096})
+    );
+    assert_eq!(received["max_tokens"], 4096 + 300, "raised past the budget");
+    assert!(received.get("temperature").is_none(), "thinking takes none");
+    assert_eq!(received["metadata"], json!({"user_id": "user-7"}));
+    assert_eq!(received["stop_sequences"], json!(["END"]));
+    assert_eq!(
+        received["output_config"],
+        json!({"format": {"type": "json_schema", "schema": schema}})
+    );
+    assert_eq!(
+        received["tool_choice"],
+        json!({"type": "auto", "disable_parallel_tool_use": true})
+    );
+    assert_eq!(received["tools"][0]["strict"], true);
+
+    // An Anthropic client answered by an OpenAI model.
+    let reply = gateway
+        .anthropic(json!({
+            "model": "gpt",
+            "max_tokens": 2048,
+            "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+            "messages": [{"role": "user", "content": "what is a tide?"}],
+            "thinking": {"type": "enabled", "budget_tokens": 1024},
+            "top_k": 5,
+            "metadata": {"user_id": "user-7"},
+            "stop_sequences": ["END"],
+            "output_config": {"format": {"type": "json_schema", "schema": schema}},
+            "tools": [{"name": "lookup", "input_schema": {"type": "object"}, "strict": true}],
+            "tool_choice": {"type": "auto", "disable_parallel_tool_use": true},
+        }))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.served_by(), "provider:oai/gpt-mock");
+    assert_eq!(
+        reply.header("x-airbag-dropped-fields"),
+        "thinking, top_k, cache_control"
+    );
+    let received = &openai_upstream.requests()[0].body;
+    assert_eq!(received["user"], "user-7");
+    assert_eq!(received["stop"], json!(["END"]));
+    assert_eq!(received["parallel_tool_calls"], false);
+    assert_eq!(received["tools"][0]["function"]["strict"], true);
+    assert_eq!(received["response_format"]["type"], "json_schema");
+    assert_eq!(received["response_format"]["json_schema"]["schema"], schema);
+    assert!(received.get("reasoning_effort").is_none(), "{received}");
+
+    // The client's own dialect: nothing is dropped, no header.
+    let reply = gateway.openai(openai_body("gpt")).await;
+    assert_eq!(reply.header("x-airbag-dropped-fields"), "");
+    assert!(reply.json()["airbag"].get("dropped_fields").is_none());
+}

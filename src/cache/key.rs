@@ -103,6 +103,8 @@ const NOT_EXTRA_ANTHROPIC: &[&str] = &[
     "stream",
     "metadata",
     "service_tier",
+    // Prompt-caching markers change the bill, not the answer.
+    "cache_control",
 ];
 
 /// The sent fields outside the neutral type that can change the answer, by name.
@@ -255,6 +257,11 @@ impl Canon {
             stop,
             seed,
             response_format,
+            // In the key through the client's body (`answer_changing_extras`): an
+            // OpenAI `user` or an Anthropic `metadata.user_id` names who asks, not what.
+            reasoning: _,
+            parallel_tool_calls: _,
+            end_user: _,
         } = params;
         self.opt_f64("temperature", *temperature);
         self.opt_f64("top_p", *top_p);
@@ -285,11 +292,16 @@ impl Canon {
             name,
             description,
             parameters,
+            strict,
         } in tools
         {
             self.str("tool-name", name);
             self.opt_str("tool-description", description.as_deref());
             self.json(parameters);
+            // Only strict tools add it, so other keys stay as they were.
+            if let Some(strict) = strict {
+                self.str("tool-strict", if *strict { "true" } else { "false" });
+            }
         }
     }
 

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::checks::{self, Expect};
+use super::crossing;
 use super::{
     ChatRequest, ChatResponse, Image, InvalidBody, Message, OutputParams, Part, Passthrough,
     Protocol, Role, StopReason, StreamEvent, StreamFailure, TextOrParts, Tool, ToolCall,
@@ -101,6 +102,7 @@ struct WireTool {
     name: String,
     description: Option<String>,
     input_schema: Value,
+    strict: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -195,6 +197,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
                 name: tool.name,
                 description: tool.description,
                 parameters: tool.input_schema,
+                strict: tool.strict,
             })
             .collect(),
         tool_choice: wire.tool_choice.map(|choice| match choice {
@@ -209,7 +212,14 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
             max_tokens: wire.max_tokens,
             stop: wire.stop_sequences.unwrap_or_default(),
             seed: None,
-            response_format: None,
+            response_format: crossing::anthropic_output_format(&raw),
+            reasoning: crossing::anthropic_reasoning(&raw),
+            parallel_tool_calls: crossing::anthropic_parallel_tool_calls(&raw),
+            end_user: raw
+                .get("metadata")
+                .and_then(|metadata| metadata.get("user_id"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
         },
         stream: wire.stream.unwrap_or(false),
         include_usage: true,
@@ -489,10 +499,11 @@ pub fn upstream_body(
         })
         .collect();
     let params = &request.params;
+    let max_tokens = params.max_tokens.unwrap_or(default_max_tokens);
     let mut body = json!({
         "model": model,
         "messages": messages,
-        "max_tokens": params.max_tokens.unwrap_or(default_max_tokens),
+        "max_tokens": max_tokens,
     });
     if stream {
         body["stream"] = json!(true);
@@ -500,14 +511,34 @@ pub fn upstream_body(
     if let Some(system) = &request.system {
         body["system"] = json!(system);
     }
-    if let Some(temperature) = params.temperature {
-        // Anthropic's range is 0..1, OpenAI's 0..2.
-        body["temperature"] = json!(temperature.min(1.0));
+    if let Some(effort) = params.reasoning {
+        // The budget counts against `max_tokens` and must stay below it; OpenAI's limit
+        // counts reasoning too, so a limit below the budget is raised past it.
+        let budget = effort.budget_tokens();
+        body["thinking"] = json!({"type": "enabled", "budget_tokens": budget});
+        if max_tokens <= budget {
+            body["max_tokens"] = json!(budget.saturating_add(max_tokens));
+        }
+    } else {
+        if let Some(temperature) = params.temperature {
+            // Anthropic's range is 0..1, OpenAI's 0..2.
+            body["temperature"] = json!(temperature.min(1.0));
+        }
+        // Recent Claude models refuse temperature and top_p together; OpenAI clients
+        // often send both. Temperature is the one kept. Thinking takes neither.
+        if let (Some(top_p), None) = (params.top_p, params.temperature) {
+            body["top_p"] = json!(top_p);
+        }
     }
-    // Recent Claude models refuse temperature and top_p together; OpenAI clients often
-    // send both. Temperature is the one kept.
-    if let (Some(top_p), None) = (params.top_p, params.temperature) {
-        body["top_p"] = json!(top_p);
+    if let Some(user) = &params.end_user {
+        body["metadata"] = json!({"user_id": user});
+    }
+    if let Some(format) = params
+        .response_format
+        .as_ref()
+        .and_then(crossing::json_schema_of)
+    {
+        body["output_config"] = json!({"format": {"type": "json_schema", "schema": format}});
     }
     if !params.stop.is_empty() {
         body["stop_sequences"] = json!(params.stop);
@@ -521,17 +552,28 @@ pub fn upstream_body(
                 if let Some(description) = &tool.description {
                     wire["description"] = json!(description);
                 }
+                if let Some(strict) = tool.strict {
+                    wire["strict"] = json!(strict);
+                }
                 wire
             })
             .collect();
     }
-    if let Some(choice) = &request.tool_choice {
+    let one_call_at_a_time = params.parallel_tool_calls == Some(false) && !request.tools.is_empty();
+    let choice = match &request.tool_choice {
+        None if one_call_at_a_time => Some(&ToolChoice::Auto),
+        choice => choice.as_ref(),
+    };
+    if let Some(choice) = choice {
         body["tool_choice"] = match choice {
             ToolChoice::Auto => json!({"type": "auto"}),
             ToolChoice::None => json!({"type": "none"}),
             ToolChoice::Required => json!({"type": "any"}),
             ToolChoice::Tool(name) => json!({"type": "tool", "name": name}),
         };
+        if one_call_at_a_time && *choice != ToolChoice::None {
+            body["tool_choice"]["disable_parallel_tool_use"] = json!(true);
+        }
     }
     body
 }
@@ -832,7 +874,8 @@ mod tests {
 
     #[test]
     fn top_p_is_dropped_when_temperature_is_set() {
-        let request = parse_request(
+        // An OpenAI client's request (an Anthropic client's own goes as sent).
+        let request = crate::protocol::openai::parse_request(
             br#"{"model":"chat","max_tokens":5,"temperature":0.5,"top_p":0.9,"messages":[{"role":"user","content":"hi"}]}"#,
         )
         .unwrap();

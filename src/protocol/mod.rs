@@ -9,6 +9,7 @@
 pub mod anthropic;
 pub mod assembler;
 pub mod checks;
+pub mod crossing;
 pub mod openai;
 pub mod sse;
 
@@ -97,8 +98,55 @@ pub struct OutputParams {
     pub max_tokens: Option<u32>,
     pub stop: Vec<String>,
     pub seed: Option<i64>,
-    /// OpenAI `response_format`, kept as JSON because its schema is open-ended.
+    /// OpenAI `response_format`, kept as JSON because its schema is open-ended; an
+    /// Anthropic client's `output_config.format` (JSON schema) lands here in OpenAI's shape.
     pub response_format: Option<Value>,
+    /// OpenAI `reasoning_effort`; an Anthropic `thinking` budget read as the nearest one.
+    pub reasoning: Option<ReasoningEffort>,
+    /// OpenAI `parallel_tool_calls`; Anthropic `tool_choice.disable_parallel_tool_use`
+    /// (true reads as `Some(false)`).
+    pub parallel_tool_calls: Option<bool>,
+    /// The app's end user: OpenAI `user`, Anthropic `metadata.user_id`.
+    pub end_user: Option<String>,
+}
+
+/// How hard a model may think before it answers. OpenAI names it (`reasoning_effort`);
+/// Anthropic gives a token budget (`thinking.budget_tokens`), read as the nearest effort
+/// and written as [`ReasoningEffort::budget_tokens`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReasoningEffort {
+    Low,
+    Medium,
+    High,
+}
+
+impl ReasoningEffort {
+    /// OpenAI's names; `minimal` and `none` ask for no thinking at all.
+    pub fn from_openai(name: &str) -> Option<ReasoningEffort> {
+        match name {
+            "low" => Some(ReasoningEffort::Low),
+            "medium" => Some(ReasoningEffort::Medium),
+            "high" | "xhigh" => Some(ReasoningEffort::High),
+            _ => None,
+        }
+    }
+
+    pub fn from_budget(budget_tokens: u64) -> ReasoningEffort {
+        match budget_tokens {
+            0..4096 => ReasoningEffort::Low,
+            4096..16384 => ReasoningEffort::Medium,
+            _ => ReasoningEffort::High,
+        }
+    }
+
+    /// Anthropic's `thinking.budget_tokens` for this effort (1024 is its minimum).
+    pub fn budget_tokens(self) -> u32 {
+        match self {
+            ReasoningEffort::Low => 1024,
+            ReasoningEffort::Medium => 4096,
+            ReasoningEffort::High => 16384,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +198,9 @@ pub struct Tool {
     pub description: Option<String>,
     /// JSON Schema of the arguments.
     pub parameters: Value,
+    /// Arguments must follow the schema exactly (OpenAI `function.strict`, Anthropic
+    /// `strict`).
+    pub strict: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -11,9 +11,9 @@ use serde_json::{Value, json};
 use super::checks::{self, Expect};
 use super::{
     ChatRequest, ChatResponse, Image, InvalidBody, Message, OutputParams, Part, Passthrough,
-    Protocol, Role, StopReason, StreamEvent, StreamFailure, TextOrParts, Tool, ToolCall,
-    ToolChoice, ToolResult, Usage, parse_request_body, random_id, require_model_and_messages, sse,
-    unix_now,
+    Protocol, ReasoningEffort, Role, StopReason, StreamEvent, StreamFailure, TextOrParts, Tool,
+    ToolCall, ToolChoice, ToolResult, Usage, parse_request_body, random_id,
+    require_model_and_messages, sse, unix_now,
 };
 use serde_json::Map;
 
@@ -36,6 +36,9 @@ struct WireRequest {
     tools: Option<Vec<WireTool>>,
     tool_choice: Option<Value>,
     n: Option<u32>,
+    reasoning_effort: Option<String>,
+    parallel_tool_calls: Option<bool>,
+    user: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +109,7 @@ struct WireFunction {
     name: String,
     description: Option<String>,
     parameters: Option<Value>,
+    strict: Option<bool>,
 }
 
 /// The fields of a Chat Completions request OpenAI type- and range-checks, as its API
@@ -235,6 +239,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
                 .function
                 .parameters
                 .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+            strict: tool.function.strict,
         })
         .collect();
     let tool_choice = wire.tool_choice.map(parse_tool_choice).transpose()?;
@@ -255,6 +260,12 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
             },
             seed: wire.seed,
             response_format: wire.response_format,
+            reasoning: wire
+                .reasoning_effort
+                .as_deref()
+                .and_then(ReasoningEffort::from_openai),
+            parallel_tool_calls: wire.parallel_tool_calls,
+            end_user: wire.user,
         },
         stream: wire.stream.unwrap_or(false),
         include_usage: wire
@@ -574,18 +585,31 @@ pub fn upstream_body(
     if let Some(format) = &params.response_format {
         body["response_format"] = format.clone();
     }
+    if let Some(user) = &params.end_user {
+        body["user"] = json!(user);
+    }
+    // `reasoning` is not sent: an OpenAI model that does not reason refuses
+    // `reasoning_effort`, and a fallback that refuses is worse than one that does not
+    // think (the client is told in `x-airbag-dropped-fields`).
     if !request.tools.is_empty() {
         body["tools"] = request
             .tools
             .iter()
             .map(|tool| {
-                json!({"type": "function", "function": {
+                let mut function = json!({
                     "name": tool.name,
                     "description": tool.description,
                     "parameters": tool.parameters,
-                }})
+                });
+                if let Some(strict) = tool.strict {
+                    function["strict"] = json!(strict);
+                }
+                json!({"type": "function", "function": function})
             })
             .collect();
+        if let Some(parallel) = params.parallel_tool_calls {
+            body["parallel_tool_calls"] = json!(parallel);
+        }
     }
     if let Some(choice) = &request.tool_choice {
         body["tool_choice"] = match choice {

@@ -151,6 +151,17 @@ impl Route {
             .flat_map(|tier| tier.members.iter().map(|member| &member.target))
     }
 
+    /// The body dialect of the target labelled `label` (a tier member or the
+    /// context-window fallback); None when it is not this route's or its provider is
+    /// disabled.
+    pub fn body_dialect_of(&self, label: &str) -> Option<crate::protocol::Protocol> {
+        self.targets()
+            .chain(self.context_window_fallback.as_ref())
+            .find(|target| target.label == label)
+            .and_then(|target| target.provider.as_ref())
+            .map(|provider| provider.surface.body_dialect())
+    }
+
     /// One request's order of targets from tier `from` on, leaving out `exclude`: tier by
     /// tier, each tier's members in a random order drawn by weight (a member of weight 70
     /// goes first 70% of the time against one of 30). A member whose breaker is open is

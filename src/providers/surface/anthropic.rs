@@ -30,6 +30,10 @@ impl AnthropicSurface {
 }
 
 impl Surface for AnthropicSurface {
+    fn body_dialect(&self) -> Protocol {
+        Protocol::Anthropic
+    }
+
     fn error_dialect(&self) -> Option<Protocol> {
         Some(Protocol::Anthropic)
     }

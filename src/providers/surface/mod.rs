@@ -38,6 +38,9 @@ pub trait Surface: Send + Sync {
     /// shape of their own (they are then always translated).
     fn error_dialect(&self) -> Option<Protocol>;
 
+    /// The protocol the request body is written in (the surface's envelope aside).
+    fn body_dialect(&self) -> Protocol;
+
     /// Where an attempt for the provider's model id goes.
     fn endpoint(&self, model: &str, stream: bool) -> Result<reqwest::Url, String>;
 

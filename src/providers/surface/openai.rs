@@ -30,6 +30,10 @@ impl OpenAiSurface {
 }
 
 impl Surface for OpenAiSurface {
+    fn body_dialect(&self) -> Protocol {
+        Protocol::OpenAi
+    }
+
     fn error_dialect(&self) -> Option<Protocol> {
         Some(Protocol::OpenAi)
     }

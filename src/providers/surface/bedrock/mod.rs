@@ -104,6 +104,10 @@ pub fn invoke_url(base: &str, model: &str, stream: bool) -> String {
 }
 
 impl Surface for BedrockSurface {
+    fn body_dialect(&self) -> Protocol {
+        Protocol::Anthropic
+    }
+
     fn error_dialect(&self) -> Option<Protocol> {
         None
     }

@@ -101,6 +101,10 @@ fn service_account_json(reference: &crate::config::Secret, env: &Env) -> Result<
 }
 
 impl Surface for VertexSurface {
+    fn body_dialect(&self) -> Protocol {
+        Protocol::Anthropic
+    }
+
     fn error_dialect(&self) -> Option<Protocol> {
         // Errors come in Google's shape as often as in Anthropic's: always translated.
         None
