@@ -35,7 +35,7 @@ use crate::metrics::Metrics;
 use crate::protocol::{
     ChatRequest, EventStream, Protocol, TraceContext, anthropic, openai, replay_as_stream,
 };
-use crate::providers::count_tokens::Counted;
+use crate::providers::forward::{Endpoint, Forwarded};
 use crate::providers::{AttemptRecord, Provider, Routes};
 
 /// How long a shutdown waits for in-flight requests.
@@ -437,6 +437,7 @@ pub fn proxy_router(gateway: Arc<Gateway>) -> Router {
             post(|state, id, headers, body| chat(state, id, headers, body, Protocol::Anthropic)),
         )
         .route("/v1/messages/count_tokens", post(count_tokens))
+        .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))
         .route("/healthz", get(|| async { "ok" }))
@@ -1130,24 +1131,60 @@ fn sse_chunks(
 // ---------------------------------------------------------------------------------------
 // Other proxy endpoints.
 
-/// The routes, in the OpenAI list shape, or Anthropic's when an Anthropic SDK asks.
-/// `POST /v1/messages/count_tokens`, forwarded to an Anthropic target of the route
-/// (`providers::count_tokens`); errors in Anthropic's shape.
+/// `POST /v1/messages/count_tokens`, forwarded to an Anthropic target of the route;
+/// errors in Anthropic's shape.
 async fn count_tokens(
     State(gateway): State<Arc<Gateway>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let counted = async {
-        gateway.tenant(&headers)?;
-        require_json(&headers)?;
-        let body = read_body(body, &headers, gateway.max_body, gateway.body_timeout).await?;
+    forwarded(
+        &gateway,
+        &headers,
+        body,
+        Endpoint::CountTokens,
+        Protocol::Anthropic,
+    )
+    .await
+}
+
+/// `POST /v1/embeddings`, forwarded to an OpenAI target of the route (its fallbacks
+/// when one fails); never cached; errors in OpenAI's shape.
+async fn embeddings(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    forwarded(
+        &gateway,
+        &headers,
+        body,
+        Endpoint::Embeddings,
+        Protocol::OpenAi,
+    )
+    .await
+}
+
+/// An endpoint forwarded as it came (`providers::forward`): the client's key and body
+/// are checked like a chat request's, the body's `model` picks the route, and the
+/// provider's answer goes back with `x-airbag-served-by`.
+async fn forwarded(
+    gateway: &Gateway,
+    headers: &HeaderMap,
+    body: Body,
+    endpoint: Endpoint,
+    protocol: Protocol,
+) -> Response {
+    let answered = async {
+        gateway.tenant(headers)?;
+        require_json(headers)?;
+        let body = read_body(body, headers, gateway.max_body, gateway.body_timeout).await?;
         let request: Value =
             crate::protocol::parse_json_body(&body).map_err(RequestError::InvalidBody)?;
         let Some(model) = request.get("model").and_then(Value::as_str) else {
             return Err(RequestError::InvalidBody(crate::protocol::InvalidBody::new(
                 "model",
-                "is required: the model (an airbag route) to count the tokens for",
+                "is required: the model, an airbag route (GET /v1/models lists them)",
             )));
         };
         let Some(route) = gateway.routes.find(model) else {
@@ -1156,8 +1193,8 @@ async fn count_tokens(
                 known: gateway.routes.iter().map(|route| route.model.clone()).collect(),
             });
         };
-        match crate::providers::count_tokens::count_tokens(route, &request).await {
-            Counted::Answered {
+        match crate::providers::forward::forward(route, endpoint, &request).await {
+            Forwarded::Answered {
                 status,
                 body,
                 target,
@@ -1172,14 +1209,15 @@ async fn count_tokens(
                 }
                 Ok(response)
             }
-            Counted::NoTarget => Err(RequestError::InvalidBody(crate::protocol::InvalidBody::new(
+            Forwarded::NoTarget => Err(RequestError::InvalidBody(crate::protocol::InvalidBody::new(
                 "model",
                 format!(
-                    "route `{}` has no target that counts tokens (kind = \"anthropic\"); add one to its chain",
-                    route.model
+                    "route `{}` has no target that serves this endpoint (kind = \"{}\"); add one to its chain",
+                    route.model,
+                    endpoint.served_by_kind()
                 ),
             ))),
-            Counted::Failed(failures) => Err(RequestError::AllTargetsFailed {
+            Forwarded::Failed(failures) => Err(RequestError::AllTargetsFailed {
                 route: route.model.clone(),
                 attempts: failures
                     .into_iter()
@@ -1194,7 +1232,7 @@ async fn count_tokens(
         }
     }
     .await;
-    counted.unwrap_or_else(|error| error_response(&error, Protocol::Anthropic))
+    answered.unwrap_or_else(|error| error_response(&error, protocol))
 }
 
 /// The beta features of `anthropic-beta` (comma-separated, any number of headers).
@@ -1258,6 +1296,7 @@ async fn model(
     axum::Json(body).into_response()
 }
 
+/// The routes, in the OpenAI list shape, or Anthropic's when an Anthropic SDK asks.
 async fn models(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     let names: Vec<&str> = gateway
         .routes

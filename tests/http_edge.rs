@@ -1,5 +1,5 @@
 //! Request ids, trace context, CORS, the JSON 404s and the endpoints besides chat
-//! (`/v1/models/{id}`, `/v1/messages/count_tokens`), as a client and a browser see them
+//! (`/v1/models/{id}`, `/v1/messages/count_tokens`, `/v1/embeddings`), as a client and a browser see them
 //! through HTTP.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -295,4 +295,77 @@ fn a_wildcard_origin_with_credentials_is_a_config_error() {
     let error =
         config_error("[server.cors]\nallowed_origins = [\"*\"]\nallow_credentials = true\n");
     assert!(error.contains("server.cors.allowed_origins[0]"), "{error}");
+}
+
+#[tokio::test]
+async fn embeddings_go_to_an_openai_target_and_fail_over_to_the_next() {
+    let primary = mock("emb-a").await;
+    let fallback = mock("emb-b").await;
+    let anthropic_upstream = mock("ant").await;
+    let config = format!(
+        "{}{}{}{}{}",
+        provider("a", "openai", &primary, ""),
+        provider("b", "openai", &fallback, ""),
+        provider("ant", "anthropic", &anthropic_upstream, ""),
+        route("embed", &["a/text-embed-a", "b/text-embed-b"]),
+        route("claude-x", &["ant/claude-mock"]),
+    );
+    let gateway = TestGateway::start(&config, &[]).await;
+    let body = serde_json::json!({
+        "model": "embed",
+        "input": ["a tide", "the moon"],
+        "encoding_format": "float",
+        "dimensions": 8,
+    });
+    let reply = gateway.post("/v1/embeddings", body.clone(), &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.served_by(), "provider:a/text-embed-a");
+    let answer = reply.json();
+    assert_eq!(answer["data"].as_array().unwrap().len(), 2);
+    assert_eq!(answer["data"][1]["index"], 1);
+    let received = &primary.requests()[0];
+    assert_eq!(received.path, "/v1/embeddings");
+    assert_eq!(received.model, "text-embed-a", "the target's model");
+    assert_eq!(received.body["dimensions"], 8, "every other field as sent");
+    assert_eq!(received.body["input"], body["input"]);
+
+    // The primary fails: the route's next target answers; nothing is cached, so the
+    // same request asks again.
+    primary.set_faults(vec![airbag::mock::FaultRule::always(
+        airbag::mock::Fault::status(503),
+    )]);
+    let reply = gateway.post("/v1/embeddings", body.clone(), &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.served_by(), "provider:b/text-embed-b");
+    assert_eq!(fallback.requests()[0].model, "text-embed-b");
+
+    // Everything fails: a 503 in OpenAI's shape naming each attempt.
+    fallback.set_faults(vec![airbag::mock::FaultRule::always(
+        airbag::mock::Fault::status(500),
+    )]);
+    let reply = gateway.post("/v1/embeddings", body, &[]).await;
+    assert_eq!(reply.status, 503, "{}", reply.text);
+    let attempts = reply.json()["airbag"]["attempts"].clone();
+    assert_eq!(attempts[0]["outcome"], "status_503", "{attempts}");
+    assert_eq!(attempts[1]["outcome"], "status_500", "{attempts}");
+
+    // A route with no OpenAI target: a 400 naming `model`; unknown routes a 404.
+    let reply = gateway
+        .post(
+            "/v1/embeddings",
+            serde_json::json!({"model": "claude-x", "input": "x"}),
+            &[],
+        )
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    assert_eq!(reply.json()["error"]["param"], "model", "{}", reply.text);
+    let reply = gateway
+        .post(
+            "/v1/embeddings",
+            serde_json::json!({"model": "nope", "input": "x"}),
+            &[],
+        )
+        .await;
+    assert_eq!(reply.status, 404, "{}", reply.text);
+    assert_eq!(anthropic_upstream.request_count(), 0);
 }

@@ -357,6 +357,7 @@ fn router(state: Arc<MockState>) -> Router {
             post(|state, headers, body| answer(state, headers, body, Surface::Anthropic)),
         )
         .route("/v1/messages/count_tokens", post(count_tokens))
+        .route("/v1/embeddings", post(embeddings))
         .route("/model/{model}/{action}", post(cloud::bedrock))
         .route(
             "/v1/projects/{project}/locations/{region}/publishers/anthropic/models/{call}",
@@ -386,6 +387,74 @@ async fn with_request_id(
         response.headers_mut().insert(name, value);
     }
     response
+}
+
+/// `POST /v1/embeddings`: a small vector per input, the same for the same text. Status
+/// and hang faults apply; the others are for chat.
+async fn embeddings(
+    State(state): State<Arc<MockState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let key = cloud::bearer(&headers);
+    let raw: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let model = raw["model"].as_str().unwrap_or_default().to_string();
+    state.record(ReceivedRequest {
+        path: "/v1/embeddings".to_string(),
+        key: key.clone(),
+        anthropic_version: None,
+        model: model.clone(),
+        stream: false,
+        body: raw.clone(),
+        traceparent: cloud::header(&headers, "traceparent"),
+        anthropic_beta: None,
+    });
+    if let Some(valid) = &state.options.valid_keys
+        && !key.as_ref().is_some_and(|key| valid.contains(key))
+    {
+        return Surface::OpenAi.error_response(401, "invalid api key", "authentication_error");
+    }
+    match state.fault_for(key.as_deref(), &model) {
+        Some(Fault::Status { status, .. }) => {
+            return Surface::OpenAi.error_response(status, &format!("mock {status}"), "api_error");
+        }
+        Some(Fault::Hang) => std::future::pending::<()>().await,
+        _ => {}
+    }
+    let inputs: Vec<String> = match &raw["input"] {
+        Value::String(text) => vec![text.clone()],
+        Value::Array(items) => items.iter().map(|item| item.to_string()).collect(),
+        _ => {
+            return Surface::OpenAi.error_response(
+                400,
+                "input: a string or a list is required",
+                "invalid_request_error",
+            );
+        }
+    };
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            let digest = blake3::hash(text.as_bytes());
+            let vector: Vec<f32> = digest.as_bytes()[..8]
+                .iter()
+                .map(|byte| f32::from(*byte) / 255.0)
+                .collect();
+            json!({"object": "embedding", "index": index, "embedding": vector})
+        })
+        .collect();
+    let tokens: usize = inputs
+        .iter()
+        .map(|text| text.split_whitespace().count())
+        .sum();
+    axum::Json(json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }))
+    .into_response()
 }
 
 /// `POST /v1/messages/count_tokens`: the words of the request, as its input tokens.

@@ -82,6 +82,11 @@ pub trait Surface: Send + Sync {
         None
     }
 
+    /// Where `POST /v1/embeddings` goes, for surfaces that embed.
+    fn embeddings_endpoint(&self) -> Option<reqwest::Url> {
+        None
+    }
+
     /// A decoder for one streamed answer.
     fn stream_decoder(&self) -> Box<dyn StreamDecoder>;
 

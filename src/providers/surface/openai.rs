@@ -13,6 +13,7 @@ pub struct OpenAiSurface {
     /// Parsed once: building it per attempt cost 4% of the gateway's time in the
     /// overhead benchmark.
     endpoint: reqwest::Url,
+    embeddings: reqwest::Url,
     max_tokens_field: &'static str,
 }
 
@@ -21,6 +22,7 @@ impl OpenAiSurface {
         let base = super::base_url(name, config.base_url.as_deref().unwrap_or_default())?;
         Ok(OpenAiSurface {
             endpoint: super::join(name, &base, "chat/completions")?,
+            embeddings: super::join(name, &base, "embeddings")?,
             max_tokens_field: match config.max_tokens_field {
                 MaxTokensField::MaxTokens => "max_tokens",
                 MaxTokensField::MaxCompletionTokens => "max_completion_tokens",
@@ -61,6 +63,10 @@ impl Surface for OpenAiSurface {
 
     fn break_credentials(&self, request: &mut reqwest::Request) {
         super::set_bearer(request, BROKEN_KEY);
+    }
+
+    fn embeddings_endpoint(&self) -> Option<reqwest::Url> {
+        Some(self.embeddings.clone())
     }
 
     fn stream_decoder(&self) -> Box<dyn StreamDecoder> {

@@ -1,37 +1,65 @@
-//! `POST /v1/messages/count_tokens`: Anthropic's token count of a request, forwarded to
-//! the first target of the route whose surface counts tokens (`anthropic` today), with
-//! the model renamed to that provider's id. Its answer (a count or a 4xx) goes back as
-//! it came; a target that fails (5xx, timeout, open breaker) is passed over for the next.
+//! Endpoints besides chat that are forwarded as they came: `POST /v1/messages/count_tokens`
+//! (Anthropic's token count of a request; `anthropic` targets) and `POST /v1/embeddings`
+//! (OpenAI's embeddings; `openai` targets). The body goes to the first target of the
+//! route whose surface has the endpoint, with the model renamed to that provider's id;
+//! its answer (a result or a 4xx) goes back as it came; a target that fails (5xx,
+//! network, timeout, open breaker) is passed over for the next, so the route's fallbacks
+//! hold here too. Nothing is cached.
 
 use bytes::Bytes;
 use serde_json::Value;
 use tokio::time::{Instant, timeout_at};
 
 use super::Route;
+use super::surface::Surface;
 
-/// How a count ended.
-pub enum Counted {
+/// An endpoint forwarded as it came.
+#[derive(Debug, Clone, Copy)]
+pub enum Endpoint {
+    CountTokens,
+    Embeddings,
+}
+
+impl Endpoint {
+    fn url(self, surface: &dyn Surface) -> Option<reqwest::Url> {
+        match self {
+            Endpoint::CountTokens => surface.count_tokens_endpoint(),
+            Endpoint::Embeddings => surface.embeddings_endpoint(),
+        }
+    }
+
+    /// The provider kind that serves it, for the error of a route without one.
+    pub fn served_by_kind(self) -> &'static str {
+        match self {
+            Endpoint::CountTokens => "anthropic",
+            Endpoint::Embeddings => "openai",
+        }
+    }
+}
+
+/// How a forwarded request ended.
+pub enum Forwarded {
     /// The provider's status and body, from `target`.
     Answered {
         status: u16,
         body: Bytes,
         target: String,
     },
-    /// No target of the route can count tokens.
+    /// No target of the route has the endpoint.
     NoTarget,
-    /// Every target that could count failed; each with why.
+    /// Every target that has it failed; each with why.
     Failed(Vec<(String, String)>),
 }
 
-/// Forward `body` (a Messages request, `model` already resolved to `route`).
-pub async fn count_tokens(route: &Route, body: &Value) -> Counted {
+/// Forward `body` (its `model` already resolved to `route`) to `endpoint`.
+pub async fn forward(route: &Route, endpoint: Endpoint, body: &Value) -> Forwarded {
     let mut failures = Vec::new();
     let mut any = false;
     for target in route.targets() {
         let Some(provider) = &target.provider else {
             continue;
         };
-        let Some(url) = provider.surface.count_tokens_endpoint() else {
+        let Some(url) = endpoint.url(provider.surface.as_ref()) else {
             continue;
         };
         any = true;
@@ -70,7 +98,7 @@ pub async fn count_tokens(route: &Route, body: &Value) -> Counted {
         .await;
         match sent {
             Ok(Ok((status, body))) if status < 500 => {
-                return Counted::Answered {
+                return Forwarded::Answered {
                     status,
                     body,
                     target: target.label.clone(),
@@ -84,8 +112,8 @@ pub async fn count_tokens(route: &Route, body: &Value) -> Counted {
         }
     }
     if any {
-        Counted::Failed(failures)
+        Forwarded::Failed(failures)
     } else {
-        Counted::NoTarget
+        Forwarded::NoTarget
     }
 }
