@@ -440,3 +440,101 @@ async fn the_official_python_sdks_reach_claude_on_bedrock_and_vertex() {
         MockProvider::stop(mock).await;
     }
 }
+
+/// Drop-in: what the official SDKs send beyond a plain chat reaches the provider of the
+/// client's own protocol unchanged (every field, prompt-caching markers, thinking), and
+/// the endpoints besides chat answer (count_tokens, embeddings) with request ids kept.
+#[tokio::test]
+async fn the_official_python_sdks_send_every_field_through() {
+    let Some(python) = sdk_python() else {
+        return;
+    };
+    let openai_upstream = mock("openai-upstream").await;
+    let anthropic_upstream = mock("anthropic-upstream").await;
+    let config = format!(
+        "[[clients]]\nkey = \"env:SDK_CLIENT_KEY\"\ntenant = \"sdk\"\n{}{}{}{}{}",
+        provider("oai", "openai", &openai_upstream, ""),
+        provider("ant", "anthropic", &anthropic_upstream, ""),
+        route("chat-openai", &["oai/gpt-mock"]),
+        route("chat-anthropic", &["ant/claude-mock"]),
+        route("embed", &["oai/text-embed"]),
+    );
+    let gateway = TestGateway::start(&config, &[("SDK_CLIENT_KEY", CLIENT_KEY)]).await;
+    let drop_in = json!({
+        "openai_model": "chat-openai",
+        "openai_mock": "openai-upstream",
+        "anthropic_model": "chat-anthropic",
+        "anthropic_mock": "anthropic-upstream",
+        "embeddings_model": "embed",
+    });
+    let args = vec![
+        "--gateway".to_string(),
+        gateway.url(""),
+        "--key".to_string(),
+        CLIENT_KEY.to_string(),
+        "--routes".to_string(),
+        "[]".to_string(),
+        "--drop-in".to_string(),
+        drop_in.to_string(),
+    ];
+    let summary = run_summary(python, args).await;
+    assert_eq!(summary["failed"], json!([]), "{summary}");
+    // 4 drop-in checks, 2 unknown-model and 2 listing checks.
+    assert_eq!(summary["passed"], 4 + 4, "{summary}");
+
+    let openai_received = openai_upstream.requests();
+    let chat = openai_received
+        .iter()
+        .find(|request| request.path == "/v1/chat/completions")
+        .expect("the chat request");
+    for (field, value) in [
+        ("logprobs", json!(true)),
+        ("top_logprobs", json!(2)),
+        ("frequency_penalty", json!(0.5)),
+        ("presence_penalty", json!(-0.5)),
+        ("logit_bias", json!({"50256": -100})),
+        ("reasoning_effort", json!("low")),
+        ("user", json!("user-7")),
+        ("metadata", json!({"feature": "sdk"})),
+        ("store", json!(false)),
+        ("service_tier", json!("auto")),
+    ] {
+        assert_eq!(chat.body[field], value, "`{field}`: {}", chat.body);
+    }
+    assert_eq!(chat.body["messages"][0]["role"], "developer");
+    assert_eq!(
+        chat.traceparent.as_deref(),
+        Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    );
+    let embeddings = openai_received
+        .iter()
+        .find(|request| request.path == "/v1/embeddings")
+        .expect("the embeddings request");
+    assert_eq!(embeddings.model, "text-embed");
+    assert_eq!(embeddings.body["input"], json!(["a tide", "the moon"]));
+
+    let anthropic_received = anthropic_upstream.requests();
+    let message = anthropic_received
+        .iter()
+        .find(|request| request.path == "/v1/messages")
+        .expect("the messages request");
+    assert_eq!(
+        message.body["system"][1]["cache_control"],
+        json!({"type": "ephemeral"}),
+        "prompt-caching markers reach the provider: {}",
+        message.body
+    );
+    assert_eq!(
+        message.body["messages"][0]["content"][0]["cache_control"],
+        json!({"type": "ephemeral"})
+    );
+    assert_eq!(
+        message.body["thinking"],
+        json!({"type": "enabled", "budget_tokens": 1024})
+    );
+    assert_eq!(message.body["top_k"], 5);
+    assert_eq!(message.body["metadata"], json!({"user_id": "user-7"}));
+    assert!(anthropic_received.iter().any(
+        |request| request.path == "/v1/messages/count_tokens" && request.model == "claude-mock"
+    ));
+}

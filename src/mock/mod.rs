@@ -441,7 +441,20 @@ async fn embeddings(
                 .iter()
                 .map(|byte| f32::from(*byte) / 255.0)
                 .collect();
-            json!({"object": "embedding", "index": index, "embedding": vector})
+            // The OpenAI SDKs ask for base64 (little-endian f32s) unless told otherwise.
+            let embedding = if raw["encoding_format"] == "base64" {
+                let bytes: Vec<u8> = vector
+                    .iter()
+                    .flat_map(|value| value.to_le_bytes())
+                    .collect();
+                json!(base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    bytes
+                ))
+            } else {
+                json!(vector)
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
         })
         .collect();
     let tokens: usize = inputs

@@ -535,6 +535,108 @@ def anthropic_models(client: anthropic.Anthropic, routes: list[dict]) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# Drop-in: the fields and endpoints beyond chat (--drop-in). tests/sdk_clients.rs checks
+# what the mocks received.
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def openai_every_field(client: openai.OpenAI, run: Run, model: str, mock: str) -> None:
+    prompt = "openai with every field"
+    raw = client.chat.completions.with_raw_response.create(
+        model=model,
+        messages=[
+            {"role": "developer", "content": "Answer briefly."},
+            {"role": "user", "content": prompt},
+        ],
+        logprobs=True,
+        top_logprobs=2,
+        frequency_penalty=0.5,
+        presence_penalty=-0.5,
+        logit_bias={"50256": -100},
+        reasoning_effort="low",
+        user="user-7",
+        metadata={"feature": "sdk"},
+        store=False,
+        service_tier="auto",
+        extra_headers={"x-request-id": "sdk-request-1", "traceparent": TRACEPARENT},
+    )
+    run.count(model)
+    expect("x-request-id echoed", raw.headers.get("x-request-id"), "sdk-request-1")
+    upstream_id = raw.headers.get("x-airbag-upstream-request-id") or ""
+    expect_true("the provider's request id relayed", upstream_id.startswith("req_mock_"), upstream_id)
+    completion = raw.parse()
+    expect("text", completion.choices[0].message.content, f"mock {mock} answers: {prompt}")
+    expect("airbag.request_id", (completion.model_extra or {})["airbag"]["request_id"], "sdk-request-1")
+
+
+def anthropic_prompt_caching(client: anthropic.Anthropic, run: Run, model: str, mock: str) -> None:
+    prompt = "anthropic with prompt caching"
+    message = client.messages.create(
+        model=model,
+        max_tokens=2048,
+        system=[
+            {"type": "text", "text": "You are terse."},
+            {"type": "text", "text": "A long shared context.", "cache_control": {"type": "ephemeral"}},
+        ],
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": prompt, "cache_control": {"type": "ephemeral"}}
+                ],
+            }
+        ],
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        metadata={"user_id": "user-7"},
+        # This SDK version no longer takes `top_k` as an argument; apps send it this way.
+        extra_body={"top_k": 5},
+    )
+    run.count(model)
+    expect("text", message.content[0].text, f"mock {mock} answers: {prompt}")
+
+
+def anthropic_count_tokens(client: anthropic.Anthropic, run: Run, model: str) -> None:
+    counted = client.messages.count_tokens(
+        model=model, messages=[{"role": "user", "content": "one two three"}]
+    )
+    run.count(model)
+    expect("input_tokens", counted.input_tokens, 3)
+
+
+def openai_embeddings(client: openai.OpenAI, run: Run, model: str) -> None:
+    # The SDK asks for base64 and decodes it.
+    embedded = client.embeddings.create(model=model, input=["a tide", "the moon"])
+    run.count(model)
+    expect("vectors", len(embedded.data), 2)
+    expect("dimensions", [len(item.embedding) for item in embedded.data], [8, 8])
+    expect_true("different texts, different vectors", embedded.data[0].embedding != embedded.data[1].embedding)
+
+
+def drop_in_checks(
+    run: Run, openai_client: openai.OpenAI, anthropic_client: anthropic.Anthropic, drop_in: dict
+) -> None:
+    run.check(
+        "openai every field",
+        lambda: openai_every_field(openai_client, run, drop_in["openai_model"], drop_in["openai_mock"]),
+    )
+    run.check(
+        "anthropic prompt caching",
+        lambda: anthropic_prompt_caching(
+            anthropic_client, run, drop_in["anthropic_model"], drop_in["anthropic_mock"]
+        ),
+    )
+    run.check(
+        "anthropic count_tokens",
+        lambda: anthropic_count_tokens(anthropic_client, run, drop_in["anthropic_model"]),
+    )
+    run.check(
+        "openai embeddings",
+        lambda: openai_embeddings(openai_client, run, drop_in["embeddings_model"]),
+    )
+
+
+# ---------------------------------------------------------------------------------------
 
 
 def main() -> int:
@@ -549,6 +651,12 @@ def main() -> int:
     )
     parser.add_argument("--unknown-model", default="no-such-model")
     parser.add_argument("--bad-key", help="a key the gateway must refuse with 401")
+    parser.add_argument(
+        "--drop-in",
+        help="JSON object: openai_model, openai_mock, anthropic_model, anthropic_mock and "
+        "embeddings_model; runs the drop-in checks (every field, prompt caching, "
+        "count_tokens, embeddings, request ids)",
+    )
     args = parser.parse_args()
     gateway = args.gateway.rstrip("/")
     routes = json.loads(args.routes)
@@ -601,6 +709,8 @@ def main() -> int:
         model = routes[0]["model"]
         run.check("openai wrong key", lambda: openai_bad_key(gateway, args.bad_key, model))
         run.check("anthropic wrong key", lambda: anthropic_bad_key(gateway, args.bad_key, model))
+    if args.drop_in:
+        drop_in_checks(run, openai_client, anthropic_client, json.loads(args.drop_in))
     run.check("openai models.list", lambda: openai_models(openai_client, routes))
     run.check("anthropic models.list", lambda: anthropic_models(anthropic_client, routes))
 
