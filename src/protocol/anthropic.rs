@@ -637,6 +637,26 @@ struct UpstreamUsage {
     input_tokens: u64,
     #[serde(default)]
     output_tokens: u64,
+    /// Prompt caching: tokens read from and written to the provider's cache, which
+    /// Anthropic counts apart from `input_tokens`.
+    #[serde(default)]
+    cache_read_input_tokens: u64,
+    #[serde(default)]
+    cache_creation_input_tokens: u64,
+}
+
+impl UpstreamUsage {
+    /// Anthropic's counts in the neutral shape: every input token, cache reads included,
+    /// with the reads as the cached ones.
+    fn neutral(&self) -> Usage {
+        Usage {
+            input_tokens: self.input_tokens
+                + self.cache_read_input_tokens
+                + self.cache_creation_input_tokens,
+            output_tokens: self.output_tokens,
+            cached_input_tokens: self.cache_read_input_tokens,
+        }
+    }
 }
 
 fn parse_stop_reason(reason: Option<&str>) -> StopReason {
@@ -672,11 +692,7 @@ pub fn parse_upstream_response(body: &[u8], model: &str) -> Result<ChatResponse,
         model: wire.model.unwrap_or_else(|| model.to_string()),
         content,
         stop_reason: parse_stop_reason(wire.stop_reason.as_deref()),
-        usage: Usage {
-            input_tokens: usage.input_tokens,
-            output_tokens: usage.output_tokens,
-            cached_input_tokens: 0,
-        },
+        usage: usage.neutral(),
     })
 }
 
@@ -684,6 +700,7 @@ pub fn parse_upstream_response(body: &[u8], model: &str) -> Result<ChatResponse,
 #[derive(Debug, Default)]
 pub struct StreamParser {
     input_tokens: u64,
+    cached_input_tokens: u64,
     /// Anthropic block index → OpenAI-style tool call index.
     tool_blocks: HashMap<u64, usize>,
     /// Tool blocks that have received argument text; one that closes without any gets
@@ -717,12 +734,15 @@ impl StreamParser {
         match kind {
             "message_start" => {
                 let message = &data["message"];
-                self.input_tokens = message["usage"]["input_tokens"].as_u64().unwrap_or(0);
+                let usage: UpstreamUsage =
+                    serde_json::from_value(message["usage"].clone()).unwrap_or_default();
+                let usage = usage.neutral();
+                self.input_tokens = usage.input_tokens;
+                self.cached_input_tokens = usage.cached_input_tokens;
                 // Usage first, so a writer that opens with the input count has it.
                 events.push(StreamEvent::Usage(Usage {
-                    input_tokens: self.input_tokens,
                     output_tokens: 0,
-                    cached_input_tokens: 0,
+                    ..usage
                 }));
                 events.push(StreamEvent::Start {
                     id: message["id"].as_str().unwrap_or_default().to_string(),
@@ -774,11 +794,21 @@ impl StreamParser {
                 events.push(StreamEvent::Finish {
                     stop_reason: parse_stop_reason(data["delta"]["stop_reason"].as_str()),
                 });
+                // The final counts; input counts only when the provider repeats them.
                 let usage = &data["usage"];
+                let input_tokens = match usage.get("input_tokens").and_then(Value::as_u64) {
+                    Some(_) => serde_json::from_value::<UpstreamUsage>(usage.clone())
+                        .unwrap_or_default()
+                        .neutral(),
+                    None => Usage {
+                        input_tokens: self.input_tokens,
+                        output_tokens: 0,
+                        cached_input_tokens: self.cached_input_tokens,
+                    },
+                };
                 events.push(StreamEvent::Usage(Usage {
-                    input_tokens: usage["input_tokens"].as_u64().unwrap_or(self.input_tokens),
                     output_tokens: usage["output_tokens"].as_u64().unwrap_or(0),
-                    cached_input_tokens: 0,
+                    ..input_tokens
                 }));
             }
             "content_block_stop" => {
@@ -870,6 +900,53 @@ mod tests {
         .unwrap_err();
         assert_eq!(error.field, "messages[0].content[0].text", "{error:?}");
         assert!(error.message.contains("missing field `text`"), "{error:?}");
+    }
+
+    #[test]
+    fn the_providers_prompt_cache_counts_are_kept() {
+        // Anthropic counts cache reads and writes apart from `input_tokens`.
+        let body = br#"{"id":"msg_1","model":"c","content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","usage":{"input_tokens":10,"output_tokens":3,"cache_read_input_tokens":500,"cache_creation_input_tokens":20}}"#;
+        let response = parse_upstream_response(body, "c").unwrap();
+        assert_eq!(
+            response.usage,
+            Usage {
+                input_tokens: 530,
+                output_tokens: 3,
+                cached_input_tokens: 500
+            }
+        );
+        assert_eq!(
+            usage_json(response.usage, 3)["cache_read_input_tokens"],
+            500
+        );
+
+        let mut parser = StreamParser::default();
+        let event = |data: &str| sse::SseEvent {
+            event: None,
+            data: data.to_string(),
+        };
+        let start = parser
+            .parse(&event(r#"{"type":"message_start","message":{"id":"m","model":"c","usage":{"input_tokens":10,"output_tokens":1,"cache_read_input_tokens":500}}}"#))
+            .unwrap();
+        assert_eq!(
+            start[0],
+            StreamEvent::Usage(Usage {
+                input_tokens: 510,
+                output_tokens: 0,
+                cached_input_tokens: 500
+            })
+        );
+        let end = parser
+            .parse(&event(r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":7}}"#))
+            .unwrap();
+        assert_eq!(
+            end[1],
+            StreamEvent::Usage(Usage {
+                input_tokens: 510,
+                output_tokens: 7,
+                cached_input_tokens: 500
+            })
+        );
     }
 
     #[test]

@@ -743,6 +743,15 @@ struct UpstreamMessage {
 struct UpstreamUsage {
     prompt_tokens: u64,
     completion_tokens: u64,
+    #[serde(default)]
+    prompt_tokens_details: Option<UpstreamPromptDetails>,
+}
+
+/// The provider's own prompt cache: how many prompt tokens it read from it.
+#[derive(Debug, Deserialize, Clone, Copy)]
+struct UpstreamPromptDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
 }
 
 impl From<UpstreamUsage> for Usage {
@@ -750,7 +759,10 @@ impl From<UpstreamUsage> for Usage {
         Usage {
             input_tokens: usage.prompt_tokens,
             output_tokens: usage.completion_tokens,
-            cached_input_tokens: 0,
+            cached_input_tokens: usage
+                .prompt_tokens_details
+                .and_then(|details| details.cached_tokens)
+                .unwrap_or(0),
         }
     }
 }
@@ -957,6 +969,14 @@ mod tests {
         assert_eq!(upstream["messages"][3]["content"], "rain");
         assert_eq!(upstream["max_completion_tokens"], 7);
         assert!(upstream.get("max_tokens").is_none());
+    }
+
+    #[test]
+    fn the_providers_cached_prompt_tokens_are_kept() {
+        let body = br#"{"id":"c1","model":"g","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1200,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":1024}}}"#;
+        let response = parse_upstream_response(body, "g").unwrap();
+        assert_eq!(response.usage.input_tokens, 1200);
+        assert_eq!(response.usage.cached_input_tokens, 1024);
     }
 
     #[test]
