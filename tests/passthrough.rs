@@ -394,3 +394,100 @@ async fn across_protocols_what_maps_is_mapped_and_what_does_not_is_named() {
     assert_eq!(reply.header("x-airbag-dropped-fields"), "");
     assert!(reply.json()["airbag"].get("dropped_fields").is_none());
 }
+
+#[tokio::test]
+async fn thinking_blocks_come_back_to_an_anthropic_client_and_not_to_an_openai_one() {
+    let (gateway, _openai, anthropic_upstream) = gateway().await;
+    let thinking = json!({
+        "type": "thinking",
+        "thinking": "mock ant thinks it over.",
+        "signature": airbag::mock::MOCK_THINKING_SIGNATURE,
+    });
+    let mut body = json!({
+        "model": "claude-x",
+        "max_tokens": 2048,
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "messages": [{"role": "user", "content": "what is a tide?"}],
+    });
+    let reply = gateway.anthropic(body.clone()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let content = reply.json()["content"].clone();
+    assert_eq!(content[0], thinking, "{content}");
+    assert_eq!(content[1]["text"], "mock ant answers: what is a tide?");
+
+    // Streamed: the thinking block and its deltas as the provider sent them, then the
+    // text block.
+    body["stream"] = json!(true);
+    let reply = gateway.anthropic(body.clone()).await;
+    let events: Vec<(String, Value)> = reply
+        .events()
+        .into_iter()
+        .map(|(name, data)| {
+            (
+                name.unwrap_or_default(),
+                serde_json::from_str(&data).unwrap(),
+            )
+        })
+        .collect();
+    let starts: Vec<&Value> = events
+        .iter()
+        .filter(|(name, _)| name == "content_block_start")
+        .map(|(_, data)| data)
+        .collect();
+    assert_eq!(starts[0]["content_block"]["type"], "thinking", "{starts:?}");
+    assert_eq!(starts[0]["index"], 0);
+    assert_eq!(starts[1]["content_block"]["type"], "text");
+    assert_eq!(starts[1]["index"], 1);
+    let block_deltas = |kind: &str, field: &str| -> String {
+        events
+            .iter()
+            .filter(|(name, data)| name == "content_block_delta" && data["delta"]["type"] == kind)
+            .map(|(_, data)| {
+                assert_eq!(data["index"], 0);
+                data["delta"][field].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    assert_eq!(
+        block_deltas("thinking_delta", "thinking"),
+        thinking["thinking"]
+    );
+    assert_eq!(
+        block_deltas("signature_delta", "signature"),
+        thinking["signature"]
+    );
+    assert_eq!(
+        reply.anthropic_stream_text(),
+        "mock ant answers: what is a tide?"
+    );
+
+    // The next turn sends it back; it reaches the provider as it came.
+    let next = json!({
+        "model": "claude-x",
+        "max_tokens": 2048,
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "messages": [
+            {"role": "user", "content": "what is a tide?"},
+            {"role": "assistant", "content": content},
+            {"role": "user", "content": "and a neap tide?"},
+        ],
+    });
+    let reply = gateway.anthropic(next).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let received = anthropic_upstream.requests().last().unwrap().body.clone();
+    assert_eq!(received["messages"][1]["content"][0], thinking);
+
+    // An OpenAI client answered by Claude with reasoning gets the text only.
+    let reply = gateway
+        .openai(json!({
+            "model": "claude-x",
+            "reasoning_effort": "low",
+            "messages": [{"role": "user", "content": "what is a tide?"}],
+        }))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(
+        reply.json()["choices"][0]["message"]["content"],
+        "mock ant answers: what is a tide?"
+    );
+}

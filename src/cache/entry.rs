@@ -49,6 +49,7 @@ impl StoredEntry {
                     name,
                     arguments,
                 } => id.len() + name.len() + arguments.len(),
+                StoredPart::ProviderBlock { block } => block.to_string().len(),
             })
             .sum();
         let size = 256 + self.question.len() + self.served_by.len() + text;
@@ -76,6 +77,11 @@ pub enum StoredPart {
         id: String,
         name: String,
         arguments: String,
+    },
+    /// An Anthropic block airbag relays without reading it (a thinking block and its
+    /// signature): an Anthropic client must be able to send it back with its next turn.
+    ProviderBlock {
+        block: serde_json::Value,
     },
 }
 
@@ -110,6 +116,9 @@ impl StoredAnswer {
                     id: call.id.clone(),
                     name: call.name.clone(),
                     arguments: call.arguments.clone(),
+                }),
+                Part::ProviderBlock(block) => Some(StoredPart::ProviderBlock {
+                    block: block.clone(),
                 }),
                 _ => None,
             })
@@ -148,6 +157,7 @@ impl StoredAnswer {
                         name: name.clone(),
                         arguments: arguments.clone(),
                     }),
+                    StoredPart::ProviderBlock { block } => Part::ProviderBlock(block.clone()),
                 })
                 .collect(),
             stop_reason: match self.stop_reason {

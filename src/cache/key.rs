@@ -356,6 +356,10 @@ impl Canon {
                 self.str("tool-result-content", &result.content);
                 self.u64("tool-result-error", u64::from(result.is_error));
             }
+            Part::ProviderBlock(block) => {
+                self.tag("provider-block");
+                self.json(block);
+            }
         }
     }
 

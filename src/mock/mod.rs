@@ -836,6 +836,18 @@ fn reply_for(name: &str, request: &ChatRequest) -> ChatResponse {
             StopReason::EndTurn,
         )
     };
+    // A request that asks the model to think gets a thinking block first, as Claude
+    // answers (OpenAI-shaped answers leave it out when they are written).
+    let content = match request.params.reasoning {
+        Some(_) => std::iter::once(Part::ProviderBlock(json!({
+            "type": "thinking",
+            "thinking": format!("mock {name} thinks it over."),
+            "signature": MOCK_THINKING_SIGNATURE,
+        })))
+        .chain(content)
+        .collect(),
+        None => content,
+    };
     let output_tokens = content
         .iter()
         .map(|part| match part {
@@ -855,6 +867,9 @@ fn reply_for(name: &str, request: &ChatRequest) -> ChatResponse {
         },
     }
 }
+
+/// The signature of the mock's thinking blocks, for tests to check it came back whole.
+pub const MOCK_THINKING_SIGNATURE: &str = "bW9jay1zaWduYXR1cmU=";
 
 /// A request whose last message is the assistant's own text (a prefill, or a stream
 /// being resumed) gets the rest of the answer after it, as a model continuing its turn
@@ -908,6 +923,21 @@ fn stream_chunks(protocol: Protocol, request: &ChatRequest, reply: &ChatResponse
                     arguments: call.arguments.clone(),
                 });
                 tool_index += 1;
+            }
+            // As Claude streams thinking: an empty block, its text, then its signature.
+            Part::ProviderBlock(block) if block["type"] == "thinking" => {
+                events.push(StreamEvent::ProviderBlockStart(
+                    json!({"type": "thinking", "thinking": "", "signature": ""}),
+                ));
+                let thinking = block["thinking"].as_str().unwrap_or_default();
+                events.extend(thinking.split_inclusive(' ').map(|word| {
+                    StreamEvent::ProviderBlockDelta(
+                        json!({"type": "thinking_delta", "thinking": word}),
+                    )
+                }));
+                events.push(StreamEvent::ProviderBlockDelta(
+                    json!({"type": "signature_delta", "signature": block["signature"]}),
+                ));
             }
             _ => {}
         }

@@ -297,6 +297,7 @@ fn content_blocks(content: &[Part]) -> Vec<Value> {
                 "type": "tool_use", "id": call.id, "name": call.name,
                 "input": arguments_object(&call.arguments),
             })),
+            Part::ProviderBlock(block) => Some(block.clone()),
             _ => None,
         })
         .collect()
@@ -340,6 +341,8 @@ enum OpenBlock {
     None,
     Text,
     Tool(usize),
+    /// A block airbag relays without reading it (thinking…).
+    Provider,
 }
 
 /// Renders neutral stream events as Anthropic's SSE event sequence. The stop reason and
@@ -425,6 +428,21 @@ impl StreamWriter {
                 if self.open == OpenBlock::Tool(index) {
                     let delta = json!({"type": "content_block_delta", "index": self.block_index,
                         "delta": {"type": "input_json_delta", "partial_json": arguments}});
+                    out.push(sse::encode(Some("content_block_delta"), &delta.to_string()));
+                }
+            }
+            StreamEvent::ProviderBlockStart(block) => {
+                self.start(random_id("msg_"), &mut out);
+                self.close_block(&mut out);
+                let start = json!({"type": "content_block_start", "index": self.block_index,
+                    "content_block": block});
+                out.push(sse::encode(Some("content_block_start"), &start.to_string()));
+                self.open = OpenBlock::Provider;
+            }
+            StreamEvent::ProviderBlockDelta(delta) => {
+                if self.open == OpenBlock::Provider {
+                    let delta = json!({"type": "content_block_delta", "index": self.block_index,
+                        "delta": delta});
                     out.push(sse::encode(Some("content_block_delta"), &delta.to_string()));
                 }
             }
@@ -594,6 +612,7 @@ fn upstream_content(content: &[Part]) -> Vec<Value> {
 fn upstream_block(part: &Part) -> Value {
     match part {
         Part::Text(text) => json!({"type": "text", "text": text}),
+        Part::ProviderBlock(block) => block.clone(),
         Part::Image(Image::Base64 { media_type, data }) => json!({"type": "image",
             "source": {"type": "base64", "media_type": media_type, "data": data}}),
         Part::Image(Image::Url(url)) => {
@@ -611,7 +630,8 @@ fn upstream_block(part: &Part) -> Value {
 struct UpstreamResponse {
     id: Option<String>,
     model: Option<String>,
-    content: Vec<UpstreamBlock>,
+    /// Read one by one: blocks airbag does not read are kept whole.
+    content: Vec<Value>,
     stop_reason: Option<String>,
     usage: Option<UpstreamUsage>,
 }
@@ -627,8 +647,6 @@ enum UpstreamBlock {
         name: String,
         input: Value,
     },
-    #[serde(other)]
-    Other,
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy)]
@@ -676,16 +694,19 @@ pub fn parse_upstream_response(body: &[u8], model: &str) -> Result<ChatResponse,
     let content = wire
         .content
         .into_iter()
-        .filter_map(|block| match block {
-            UpstreamBlock::Text { text } => Some(Part::Text(text)),
-            UpstreamBlock::ToolUse { id, name, input } => Some(Part::ToolCall(ToolCall {
-                id,
-                name,
-                arguments: input.to_string(),
-            })),
-            UpstreamBlock::Other => None,
+        .map(|block| match block["type"].as_str() {
+            Some("text" | "tool_use") => match serde_json::from_value(block) {
+                Ok(UpstreamBlock::Text { text }) => Ok(Part::Text(text)),
+                Ok(UpstreamBlock::ToolUse { id, name, input }) => Ok(Part::ToolCall(ToolCall {
+                    id,
+                    name,
+                    arguments: input.to_string(),
+                })),
+                Err(error) => Err(format!("unreadable content block: {error}")),
+            },
+            _ => Ok(Part::ProviderBlock(block)),
         })
-        .collect();
+        .collect::<Result<Vec<Part>, String>>()?;
     let usage = wire.usage.unwrap_or_default();
     Ok(ChatResponse {
         id: wire.id.unwrap_or_else(|| random_id("msg_")),
@@ -703,6 +724,8 @@ pub struct StreamParser {
     cached_input_tokens: u64,
     /// Anthropic block index → OpenAI-style tool call index.
     tool_blocks: HashMap<u64, usize>,
+    /// Indices of blocks relayed without being read (thinking…).
+    provider_blocks: HashSet<u64>,
     /// Tool blocks that have received argument text; one that closes without any gets
     /// `{}`, so OpenAI clients can parse its arguments.
     tool_blocks_with_arguments: HashSet<u64>,
@@ -760,8 +783,14 @@ impl StreamParser {
                         id: block["id"].as_str().unwrap_or_default().to_string(),
                         name: block["name"].as_str().unwrap_or_default().to_string(),
                     });
-                } else if let Some(text) = block["text"].as_str().filter(|text| !text.is_empty()) {
-                    events.push(StreamEvent::TextDelta(text.to_string()));
+                } else if block["type"] == "text" {
+                    if let Some(text) = block["text"].as_str().filter(|text| !text.is_empty()) {
+                        events.push(StreamEvent::TextDelta(text.to_string()));
+                    }
+                } else {
+                    self.provider_blocks
+                        .insert(data["index"].as_u64().unwrap_or(0));
+                    events.push(StreamEvent::ProviderBlockStart(block.clone()));
                 }
             }
             "content_block_delta" => {
@@ -785,6 +814,12 @@ impl StreamParser {
                                 arguments: arguments.to_string(),
                             });
                         }
+                    }
+                    _ if self
+                        .provider_blocks
+                        .contains(&data["index"].as_u64().unwrap_or(0)) =>
+                    {
+                        events.push(StreamEvent::ProviderBlockDelta(delta.clone()));
                     }
                     _ => {}
                 }

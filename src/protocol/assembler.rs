@@ -16,6 +16,8 @@ pub struct Assembler {
     content: Vec<Part>,
     /// Tool call index (as streams number them) → position in `content`.
     tool_calls: HashMap<usize, usize>,
+    /// Position in `content` of the provider block the next deltas belong to.
+    open_provider_block: Option<usize>,
     /// A delta arrived for a tool call that never started: the answer is incomplete.
     broken: bool,
     stop_reason: Option<StopReason>,
@@ -51,6 +53,19 @@ impl Assembler {
                     _ => self.broken = true,
                 }
             }
+            StreamEvent::ProviderBlockStart(block) => {
+                self.open_provider_block = Some(self.content.len());
+                self.content.push(Part::ProviderBlock(block.clone()));
+            }
+            StreamEvent::ProviderBlockDelta(delta) => {
+                let block = self
+                    .open_provider_block
+                    .and_then(|position| self.content.get_mut(position));
+                match block {
+                    Some(Part::ProviderBlock(block)) => apply_block_delta(block, delta),
+                    _ => self.broken = true,
+                }
+            }
             StreamEvent::Finish { stop_reason } => self.stop_reason = Some(*stop_reason),
             StreamEvent::Usage(usage) => self.usage = *usage,
             StreamEvent::Resumed { .. } => {}
@@ -74,5 +89,79 @@ impl Assembler {
             stop_reason: self.stop_reason?,
             usage: self.usage,
         })
+    }
+}
+
+/// Fold an Anthropic block delta into its block: thinking text is appended, the
+/// signature set, citations collected; other deltas have nothing to keep.
+fn apply_block_delta(block: &mut serde_json::Value, delta: &serde_json::Value) {
+    let Some(fields) = block.as_object_mut() else {
+        return;
+    };
+    match delta["type"].as_str() {
+        Some("thinking_delta") => {
+            let text = delta["thinking"].as_str().unwrap_or_default();
+            let thinking = fields.entry("thinking").or_insert_with(|| "".into());
+            if let Some(existing) = thinking.as_str() {
+                *thinking = format!("{existing}{text}").into();
+            }
+        }
+        Some("signature_delta") => {
+            fields.insert("signature".to_string(), delta["signature"].clone());
+        }
+        Some("citations_delta") => {
+            let citations = fields
+                .entry("citations")
+                .or_insert_with(|| Vec::<serde_json::Value>::new().into());
+            if let Some(list) = citations.as_array_mut() {
+                list.push(delta["citation"].clone());
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_thinking_block_is_rebuilt_from_its_deltas() {
+        let mut assembler = Assembler::default();
+        for event in [
+            StreamEvent::Start {
+                id: "m".into(),
+                model: "c".into(),
+            },
+            StreamEvent::ProviderBlockStart(
+                json!({"type": "thinking", "thinking": "", "signature": ""}),
+            ),
+            StreamEvent::ProviderBlockDelta(
+                json!({"type": "thinking_delta", "thinking": "Let me "}),
+            ),
+            StreamEvent::ProviderBlockDelta(
+                json!({"type": "thinking_delta", "thinking": "think."}),
+            ),
+            StreamEvent::ProviderBlockDelta(
+                json!({"type": "signature_delta", "signature": "c2ln"}),
+            ),
+            StreamEvent::TextDelta("answer".into()),
+            StreamEvent::Finish {
+                stop_reason: StopReason::EndTurn,
+            },
+        ] {
+            assembler.push(&event);
+        }
+        let response = assembler.finish().unwrap();
+        assert_eq!(
+            response.content,
+            vec![
+                Part::ProviderBlock(
+                    json!({"type": "thinking", "thinking": "Let me think.", "signature": "c2ln"})
+                ),
+                Part::Text("answer".into()),
+            ]
+        );
     }
 }

@@ -169,6 +169,11 @@ pub enum Part {
     Image(Image),
     ToolCall(ToolCall),
     ToolResult(ToolResult),
+    /// A content block of an Anthropic answer that airbag does not read (a `thinking`
+    /// block with its signature, `redacted_thinking`, a server tool's blocks), kept whole
+    /// so an Anthropic client gets it back and can send it with its next turn. OpenAI
+    /// clients do not see it.
+    ProviderBlock(Value),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -274,6 +279,12 @@ pub enum StreamEvent {
         index: usize,
         arguments: String,
     },
+    /// A content block of an Anthropic answer airbag does not read opens (see
+    /// [`Part::ProviderBlock`]); its deltas follow as `ProviderBlockDelta`s.
+    ProviderBlockStart(Value),
+    /// A delta of the open provider block, as the provider sent it (`thinking_delta`,
+    /// `signature_delta`, …).
+    ProviderBlockDelta(Value),
     Finish {
         stop_reason: StopReason,
     },
@@ -518,6 +529,8 @@ pub fn replay_as_stream(response: ChatResponse) -> EventStream {
                 });
                 tool_index += 1;
             }
+            // Whole, in its opening event: no deltas needed.
+            Part::ProviderBlock(block) => events.push(StreamEvent::ProviderBlockStart(block)),
             // Answers never hold images or tool results; nothing to send for them.
             Part::Image(_) | Part::ToolResult(_) => {}
         }

@@ -483,6 +483,8 @@ impl StreamWriter {
                 vec![self.chunk(json!({"role": "assistant", "content": ""}), None)]
             }
             StreamEvent::TextDelta(text) => vec![self.chunk(json!({"content": text}), None)],
+            // Anthropic's own blocks (thinking…) have no place in a chat completion.
+            StreamEvent::ProviderBlockStart(_) | StreamEvent::ProviderBlockDelta(_) => Vec::new(),
             StreamEvent::ToolCallStart { index, id, name } => vec![self.chunk(
                 json!({"tool_calls": [{"index": index, "id": id, "type": "function",
                     "function": {"name": name, "arguments": ""}}]}),
@@ -702,7 +704,7 @@ fn push_upstream_message(out: &mut Vec<Value>, message: &Message) {
                     Part::Image(Image::Base64 { media_type, data }) => parts.push(
                         json!({"type": "image_url", "image_url": {"url": format!("data:{media_type};base64,{data}")}}),
                     ),
-                    Part::ToolCall(_) => {}
+                    Part::ToolCall(_) | Part::ProviderBlock(_) => {}
                 }
             }
             if parts.is_empty() {

@@ -593,7 +593,9 @@ def anthropic_prompt_caching(client: anthropic.Anthropic, run: Run, model: str, 
         extra_body={"top_k": 5},
     )
     run.count(model)
-    expect("text", message.content[0].text, f"mock {mock} answers: {prompt}")
+    expect("first block", message.content[0].type, "thinking")
+    expect_true("the thinking block's signature", bool(message.content[0].signature))
+    expect("text", message.content[1].text, f"mock {mock} answers: {prompt}")
 
 
 def anthropic_count_tokens(client: anthropic.Anthropic, run: Run, model: str) -> None:
