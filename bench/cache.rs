@@ -710,6 +710,8 @@ fn main() {
         );
         return;
     }
+    // Notes of the partial runs go to `target/` of the repo, whatever CARGO_TARGET_DIR says.
+    std::fs::create_dir_all(root().join("target")).unwrap();
     let embedder = load_embedder();
     let verifier = Verifier::new(
         embedder.clone(),
