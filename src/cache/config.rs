@@ -134,7 +134,8 @@ pub struct SemanticConfig {
     /// instructions embed alike.
     #[serde(default = "default_max_question_chars")]
     pub max_question_chars: usize,
-    /// Threads running the embedding model, each with its own copy of it (about 25 MB).
+    /// Threads running the embedding model, each with its own copy of it (about 95 MiB
+    /// resident each; the verifier shares them).
     /// More than the machine's cores gains nothing.
     #[serde(default = "default_embedding_threads")]
     pub embedding_threads: usize,

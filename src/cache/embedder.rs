@@ -72,7 +72,7 @@ struct Job {
 pub struct EmbedderOptions {
     /// Most questions in one model call.
     pub max_batch: usize,
-    /// Threads running the model, each with its own copy (about 25 MB each).
+    /// Threads running the model, each with its own copy (about 95 MiB resident each).
     pub threads: usize,
     /// Questions waiting for a thread past which [`Embedder::embed_within`] refuses at
     /// once.
