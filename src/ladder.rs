@@ -16,6 +16,8 @@
 //! The ladder decides *which* rung serves and returns a [`Served`] with its tag; egress
 //! (in `server`) renders it in the caller's protocol. It never touches HTTP types.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -29,7 +31,6 @@ use crate::protocol::{
 use crate::providers::resume::{self, ResumePlan};
 use crate::providers::{AttemptRecord, ChainOutcome, Route, UpstreamAnswer, chain};
 use crate::server::Gateway;
-use std::sync::Arc;
 
 /// Which rung served a response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -355,25 +356,30 @@ async fn walk_chain(
     let metrics = gateway.metrics.clone();
     let (mut reply, walked) = tokio::sync::oneshot::channel();
     // Not awaited at shutdown: the walk ends by `server.request_timeout` and the
-    // attempts' deadlines, and an answer stored after the cache stopped is dropped.
-    tokio::spawn(async move {
-        let walk = chain::walk(&route, &request, &metrics, deadline);
-        tokio::pin!(walk);
-        let outcome = tokio::select! {
-            outcome = &mut walk => outcome,
-            () = reply.closed() => {
-                if !pending.has_followers() {
-                    // Nobody waits: dropping the walk cancels the call, dropping the
-                    // pending write abandons the flight.
-                    return;
+    // attempts' deadlines, and an answer stored after the cache stopped is dropped. It
+    // logs in the request's span.
+    let span = tracing::Span::current();
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let walk = chain::walk(&route, &request, &metrics, deadline);
+            tokio::pin!(walk);
+            let outcome = tokio::select! {
+                outcome = &mut walk => outcome,
+                () = reply.closed() => {
+                    if !pending.has_followers() {
+                        // Nobody waits: dropping the walk cancels the call, dropping the
+                        // pending write abandons the flight.
+                        return;
+                    }
+                    walk.await
                 }
-                walk.await
+            };
+            if let Err((outcome, Some(pending))) = reply.send((outcome, Some(pending))) {
+                answer_followers(&cache, outcome, pending);
             }
-        };
-        if let Err((outcome, Some(pending))) = reply.send((outcome, Some(pending))) {
-            answer_followers(&cache, outcome, pending);
-        }
-    });
+        },
+        span,
+    ));
     match walked.await {
         Ok(walked) => walked,
         // The walk's task panicked: the flight is abandoned with it.
