@@ -215,6 +215,16 @@ async fn the_verifier_serves_a_rewording_and_refuses_a_swapped_modifier() {
         metrics.contains("airbag_cache_verifier_total{outcome=\"verified\"} 1"),
         "{metrics}"
     );
+    // Both candidates' token vectors were kept when the answer was stored: the verifier
+    // ran no model call of its own.
+    assert!(
+        metrics.contains("airbag_cache_verifier_readings_total{source=\"memory\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("airbag_cache_verifier_readings_total{source=\"model\"} 0"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("airbag_cache_verifier_total{outcome=\"rejected\"}"),
         "{metrics}"
@@ -348,11 +358,24 @@ async fn entries_survive_a_restart() {
         .openai(openai_chat("chat", "What are your opening hours?"))
         .await;
     assert_eq!(exact.served_by(), "cache:exact", "{}", exact.text);
-    let reworded = restarted
-        .openai(openai_chat("chat", "what are your opening hours"))
-        .await;
-    assert_eq!(reworded.served_by(), "cache:semantic", "{}", reworded.text);
+    // The verifier's memory did not survive the restart: the stored question is read
+    // through the model once, then remembered.
+    for _ in 0..2 {
+        let reworded = restarted
+            .openai(openai_chat("chat", "what are your opening hours"))
+            .await;
+        assert_eq!(reworded.served_by(), "cache:semantic", "{}", reworded.text);
+    }
     assert_eq!(upstream.request_count(), 1);
+    let metrics = restarted.metrics().await;
+    for source in ["model", "memory"] {
+        assert!(
+            metrics.contains(&format!(
+                "airbag_cache_verifier_readings_total{{source=\"{source}\"}} 1"
+            )),
+            "{metrics}"
+        );
+    }
 }
 
 #[tokio::test]
