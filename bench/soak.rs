@@ -5,7 +5,8 @@
 //! to `bench/results/soak.json`.
 //!
 //! Environment: `SOAK_SECONDS` (default 1800), `SOAK_RATE` new questions per second
-//! (default 40), `SOAK_MAX_ENTRIES` (default 10000), `SOAK_SAMPLE_SECONDS` (default 10).
+//! (default 40), `SOAK_MAX_ENTRIES` (default 10000), `SOAK_SAMPLE_SECONDS` (default 10),
+//! `SOAK_OUTPUT` (default `bench/results/soak.json`).
 //! A fifth of the requests repeat a recent question (hits). The verdict: resident memory
 //! after the entry cap was reached stays within ±10% of its value at the cap, and the
 //! peak stays under 200 MiB.
@@ -271,7 +272,10 @@ fn main() {
         "{}",
         serde_json::to_string_pretty(&results["verdict"]).unwrap()
     );
-    let path = root().join("bench/results/soak.json");
+    // `SOAK_OUTPUT=FILE` keeps a short or experimental run apart from the committed one.
+    let path = std::env::var("SOAK_OUTPUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join("bench/results/soak.json"));
     std::fs::write(&path, serde_json::to_string_pretty(&results).unwrap()).unwrap();
     println!("written to {}", path.display());
 }

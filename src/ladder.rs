@@ -16,11 +16,13 @@
 //! The ladder decides *which* rung serves and returns a [`Served`] with its tag; egress
 //! (in `server`) renders it in the caller's protocol. It never touches HTTP types.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::cache::{CacheControls, CacheHit, HitKind, Lookup};
+use crate::cache::{Cache, CacheControls, CacheHit, HitKind, Lookup, PendingEntry};
 use crate::error::RequestError;
 use crate::protocol::{
     ChatRequest, ChatResponse, EventStream, Part, StopReason, Usage, crossing, last_user_text,
@@ -159,7 +161,8 @@ pub async fn answer(
     // The request's budget for rung 2: no attempt starts, and no answer is committed,
     // after it. Later rungs still answer.
     let deadline = tokio::time::Instant::now() + gateway.request_timeout;
-    match chain::walk(route, request, &gateway.metrics, deadline).await {
+    let (outcome, pending) = walk_chain(gateway, route, request, deadline, pending).await;
+    match outcome {
         ChainOutcome::Answered {
             answer,
             target,
@@ -342,5 +345,94 @@ fn provider_tag(
             .body_dialect_of(target)
             .map(|dialect| crossing::dropped_fields(request, dialect))
             .unwrap_or_default(),
+    }
+}
+
+/// Rung 2's walk over the chain. A request that leads a flight of identical requests
+/// (`cache/coalesce.rs`) walks it in a task of its own, detached from its client: if the
+/// client goes away while followers wait, the walk goes on and its answer is stored for
+/// them (the leader's own response is dropped); without followers it is cancelled, as
+/// every other request's walk is when its client goes away. The pending write comes
+/// back with the outcome.
+async fn walk_chain(
+    gateway: &Gateway,
+    route: &Arc<Route>,
+    request: &ChatRequest,
+    deadline: tokio::time::Instant,
+    pending: Option<PendingEntry>,
+) -> (ChainOutcome, Option<PendingEntry>) {
+    let (cache, pending) = match (&gateway.cache, pending) {
+        (Some(cache), Some(pending)) if pending.leads_flight() => (cache.clone(), pending),
+        (_, pending) => {
+            return (
+                chain::walk(route, request, &gateway.metrics, deadline).await,
+                pending,
+            );
+        }
+    };
+    let (route, request) = (route.clone(), request.clone());
+    let metrics = gateway.metrics.clone();
+    let (mut reply, walked) = tokio::sync::oneshot::channel();
+    // Not awaited at shutdown: the walk ends by `server.request_timeout` and the
+    // attempts' deadlines, and an answer stored after the cache stopped is dropped. It
+    // logs in the request's span.
+    let span = tracing::Span::current();
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            let walk = chain::walk(&route, &request, &metrics, deadline);
+            tokio::pin!(walk);
+            let outcome = tokio::select! {
+                outcome = &mut walk => outcome,
+                () = reply.closed() => {
+                    if !pending.has_followers() {
+                        // Nobody waits: dropping the walk cancels the call, dropping the
+                        // pending write abandons the flight.
+                        return;
+                    }
+                    walk.await
+                }
+            };
+            if let Err((outcome, Some(pending))) = reply.send((outcome, Some(pending))) {
+                answer_followers(&cache, outcome, pending);
+            }
+        },
+        span,
+    ));
+    match walked.await {
+        Ok(walked) => walked,
+        // The walk's task panicked: the flight is abandoned with it.
+        Err(_) => (
+            ChainOutcome::Exhausted {
+                attempts: Vec::new(),
+            },
+            None,
+        ),
+    }
+}
+
+/// The walk of a flight whose leader's client went away: its answer is stored as the
+/// leader would have stored it (a stream once it ended normally), and the followers get
+/// it. A refusal or a failed chain stores nothing: dropping the pending write abandons
+/// the flight, and the followers look again.
+fn answer_followers(cache: &Arc<Cache>, outcome: ChainOutcome, pending: PendingEntry) {
+    let ChainOutcome::Answered {
+        answer,
+        target,
+        depth,
+        ..
+    } = outcome
+    else {
+        return;
+    };
+    let served_by = provider_tag(&target, depth, Vec::new()).served_by;
+    match answer {
+        UpstreamAnswer::Complete(response) => {
+            cache.store_answer(pending, &response, depth > 0, &served_by);
+        }
+        // A flight's stream is read to its end by a task of its own (`store_stream`):
+        // dropping it here leaves that task storing it.
+        UpstreamAnswer::Stream(events) => {
+            drop(cache.store_stream(pending, events, depth > 0, served_by));
+        }
     }
 }

@@ -45,6 +45,7 @@ pub struct Metrics {
     pub cache_verifier: IntCounterVec,
     /// Time of one verification (the question and its candidates, one model call).
     pub cache_verifier_seconds: Histogram,
+    pub cache_verifier_readings: IntCounterVec,
     /// Time of one embedding model call (a batch).
     pub cache_embedding_seconds: Histogram,
     /// Questions per embedding model call.
@@ -213,7 +214,16 @@ impl Metrics {
                 "airbag_cache_verifier_seconds",
                 "Time of one verification of a question and its semantic candidates",
             )
-            .buckets(vec![0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25]),
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25,
+            ]),
+        )?;
+        let cache_verifier_readings = IntCounterVec::new(
+            Opts::new(
+                "airbag_cache_verifier_readings_total",
+                "Candidate questions' token vectors the verifier used, by where they came from",
+            ),
+            &["source"],
         )?;
         let cache_embedding_seconds = Histogram::with_opts(
             HistogramOpts::new(
@@ -254,6 +264,7 @@ impl Metrics {
         registry.register(Box::new(cache_similarity.clone()))?;
         registry.register(Box::new(cache_verifier.clone()))?;
         registry.register(Box::new(cache_verifier_seconds.clone()))?;
+        registry.register(Box::new(cache_verifier_readings.clone()))?;
         registry.register(Box::new(cache_embedding_seconds.clone()))?;
         registry.register(Box::new(cache_embedding_batch.clone()))?;
         registry.register(Box::new(cache_store_seconds.clone()))?;
@@ -365,6 +376,7 @@ impl Metrics {
             cache_similarity,
             cache_verifier,
             cache_verifier_seconds,
+            cache_verifier_readings,
             cache_embedding_seconds,
             cache_embedding_batch,
             cache_store_seconds,

@@ -215,6 +215,16 @@ async fn the_verifier_serves_a_rewording_and_refuses_a_swapped_modifier() {
         metrics.contains("airbag_cache_verifier_total{outcome=\"verified\"} 1"),
         "{metrics}"
     );
+    // Both candidates' token vectors were kept when the answer was stored: the verifier
+    // ran no model call of its own.
+    assert!(
+        metrics.contains("airbag_cache_verifier_readings_total{source=\"memory\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("airbag_cache_verifier_readings_total{source=\"model\"} 0"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("airbag_cache_verifier_total{outcome=\"rejected\"}"),
         "{metrics}"
@@ -348,11 +358,24 @@ async fn entries_survive_a_restart() {
         .openai(openai_chat("chat", "What are your opening hours?"))
         .await;
     assert_eq!(exact.served_by(), "cache:exact", "{}", exact.text);
-    let reworded = restarted
-        .openai(openai_chat("chat", "what are your opening hours"))
-        .await;
-    assert_eq!(reworded.served_by(), "cache:semantic", "{}", reworded.text);
+    // The verifier's memory did not survive the restart: the stored question is read
+    // through the model once, then remembered.
+    for _ in 0..2 {
+        let reworded = restarted
+            .openai(openai_chat("chat", "what are your opening hours"))
+            .await;
+        assert_eq!(reworded.served_by(), "cache:semantic", "{}", reworded.text);
+    }
     assert_eq!(upstream.request_count(), 1);
+    let metrics = restarted.metrics().await;
+    for source in ["model", "memory"] {
+        assert!(
+            metrics.contains(&format!(
+                "airbag_cache_verifier_readings_total{{source=\"{source}\"}} 1"
+            )),
+            "{metrics}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -1095,8 +1118,88 @@ async fn identical_concurrent_misses_share_one_upstream_call() {
 }
 
 #[tokio::test]
-async fn followers_of_a_leader_whose_client_went_away_are_answered_by_the_chain() {
-    // The first request hangs upstream; its client gives up. Later ones answer.
+async fn followers_of_a_leader_whose_client_went_away_get_its_answer() {
+    // The provider is slow; the first client gives up while five identical requests
+    // wait for its answer. Its call goes on without it, and they get the answer.
+    let slow = FaultRule {
+        key: None,
+        model: None,
+        times: None,
+        probability: 1.0,
+        fault: Fault::Delay { ms: 2_500 },
+    };
+    let upstream = common::mock_with("up", Default::default(), vec![slow]).await;
+    let store = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}{}{}",
+        provider(
+            "up",
+            "openai",
+            &upstream,
+            "timeouts = { connect = \"1s\", first_byte = \"10s\", idle = \"10s\", total = \"20s\" }\n"
+        ),
+        route("chat", &["up/m"]),
+        cache_section(store.path(), "", "")
+    );
+    let gateway = std::sync::Arc::new(TestGateway::start(&config, &[]).await);
+    for (index, stream) in [false, true].into_iter().enumerate() {
+        let text = format!("Is launch number {index} on track?");
+        let mut question = openai_chat("chat", &text);
+        question["stream"] = json!(stream);
+        let leader = {
+            let url = gateway.url("/v1/chat/completions");
+            let question = question.clone();
+            tokio::spawn(async move {
+                reqwest::Client::new()
+                    .post(url)
+                    .json(&question)
+                    .timeout(Duration::from_millis(1_000))
+                    .send()
+                    .await
+            })
+        };
+        while upstream.request_count() < index + 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let followers: Vec<_> = (0..5)
+            .map(|_| {
+                let gateway = gateway.clone();
+                let question = question.clone();
+                tokio::spawn(async move { gateway.openai(question).await })
+            })
+            .collect();
+        assert!(
+            leader.await.unwrap().is_err(),
+            "the leader's client gave up"
+        );
+        for follower in followers {
+            let reply = follower.await.unwrap();
+            assert_eq!(reply.status, 200, "{}", reply.text);
+            assert_eq!(reply.served_by(), "cache:coalesced", "{}", reply.text);
+            let answer = if stream {
+                reply.openai_stream_text()
+            } else {
+                reply.json()["choices"][0]["message"]["content"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            };
+            assert_eq!(answer, format!("mock up answers: {text}"));
+        }
+        // One provider call per question: the one its first client left.
+        assert_eq!(upstream.request_count(), index + 1);
+    }
+    let metrics = gateway.metrics().await;
+    assert!(
+        !metrics.contains("airbag_cache_lookups_total{kind=\"coalesced\",result=\"abandoned\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn followers_of_a_leader_whose_chain_failed_are_answered_by_the_chain() {
+    // The first request's only attempt hangs past its first-byte deadline: its chain
+    // fails (a 503), and the requests waiting for it ask again (one call for all).
     let hang_once = FaultRule {
         key: None,
         model: None,
@@ -1113,27 +1216,19 @@ async fn followers_of_a_leader_whose_client_went_away_are_answered_by_the_chain(
     };
     let upstream = common::mock_with("up", Default::default(), vec![hang_once, slow]).await;
     let store = tempfile::tempdir().unwrap();
-    let gateway = cached_gateway(store.path(), &upstream, "").await;
+    // The tests' provider gives up on a first byte after 2s, and does not retry it.
+    let gateway = std::sync::Arc::new(cached_gateway(store.path(), &upstream, "").await);
     let question = openai_chat("chat", "Is the launch on track?");
     let leader = {
-        let url = gateway.url("/v1/chat/completions");
+        let gateway = gateway.clone();
         let question = question.clone();
-        tokio::spawn(async move {
-            reqwest::Client::new()
-                .post(url)
-                .json(&question)
-                .timeout(Duration::from_millis(1_500))
-                .send()
-                .await
-        })
+        tokio::spawn(async move { gateway.openai(question).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let followers: Vec<_> = (0..5).map(|_| gateway.openai(question.clone())).collect();
     let replies = futures_util::future::join_all(followers).await;
-    assert!(
-        leader.await.unwrap().is_err(),
-        "the leader's client gave up"
-    );
+    let leader = leader.await.unwrap();
+    assert_eq!(leader.status, 503, "{}", leader.text);
     let mut providers = 0;
     for reply in &replies {
         assert_eq!(reply.status, 200, "{}", reply.text);

@@ -2,12 +2,16 @@
 //!
 //! When a launch or a retry storm sends N requests with the same exact key at once,
 //! the first to miss becomes the flight's leader and walks the chain; the others follow:
-//! they wait for the leader's answer and serve it, tagged `cache:coalesced`. The flight
-//! ends when the leader's answer is stored (the followers get the entry) or when the
-//! leader gives up without one: its chain failed, its answer may not be stored, or its
-//! client went away and dropped it. Then the flight is abandoned and each follower looks
-//! the request up again, so one of them leads the next flight. A follower never fails
-//! because its leader did.
+//! they wait for the leader's answer and serve it, tagged `cache:coalesced`. The
+//! leader's upstream call is detached from its client (`ladder::walk_chain` runs it in a
+//! task of its own, and a flight's stream is read to its end by one, `writer.rs`): when
+//! the leader's client goes away while followers wait, only its own response is dropped
+//! and the followers still get the answer. Without followers the call is cancelled, as
+//! any request's is (a "stop" button must not cost a whole answer). The flight ends when the leader's answer is stored (the followers get the
+//! entry) or when the leader ends without one: its chain failed or was refused, its
+//! answer may not be stored, or its stream broke. Then the flight is abandoned and each
+//! follower looks the request up again, so one of them leads the next flight. A
+//! follower never fails because its leader did.
 //!
 //! Only requests the cache may serve follow (`no-cache` goes upstream), and only
 //! requests whose answer may be stored lead (`no-store` does not).
@@ -95,6 +99,11 @@ impl Flights {
 }
 
 impl Leader {
+    /// Whether any request waits for this flight's answer now.
+    pub fn has_followers(&self) -> bool {
+        self.sender.receiver_count() > 0
+    }
+
     /// The leader's answer is stored: every follower serves `entry`.
     pub fn answered(&self, entry: Arc<StoredEntry>) {
         self.flights.land(&self.key, &self.sender);

@@ -107,6 +107,11 @@ pub struct SemanticConfig {
     /// refuses a candidate when a content word of either has no counterpart.
     #[serde(default = "default_true")]
     pub verify: bool,
+    /// How much of stored questions' token vectors the verifier keeps in memory (half
+    /// precision, about 9 KB a question), least recently used first out. A candidate
+    /// missing from it is read through the model again when it is proposed.
+    #[serde(default = "default_verifier_memory")]
+    pub verifier_memory: ByteSize,
     /// The model in `model_dir` reads languages other than English. Off (the shipped
     /// English model), questions that do not look English get exact hits only.
     #[serde(default)]
@@ -129,7 +134,8 @@ pub struct SemanticConfig {
     /// instructions embed alike.
     #[serde(default = "default_max_question_chars")]
     pub max_question_chars: usize,
-    /// Threads running the embedding model, each with its own copy of it (about 25 MB).
+    /// Threads running the embedding model, each with its own copy of it (about 95 MiB
+    /// resident each; the verifier shares them).
     /// More than the machine's cores gains nothing.
     #[serde(default = "default_embedding_threads")]
     pub embedding_threads: usize,
@@ -154,6 +160,7 @@ impl Default for SemanticConfig {
             skip_tools: true,
             guard: true,
             verify: true,
+            verifier_memory: default_verifier_memory(),
             multilingual: false,
             verifier_threshold: default_verifier_threshold(),
             model_dir: default_model_dir(),
@@ -428,6 +435,9 @@ fn default_max_entries() -> u64 {
 }
 fn default_max_bytes() -> ByteSize {
     ByteSize(1 << 30)
+}
+fn default_verifier_memory() -> ByteSize {
+    ByteSize(32 << 20)
 }
 fn default_embedding_threads() -> usize {
     1

@@ -13,6 +13,11 @@
 //! requester stopped waiting (its deadline passed) before running them, so a model that
 //! fell behind catches up instead of working for nobody. ONNX Runtime's CPU memory arena
 //! is off: with it, the arena grows to the largest batch ever seen and keeps it.
+//!
+//! One model call gives a [`Reading`] of each question: its sentence vector and the
+//! vectors of its tokens (the last hidden state before pooling), which the verifier
+//! aligns. The verifier has no model of its own: it reads candidates it has no vectors
+//! for through these threads too.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -20,9 +25,12 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use fastembed::{
-    InitOptionsUserDefined, Pooling, TextEmbedding, TokenizerFiles, UserDefinedEmbeddingModel,
+    InitOptionsUserDefined, OutputKey, Pooling, SingleBatchOutput, TextEmbedding, TokenizerFiles,
+    UserDefinedEmbeddingModel,
 };
 use tokio::sync::oneshot;
+
+use super::reading::{Reading, TokenVectors};
 
 /// Dimensions of the model's vectors.
 pub const DIMENSIONS: usize = 384;
@@ -56,7 +64,7 @@ pub struct EmbedError(pub String);
 
 struct Job {
     texts: Vec<String>,
-    reply: oneshot::Sender<Result<Vec<Vec<f32>>, EmbedError>>,
+    reply: oneshot::Sender<Result<Vec<Reading>, EmbedError>>,
 }
 
 /// How the embedding threads are run.
@@ -64,7 +72,7 @@ struct Job {
 pub struct EmbedderOptions {
     /// Most questions in one model call.
     pub max_batch: usize,
-    /// Threads running the model, each with its own copy (about 25 MB each).
+    /// Threads running the model, each with its own copy (about 95 MiB resident each).
     pub threads: usize,
     /// Questions waiting for a thread past which [`Embedder::embed_within`] refuses at
     /// once.
@@ -257,20 +265,23 @@ impl Embedder {
         }
     }
 
-    /// Embed a lookup's question, unless the model is saturated (refused at once) or the
-    /// vector does not come within `deadline`. A refused or late question costs the model
-    /// nothing: it is never run, or dropped before its batch if still waiting.
-    pub async fn embed_within(
-        &self,
-        text: &str,
-        deadline: Duration,
-    ) -> Result<Vec<f32>, EmbedSkip> {
+    /// Read a lookup's question (its vector and its tokens' vectors), unless the model is
+    /// saturated (refused at once) or the reading does not come within `deadline`. A
+    /// refused or late question costs the model nothing: it is never run, or dropped
+    /// before its batch if still waiting.
+    pub async fn read_within(&self, text: &str, deadline: Duration) -> Result<Reading, EmbedSkip> {
         let waiting = self.waiting.load(Ordering::SeqCst);
         if waiting >= self.max_waiting || self.expected_wait(waiting) > deadline / 2 {
             return Err(EmbedSkip::Saturated(waiting));
         }
-        match tokio::time::timeout(deadline, self.embed_one(text)).await {
-            Ok(Ok(vector)) => Ok(vector),
+        let read = async {
+            self.read(vec![text.to_string()])
+                .await?
+                .pop()
+                .ok_or_else(|| EmbedError("the model returned no vector".to_string()))
+        };
+        match tokio::time::timeout(deadline, read).await {
+            Ok(Ok(reading)) => Ok(reading),
             Ok(Err(error)) => Err(EmbedSkip::Failed(error)),
             Err(_) => Err(EmbedSkip::Deadline(deadline)),
         }
@@ -290,6 +301,18 @@ impl Embedder {
         self.waiting.load(Ordering::SeqCst) >= self.max_waiting
     }
 
+    /// Read texts, unless a lookup would be refused now (the model is saturated): the
+    /// verifier's way to read candidates it holds no vectors for.
+    pub async fn read_unless_saturated(
+        &self,
+        texts: Vec<String>,
+    ) -> Result<Option<Vec<Reading>>, EmbedError> {
+        if self.saturated() {
+            return Ok(None);
+        }
+        self.read(texts).await.map(Some)
+    }
+
     /// Questions waiting for a thread now.
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::SeqCst)
@@ -297,6 +320,11 @@ impl Embedder {
 
     /// Embed texts; the vectors have unit length.
     pub async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
+        Ok(vectors(self.read(texts).await?))
+    }
+
+    /// Read texts: each one's vector and its tokens' vectors, in order.
+    pub async fn read(&self, texts: Vec<String>) -> Result<Vec<Reading>, EmbedError> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
@@ -332,6 +360,11 @@ impl Embedder {
 
     /// Embed from a thread that is not the async runtime's (start-up, blocking tasks).
     pub fn embed_blocking(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, EmbedError> {
+        Ok(vectors(self.read_blocking(texts)?))
+    }
+
+    /// [`Embedder::read`] from a thread that is not the async runtime's.
+    pub fn read_blocking(&self, texts: Vec<String>) -> Result<Vec<Reading>, EmbedError> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
@@ -348,6 +381,10 @@ impl Embedder {
     }
 }
 
+fn vectors(readings: Vec<Reading>) -> Vec<Vec<f32>> {
+    readings.into_iter().map(|reading| reading.vector).collect()
+}
+
 /// The dot product of two unit vectors: their cosine similarity.
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
@@ -361,6 +398,107 @@ fn normalised(mut vector: Vec<f32>) -> Vec<f32> {
         }
     }
     vector
+}
+
+/// The outputs a sentence vector is pooled from, in fastembed's order of preference
+/// (`TextEmbedding::embed` picks the same one).
+const OUTPUT_PRECEDENCE: &[OutputKey] = &[
+    OutputKey::OnlyOne,
+    OutputKey::ByName("text_embeds"),
+    OutputKey::ByName("last_hidden_state"),
+    OutputKey::ByName("sentence_embedding"),
+];
+
+/// One model call over `texts`: each text's sentence vector (mean pooled over its tokens,
+/// as `TextEmbedding::embed` makes it) and its tokens' vectors, from the same output.
+fn read_texts(
+    model: &mut TextEmbedding,
+    texts: &[&str],
+    batch_size: usize,
+) -> Result<Vec<Reading>, EmbedError> {
+    let failed = |error: &dyn std::fmt::Display| EmbedError(error.to_string());
+    let output = model
+        .transform(texts, Some(batch_size))
+        .map_err(|e| failed(&e))?;
+    let mut readings = Vec::with_capacity(texts.len());
+    let mut texts = texts.iter();
+    for batch in output.into_raw() {
+        let pooled = batch
+            .select_and_pool_output(&OUTPUT_PRECEDENCE, Some(Pooling::Mean))
+            .map_err(|e| failed(&e))?;
+        let hidden = hidden_states(&batch)?;
+        for (row, sentence_vector) in pooled.rows().into_iter().enumerate() {
+            let Some(text) = texts.next() else { break };
+            let Some(sentence_vector) = sentence_vector.as_slice() else {
+                return Err(EmbedError(
+                    "the pooled vector is not contiguous".to_string(),
+                ));
+            };
+            let encoding = model
+                .tokenizer
+                .encode(*text, true)
+                .map_err(|e| failed(&e))?;
+            let tokens = TokenVectors::from_tokens(
+                encoding.get_tokens(),
+                encoding.get_word_ids(),
+                hidden.dimensions,
+                |position| hidden.token(row, position),
+            );
+            readings.push(Reading {
+                // fastembed's normalising (with its epsilon) and then ours, as `embed` was.
+                vector: normalised(fastembed_normalised(sentence_vector)),
+                tokens: std::sync::Arc::new(tokens),
+            });
+        }
+    }
+    Ok(readings)
+}
+
+/// The model's last hidden state of one batch: `[texts, tokens, dimensions]`.
+struct HiddenStates<'a> {
+    values: &'a [f32],
+    length: usize,
+    dimensions: usize,
+}
+
+impl HiddenStates<'_> {
+    fn token(&self, row: usize, position: usize) -> Option<&[f32]> {
+        if position >= self.length {
+            return None;
+        }
+        let start = (row * self.length + position) * self.dimensions;
+        self.values.get(start..start + self.dimensions)
+    }
+}
+
+fn hidden_states(batch: &SingleBatchOutput) -> Result<HiddenStates<'_>, EmbedError> {
+    let Some((_, hidden)) = batch
+        .outputs
+        .iter()
+        .find(|(name, _)| name == "last_hidden_state")
+        .or_else(|| batch.outputs.first())
+    else {
+        return Err(EmbedError("the model returned no output".to_string()));
+    };
+    let (shape, values) = hidden
+        .try_extract_tensor::<f32>()
+        .map_err(|e| EmbedError(e.to_string()))?;
+    let [_, length, dimensions] = shape[..] else {
+        return Err(EmbedError(format!(
+            "the model returned a tensor of shape {shape:?}, not [texts, tokens, dimensions]"
+        )));
+    };
+    Ok(HiddenStates {
+        values,
+        length: usize::try_from(length).unwrap_or(0),
+        dimensions: usize::try_from(dimensions).unwrap_or(0),
+    })
+}
+
+/// `fastembed::common::normalize`, which is private: the norm plus 1e-12.
+fn fastembed_normalised(vector: &[f32]) -> Vec<f32> {
+    let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+    vector.iter().map(|x| x / (norm + 1e-12)).collect()
 }
 
 /// One embedding thread and its copy of the model.
@@ -430,10 +568,10 @@ impl Worker {
         // A panic inside the model must not end the thread: every later lookup (and
         // canned example) would lose its embeddings for good.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            model.embed(&texts, Some(max_batch.max(texts.len())))
+            read_texts(model, &texts, max_batch.max(texts.len()))
         }))
         .map_err(|_| EmbedError("the model panicked".to_string()))
-        .and_then(|result| result.map_err(|error| EmbedError(error.to_string())));
+        .and_then(|result| result);
         let elapsed = started.elapsed();
         (self.hooks.on_batch)(texts.len(), elapsed);
         // A moving average of the time per question (a quarter weight to each batch), from
@@ -451,10 +589,10 @@ impl Worker {
             self.cost.store(average, Ordering::Relaxed);
         }
         match result {
-            Ok(vectors) => {
-                let mut vectors = vectors.into_iter().map(normalised);
+            Ok(readings) => {
+                let mut readings = readings.into_iter();
                 for job in batch {
-                    let mine: Vec<Vec<f32>> = vectors.by_ref().take(job.texts.len()).collect();
+                    let mine: Vec<Reading> = readings.by_ref().take(job.texts.len()).collect();
                     let _ = job.reply.send(Ok(mine));
                 }
             }
@@ -467,7 +605,7 @@ impl Worker {
     }
 }
 
-pub(crate) fn load_model(
+fn load_model(
     model_dir: &Path,
     onnxruntime: &Path,
     intra_threads: usize,

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use super::entry::StoredEntry;
 use super::key::{self, CacheKeys, Scope};
+use super::reading::TokenVectors;
 use super::store::{self, SemanticQuery, VectorStore};
 use super::verifier::VerifyError;
 use super::{
@@ -120,16 +121,16 @@ impl Cache {
         }
         // The vector serves the semantic lookup and the entry written later; a request
         // that wants neither is not embedded.
-        let mut vector = None;
+        let mut reading = None;
         if semantic
             && (controls.lookup || controls.store)
             && let Some(embedder) = &self.embedder
         {
             match embedder
-                .embed_within(&question, self.config.semantic.embedding_deadline)
+                .read_within(&question, self.config.semantic.embedding_deadline)
                 .await
             {
-                Ok(embedded) => vector = Some(embedded),
+                Ok(read) => reading = Some(read),
                 Err(skip) => {
                     self.metrics
                         .cache_semantic_skipped
@@ -139,16 +140,20 @@ impl Cache {
                 }
             }
         }
+        let (vector, tokens) = match reading {
+            Some(reading) => (Some(reading.vector), Some(reading.tokens)),
+            None => (None, None),
+        };
         if controls.lookup {
-            match &vector {
-                Some(vector) => {
+            match (&vector, &tokens) {
+                (Some(vector), Some(tokens)) => {
                     let threshold = self
                         .route_policies
                         .get(route)
                         .and_then(|policy| policy.semantic_threshold)
                         .unwrap_or(self.config.semantic.threshold);
                     let (hit, stale) = self
-                        .semantic(&keys, &scope, &question, vector.clone(), threshold)
+                        .semantic(&keys, &scope, &question, vector.clone(), tokens, threshold)
                         .await;
                     if hit.is_some() {
                         lookup.hit = hit;
@@ -158,7 +163,7 @@ impl Cache {
                         lookup.stale = stale;
                     }
                 }
-                None => self.count("semantic", "skipped"),
+                _ => self.count("semantic", "skipped"),
             }
         }
         lookup.question_vector = vector.clone();
@@ -174,6 +179,7 @@ impl Cache {
                 ttl: controls.ttl,
                 generation,
                 flight,
+                tokens,
             });
         }
         lookup
@@ -230,6 +236,7 @@ impl Cache {
         scope: &Scope,
         question: &str,
         vector: Vec<f32>,
+        tokens: &TokenVectors,
         threshold: f32,
     ) -> (Option<CacheHit>, Option<CacheHit>) {
         let now = unix_now();
@@ -268,7 +275,7 @@ impl Cache {
             }
             proposed.push((similarity, entry));
         }
-        let scores = self.verify(question, &proposed).await;
+        let scores = self.verify(tokens, &proposed).await;
         let mut rejected = false;
         let mut stale = None;
         for ((similarity, entry), verifier_score) in proposed.into_iter().zip(scores) {
@@ -307,7 +314,11 @@ impl Cache {
     /// The verifier's score of each proposed candidate, in order: `None` for each when
     /// verification is off. When the verifier fails or is late, every candidate scores
     /// 0: a miss, never an unverified hit.
-    async fn verify(&self, question: &str, proposed: &[(f32, StoredEntry)]) -> Vec<Option<f32>> {
+    async fn verify(
+        &self,
+        question: &TokenVectors,
+        proposed: &[(f32, StoredEntry)],
+    ) -> Vec<Option<f32>> {
         let Some(verifier) = &self.verifier else {
             return vec![None; proposed.len()];
         };
@@ -322,7 +333,18 @@ impl Cache {
             .cache_verifier_seconds
             .observe(started.elapsed().as_secs_f64());
         let alignments = match verified {
-            Ok(Ok(alignments)) => alignments,
+            Ok(Ok(verified)) => {
+                for (source, count) in [
+                    ("memory", verified.from_memory),
+                    ("model", verified.from_model),
+                ] {
+                    self.metrics
+                        .cache_verifier_readings
+                        .with_label_values(&[source])
+                        .inc_by(count as u64);
+                }
+                verified.alignments
+            }
             Ok(Err(error)) => {
                 let outcome = match error {
                     VerifyError::Saturated => "saturated",

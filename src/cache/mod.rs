@@ -19,6 +19,7 @@ pub mod key;
 pub mod language;
 mod lookup;
 mod maintenance;
+pub mod reading;
 pub mod store;
 pub mod usage;
 pub mod verifier;
@@ -173,6 +174,24 @@ pub struct PendingEntry {
     generation: u64,
     /// The flight this request leads: identical requests wait for its answer.
     flight: Option<Arc<coalesce::Leader>>,
+    /// The question's token vectors from the lookup's embedding: the verifier keeps them
+    /// once the answer is stored, so a rewording verified against it costs no model call.
+    tokens: Option<Arc<reading::TokenVectors>>,
+}
+
+impl PendingEntry {
+    /// Whether identical requests wait for this request's answer (it leads a flight).
+    pub fn leads_flight(&self) -> bool {
+        self.flight.is_some()
+    }
+
+    /// Whether requests wait for this request's answer now (it leads a flight they
+    /// follow).
+    pub fn has_followers(&self) -> bool {
+        self.flight
+            .as_ref()
+            .is_some_and(|flight| flight.has_followers())
+    }
 }
 
 /// Rung 1, shared by every request of a gateway.
@@ -282,19 +301,13 @@ impl Cache {
         } else {
             None
         };
-        let verifier = if config.semantic.enabled && config.semantic.verify {
-            let semantic = config.semantic.clone();
-            let verifier = tokio::task::spawn_blocking(move || {
-                Verifier::load(&semantic.model_dir, &semantic.onnxruntime)
-            })
-            .await
-            .map_err(|error| ModelError::Model {
-                path: config.semantic.model_dir.clone(),
-                message: error.to_string(),
-            })??;
-            Some(verifier)
-        } else {
-            None
+        // The verifier reads through the embedder's model: one model in memory, not two.
+        let verifier = match &embedder {
+            Some(embedder) if config.semantic.verify => Some(Verifier::new(
+                embedder.clone(),
+                config.semantic.verifier_memory.0,
+            )),
+            _ => None,
         };
         let inner: Arc<dyn VectorStore> = match config.store.kind {
             StoreKind::Embedded => {
@@ -433,6 +446,15 @@ impl Cache {
                     .filter_map(|(route, policy)| Some((route.clone(), policy.semantic_threshold?)))
                     .collect::<HashMap<_, _>>(),
                 "verify": self.verifier.is_some(),
+                // Stored questions whose token vectors the verifier holds.
+                "verifier_memory": self.verifier.as_ref().map(|verifier| {
+                    let (entries, bytes) = verifier.memory_usage();
+                    json!({
+                        "entries": entries,
+                        "bytes": bytes,
+                        "capacity_bytes": self.config.semantic.verifier_memory.0,
+                    })
+                }),
                 "verifier_threshold": self.config.semantic.verifier_threshold,
                 "multilingual": self.config.semantic.multilingual,
                 "guard": self.config.semantic.guard,

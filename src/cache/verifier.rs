@@ -2,222 +2,137 @@
 //! is verified before it is served.
 //!
 //! The search compares one vector per question, which misses a swapped modifier or
-//! object ("staff accountant" / "senior accountant"). The verifier reads the new
-//! question and the candidates' questions with the same model (all-MiniLM-L6-v2 through
-//! ONNX Runtime), keeps the vector of every token, and aligns the words of each pair
+//! object ("staff accountant" / "senior accountant"). The verifier aligns the words of
+//! the new question and each candidate's question with the model's token vectors
 //! ([`alignment`](super::alignment)): a candidate passes when every content word of
 //! either question has a counterpart in the other scoring at least
 //! `cache.semantic.verifier_threshold`.
 //!
-//! The model runs on a thread of its own, like the embedder's; a verification whose
-//! requester gave up is dropped before it runs. One model call reads the question and
-//! all its candidates together.
+//! It runs no model call of its own on the common path. The asking question's token
+//! vectors come from the lookup's embedding ([`Reading`](super::reading::Reading)); a
+//! stored question's were kept when its answer was stored, in a bounded memory
+//! (`cache.semantic.verifier_memory`, least recently used first out). Only a candidate
+//! missing from it (evicted, or stored before a restart) is read again, through the
+//! embedder's threads, and remembered. A saturated model refuses that reading at once:
+//! the candidate is then refused (a miss, never an unverified hit).
 
-use std::path::Path;
-use std::sync::mpsc;
+use std::sync::Arc;
 
-use fastembed::TextEmbedding;
-use tokio::sync::oneshot;
-
-use super::alignment::{Alignment, Sentence, Word, align};
-use super::embedder::{ModelError, load_model};
-
-/// Verifications waiting beyond this are refused at once: the lookup then serves no
-/// semantic hit (a miss, never a wrong answer), and a burst cannot queue work that
-/// would make every lookup wait for its deadline. One verification takes a few
-/// milliseconds, so a full queue is drained well within the lookup's deadline.
-const QUEUE: usize = 16;
+use super::alignment::{Alignment, align};
+use super::embedder::Embedder;
+use super::reading::TokenVectors;
 
 /// Why candidates could not be verified; the lookup treats them as refused.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum VerifyError {
-    #[error("{QUEUE} verifications are already waiting")]
+    #[error("the model is saturated; a candidate's tokens could not be read")]
     Saturated,
     #[error("verification failed: {0}")]
     Failed(String),
 }
 
-struct Job {
-    /// The new question first, then the candidates' questions.
-    texts: Vec<String>,
-    reply: oneshot::Sender<Result<Vec<Alignment>, VerifyError>>,
+/// The verifier's decisions on one lookup's candidates, and where their token vectors
+/// came from (`airbag_cache_verifier_readings_total{source}`).
+#[derive(Debug)]
+pub struct Verified {
+    /// One per candidate, in order.
+    pub alignments: Vec<Alignment>,
+    /// Candidates whose token vectors were in memory.
+    pub from_memory: usize,
+    /// Candidates read through the model (a memory miss).
+    pub from_model: usize,
 }
 
-/// A handle to the verifier's thread; it stops when the last handle is dropped.
+/// Stored questions' token vectors, by a digest of the question's text.
+type Memory = moka::sync::Cache<[u8; 16], Arc<TokenVectors>>;
+
+/// Shares the embedder's model; cloning shares the memory.
 #[derive(Clone)]
 pub struct Verifier {
-    jobs: mpsc::SyncSender<Job>,
+    embedder: Embedder,
+    memory: Memory,
 }
 
 impl Verifier {
-    /// Load the model (the embedding model's files) and start the verifier's thread.
-    pub fn load(model_dir: &Path, onnxruntime: &Path) -> Result<Verifier, ModelError> {
-        // One ONNX Runtime thread: verifications are a few short questions, and the
-        // cores are the embedder's too.
-        let mut model = load_model(model_dir, onnxruntime, 1)?;
-        let (jobs, queue) = mpsc::sync_channel::<Job>(QUEUE);
-        std::thread::Builder::new()
-            .name("airbag-verifier".to_string())
-            .spawn(move || {
-                while let Ok(job) = queue.recv() {
-                    if job.reply.is_closed() {
-                        continue;
-                    }
-                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        read(&mut model, &job.texts)
-                    }))
-                    .map_err(|_| VerifyError::Failed("the model panicked".to_string()))
-                    .and_then(|read| read)
-                    .map(|sentences| match sentences.split_first() {
-                        Some((question, candidates)) => candidates
-                            .iter()
-                            .map(|candidate| align(question, candidate))
-                            .collect(),
-                        None => Vec::new(),
-                    });
-                    let _ = job.reply.send(result);
-                }
+    /// A verifier reading through `embedder`, keeping up to `memory_bytes` of stored
+    /// questions' token vectors.
+    pub fn new(embedder: Embedder, memory_bytes: u64) -> Verifier {
+        let memory = moka::sync::Cache::builder()
+            .max_capacity(memory_bytes)
+            .weigher(|_key: &[u8; 16], tokens: &Arc<TokenVectors>| {
+                u32::try_from(tokens.bytes()).unwrap_or(u32::MAX)
             })
-            .map_err(ModelError::Thread)?;
-        Ok(Verifier { jobs })
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
+            .build();
+        Verifier { embedder, memory }
     }
 
-    /// Align `question` with each candidate question, in order.
+    /// Keep a stored question's token vectors, so verifying it as a candidate later
+    /// costs no model call.
+    pub fn remember(&self, question: &str, tokens: Arc<TokenVectors>) {
+        self.memory.insert(digest(question), tokens);
+    }
+
+    /// Align the asking question (its token vectors from the lookup) with each candidate
+    /// question, in order.
     pub async fn verify(
         &self,
-        question: &str,
+        question: &TokenVectors,
         candidates: &[&str],
-    ) -> Result<Vec<Alignment>, VerifyError> {
-        if candidates.is_empty() {
-            return Ok(Vec::new());
-        }
-        let texts = std::iter::once(question)
-            .chain(candidates.iter().copied())
-            .map(str::to_string)
-            .collect();
-        let (reply, answer) = oneshot::channel();
-        self.jobs
-            .try_send(Job { texts, reply })
-            .map_err(|error| match error {
-                mpsc::TrySendError::Full(_) => VerifyError::Saturated,
-                mpsc::TrySendError::Disconnected(_) => {
-                    VerifyError::Failed("the verifier thread has stopped".to_string())
-                }
-            })?;
-        answer
-            .await
-            .map_err(|_| VerifyError::Failed("the verifier thread has stopped".to_string()))?
-    }
-}
-
-/// Run the model over `texts` and keep every token's vector, grouped into words.
-fn read(model: &mut TextEmbedding, texts: &[String]) -> Result<Vec<Sentence>, VerifyError> {
-    let failed = |error: &dyn std::fmt::Display| VerifyError::Failed(error.to_string());
-    let output = model.transform(texts, None).map_err(|e| failed(&e))?;
-    let mut sentences = Vec::with_capacity(texts.len());
-    let mut texts = texts.iter();
-    for batch in output.into_raw() {
-        let Some((_, hidden)) = batch
-            .outputs
+    ) -> Result<Verified, VerifyError> {
+        let mut read: Vec<Option<Arc<TokenVectors>>> = candidates
             .iter()
-            .find(|(name, _)| name == "last_hidden_state")
-            .or_else(|| batch.outputs.first())
-        else {
-            return Err(VerifyError::Failed(
-                "the model returned no output".to_string(),
-            ));
-        };
-        let (shape, values) = hidden.try_extract_tensor::<f32>().map_err(|e| failed(&e))?;
-        let [rows, length, dimensions] = shape[..] else {
-            return Err(VerifyError::Failed(format!(
-                "the model returned a tensor of shape {shape:?}, not [texts, tokens, dimensions]"
-            )));
-        };
-        let (length, dimensions) = (length as usize, dimensions as usize);
-        for row in 0..rows as usize {
-            let Some(text) = texts.next() else { break };
-            let encoding = model
-                .tokenizer
-                .encode(text.as_str(), true)
-                .map_err(|e| failed(&e))?;
-            let token_vector = |position: usize| {
-                let start = (row * length + position) * dimensions;
-                values.get(start..start + dimensions).map(<[f32]>::to_vec)
-            };
-            sentences.push(sentence(
-                encoding.get_tokens(),
-                encoding.get_word_ids(),
-                token_vector,
-            ));
-        }
-    }
-    Ok(sentences)
-}
-
-/// Group word pieces into words: "sub", "##scribe", "##r" is "subscriber", its vector
-/// the mean of the pieces'. Special tokens ([CLS], [SEP]) have no word and are left out.
-fn sentence(
-    tokens: &[String],
-    word_ids: &[Option<u32>],
-    token_vector: impl Fn(usize) -> Option<Vec<f32>>,
-) -> Sentence {
-    let mut sentence = Sentence::default();
-    let mut current: Option<(u32, String, Vec<f32>)> = None;
-    let finish = |word: Option<(u32, String, Vec<f32>)>, sentence: &mut Sentence| {
-        if let Some((_, text, vector)) = word {
-            sentence.words.push(Word {
-                text,
-                vector: unit(vector),
-            });
-        }
-    };
-    for (position, (token, word_id)) in tokens.iter().zip(word_ids).enumerate() {
-        let (Some(word_id), Some(vector)) = (word_id, token_vector(position)) else {
-            continue;
-        };
-        let piece = token.strip_prefix("##").unwrap_or(token).to_lowercase();
-        match &mut current {
-            Some((id, text, sum)) if id == word_id => {
-                text.push_str(&piece);
-                sum.iter_mut().zip(&vector).for_each(|(s, v)| *s += v);
+            .map(|candidate| self.memory.get(&digest(candidate)))
+            .collect();
+        let from_memory = read.iter().filter(|tokens| tokens.is_some()).count();
+        let missing: Vec<usize> = (0..candidates.len())
+            .filter(|index| read[*index].is_none())
+            .collect();
+        if !missing.is_empty() {
+            let texts = missing
+                .iter()
+                .map(|index| candidates[*index].to_string())
+                .collect();
+            let readings = self
+                .embedder
+                .read_unless_saturated(texts)
+                .await
+                .map_err(|error| VerifyError::Failed(error.to_string()))?
+                .ok_or(VerifyError::Saturated)?;
+            if readings.len() != missing.len() {
+                return Err(VerifyError::Failed(
+                    "the model returned fewer readings than asked".to_string(),
+                ));
             }
-            _ => {
-                finish(current.take(), &mut sentence);
-                current = Some((*word_id, piece, vector.clone()));
+            for (index, reading) in missing.iter().zip(readings) {
+                self.remember(candidates[*index], reading.tokens.clone());
+                read[*index] = Some(reading.tokens);
             }
         }
-        sentence.tokens.push(unit(vector));
-    }
-    finish(current, &mut sentence);
-    sentence
-}
-
-fn unit(mut vector: Vec<f32>) -> Vec<f32> {
-    let norm = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm > 0.0 {
-        vector.iter_mut().for_each(|x| *x /= norm);
-    }
-    vector
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn word_pieces_join_into_words_and_special_tokens_are_left_out() {
-        let tokens: Vec<String> = ["[CLS]", "sub", "##scribe", "##r", "count", "[SEP]"]
+        let question = question.sentence();
+        let alignments = read
             .iter()
-            .map(|t| t.to_string())
+            .flatten()
+            .map(|candidate| align(&question, &candidate.sentence()))
             .collect();
-        let word_ids = [None, Some(0), Some(0), Some(0), Some(1), None];
-        let read = sentence(&tokens, &word_ids, |position| {
-            Some(vec![position as f32, 1.0])
-        });
-        let words: Vec<&str> = read.words.iter().map(|w| w.text.as_str()).collect();
-        assert_eq!(words, ["subscriber", "count"]);
-        assert_eq!(read.tokens.len(), 4);
-        let norm: f32 = read.words[0].vector.iter().map(|x| x * x).sum();
-        assert!((norm - 1.0).abs() < 1e-5);
+        Ok(Verified {
+            alignments,
+            from_memory,
+            from_model: missing.len(),
+        })
     }
+
+    /// Stored questions whose token vectors are in memory, and their bytes.
+    pub fn memory_usage(&self) -> (u64, u64) {
+        self.memory.run_pending_tasks();
+        (self.memory.entry_count(), self.memory.weighted_size())
+    }
+}
+
+/// The memory's key: a question's text decides its tokens' vectors.
+fn digest(question: &str) -> [u8; 16] {
+    let hash = blake3::hash(question.as_bytes());
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&hash.as_bytes()[..16]);
+    key
 }

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use super::embedder::DIMENSIONS;
 use super::entry::{StoredAnswer, StoredEntry};
 use super::store::{StoredPoint, VectorStore, placeholder_vector};
-use super::{Cache, PendingEntry};
+use super::{Cache, PendingEntry, coalesce};
 use crate::protocol::assembler::Assembler;
 use crate::protocol::{ChatResponse, EventStream, StreamEvent, unix_now};
 
@@ -88,6 +88,13 @@ impl Cache {
         }
         let entry = Arc::new(entry);
         self.memory.insert(pending.keys.exact, entry.clone());
+        // The question may now be proposed to rewordings of it: the verifier keeps its
+        // token vectors from the lookup, so verifying it costs no model call.
+        if let (Some(verifier), Some(tokens), true) =
+            (&self.verifier, &pending.tokens, pending.semantic)
+        {
+            verifier.remember(&pending.question, tokens.clone());
+        }
         if let Some(flight) = &pending.flight {
             flight.answered(entry.clone());
         }
@@ -110,14 +117,19 @@ impl Cache {
         served_by: String,
     ) -> EventStream {
         let cache = self.clone();
-        Box::pin(StoreOnEnd {
+        let flight = pending.flight.clone();
+        let stored: EventStream = Box::pin(StoreOnEnd {
             inner: events,
             assembled: Assembler::default(),
             failed: false,
             on_end: Some(Box::new(move |response: ChatResponse| {
                 cache.store_answer(pending, &response, fallback, &served_by);
             })),
-        })
+        });
+        match flight {
+            Some(flight) => read_to_the_end(stored, flight),
+            None => stored,
+        }
     }
 }
 
@@ -216,8 +228,8 @@ async fn backfill(cache: &Cache, backlog: &mut Backlog) {
         .map(|job| job.pending.question.clone())
         .collect();
     let count = questions.len();
-    let vectors = match tokio::time::timeout(LATE_EMBEDDING, embedder.embed(questions)).await {
-        Ok(Ok(vectors)) if vectors.len() == count => vectors,
+    let readings = match tokio::time::timeout(LATE_EMBEDDING, embedder.read(questions)).await {
+        Ok(Ok(readings)) if readings.len() == count => readings,
         _ => {
             // The model is busy again: try these later.
             for job in jobs.into_iter().rev() {
@@ -229,11 +241,15 @@ async fn backfill(cache: &Cache, backlog: &mut Backlog) {
     let _writing = cache.writing.lock().await;
     let generation = cache.purges.load(Ordering::SeqCst);
     let mut points = Vec::with_capacity(count);
-    for (job, vector) in jobs.into_iter().zip(vectors) {
+    for (job, reading) in jobs.into_iter().zip(readings) {
         let id = job.pending.keys.point_id();
         if job.pending.generation != generation || !cache.usage.contains(id) {
             continue;
         }
+        if let Some(verifier) = &cache.verifier {
+            verifier.remember(&job.pending.question, reading.tokens);
+        }
+        let vector = reading.vector;
         let mut entry = StoredEntry::clone(&job.entry);
         entry.semantic = true;
         points.push(StoredPoint { id, vector, entry });
@@ -346,6 +362,35 @@ pub(super) async fn evict(cache: &Cache) {
         Err(error) => tracing::warn!("cache: evicting {count} entries failed: {error}"),
     }
     cache.observe_store("delete", started);
+}
+
+/// A flight's stream, read by a task of its own: when the leader's client goes away
+/// while identical requests wait for the answer, it is read to its end for them (and
+/// stored); without followers it is dropped, which cancels the upstream call. The client
+/// gets the events through a small channel (it paces the reading while it is there).
+/// The task is not awaited at shutdown: the stream ends by the attempt's idle and total
+/// deadlines.
+fn read_to_the_end(mut events: EventStream, flight: Arc<coalesce::Leader>) -> EventStream {
+    use futures_util::StreamExt;
+    let (sender, receiver) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut client = Some(sender);
+        while let Some(event) = events.next().await {
+            if let Some(sender) = &client
+                && sender.send(event).await.is_err()
+            {
+                if !flight.has_followers() {
+                    return;
+                }
+                // The client went away: read on for the followers.
+                client = None;
+            }
+        }
+    });
+    Box::pin(futures_util::stream::unfold(
+        receiver,
+        |mut receiver| async move { receiver.recv().await.map(|event| (event, receiver)) },
+    ))
 }
 
 type OnEnd = Box<dyn FnOnce(ChatResponse) + Send>;
