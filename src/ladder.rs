@@ -319,6 +319,11 @@ async fn canned_answer(
     })
 }
 
+/// The `served_by` tag of an answer from `target`.
+fn provider_served_by(target: &str) -> String {
+    format!("provider:{target}")
+}
+
 fn provider_tag(
     route: &Route,
     request: &ChatRequest,
@@ -334,7 +339,7 @@ fn provider_tag(
         .and_then(|attempt| attempt.upstream_request_id.clone());
     RungTag {
         rung: Rung::Provider,
-        served_by: format!("provider:{target}"),
+        served_by: provider_served_by(target),
         fallback_depth: depth,
         similarity: None,
         verifier_score: None,
@@ -424,7 +429,7 @@ fn answer_followers(cache: &Arc<Cache>, outcome: ChainOutcome, pending: PendingE
     else {
         return;
     };
-    let served_by = provider_tag(&target, depth, Vec::new()).served_by;
+    let served_by = provider_served_by(&target);
     match answer {
         UpstreamAnswer::Complete(response) => {
             cache.store_answer(pending, &response, depth > 0, &served_by);
