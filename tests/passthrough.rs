@@ -491,3 +491,46 @@ async fn thinking_blocks_come_back_to_an_anthropic_client_and_not_to_an_openai_o
         "mock ant answers: what is a tide?"
     );
 }
+
+#[tokio::test]
+async fn documents_and_images_in_tool_results_reach_claude_and_are_named_for_openai() {
+    let (gateway, openai_upstream, anthropic_upstream) = gateway().await;
+    let image = json!({"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}});
+    let document = json!({"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "Tides follow the moon."}, "citations": {"enabled": true}});
+    let body = |model: &str| {
+        json!({
+            "model": model,
+            "max_tokens": 512,
+            "tools": [{"name": "chart", "input_schema": {"type": "object"}}],
+            "messages": [
+                {"role": "user", "content": [document.clone(), {"type": "text", "text": "chart the tides"}]},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "chart", "input": {}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [
+                    {"type": "text", "text": "here is the chart"}, image.clone(),
+                ]}]},
+            ],
+        })
+    };
+    let reply = gateway.anthropic(body("claude-x")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let received = &anthropic_upstream.requests()[0].body;
+    assert_eq!(received["messages"][0]["content"][0], document);
+    assert_eq!(received["messages"][2]["content"][0]["content"][1], image);
+
+    // An OpenAI model gets the text; the rest is named.
+    let reply = gateway.anthropic(body("gpt")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(
+        reply.header("x-airbag-dropped-fields"),
+        "document, tool_result.image"
+    );
+    let received = &openai_upstream.requests()[0].body;
+    let tool_message = received["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|message| message["role"] == "tool")
+        .unwrap();
+    assert_eq!(tool_message["content"], "here is the chart");
+    assert!(!received.to_string().contains("Tides follow"), "{received}");
+}

@@ -355,6 +355,11 @@ impl Canon {
                 self.str("tool-result", &result.tool_call_id);
                 self.str("tool-result-content", &result.content);
                 self.u64("tool-result-error", u64::from(result.is_error));
+                // Only results with images or documents add them, so other keys stay.
+                for block in &result.blocks {
+                    self.tag("tool-result-block");
+                    self.json(block);
+                }
             }
             Part::ProviderBlock(block) => {
                 self.tag("provider-block");

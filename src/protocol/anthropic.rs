@@ -57,7 +57,63 @@ struct WireMessage {
     content: WireContent,
 }
 
-type WireContent = TextOrParts<WireBlock>;
+type WireContent = TextOrParts<WireAnyBlock>;
+
+/// A content block: one airbag reads (checked, errors name the field), or any other
+/// (`document`, `search_result`, a server tool's, types yet to come) carried whole.
+#[derive(Debug)]
+enum WireAnyBlock {
+    Known(WireBlock),
+    Other(Value),
+}
+
+/// The block types [`WireBlock`] reads.
+const KNOWN_BLOCK_TYPES: &[&str] = &[
+    "text",
+    "image",
+    "tool_use",
+    "tool_result",
+    "thinking",
+    "redacted_thinking",
+];
+
+impl<'de> Deserialize<'de> for WireAnyBlock {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let block = Value::deserialize(deserializer)?;
+        match block.get("type").and_then(Value::as_str) {
+            Some(kind) if KNOWN_BLOCK_TYPES.contains(&kind) => serde_json::from_value(block)
+                .map(WireAnyBlock::Known)
+                .map_err(serde::de::Error::custom),
+            Some(_) => Ok(WireAnyBlock::Other(block)),
+            None => Err(serde::de::Error::custom(
+                "a content block needs a `type` (`text`, `image`, `tool_use`, …)",
+            )),
+        }
+    }
+}
+
+/// A block of a tool result's content: text, or any other (an image, a document)
+/// carried whole.
+#[derive(Debug)]
+enum WireResultBlock {
+    Text(String),
+    Other(Value),
+}
+
+impl<'de> Deserialize<'de> for WireResultBlock {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let block = Value::deserialize(deserializer)?;
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => serde_json::from_value::<WireTextBlock>(block)
+                .map(|block| WireResultBlock::Text(block.text))
+                .map_err(serde::de::Error::custom),
+            Some(_) => Ok(WireResultBlock::Other(block)),
+            None => Err(serde::de::Error::custom(
+                "a content block needs a `type` (`text`, `image`, …)",
+            )),
+        }
+    }
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -95,7 +151,7 @@ enum WireImageSource {
     Url { url: String },
 }
 
-type WireToolResultContent = TextOrParts<WireTextBlock>;
+type WireToolResultContent = TextOrParts<WireResultBlock>;
 
 #[derive(Debug, Deserialize)]
 struct WireTool {
@@ -233,7 +289,11 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
 }
 
 /// The neutral part of a content block; None for blocks airbag drops (thinking).
-fn block_to_part(block: WireBlock) -> Option<Part> {
+fn block_to_part(block: WireAnyBlock) -> Option<Part> {
+    let block = match block {
+        WireAnyBlock::Known(block) => block,
+        WireAnyBlock::Other(block) => return Some(Part::ProviderBlock(block)),
+    };
     let part = match block {
         WireBlock::Text { text } => Part::Text(text),
         WireBlock::Image { source } => Part::Image(match source {
@@ -249,19 +309,29 @@ fn block_to_part(block: WireBlock) -> Option<Part> {
             tool_use_id,
             content,
             is_error,
-        } => Part::ToolResult(ToolResult {
-            tool_call_id: tool_use_id,
-            content: match content {
-                None => String::new(),
-                Some(WireToolResultContent::Text(text)) => text,
-                Some(WireToolResultContent::Parts(blocks)) => blocks
-                    .into_iter()
-                    .map(|block| block.text)
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            },
-            is_error,
-        }),
+        } => {
+            let (text, blocks) = match content {
+                None => (String::new(), Vec::new()),
+                Some(WireToolResultContent::Text(text)) => (text, Vec::new()),
+                Some(WireToolResultContent::Parts(parts)) => {
+                    let mut texts = Vec::new();
+                    let mut blocks = Vec::new();
+                    for part in parts {
+                        match part {
+                            WireResultBlock::Text(text) => texts.push(text),
+                            WireResultBlock::Other(block) => blocks.push(block),
+                        }
+                    }
+                    (texts.join("\n"), blocks)
+                }
+            };
+            Part::ToolResult(ToolResult {
+                tool_call_id: tool_use_id,
+                content: text,
+                is_error,
+                blocks,
+            })
+        }
         WireBlock::Thinking | WireBlock::RedactedThinking => return None,
     };
     Some(part)
@@ -620,9 +690,16 @@ fn upstream_block(part: &Part) -> Value {
         }
         Part::ToolCall(call) => json!({"type": "tool_use", "id": call.id, "name": call.name,
             "input": arguments_object(&call.arguments)}),
-        Part::ToolResult(result) => json!({"type": "tool_result",
+        Part::ToolResult(result) if result.blocks.is_empty() => json!({"type": "tool_result",
             "tool_use_id": result.tool_call_id, "content": result.content,
             "is_error": result.is_error}),
+        Part::ToolResult(result) => {
+            let text = (!result.content.is_empty())
+                .then(|| json!({"type": "text", "text": result.content}));
+            let content: Vec<Value> = text.into_iter().chain(result.blocks.clone()).collect();
+            json!({"type": "tool_result", "tool_use_id": result.tool_call_id,
+                "content": content, "is_error": result.is_error})
+        }
     }
 }
 
@@ -917,24 +994,43 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_block_type_is_named() {
-        let error = parse_request(
-            br#"{"model":"chat","max_tokens":5,"messages":[{"role":"user","content":[{"type":"hologram"}]}]}"#,
+    fn blocks_airbag_does_not_read_are_carried_and_known_ones_checked() {
+        // A type airbag does not read (a document, one yet to come) is carried whole.
+        let request = parse_request(
+            br#"{"model":"chat","max_tokens":5,"messages":[{"role":"user","content":[{"type":"hologram","depth":3}]}]}"#,
         )
-        .unwrap_err();
-        assert_eq!(error.field, "messages[0].content[0].type", "{error:?}");
-        assert!(
-            error.message.contains("unknown variant `hologram`"),
-            "{error:?}"
+        .unwrap();
+        assert_eq!(
+            request.messages[0].content,
+            vec![Part::ProviderBlock(json!({"type": "hologram", "depth": 3}))]
         );
-        // Inside a block, serde reads the fields from a buffer that the path tracker cannot
-        // see into: the error names the block and the missing field, not the inner path.
-        let error = parse_request(
+        // So is an image inside a tool result, beside its text.
+        let request = parse_request(
             br#"{"model":"chat","max_tokens":5,"messages":[{"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":[{"type":"text","text":"ok"},{"type":"image"}]}]}]}"#,
         )
+        .unwrap();
+        let Part::ToolResult(result) = &request.messages[0].content[0] else {
+            panic!("{request:?}");
+        };
+        assert_eq!(result.content, "ok");
+        assert_eq!(result.blocks, vec![json!({"type": "image"})]);
+        // A block without a type, or a known block with a field missing, is refused
+        // naming the block and the field.
+        let error = parse_request(
+            br#"{"model":"chat","max_tokens":5,"messages":[{"role":"user","content":[{"text":"hi"}]}]}"#,
+        )
         .unwrap_err();
-        assert_eq!(error.field, "messages[0].content[0].text", "{error:?}");
-        assert!(error.message.contains("missing field `text`"), "{error:?}");
+        assert_eq!(error.field, "messages[0].content[0]", "{error:?}");
+        assert!(error.message.contains("`type`"), "{error:?}");
+        let error = parse_request(
+            br#"{"model":"chat","max_tokens":5,"messages":[{"role":"user","content":[{"type":"tool_use","id":"t1","input":{}}]}]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            error.field.starts_with("messages[0].content[0]"),
+            "{error:?}"
+        );
+        assert!(error.message.contains("missing field `name`"), "{error:?}");
     }
 
     #[test]

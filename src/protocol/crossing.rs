@@ -109,16 +109,56 @@ pub fn dropped_fields(request: &ChatRequest, target: Protocol) -> Vec<String> {
         .map(|(name, _)| name.clone())
         .collect();
     if passthrough.protocol == Protocol::Anthropic {
-        for (marker, found) in [
-            ("cache_control", mentions_key(body, "cache_control")),
-            ("thinking", has_thinking_blocks(body)),
-        ] {
-            if found && !dropped.iter().any(|name| name == marker) {
-                dropped.push(marker.to_string());
+        let markers = [
+            mentions_key(body, "cache_control").then(|| "cache_control".to_string()),
+            has_thinking_blocks(body).then(|| "thinking".to_string()),
+        ];
+        for name in markers.into_iter().flatten().chain(uncarried_blocks(body)) {
+            if !dropped.contains(&name) {
+                dropped.push(name);
             }
         }
     }
     dropped
+}
+
+/// The content blocks of an Anthropic body's messages that an OpenAI rendering has no
+/// place for, by type: `document`, `search_result`… at the top of a message, and
+/// `tool_result.image` (or another type) inside a tool result, whose OpenAI message
+/// takes text only.
+fn uncarried_blocks(body: &Map<String, Value>) -> Vec<String> {
+    const CARRIED: &[&str] = &[
+        "text",
+        "image",
+        "tool_use",
+        "tool_result",
+        "thinking",
+        "redacted_thinking",
+    ];
+    let mut names = Vec::new();
+    let blocks = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|message| message["content"].as_array())
+        .flatten();
+    for block in blocks {
+        let kind = block["type"].as_str().unwrap_or_default();
+        if !CARRIED.contains(&kind) {
+            names.push(kind.to_string());
+        }
+        if kind == "tool_result" {
+            let inner = block["content"].as_array().into_iter().flatten();
+            for part in inner.filter(|part| part["type"] != "text") {
+                names.push(format!(
+                    "tool_result.{}",
+                    part["type"].as_str().unwrap_or_default()
+                ));
+            }
+        }
+    }
+    names
 }
 
 fn openai_field_carried(request: &ChatRequest, name: &str, value: &Value) -> bool {

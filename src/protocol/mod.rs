@@ -195,6 +195,10 @@ pub struct ToolResult {
     pub tool_call_id: String,
     pub content: String,
     pub is_error: bool,
+    /// Anthropic content blocks of the result besides its text (images, documents),
+    /// whole: an Anthropic target gets them after the text; OpenAI's tool messages take
+    /// text only (`x-airbag-dropped-fields` says so).
+    pub blocks: Vec<Value>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

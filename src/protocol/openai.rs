@@ -223,6 +223,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
                     tool_call_id,
                     content,
                     is_error: false,
+                    blocks: Vec::new(),
                 });
                 push_message(&mut messages, Role::User, vec![result]);
             }
