@@ -684,48 +684,6 @@ async fn a_missing_model_stops_start_up_naming_the_fix() {
 }
 
 #[tokio::test]
-async fn a_qdrant_server_store_serves_the_same_hits_when_qdrant_url_is_set() {
-    let Ok(url) = std::env::var("QDRANT_URL") else {
-        println!(
-            "SKIPPED: QDRANT_URL is not set; run a Qdrant server and set QDRANT_URL=http://HOST:6334 to test the shared store"
-        );
-        return;
-    };
-    let upstream = mock("up").await;
-    let store = tempfile::tempdir().unwrap();
-    let collection = format!("airbag_test_{}", fastrand::u32(..));
-    let config = format!(
-        "{}{}{}",
-        provider("up", "openai", &upstream, ""),
-        route("chat", &["up/m"]),
-        cache_section(store.path(), "", "")
-    )
-    .replace(
-        &format!("[cache.store]\npath = \"{}\"\n", store.path().display()),
-        &format!(
-            "[cache.store]\nkind = \"qdrant\"\nurl = \"{url}\"\ncollection = \"{collection}\"\n"
-        ),
-    );
-    let gateway = TestGateway::start(&config, &[]).await;
-    gateway
-        .openai(openai_chat("chat", "How do I reset my password?"))
-        .await;
-    wait_stored(&gateway, 1).await;
-    assert_eq!(
-        served(&gateway, "how can i reset my password").await,
-        "cache:semantic"
-    );
-    gateway.running.shutdown().await;
-    // A second replica (fresh memory) reads the shared store.
-    let replica = TestGateway::start(&config, &[]).await;
-    assert_eq!(
-        served(&replica, "How do I reset my password?").await,
-        "cache:exact"
-    );
-    assert_eq!(upstream.request_count(), 1);
-}
-
-#[tokio::test]
 async fn canned_examples_match_reworded_questions_with_the_real_model_and_are_never_stored() {
     let upstream = mock("up").await;
     upstream.set_faults(vec![FaultRule::always(Fault::status(503))]);

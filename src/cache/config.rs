@@ -204,6 +204,11 @@ pub struct StoreConfig {
     /// both kinds of store: past it the lookup is a miss.
     #[serde(default = "default_lookup_timeout", with = "humantime_serde")]
     pub lookup_timeout: Duration,
+    /// With a `qdrant` store, which other replicas share and may purge: the longest an
+    /// entry stays in this replica's memory, so a purge through another replica is seen
+    /// here within it.
+    #[serde(default = "default_shared_memory_ttl", with = "humantime_serde")]
+    pub shared_memory_ttl: Duration,
     /// The store's own breaker: a failing or slow store is skipped (misses, no writes)
     /// until a probe call succeeds.
     #[serde(default)]
@@ -240,6 +245,7 @@ impl Default for StoreConfig {
             api_key: None,
             timeout: default_store_timeout(),
             lookup_timeout: default_lookup_timeout(),
+            shared_memory_ttl: default_shared_memory_ttl(),
             breaker: StoreBreakerConfig::default(),
         }
     }
@@ -306,6 +312,7 @@ impl CacheConfig {
                 self.semantic.embedding_deadline,
             ),
             ("store.lookup_timeout", self.store.lookup_timeout),
+            ("store.shared_memory_ttl", self.store.shared_memory_ttl),
             ("store.timeout", self.store.timeout),
             ("store.breaker.cool_down", self.store.breaker.cool_down),
         ] {
@@ -450,6 +457,9 @@ fn default_embedding_deadline() -> Duration {
 }
 fn default_lookup_timeout() -> Duration {
     Duration::from_millis(100)
+}
+fn default_shared_memory_ttl() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_breaker_failures() -> u32 {
     5

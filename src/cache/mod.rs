@@ -55,9 +55,6 @@ const FLIGHTS_FOLLOWED: usize = 3;
 const COALESCE_WAIT: Duration = Duration::from_secs(120);
 /// The longest a lookup waits for the verifier; past it the candidates are refused.
 const VERIFY_DEADLINE: Duration = Duration::from_millis(250);
-/// With a shared store, another replica may purge: entries stay in this replica's
-/// memory at most this long, so a purge reaches every replica within it.
-const SHARED_STORE_MEMORY_TTL: Duration = Duration::from_secs(30);
 
 /// A start-up problem with the cache: the model, or the store.
 #[derive(Debug, thiserror::Error)]
@@ -352,7 +349,10 @@ impl Cache {
             .max_capacity(config.memory.0)
             .weigher(|_key: &[u8; 32], entry: &Arc<StoredEntry>| entry.weight())
             .expire_after(UntilStale {
-                cap: (config.store.kind == StoreKind::Qdrant).then_some(SHARED_STORE_MEMORY_TTL),
+                // With a shared store, another replica may purge: a purge reaches every
+                // replica within `shared_memory_ttl`.
+                cap: (config.store.kind == StoreKind::Qdrant)
+                    .then_some(config.store.shared_memory_ttl),
             })
             .build();
         let (writes, queue) = mpsc::channel(writer::WRITE_QUEUE);

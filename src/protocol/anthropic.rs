@@ -67,8 +67,8 @@ enum WireAnyBlock {
     Other(Value),
 }
 
-/// The block types [`WireBlock`] reads.
-const KNOWN_BLOCK_TYPES: &[&str] = &[
+/// The block types [`WireBlock`] reads (and an OpenAI rendering has a place for).
+pub(super) const KNOWN_BLOCK_TYPES: &[&str] = &[
     "text",
     "image",
     "tool_use",

@@ -127,14 +127,6 @@ pub fn dropped_fields(request: &ChatRequest, target: Protocol) -> Vec<String> {
 /// `tool_result.image` (or another type) inside a tool result, whose OpenAI message
 /// takes text only.
 fn uncarried_blocks(body: &Map<String, Value>) -> Vec<String> {
-    const CARRIED: &[&str] = &[
-        "text",
-        "image",
-        "tool_use",
-        "tool_result",
-        "thinking",
-        "redacted_thinking",
-    ];
     let mut names = Vec::new();
     let blocks = body
         .get("messages")
@@ -145,7 +137,7 @@ fn uncarried_blocks(body: &Map<String, Value>) -> Vec<String> {
         .flatten();
     for block in blocks {
         let kind = block["type"].as_str().unwrap_or_default();
-        if !CARRIED.contains(&kind) {
+        if !super::anthropic::KNOWN_BLOCK_TYPES.contains(&kind) {
             names.push(kind.to_string());
         }
         if kind == "tool_result" {

@@ -5,6 +5,7 @@
 
 pub mod cloud;
 pub mod process;
+pub mod qdrant;
 
 use std::path::Path;
 

@@ -54,43 +54,57 @@ impl QdrantStore {
             collection: collection.to_string(),
             message,
         };
+        // The client's own check prints a warning to stdout for any server two minor
+        // versions away, even ones airbag is tested with; the version is checked below.
         let client = Qdrant::from_url(url)
             .api_key(api_key)
             .timeout(timeout)
             .connect_timeout(timeout)
+            .skip_compatibility_check()
             .build()
             .map_err(|error| fail(error.to_string()))?;
+        let server = client
+            .health_check()
+            .await
+            .map_err(|error| fail(error.to_string()))?;
+        log_server_version(&server.version);
         let exists = client
             .collection_exists(collection)
             .await
             .map_err(|error| fail(error.to_string()))?;
-        if exists {
-            let info = client
-                .collection_info(collection)
-                .await
-                .map_err(|error| fail(error.to_string()))?;
-            let size = info
-                .result
-                .and_then(|info| info.config)
-                .and_then(|config| config.params)
-                .and_then(|params| params.vectors_config)
-                .and_then(|vectors| vectors.config)
-                .and_then(|kind| match kind {
-                    VectorsConfigKind::Params(params) => Some(params.size),
-                    VectorsConfigKind::ParamsMap(_) => None,
-                });
-            if size != Some(dimensions as u64) {
-                return Err(fail(format!(
-                    "it holds vectors of size {size:?}, not {dimensions} (one unnamed vector); use another collection name"
-                )));
-            }
-        } else {
-            client
+        if !exists {
+            let created = client
                 .create_collection(CreateCollectionBuilder::new(collection).vectors_config(
                     VectorParamsBuilder::new(dimensions as u64, Distance::Cosine),
                 ))
-                .await
-                .map_err(|error| fail(error.to_string()))?;
+                .await;
+            if let Err(error) = created {
+                // Replicas started together race to create it: the losers use the
+                // winner's (its size is checked below like any existing collection's).
+                let made_by_another = client.collection_exists(collection).await;
+                if !matches!(made_by_another, Ok(true)) {
+                    return Err(fail(error.to_string()));
+                }
+            }
+        }
+        let info = client
+            .collection_info(collection)
+            .await
+            .map_err(|error| fail(error.to_string()))?;
+        let size = info
+            .result
+            .and_then(|info| info.config)
+            .and_then(|config| config.params)
+            .and_then(|params| params.vectors_config)
+            .and_then(|vectors| vectors.config)
+            .and_then(|kind| match kind {
+                VectorsConfigKind::Params(params) => Some(params.size),
+                VectorsConfigKind::ParamsMap(_) => None,
+            });
+        if size != Some(dimensions as u64) {
+            return Err(fail(format!(
+                "it holds vectors of size {size:?}, not {dimensions} (one unnamed vector); use another collection name"
+            )));
         }
         let indexes = KEYWORD_FIELDS
             .iter()
@@ -127,6 +141,24 @@ impl QdrantStore {
                 .map_err(|_| StoreError::Timeout(timeout))?
         }
         .boxed()
+    }
+}
+
+/// The Qdrant server versions airbag's shared-store tests run against.
+const TESTED_SERVERS: &str = "1.18 to 1.20";
+
+/// Say which server this is; warn when it is not a version airbag was tested with.
+fn log_server_version(version: &str) {
+    let minor = version
+        .strip_prefix("1.")
+        .and_then(|rest| rest.split('.').next())
+        .and_then(|minor| minor.parse::<u32>().ok());
+    if minor.is_some_and(|minor| (18..=20).contains(&minor)) {
+        tracing::info!("cache: Qdrant server {version}");
+    } else {
+        tracing::warn!(
+            "cache: Qdrant server {version} is not a version airbag was tested with ({TESTED_SERVERS}); requests may still work"
+        );
     }
 }
 
