@@ -238,3 +238,59 @@ async fn connecting_at_the_same_moment_to_a_missing_collection_all_succeed() {
         "{error}"
     );
 }
+
+/// Send `signal` (`STOP`, `CONT`) to the Qdrant this test started.
+fn signal(server: &Qdrant, signal: &str) {
+    let pid = server
+        .pid()
+        .expect("a server this test started")
+        .to_string();
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn a_frozen_qdrant_costs_misses_not_failures_and_the_cache_comes_back() {
+    let Some(server) = qdrant("frozen Qdrant").await else {
+        return;
+    };
+    if server.pid().is_none() {
+        println!("SKIPPED frozen Qdrant: QDRANT_URL's server is not ours to freeze");
+        return;
+    }
+    let upstream = mock("up").await;
+    let config = config(&server, &collection(), &upstream).replace(
+        "[cache.store]\n",
+        "[cache.store]\ntimeout = \"500ms\"\nbreaker = { failures = 3, cool_down = \"1s\" }\n",
+    );
+    let gateway = start(&config).await;
+    ask(&gateway, KEY_A, "Which planets have rings?").await;
+    wait_stored(&gateway, 1).await;
+
+    signal(&server, "STOP");
+    // Every request is answered by the provider while the store hangs; the store's
+    // breaker opens within a few of them.
+    for number in 0..10 {
+        let question = format!("Question number {number} while the store is frozen?");
+        assert_eq!(ask(&gateway, KEY_A, &question).await, "provider:up/m");
+    }
+    let stats = gateway.admin_get("/admin/cache", None).await.json();
+    assert_eq!(stats["store_breaker"]["state"], "open", "{stats}");
+    signal(&server, "CONT");
+
+    // Thawed: after the cool-down a probe finds the store, and what was stored before
+    // the freeze serves again, without restarting airbag. (The memory layer may serve
+    // it sooner; a question asked only through the store proves the store.)
+    let mut served = String::new();
+    for _ in 0..200 {
+        served = ask(&gateway, KEY_A, "which planets have rings").await;
+        if served == "cache:semantic" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(served, "cache:semantic");
+}
