@@ -297,6 +297,7 @@ async fn canned_answer(
         content: vec![Part::Text(found.entry.spec.text.clone())],
         stop_reason: StopReason::EndTurn,
         usage: Usage::default(),
+        logprobs: None,
     };
     Ok(Served {
         answer: if request.stream {

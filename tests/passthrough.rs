@@ -534,3 +534,55 @@ async fn documents_and_images_in_tool_results_reach_claude_and_are_named_for_ope
     assert_eq!(tool_message["content"], "here is the chart");
     assert!(!received.to_string().contains("Tides follow"), "{received}");
 }
+
+#[tokio::test]
+async fn logprobs_an_openai_client_asked_for_come_back_complete_and_streamed() {
+    let (gateway, _openai, _anthropic) = gateway().await;
+    let mut body = json!({
+        "model": "gpt",
+        "logprobs": true,
+        "top_logprobs": 1,
+        "messages": [{"role": "user", "content": "what is a tide?"}],
+    });
+    let reply = gateway.openai(body.clone()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let answer = reply.json();
+    let text = answer["choices"][0]["message"]["content"].as_str().unwrap();
+    let entries = answer["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no logprobs: {answer}"));
+    let tokens: String = entries
+        .iter()
+        .map(|entry| entry["token"].as_str().unwrap())
+        .collect();
+    assert_eq!(tokens, text, "one entry per token of the answer, in order");
+
+    // Streamed: each content chunk carries its own.
+    body["stream"] = json!(true);
+    let reply = gateway.openai(body.clone()).await;
+    let mut streamed = String::new();
+    for (_, data) in reply.events() {
+        let Ok(chunk) = serde_json::from_str::<Value>(&data) else {
+            continue;
+        };
+        let choice = &chunk["choices"][0];
+        if let Some(content) = choice["delta"]["content"]
+            .as_str()
+            .filter(|c| !c.is_empty())
+        {
+            assert_eq!(
+                choice["logprobs"]["content"][0]["token"], content,
+                "{chunk}"
+            );
+            streamed.push_str(content);
+        }
+    }
+    assert_eq!(streamed, text);
+
+    // Without asking, none.
+    body.as_object_mut().unwrap().remove("logprobs");
+    body.as_object_mut().unwrap().remove("top_logprobs");
+    body["stream"] = json!(false);
+    let reply = gateway.openai(body).await;
+    assert_eq!(reply.json()["choices"][0]["logprobs"], Value::Null);
+}

@@ -171,6 +171,7 @@ impl StoredAnswer {
                 output_tokens: self.output_tokens,
                 cached_input_tokens: self.input_tokens,
             },
+            logprobs: None,
         }
     }
 }

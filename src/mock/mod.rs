@@ -855,6 +855,7 @@ fn reply_for(name: &str, request: &ChatRequest) -> ChatResponse {
             _ => 5,
         })
         .sum();
+    let logprobs = asks_logprobs(request).then(|| json!({"content": text_logprobs(&content)}));
     ChatResponse {
         id: random_id("mock-"),
         model: request.model.clone(),
@@ -865,7 +866,31 @@ fn reply_for(name: &str, request: &ChatRequest) -> ChatResponse {
             output_tokens,
             cached_input_tokens: 0,
         },
+        logprobs,
     }
+}
+
+/// Whether an OpenAI client asked for `logprobs`.
+fn asks_logprobs(request: &ChatRequest) -> bool {
+    request
+        .passthrough_in(Protocol::OpenAi)
+        .is_some_and(|body| body.get("logprobs") == Some(&json!(true)))
+}
+
+/// One entry per word of the answer's text, as the mock streams it.
+fn text_logprobs(content: &[Part]) -> Vec<Value> {
+    content
+        .iter()
+        .filter_map(|part| match part {
+            Part::Text(text) => Some(text.split_inclusive(' ').map(word_logprob)),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+fn word_logprob(word: &str) -> Value {
+    json!({"token": word, "logprob": -0.25, "bytes": word.as_bytes(), "top_logprobs": []})
 }
 
 /// The signature of the mock's thinking blocks, for tests to check it came back whole.
@@ -905,12 +930,13 @@ fn stream_chunks(protocol: Protocol, request: &ChatRequest, reply: &ChatResponse
     for part in &reply.content {
         match part {
             Part::Text(text) => {
-                let words: Vec<&str> = text.split_inclusive(' ').collect();
-                events.extend(
-                    words
-                        .into_iter()
-                        .map(|word| StreamEvent::TextDelta(word.to_string())),
-                );
+                for word in text.split_inclusive(' ') {
+                    if reply.logprobs.is_some() {
+                        let entry = json!({"content": [word_logprob(word)]});
+                        events.push(StreamEvent::Logprobs(entry));
+                    }
+                    events.push(StreamEvent::TextDelta(word.to_string()));
+                }
             }
             Part::ToolCall(call) => {
                 events.push(StreamEvent::ToolCallStart {

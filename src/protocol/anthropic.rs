@@ -516,6 +516,8 @@ impl StreamWriter {
                     out.push(sse::encode(Some("content_block_delta"), &delta.to_string()));
                 }
             }
+            // OpenAI's token log probabilities have no place in a message.
+            StreamEvent::Logprobs(_) => {}
             StreamEvent::Finish { stop_reason } => self.stop_reason = Some(stop_reason),
             StreamEvent::Usage(usage) => self.usage = usage,
             StreamEvent::Resumed { from, to } => out.push(sse::comment(&format!(
@@ -791,6 +793,7 @@ pub fn parse_upstream_response(body: &[u8], model: &str) -> Result<ChatResponse,
         content,
         stop_reason: parse_stop_reason(wire.stop_reason.as_deref()),
         usage: usage.neutral(),
+        logprobs: None,
     })
 }
 

@@ -22,6 +22,7 @@ pub struct Assembler {
     broken: bool,
     stop_reason: Option<StopReason>,
     usage: Usage,
+    logprobs: Option<serde_json::Value>,
 }
 
 impl Assembler {
@@ -66,6 +67,10 @@ impl Assembler {
                     _ => self.broken = true,
                 }
             }
+            StreamEvent::Logprobs(logprobs) => match &mut self.logprobs {
+                None => self.logprobs = Some(logprobs.clone()),
+                Some(all) => append_logprobs(all, logprobs),
+            },
             StreamEvent::Finish { stop_reason } => self.stop_reason = Some(*stop_reason),
             StreamEvent::Usage(usage) => self.usage = *usage,
             StreamEvent::Resumed { .. } => {}
@@ -88,7 +93,27 @@ impl Assembler {
             content: self.content,
             stop_reason: self.stop_reason?,
             usage: self.usage,
+            logprobs: self.logprobs,
         })
+    }
+}
+
+/// A chunk's log probabilities added to the answer's: each list (`content`, `refusal`)
+/// grows by the chunk's entries.
+fn append_logprobs(all: &mut serde_json::Value, chunk: &serde_json::Value) {
+    let (Some(all), Some(chunk)) = (all.as_object_mut(), chunk.as_object()) else {
+        return;
+    };
+    for (field, entries) in chunk {
+        let Some(entries) = entries.as_array() else {
+            continue;
+        };
+        match all.get_mut(field).and_then(serde_json::Value::as_array_mut) {
+            Some(list) => list.extend(entries.iter().cloned()),
+            None => {
+                all.insert(field.clone(), entries.clone().into());
+            }
+        }
     }
 }
 

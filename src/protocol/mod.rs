@@ -229,6 +229,9 @@ pub struct ChatResponse {
     pub content: Vec<Part>,
     pub stop_reason: StopReason,
     pub usage: Usage,
+    /// OpenAI's `choices[0].logprobs` of the answer, when the client asked an OpenAI
+    /// provider for them; relayed to OpenAI clients only, never stored in the cache.
+    pub logprobs: Option<Value>,
 }
 
 impl ChatResponse {
@@ -283,6 +286,9 @@ pub enum StreamEvent {
         index: usize,
         arguments: String,
     },
+    /// OpenAI's `logprobs` of the chunk whose content follows (token log probabilities
+    /// the client asked for); written into the next chunk for OpenAI clients.
+    Logprobs(Value),
     /// A content block of an Anthropic answer airbag does not read opens (see
     /// [`Part::ProviderBlock`]); its deltas follow as `ProviderBlockDelta`s.
     ProviderBlockStart(Value),
@@ -308,7 +314,10 @@ impl StreamEvent {
     pub fn is_content(&self) -> bool {
         !matches!(
             self,
-            StreamEvent::Start { .. } | StreamEvent::Usage(_) | StreamEvent::Resumed { .. }
+            StreamEvent::Start { .. }
+                | StreamEvent::Usage(_)
+                | StreamEvent::Resumed { .. }
+                | StreamEvent::Logprobs(_)
         )
     }
 }
@@ -517,6 +526,9 @@ pub fn replay_as_stream(response: ChatResponse) -> EventStream {
         },
         StreamEvent::Usage(response.usage),
     ];
+    if let Some(logprobs) = response.logprobs {
+        events.push(StreamEvent::Logprobs(logprobs));
+    }
     let mut tool_index = 0;
     for part in response.content {
         match part {

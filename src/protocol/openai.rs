@@ -422,7 +422,7 @@ pub fn render_response(response: &ChatResponse) -> Value {
             "index": 0,
             "message": message,
             "finish_reason": finish_reason(response.stop_reason),
-            "logprobs": Value::Null,
+            "logprobs": response.logprobs.clone().unwrap_or(Value::Null),
         }],
         "usage": usage_json(response.usage),
     })
@@ -447,6 +447,8 @@ pub struct StreamWriter {
     created: u64,
     include_usage: bool,
     usage: Option<Usage>,
+    /// Log probabilities for the next chunk written.
+    pending_logprobs: Option<Value>,
 }
 
 impl StreamWriter {
@@ -457,16 +459,18 @@ impl StreamWriter {
             created: unix_now(),
             include_usage,
             usage: None,
+            pending_logprobs: None,
         }
     }
 
-    fn chunk(&self, delta: Value, finish: Option<&str>) -> bytes::Bytes {
+    fn chunk(&mut self, delta: Value, finish: Option<&str>) -> bytes::Bytes {
+        let logprobs = self.pending_logprobs.take().unwrap_or(Value::Null);
         let chunk = json!({
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": Value::Null}],
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}],
         });
         sse::encode(None, &chunk.to_string())
     }
@@ -484,6 +488,10 @@ impl StreamWriter {
                 vec![self.chunk(json!({"role": "assistant", "content": ""}), None)]
             }
             StreamEvent::TextDelta(text) => vec![self.chunk(json!({"content": text}), None)],
+            StreamEvent::Logprobs(logprobs) => {
+                self.pending_logprobs = Some(logprobs);
+                Vec::new()
+            }
             // Anthropic's own blocks (thinking…) have no place in a chat completion.
             StreamEvent::ProviderBlockStart(_) | StreamEvent::ProviderBlockDelta(_) => Vec::new(),
             StreamEvent::ToolCallStart { index, id, name } => vec![self.chunk(
@@ -734,6 +742,8 @@ struct UpstreamResponse {
 struct UpstreamChoice {
     message: UpstreamMessage,
     finish_reason: Option<String>,
+    #[serde(default)]
+    logprobs: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -803,6 +813,7 @@ pub fn parse_upstream_response(body: &[u8], model: &str) -> Result<ChatResponse,
         content,
         stop_reason: parse_finish_reason(choice.finish_reason.as_deref()),
         usage: wire.usage.map(Usage::from).unwrap_or_default(),
+        logprobs: choice.logprobs.filter(|logprobs| !logprobs.is_null()),
     })
 }
 
@@ -821,6 +832,8 @@ struct UpstreamChunkChoice {
     #[serde(default)]
     delta: UpstreamDelta,
     finish_reason: Option<String>,
+    #[serde(default)]
+    logprobs: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -889,6 +902,10 @@ impl StreamParser {
             });
         }
         for choice in chunk.choices {
+            // Before the content they describe, so a writer puts them in its chunk.
+            if let Some(logprobs) = choice.logprobs.filter(|logprobs| !logprobs.is_null()) {
+                events.push(StreamEvent::Logprobs(logprobs));
+            }
             if let Some(text) = choice.delta.content.filter(|text| !text.is_empty()) {
                 events.push(StreamEvent::TextDelta(text));
             }

@@ -567,6 +567,13 @@ def openai_every_field(client: openai.OpenAI, run: Run, model: str, mock: str) -
     expect_true("the provider's request id relayed", upstream_id.startswith("req_mock_"), upstream_id)
     completion = raw.parse()
     expect("text", completion.choices[0].message.content, f"mock {mock} answers: {prompt}")
+    logprobs = completion.choices[0].logprobs
+    expect_true("logprobs came back", logprobs is not None and bool(logprobs.content), logprobs)
+    expect(
+        "logprobs tokens",
+        "".join(entry.token for entry in logprobs.content),
+        completion.choices[0].message.content,
+    )
     expect("airbag.request_id", (completion.model_extra or {})["airbag"]["request_id"], "sdk-request-1")
 
 
