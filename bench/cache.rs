@@ -541,6 +541,7 @@ fn entry(index: usize, context: &str) -> StoredEntry {
             stop_reason: StoredStopReason::EndTurn,
             input_tokens: 20,
             output_tokens: 15,
+            logprobs: None,
         },
         served_by: "provider:bench/m".to_string(),
         created_at: 0,

@@ -1205,3 +1205,23 @@ async fn followers_of_a_leader_whose_chain_failed_are_answered_by_the_chain() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn an_answer_with_logprobs_is_replayed_with_them() {
+    let upstream = mock("up").await;
+    let store = tempfile::tempdir().unwrap();
+    let gateway = cached_gateway(store.path(), &upstream, "").await;
+    let mut body = openai_chat("chat", "What is airbag?");
+    body["logprobs"] = serde_json::json!(true);
+    let first = gateway.openai(body.clone()).await;
+    assert_eq!(first.served_by(), "provider:up/m");
+    let logprobs = first.json()["choices"][0]["logprobs"].clone();
+    assert!(logprobs["content"].is_array(), "{logprobs}");
+    wait_stored(&gateway, 1).await;
+    let again = gateway.openai(body).await;
+    assert_eq!(again.served_by(), "cache:exact");
+    assert_eq!(again.json()["choices"][0]["logprobs"], logprobs);
+    // Without `logprobs` it is another question for the cache.
+    let plain = gateway.openai(openai_chat("chat", "What is airbag?")).await;
+    assert_eq!(plain.served_by(), "provider:up/m");
+}

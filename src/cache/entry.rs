@@ -65,6 +65,10 @@ pub struct StoredAnswer {
     pub stop_reason: StoredStopReason,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// The log probabilities an OpenAI client asked for (`logprobs` is in the key, so
+    /// only such requests hit the entry); absent in entries stored before they were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,6 +137,7 @@ impl StoredAnswer {
             stop_reason,
             input_tokens: response.usage.input_tokens,
             output_tokens: response.usage.output_tokens,
+            logprobs: response.logprobs.clone(),
         })
     }
 
@@ -171,7 +176,7 @@ impl StoredAnswer {
                 output_tokens: self.output_tokens,
                 cached_input_tokens: self.input_tokens,
             },
-            logprobs: None,
+            logprobs: self.logprobs.clone(),
         }
     }
 }

@@ -240,6 +240,7 @@ mod tests {
                 stop_reason: StoredStopReason::EndTurn,
                 input_tokens: 1,
                 output_tokens: 1,
+                logprobs: None,
             },
             served_by: "provider:up/m".into(),
             created_at,
