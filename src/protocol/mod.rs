@@ -230,7 +230,7 @@ pub struct ChatResponse {
     pub stop_reason: StopReason,
     pub usage: Usage,
     /// OpenAI's `choices[0].logprobs` of the answer, when the client asked an OpenAI
-    /// provider for them; relayed to OpenAI clients only, never stored in the cache.
+    /// provider for them; relayed to OpenAI clients only (and kept with a cached answer).
     pub logprobs: Option<Value>,
 }
 
