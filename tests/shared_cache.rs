@@ -294,3 +294,47 @@ async fn a_frozen_qdrant_costs_misses_not_failures_and_the_cache_comes_back() {
     }
     assert_eq!(served, "cache:semantic");
 }
+
+#[tokio::test]
+async fn a_killed_qdrant_costs_misses_and_after_its_restart_the_entries_are_there() {
+    let Some(mut server) = qdrant("killed Qdrant").await else {
+        return;
+    };
+    if server.pid().is_none() {
+        println!("SKIPPED killed Qdrant: QDRANT_URL's server is not ours to kill");
+        return;
+    }
+    let upstream = mock("up").await;
+    let config = config(&server, &collection(), &upstream).replace(
+        "[cache.store]\n",
+        "[cache.store]\ntimeout = \"500ms\"\nbreaker = { failures = 3, cool_down = \"1s\" }\n",
+    );
+    let gateway = start(&config).await;
+    ask(&gateway, KEY_A, "Which planets have rings?").await;
+    wait_stored(&gateway, 1).await;
+
+    // Killed in the middle of traffic, and back a moment later.
+    let restart = async {
+        server.crash_and_restart(Duration::from_millis(500)).await;
+    };
+    let traffic = async {
+        for number in 0..10 {
+            let question = format!("Question number {number} while the store is down?");
+            assert_eq!(ask(&gateway, KEY_A, &question).await, "provider:up/m");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::join!(restart, traffic);
+
+    // The cache works again without restarting airbag, and what was stored before the
+    // kill is there (asked reworded, so the store answers, not the memory layer).
+    let mut served = String::new();
+    for _ in 0..200 {
+        served = ask(&gateway, KEY_A, "which planets have rings").await;
+        if served == "cache:semantic" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(served, "cache:semantic");
+}

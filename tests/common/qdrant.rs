@@ -13,6 +13,8 @@ pub struct Qdrant {
     /// The gRPC URL the `qdrant` store connects to.
     pub url: String,
     started: Option<(Child, tempfile::TempDir)>,
+    /// The HTTP and gRPC ports of the one it started, to start it again on them.
+    ports: (u16, u16),
 }
 
 impl Drop for Qdrant {
@@ -29,6 +31,46 @@ impl Qdrant {
     pub fn pid(&self) -> Option<u32> {
         self.started.as_ref().map(|(child, _)| child.id())
     }
+
+    /// SIGKILL the server this test started, then start it again on the same ports and
+    /// storage, and wait until it is ready.
+    pub async fn crash_and_restart(&mut self, down_for: Duration) {
+        let (child, storage) = self.started.as_mut().expect("a server this test started");
+        child.kill().expect("the server is killed");
+        child.wait().expect("the server is reaped");
+        tokio::time::sleep(down_for).await;
+        *child = spawn(storage.path(), self.ports);
+        wait_ready(self.ports.0).await;
+    }
+}
+
+fn spawn(storage: &std::path::Path, (http, grpc): (u16, u16)) -> Child {
+    Command::new(tooling_binary().expect("the tooling's Qdrant"))
+        .current_dir(storage)
+        .env("QDRANT__SERVICE__HTTP_PORT", http.to_string())
+        .env("QDRANT__SERVICE__GRPC_PORT", grpc.to_string())
+        .env("QDRANT__SERVICE__HOST", "127.0.0.1")
+        .env("QDRANT__STORAGE__STORAGE_PATH", storage.join("storage"))
+        .env("QDRANT__STORAGE__SNAPSHOTS_PATH", storage.join("snapshots"))
+        .env("QDRANT__TELEMETRY_DISABLED", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the Qdrant server starts")
+}
+
+async fn wait_ready(http: u16) {
+    let ready = format!("http://127.0.0.1:{http}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(response) = reqwest::get(&ready).await
+            && response.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the Qdrant server was not ready at {ready} within 60 s");
 }
 
 /// The test tooling's Qdrant binary, when this checkout has one beside it.
@@ -45,47 +87,26 @@ fn free_port() -> u16 {
 /// A Qdrant for `test`, or None after printing why the test is skipped.
 pub async fn qdrant(test: &str) -> Option<Qdrant> {
     if let Ok(url) = std::env::var("QDRANT_URL") {
-        return Some(Qdrant { url, started: None });
+        return Some(Qdrant {
+            url,
+            started: None,
+            ports: (0, 0),
+        });
     }
-    let Some(binary) = tooling_binary() else {
+    if tooling_binary().is_none() {
         println!(
             "SKIPPED {test}: no Qdrant server (../shared/bin/qdrant is absent and QDRANT_URL is not set)"
         );
         return None;
-    };
-    let storage = tempfile::tempdir().expect("a storage folder");
-    let (http, grpc) = (free_port(), free_port());
-    let child = Command::new(binary)
-        .current_dir(storage.path())
-        .env("QDRANT__SERVICE__HTTP_PORT", http.to_string())
-        .env("QDRANT__SERVICE__GRPC_PORT", grpc.to_string())
-        .env("QDRANT__SERVICE__HOST", "127.0.0.1")
-        .env(
-            "QDRANT__STORAGE__STORAGE_PATH",
-            storage.path().join("storage"),
-        )
-        .env(
-            "QDRANT__STORAGE__SNAPSHOTS_PATH",
-            storage.path().join("snapshots"),
-        )
-        .env("QDRANT__TELEMETRY_DISABLED", "true")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the Qdrant server starts");
-    let server = Qdrant {
-        url: format!("http://127.0.0.1:{grpc}"),
-        started: Some((child, storage)),
-    };
-    let ready = format!("http://127.0.0.1:{http}/readyz");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Ok(response) = reqwest::get(&ready).await
-            && response.status().is_success()
-        {
-            return Some(server);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("the Qdrant server was not ready at {ready} within 60 s");
+    let storage = tempfile::tempdir().expect("a storage folder");
+    let ports = (free_port(), free_port());
+    let child = spawn(storage.path(), ports);
+    let server = Qdrant {
+        url: format!("http://127.0.0.1:{}", ports.1),
+        started: Some((child, storage)),
+        ports,
+    };
+    wait_ready(ports.0).await;
+    Some(server)
 }
