@@ -978,13 +978,34 @@ fn set_tag_headers(headers: &mut HeaderMap, tag: &RungTag) {
         .upstream_request_id
         .as_ref()
         .map(|id| ("x-airbag-upstream-request-id", id.clone()));
-    let dropped = (!tag.dropped_fields.is_empty())
-        .then(|| ("x-airbag-dropped-fields", tag.dropped_fields.join(", ")));
+    let dropped = (!tag.dropped_fields.is_empty()).then(|| {
+        (
+            "x-airbag-dropped-fields",
+            dropped_fields_header(&tag.dropped_fields),
+        )
+    });
     for (name, value) in values.into_iter().chain(upstream_id).chain(dropped) {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(name, value);
         }
     }
+}
+
+/// The names for `x-airbag-dropped-fields`, at most 1 KiB of them (a body can hold any
+/// number of unknown fields); the body's `airbag.dropped_fields` lists them all.
+fn dropped_fields_header(names: &[String]) -> String {
+    const LIMIT: usize = 1024;
+    let mut header = String::new();
+    for name in names {
+        let separator = if header.is_empty() { "" } else { ", " };
+        if header.len() + separator.len() + name.len() > LIMIT {
+            header.push_str(", ...");
+            break;
+        }
+        header.push_str(separator);
+        header.push_str(name);
+    }
+    header
 }
 
 /// A provider's refusal goes back as it came when the caller speaks the provider's
@@ -1332,4 +1353,21 @@ pub async fn run(
     tracing::info!("shutting down: finishing in-flight requests");
     running.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dropped_fields_header;
+
+    #[test]
+    fn the_dropped_fields_header_stays_short() {
+        let few = vec!["logprobs".to_string(), "seed".to_string()];
+        assert_eq!(dropped_fields_header(&few), "logprobs, seed");
+        let many: Vec<String> = (0..500).map(|n| format!("field_{n}")).collect();
+        let header = dropped_fields_header(&many);
+        assert!(header.len() <= 1024 + 5, "{}", header.len());
+        assert!(header.starts_with("field_0, field_1"));
+        assert!(header.ends_with(", ..."));
+        assert!(axum::http::HeaderValue::from_str(&header).is_ok());
+    }
 }
