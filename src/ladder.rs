@@ -298,6 +298,7 @@ async fn canned_answer(
         stop_reason: StopReason::EndTurn,
         usage: Usage::default(),
         logprobs: None,
+        provider_fields: None,
     };
     Ok(Served {
         answer: if request.stream {

@@ -586,3 +586,48 @@ async fn logprobs_an_openai_client_asked_for_come_back_complete_and_streamed() {
     let reply = gateway.openai(body).await;
     assert_eq!(reply.json()["choices"][0]["logprobs"], Value::Null);
 }
+
+#[tokio::test]
+async fn the_providers_own_answer_fields_come_back_to_clients_of_its_dialect() {
+    let (gateway, _openai, _anthropic) = gateway().await;
+    let fingerprint = airbag::mock::MOCK_SYSTEM_FINGERPRINT;
+    let mut body = json!({
+        "model": "gpt",
+        "messages": [{"role": "user", "content": "what is a tide?"}],
+    });
+    let reply = gateway.openai(body.clone()).await;
+    assert_eq!(
+        reply.json()["system_fingerprint"],
+        fingerprint,
+        "{}",
+        reply.text
+    );
+
+    // Streamed: in every chunk, as OpenAI writes it.
+    body["stream"] = json!(true);
+    let reply = gateway.openai(body).await;
+    let chunks: Vec<Value> = reply
+        .events()
+        .into_iter()
+        .filter_map(|(_, data)| serde_json::from_str(&data).ok())
+        .collect();
+    assert!(chunks.len() > 2);
+    for chunk in &chunks {
+        assert_eq!(chunk["system_fingerprint"], fingerprint, "{chunk}");
+    }
+
+    // An Anthropic client answered by the OpenAI provider does not get them.
+    let reply = gateway
+        .anthropic(json!({
+            "model": "gpt",
+            "max_tokens": 100,
+            "messages": [{"role": "user", "content": "what is a tide?"}],
+        }))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert!(
+        reply.json().get("system_fingerprint").is_none(),
+        "{}",
+        reply.text
+    );
+}

@@ -177,6 +177,7 @@ impl StoredAnswer {
                 cached_input_tokens: self.input_tokens,
             },
             logprobs: self.logprobs.clone(),
+            provider_fields: None,
         }
     }
 }

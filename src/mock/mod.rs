@@ -867,8 +867,21 @@ fn reply_for(name: &str, request: &ChatRequest) -> ChatResponse {
             cached_input_tokens: 0,
         },
         logprobs,
+        // Like OpenAI's, an answer names the system that produced it.
+        provider_fields: Some(Box::new(crate::protocol::ProviderFields {
+            dialect: Protocol::OpenAi,
+            fields: [(
+                "system_fingerprint".to_string(),
+                json!(MOCK_SYSTEM_FINGERPRINT),
+            )]
+            .into_iter()
+            .collect(),
+        })),
     }
 }
+
+/// The mock's OpenAI `system_fingerprint`, for tests to check it came back.
+pub const MOCK_SYSTEM_FINGERPRINT: &str = "fp_airbag_mock";
 
 /// Whether an OpenAI client asked for `logprobs`.
 fn asks_logprobs(request: &ChatRequest) -> bool {
@@ -915,7 +928,12 @@ fn continue_prefill(request: &ChatRequest, answer: String) -> String {
 /// The answer as SSE chunks in the request's protocol: one chunk per word.
 fn stream_chunks(protocol: Protocol, request: &ChatRequest, reply: &ChatResponse) -> Vec<Bytes> {
     // The input count comes first, as Anthropic's `message_start` carries it.
-    let mut events = vec![
+    let fields = reply
+        .provider_fields
+        .clone()
+        .map(|fields| StreamEvent::ResponseFields(*fields));
+    let mut events: Vec<StreamEvent> = fields.into_iter().collect();
+    events.extend([
         StreamEvent::Usage(Usage {
             input_tokens: reply.usage.input_tokens,
             output_tokens: 0,
@@ -925,7 +943,7 @@ fn stream_chunks(protocol: Protocol, request: &ChatRequest, reply: &ChatResponse
             id: reply.id.clone(),
             model: reply.model.clone(),
         },
-    ];
+    ]);
     let mut tool_index = 0;
     for part in &reply.content {
         match part {

@@ -15,8 +15,9 @@ use super::checks::{self, Expect};
 use super::crossing;
 use super::{
     ChatRequest, ChatResponse, Image, InvalidBody, Message, OutputParams, Part, Passthrough,
-    Protocol, Role, StopReason, StreamEvent, StreamFailure, TextOrParts, Tool, ToolCall,
-    ToolChoice, ToolResult, Usage, parse_request_body, random_id, require_model_and_messages, sse,
+    Protocol, ProviderFields, Role, StopReason, StreamEvent, StreamFailure, TextOrParts, Tool,
+    ToolCall, ToolChoice, ToolResult, Usage, parse_request_body, random_id,
+    require_model_and_messages, sse,
 };
 use serde_json::Map;
 
@@ -375,7 +376,7 @@ fn content_blocks(content: &[Part]) -> Vec<Value> {
 
 /// A `message` body.
 pub fn render_response(response: &ChatResponse) -> Value {
-    json!({
+    let mut body = json!({
         "id": response.id,
         "type": "message",
         "role": "assistant",
@@ -384,7 +385,13 @@ pub fn render_response(response: &ChatResponse) -> Value {
         "stop_reason": stop_reason_name(response.stop_reason),
         "stop_sequence": Value::Null,
         "usage": usage_json(response.usage, response.usage.output_tokens),
-    })
+    });
+    ProviderFields::merge_into(
+        response.provider_fields.as_deref(),
+        Protocol::Anthropic,
+        &mut body,
+    );
+    body
 }
 
 /// Anthropic counts cache reads apart from `input_tokens`.
@@ -425,6 +432,8 @@ pub struct StreamWriter {
     open: OpenBlock,
     stop_reason: Option<StopReason>,
     usage: Usage,
+    /// The provider's own message fields, written into `message_start`.
+    provider_fields: Option<Box<ProviderFields>>,
 }
 
 impl StreamWriter {
@@ -436,6 +445,7 @@ impl StreamWriter {
             open: OpenBlock::None,
             stop_reason: None,
             usage: Usage::default(),
+            provider_fields: None,
         }
     }
 
@@ -444,11 +454,16 @@ impl StreamWriter {
             return;
         }
         self.started = true;
-        let start = json!({"type": "message_start", "message": {
+        let mut start = json!({"type": "message_start", "message": {
             "id": id, "type": "message", "role": "assistant", "model": self.model,
             "content": [], "stop_reason": Value::Null, "stop_sequence": Value::Null,
             "usage": usage_json(self.usage, 0),
         }});
+        ProviderFields::merge_into(
+            self.provider_fields.as_deref(),
+            Protocol::Anthropic,
+            &mut start["message"],
+        );
         out.push(sse::encode(Some("message_start"), &start.to_string()));
     }
 
@@ -518,6 +533,7 @@ impl StreamWriter {
             }
             // OpenAI's token log probabilities have no place in a message.
             StreamEvent::Logprobs(_) => {}
+            StreamEvent::ResponseFields(fields) => self.provider_fields = Some(Box::new(fields)),
             StreamEvent::Finish { stop_reason } => self.stop_reason = Some(stop_reason),
             StreamEvent::Usage(usage) => self.usage = usage,
             StreamEvent::Resumed { from, to } => out.push(sse::comment(&format!(
@@ -713,7 +729,22 @@ struct UpstreamResponse {
     content: Vec<Value>,
     stop_reason: Option<String>,
     usage: Option<UpstreamUsage>,
+    /// Fields airbag does not read (`container`…).
+    #[serde(flatten)]
+    other: Map<String, Value>,
 }
+
+/// The fields of a message that airbag writes itself.
+const WRITTEN_FIELDS: &[&str] = &[
+    "id",
+    "type",
+    "role",
+    "model",
+    "content",
+    "stop_reason",
+    "stop_sequence",
+    "usage",
+];
 
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -794,6 +825,8 @@ pub fn parse_upstream_response(body: &[u8], model: &str) -> Result<ChatResponse,
         stop_reason: parse_stop_reason(wire.stop_reason.as_deref()),
         usage: usage.neutral(),
         logprobs: None,
+        provider_fields: ProviderFields::of(Protocol::Anthropic, &wire.other, WRITTEN_FIELDS)
+            .map(Box::new),
     })
 }
 
@@ -837,6 +870,11 @@ impl StreamParser {
         match kind {
             "message_start" => {
                 let message = &data["message"];
+                if let Some(fields) = message.as_object().and_then(|message| {
+                    ProviderFields::of(Protocol::Anthropic, message, WRITTEN_FIELDS)
+                }) {
+                    events.push(StreamEvent::ResponseFields(fields));
+                }
                 let usage: UpstreamUsage =
                     serde_json::from_value(message["usage"].clone()).unwrap_or_default();
                 let usage = usage.neutral();
@@ -1080,6 +1118,28 @@ mod tests {
                 output_tokens: 7,
                 cached_input_tokens: 500
             })
+        );
+    }
+
+    #[test]
+    fn the_providers_own_message_fields_reach_message_start() {
+        let mut parser = StreamParser::default();
+        let events = parser
+            .parse(&sse::SseEvent {
+                event: None,
+                data: r#"{"type":"message_start","message":{"id":"m","type":"message","role":"assistant","model":"c","content":[],"usage":{"input_tokens":3},"container":{"id":"container_1"}}}"#.to_string(),
+            })
+            .unwrap();
+        let mut writer = StreamWriter::new("c");
+        let written: Vec<u8> = events
+            .into_iter()
+            .flat_map(|event| writer.event(event))
+            .flat_map(|bytes| bytes.to_vec())
+            .collect();
+        let written = String::from_utf8(written).unwrap();
+        assert!(
+            written.contains(r#""container":{"id":"container_1"}"#),
+            "{written}"
         );
     }
 

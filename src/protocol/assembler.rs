@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use super::{ChatResponse, Part, StopReason, StreamEvent, ToolCall, Usage};
+use super::{ChatResponse, Part, ProviderFields, StopReason, StreamEvent, ToolCall, Usage};
 
 /// Rebuilds a complete answer from the events of a stream.
 #[derive(Default)]
@@ -23,6 +23,7 @@ pub struct Assembler {
     stop_reason: Option<StopReason>,
     usage: Usage,
     logprobs: Option<serde_json::Value>,
+    provider_fields: Option<ProviderFields>,
 }
 
 impl Assembler {
@@ -67,6 +68,7 @@ impl Assembler {
                     _ => self.broken = true,
                 }
             }
+            StreamEvent::ResponseFields(fields) => self.provider_fields = Some(fields.clone()),
             StreamEvent::Logprobs(logprobs) => match &mut self.logprobs {
                 None => self.logprobs = Some(logprobs.clone()),
                 Some(all) => append_logprobs(all, logprobs),
@@ -94,6 +96,7 @@ impl Assembler {
             stop_reason: self.stop_reason?,
             usage: self.usage,
             logprobs: self.logprobs,
+            provider_fields: self.provider_fields.map(Box::new),
         })
     }
 }

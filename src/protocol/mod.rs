@@ -232,6 +232,48 @@ pub struct ChatResponse {
     /// OpenAI's `choices[0].logprobs` of the answer, when the client asked an OpenAI
     /// provider for them; relayed to OpenAI clients only (and kept with a cached answer).
     pub logprobs: Option<Value>,
+    /// Top-level fields of the provider's answer airbag does not read, for clients of
+    /// its dialect.
+    pub provider_fields: Option<Box<ProviderFields>>,
+}
+
+/// Top-level fields of a provider's answer airbag does not read (OpenAI's
+/// `system_fingerprint` and `service_tier`; Anthropic's `container`…): written back
+/// for clients of the same dialect, left out for the other.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderFields {
+    pub dialect: Protocol,
+    pub fields: serde_json::Map<String, Value>,
+}
+
+impl ProviderFields {
+    /// The fields of `object` but `known`, when there are any that are not null.
+    pub fn of(
+        dialect: Protocol,
+        object: &serde_json::Map<String, Value>,
+        known: &[&str],
+    ) -> Option<ProviderFields> {
+        let fields: serde_json::Map<String, Value> = object
+            .iter()
+            .filter(|(name, value)| !known.contains(&name.as_str()) && !value.is_null())
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
+        (!fields.is_empty()).then_some(ProviderFields { dialect, fields })
+    }
+
+    /// Add the fields to `target` (a response or chunk object of `dialect`), when they
+    /// are of that dialect; fields airbag writes itself are kept.
+    pub fn merge_into(fields: Option<&ProviderFields>, dialect: Protocol, target: &mut Value) {
+        let (Some(fields), Some(target)) = (fields, target.as_object_mut()) else {
+            return;
+        };
+        if fields.dialect != dialect {
+            return;
+        }
+        for (name, value) in &fields.fields {
+            target.entry(name.clone()).or_insert_with(|| value.clone());
+        }
+    }
 }
 
 impl ChatResponse {
@@ -286,6 +328,8 @@ pub enum StreamEvent {
         index: usize,
         arguments: String,
     },
+    /// The provider's top-level answer fields airbag does not read; before `Start`.
+    ResponseFields(ProviderFields),
     /// OpenAI's `logprobs` of the chunk whose content follows (token log probabilities
     /// the client asked for); written into the next chunk for OpenAI clients.
     Logprobs(Value),
@@ -318,6 +362,7 @@ impl StreamEvent {
                 | StreamEvent::Usage(_)
                 | StreamEvent::Resumed { .. }
                 | StreamEvent::Logprobs(_)
+                | StreamEvent::ResponseFields(_)
         )
     }
 }
@@ -526,6 +571,9 @@ pub fn replay_as_stream(response: ChatResponse) -> EventStream {
         },
         StreamEvent::Usage(response.usage),
     ];
+    if let Some(fields) = response.provider_fields {
+        events.insert(0, StreamEvent::ResponseFields(*fields));
+    }
     if let Some(logprobs) = response.logprobs {
         events.push(StreamEvent::Logprobs(logprobs));
     }

@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use super::checks::{self, Expect};
 use super::{
     ChatRequest, ChatResponse, Image, InvalidBody, Message, OutputParams, Part, Passthrough,
-    Protocol, ReasoningEffort, Role, StopReason, StreamEvent, StreamFailure, TextOrParts, Tool,
-    ToolCall, ToolChoice, ToolResult, Usage, parse_request_body, random_id,
+    Protocol, ProviderFields, ReasoningEffort, Role, StopReason, StreamEvent, StreamFailure,
+    TextOrParts, Tool, ToolCall, ToolChoice, ToolResult, Usage, parse_request_body, random_id,
     require_model_and_messages, sse, unix_now,
 };
 use serde_json::Map;
@@ -413,7 +413,7 @@ pub fn render_response(response: &ChatResponse) -> Value {
     if !tool_calls.is_empty() {
         message["tool_calls"] = Value::Array(tool_calls);
     }
-    json!({
+    let mut body = json!({
         "id": response.id,
         "object": "chat.completion",
         "created": unix_now(),
@@ -425,7 +425,13 @@ pub fn render_response(response: &ChatResponse) -> Value {
             "logprobs": response.logprobs.clone().unwrap_or(Value::Null),
         }],
         "usage": usage_json(response.usage),
-    })
+    });
+    ProviderFields::merge_into(
+        response.provider_fields.as_deref(),
+        Protocol::OpenAi,
+        &mut body,
+    );
+    body
 }
 
 /// An error body in OpenAI's shape; `param` names the field at fault when there is one.
@@ -449,6 +455,8 @@ pub struct StreamWriter {
     usage: Option<Usage>,
     /// Log probabilities for the next chunk written.
     pending_logprobs: Option<Value>,
+    /// The provider's own fields, repeated in every chunk as OpenAI does.
+    provider_fields: Option<Box<ProviderFields>>,
 }
 
 impl StreamWriter {
@@ -460,18 +468,24 @@ impl StreamWriter {
             include_usage,
             usage: None,
             pending_logprobs: None,
+            provider_fields: None,
         }
     }
 
     fn chunk(&mut self, delta: Value, finish: Option<&str>) -> bytes::Bytes {
         let logprobs = self.pending_logprobs.take().unwrap_or(Value::Null);
-        let chunk = json!({
+        let mut chunk = json!({
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}],
         });
+        ProviderFields::merge_into(
+            self.provider_fields.as_deref(),
+            Protocol::OpenAi,
+            &mut chunk,
+        );
         sse::encode(None, &chunk.to_string())
     }
 
@@ -490,6 +504,10 @@ impl StreamWriter {
             StreamEvent::TextDelta(text) => vec![self.chunk(json!({"content": text}), None)],
             StreamEvent::Logprobs(logprobs) => {
                 self.pending_logprobs = Some(logprobs);
+                Vec::new()
+            }
+            StreamEvent::ResponseFields(fields) => {
+                self.provider_fields = Some(Box::new(fields));
                 Vec::new()
             }
             // Anthropic's own blocks (thinking…) have no place in a chat completion.
@@ -736,7 +754,15 @@ struct UpstreamResponse {
     model: Option<String>,
     choices: Vec<UpstreamChoice>,
     usage: Option<UpstreamUsage>,
+    /// Fields airbag does not read (`system_fingerprint`, `service_tier`…).
+    #[serde(flatten)]
+    other: serde_json::Map<String, Value>,
 }
+
+/// The top-level fields of a completion or chunk that airbag writes itself.
+const WRITTEN_FIELDS: &[&str] = &[
+    "id", "object", "created", "model", "choices", "usage", "error",
+];
 
 #[derive(Debug, Deserialize)]
 struct UpstreamChoice {
@@ -814,6 +840,8 @@ pub fn parse_upstream_response(body: &[u8], model: &str) -> Result<ChatResponse,
         stop_reason: parse_finish_reason(choice.finish_reason.as_deref()),
         usage: wire.usage.map(Usage::from).unwrap_or_default(),
         logprobs: choice.logprobs.filter(|logprobs| !logprobs.is_null()),
+        provider_fields: ProviderFields::of(Protocol::OpenAi, &wire.other, WRITTEN_FIELDS)
+            .map(Box::new),
     })
 }
 
@@ -896,6 +924,12 @@ impl StreamParser {
         let mut events = Vec::new();
         if !self.started {
             self.started = true;
+            // The first chunk names them (`system_fingerprint`…); the writer repeats them.
+            if let Ok(Value::Object(raw)) = serde_json::from_str::<Value>(&event.data)
+                && let Some(fields) = ProviderFields::of(Protocol::OpenAi, &raw, WRITTEN_FIELDS)
+            {
+                events.push(StreamEvent::ResponseFields(fields));
+            }
             events.push(StreamEvent::Start {
                 id: chunk.id.clone().unwrap_or_else(|| random_id("chatcmpl-")),
                 model: chunk.model.clone().unwrap_or_default(),
