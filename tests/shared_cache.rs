@@ -239,6 +239,36 @@ async fn connecting_at_the_same_moment_to_a_missing_collection_all_succeed() {
     );
 }
 
+/// A gateway whose store gives up quickly (500 ms calls, a breaker after 3 failures that
+/// probes after 1 s), holding one stored answer: "Which planets have rings?".
+async fn gateway_with_one_answer(
+    server: &Qdrant,
+    upstream: &airbag::mock::MockProvider,
+) -> TestGateway {
+    let config = config(server, &collection(), upstream).replace(
+        "[cache.store]\n",
+        "[cache.store]\ntimeout = \"500ms\"\nbreaker = { failures = 3, cool_down = \"1s\" }\n",
+    );
+    let gateway = start(&config).await;
+    ask(&gateway, KEY_A, "Which planets have rings?").await;
+    wait_stored(&gateway, 1).await;
+    gateway
+}
+
+/// Ask the stored question reworded (so the store answers, not the memory layer) until
+/// the cache serves it, for up to 10 s; what served the last one.
+async fn reworded_until_hit(gateway: &TestGateway) -> String {
+    let mut served = String::new();
+    for _ in 0..200 {
+        served = ask(gateway, KEY_A, "which planets have rings").await;
+        if served == "cache:semantic" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    served
+}
+
 /// Send `signal` (`STOP`, `CONT`) to the Qdrant this test started.
 fn signal(server: &Qdrant, signal: &str) {
     let pid = server
@@ -262,13 +292,7 @@ async fn a_frozen_qdrant_costs_misses_not_failures_and_the_cache_comes_back() {
         return;
     }
     let upstream = mock("up").await;
-    let config = config(&server, &collection(), &upstream).replace(
-        "[cache.store]\n",
-        "[cache.store]\ntimeout = \"500ms\"\nbreaker = { failures = 3, cool_down = \"1s\" }\n",
-    );
-    let gateway = start(&config).await;
-    ask(&gateway, KEY_A, "Which planets have rings?").await;
-    wait_stored(&gateway, 1).await;
+    let gateway = gateway_with_one_answer(&server, &upstream).await;
 
     signal(&server, "STOP");
     // Every request is answered by the provider while the store hangs; the store's
@@ -284,15 +308,7 @@ async fn a_frozen_qdrant_costs_misses_not_failures_and_the_cache_comes_back() {
     // Thawed: after the cool-down a probe finds the store, and what was stored before
     // the freeze serves again, without restarting airbag. (The memory layer may serve
     // it sooner; a question asked only through the store proves the store.)
-    let mut served = String::new();
-    for _ in 0..200 {
-        served = ask(&gateway, KEY_A, "which planets have rings").await;
-        if served == "cache:semantic" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(served, "cache:semantic");
+    assert_eq!(reworded_until_hit(&gateway).await, "cache:semantic");
 }
 
 #[tokio::test]
@@ -305,13 +321,7 @@ async fn a_killed_qdrant_costs_misses_and_after_its_restart_the_entries_are_ther
         return;
     }
     let upstream = mock("up").await;
-    let config = config(&server, &collection(), &upstream).replace(
-        "[cache.store]\n",
-        "[cache.store]\ntimeout = \"500ms\"\nbreaker = { failures = 3, cool_down = \"1s\" }\n",
-    );
-    let gateway = start(&config).await;
-    ask(&gateway, KEY_A, "Which planets have rings?").await;
-    wait_stored(&gateway, 1).await;
+    let gateway = gateway_with_one_answer(&server, &upstream).await;
 
     // Killed in the middle of traffic, and back a moment later.
     let restart = async {
@@ -328,13 +338,5 @@ async fn a_killed_qdrant_costs_misses_and_after_its_restart_the_entries_are_ther
 
     // The cache works again without restarting airbag, and what was stored before the
     // kill is there (asked reworded, so the store answers, not the memory layer).
-    let mut served = String::new();
-    for _ in 0..200 {
-        served = ask(&gateway, KEY_A, "which planets have rings").await;
-        if served == "cache:semantic" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(served, "cache:semantic");
+    assert_eq!(reworded_until_hit(&gateway).await, "cache:semantic");
 }
