@@ -68,15 +68,10 @@ enum WireAnyBlock {
     Other(Value),
 }
 
-/// The block types [`WireBlock`] reads (and an OpenAI rendering has a place for).
-pub(super) const KNOWN_BLOCK_TYPES: &[&str] = &[
-    "text",
-    "image",
-    "tool_use",
-    "tool_result",
-    "thinking",
-    "redacted_thinking",
-];
+/// The block types [`WireBlock`] reads (and an OpenAI rendering has a place for). Any
+/// other, `thinking` blocks sent back included, is a [`Part::ProviderBlock`]: part of
+/// the cache key, sent whole to Anthropic-dialect targets.
+pub(super) const KNOWN_BLOCK_TYPES: &[&str] = &["text", "image", "tool_use", "tool_result"];
 
 impl<'de> Deserialize<'de> for WireAnyBlock {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -137,12 +132,6 @@ enum WireBlock {
         #[serde(default)]
         is_error: bool,
     },
-    /// Extended-thinking blocks, which Anthropic clients must send back with a turn that
-    /// used tools. airbag never asks an upstream to think, and Anthropic ignores the
-    /// thinking blocks of earlier turns when thinking is off, so they are read and dropped
-    /// rather than refused.
-    Thinking,
-    RedactedThinking,
 }
 
 #[derive(Debug, Deserialize)]
@@ -333,7 +322,6 @@ fn block_to_part(block: WireAnyBlock) -> Option<Part> {
                 blocks,
             })
         }
-        WireBlock::Thinking | WireBlock::RedactedThinking => return None,
     };
     Some(part)
 }
@@ -1156,7 +1144,7 @@ mod tests {
     }
 
     #[test]
-    fn thinking_blocks_sent_back_are_dropped() {
+    fn thinking_blocks_sent_back_are_kept_whole_and_not_sent_to_openai() {
         let body = json!({
             "model": "chat", "max_tokens": 100,
             "messages": [
@@ -1170,8 +1158,21 @@ mod tests {
             ],
         });
         let request = parse_request(body.to_string().as_bytes()).unwrap();
-        assert_eq!(request.messages[1].content.len(), 1);
-        assert!(matches!(&request.messages[1].content[0], Part::ToolCall(call) if call.id == "t1"));
+        assert_eq!(
+            request.messages[1].content[..2],
+            [
+                Part::ProviderBlock(
+                    json!({"type": "thinking", "thinking": "use the tool", "signature": "sig"})
+                ),
+                Part::ProviderBlock(json!({"type": "redacted_thinking", "data": "opaque"})),
+            ]
+        );
+        assert!(matches!(&request.messages[1].content[2], Part::ToolCall(call) if call.id == "t1"));
+        // Rendered from the neutral request: whole for Anthropic, absent for OpenAI.
+        let upstream = upstream_body(&request, "claude-x", 4096, false);
+        assert_eq!(upstream["messages"][1]["content"][1]["data"], "opaque");
+        let upstream = crate::protocol::openai::upstream_body(&request, "g", "max_tokens", false);
+        assert!(!upstream.to_string().contains("opaque"), "{upstream}");
     }
 
     #[test]

@@ -89,8 +89,9 @@ const ANTHROPIC_CARRIED: &[&str] = &[
 ];
 
 /// What of the client's body a target speaking `target` does not get: top-level field
-/// names (and `cache_control` / `thinking` for such markers and blocks inside the
-/// messages), in the order sent. Empty for a target of the client's own dialect.
+/// names, `cache_control` for such markers anywhere inside, and the types of message
+/// blocks OpenAI has no place for (`thinking`, `document`, `tool_result.image`), in the
+/// order found. Empty for a target of the client's own dialect.
 pub fn dropped_fields(request: &ChatRequest, target: Protocol) -> Vec<String> {
     let Some(passthrough) = &request.passthrough else {
         return Vec::new();
@@ -109,11 +110,8 @@ pub fn dropped_fields(request: &ChatRequest, target: Protocol) -> Vec<String> {
         .map(|(name, _)| name.clone())
         .collect();
     if passthrough.protocol == Protocol::Anthropic {
-        let markers = [
-            mentions_key(body, "cache_control").then(|| "cache_control".to_string()),
-            has_thinking_blocks(body).then(|| "thinking".to_string()),
-        ];
-        for name in markers.into_iter().flatten().chain(uncarried_blocks(body)) {
+        let markers = mentions_key(body, "cache_control").then(|| "cache_control".to_string());
+        for name in markers.into_iter().chain(uncarried_blocks(body)) {
             if !dropped.contains(&name) {
                 dropped.push(name);
             }
@@ -192,17 +190,6 @@ fn mentions_key(body: &Map<String, Value>, key: &str) -> bool {
         }
     }
     body.values().any(|value| walk(value, key))
-}
-
-fn has_thinking_blocks(body: &Map<String, Value>) -> bool {
-    let Some(messages) = body.get("messages").and_then(Value::as_array) else {
-        return false;
-    };
-    messages
-        .iter()
-        .filter_map(|message| message["content"].as_array())
-        .flatten()
-        .any(|block| block["type"] == "thinking" || block["type"] == "redacted_thinking")
 }
 
 #[cfg(test)]
