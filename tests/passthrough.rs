@@ -162,7 +162,6 @@ async fn an_openai_client_reaches_an_openai_provider_with_every_field_as_sent() 
         received["stream_options"],
         json!({"include_usage": true, "include_obfuscation": false})
     );
-    assert_eq!(received["developer"], Value::Null);
     assert_eq!(received["messages"][0]["role"], "developer");
     assert_eq!(received["tools"][0]["function"]["strict"], true);
 }
