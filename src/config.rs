@@ -53,6 +53,55 @@ pub struct Config {
     /// Rung 3: where the canned answers live and how often the folder is re-read.
     #[serde(default)]
     pub canned: CannedConfig,
+    /// Prices per target (`"provider/model"`), for `airbag_cost_usd_total` and
+    /// `airbag_cache_saved_usd_total`; unpriced targets count tokens only.
+    #[serde(default)]
+    pub prices: BTreeMap<String, Price>,
+    /// How log lines are written.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// A target's price in US dollars per million tokens, as providers publish it.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input_per_million: f64,
+    pub output_per_million: f64,
+    /// Input tokens the provider's prompt cache served; the input price when not set.
+    pub cached_input_per_million: Option<f64>,
+}
+
+impl Price {
+    /// US dollars for `usage` (cached input tokens at their own price).
+    pub fn cost(&self, usage: &crate::protocol::Usage) -> f64 {
+        let cached = usage.cached_input_tokens.min(usage.input_tokens);
+        let fresh = usage.input_tokens - cached;
+        let cached_price = self
+            .cached_input_per_million
+            .unwrap_or(self.input_per_million);
+        (fresh as f64 * self.input_per_million
+            + cached as f64 * cached_price
+            + usage.output_tokens as f64 * self.output_per_million)
+            / 1_000_000.0
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (the default, for people) or `json` (one object per line, for log
+    /// shippers; the same fields).
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -142,6 +191,11 @@ pub struct AdminConfig {
     /// chat traffic never locks the operator out (and the reverse).
     #[serde(default = "default_admin_max_connections")]
     pub max_connections: usize,
+    /// Host names the admin listener answers to besides IP addresses and `localhost`
+    /// (e.g. a DNS name it is reached by); any other `Host` is refused, so a page cannot
+    /// reach it by DNS rebinding.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for AdminConfig {
@@ -150,6 +204,7 @@ impl Default for AdminConfig {
             listen: default_admin_listen(),
             token: None,
             max_connections: default_admin_max_connections(),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -684,6 +739,7 @@ impl Config {
         }
         self.check_routes(&mut problems);
         self.check_clients(env, &mut problems);
+        self.check_prices(&mut problems);
         problems.extend(self.cache.problems());
         if let Some(key) = &self.cache.store.api_key {
             check_secret("cache.store.api_key", key, &mut problems);
@@ -829,6 +885,25 @@ impl Config {
             problems.push(format!(
                 "{path}: provider `{provider}` is not defined; add [providers.{provider}] or fix the target"
             ));
+        }
+    }
+
+    fn check_prices(&self, problems: &mut Vec<String>) {
+        for (target, price) in &self.prices {
+            let path = format!("prices.\"{target}\"");
+            self.check_target(&path, target, problems);
+            let fields = [
+                ("input_per_million", Some(price.input_per_million)),
+                ("output_per_million", Some(price.output_per_million)),
+                ("cached_input_per_million", price.cached_input_per_million),
+            ];
+            for (field, value) in fields {
+                if value.is_some_and(|value| !value.is_finite() || value < 0.0) {
+                    problems.push(format!(
+                        "{path}.{field}: must be a number of US dollars per million tokens, 0 or more"
+                    ));
+                }
+            }
         }
     }
 
@@ -1000,6 +1075,18 @@ chain = ["a/m", "ghost/m", "nomodel"]
     fn admin_beyond_loopback_needs_a_token() {
         let message = problems_of("[admin]\nlisten = \"0.0.0.0:8081\"\n");
         assert!(message.contains("admin.listen"), "{message}");
+    }
+
+    #[test]
+    fn prices_name_a_provider_and_are_not_negative() {
+        let message = problems_of(
+            "[prices.\"nowhere/m\"]\ninput_per_million = 1.0\noutput_per_million = -2.0\n",
+        );
+        assert!(message.contains("provider `nowhere` is not defined"), "{message}");
+        assert!(
+            message.contains("prices.\"nowhere/m\".output_per_million"),
+            "{message}"
+        );
     }
 
     #[test]

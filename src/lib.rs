@@ -36,3 +36,5 @@ pub mod mock;
 pub mod protocol;
 pub mod providers;
 pub mod server;
+pub mod tokens;
+pub mod traffic;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use airbag::config::{Config, Env};
+use airbag::config::{Config, Env, LogFormat};
 use airbag::mock::cloud::CloudAuth;
 use airbag::mock::{Fault, FaultRule, MockOptions, MockProvider};
 use clap::{Parser, Subcommand};
@@ -245,15 +245,23 @@ fn error_line(text: impl Display) {
 
 /// Logs go to stdout through a background writer, so a slow terminal or a full pipe
 /// never blocks a request; when its buffer is full, lines are dropped instead. The
-/// returned guard flushes what is left when `main` ends.
-fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
+/// returned guard flushes what is left when `main` ends. `log.format = "json"` writes
+/// one JSON object per line with the same fields (the request span's included).
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
-        .init();
+        .with_writer(writer);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
     guard
 }
 
@@ -381,7 +389,6 @@ async fn main() -> ExitCode {
         Command::CheckConfig { config } => check_config(&config),
         Command::Serve { config } => {
             return_freed_memory_to_the_os();
-            let _log_guard = init_logging();
             let env = Env::from_process();
             let config = match Config::load(&config, &env) {
                 Ok(config) => config,
@@ -390,6 +397,7 @@ async fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            let _log_guard = init_logging(config.log.format);
             match airbag::server::run(&config, &env, shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
@@ -440,7 +448,7 @@ async fn main() -> ExitCode {
             }
         }
         Command::MockProvider(args) => {
-            let _log_guard = init_logging();
+            let _log_guard = init_logging(LogFormat::Text);
             let cloud = match args.cloud() {
                 Ok(cloud) => cloud,
                 Err(message) => {

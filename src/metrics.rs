@@ -6,7 +6,7 @@
 //! This module records numbers; it decides nothing.
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Counter, CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -89,6 +89,15 @@ pub struct Metrics {
     /// `idle_timeout`, `max_connections` (answered 503), `flooded` (past twice the cap,
     /// closed unanswered).
     pub connections_closed: IntCounterVec,
+    /// Tokens of provider answers by target and kind: `input` (every input token),
+    /// `output`, `cached` (the input tokens the provider's own prompt cache served).
+    pub tokens: IntCounterVec,
+    /// Tokens a cache hit did not send to a provider, by kind (`input`, `output`).
+    pub cache_saved_tokens: IntCounterVec,
+    /// What provider answers cost by `[prices]`, by target (priced targets only).
+    pub cost_usd: CounterVec,
+    /// What cache hits would have cost at the route's primary target's price.
+    pub cache_saved_usd: Counter,
 }
 
 impl Metrics {
@@ -359,6 +368,35 @@ impl Metrics {
             &["listener", "reason"],
         )?;
         registry.register(Box::new(connections_closed.clone()))?;
+        let tokens = IntCounterVec::new(
+            Opts::new(
+                "airbag_tokens_total",
+                "Tokens of provider answers by target and kind (input, output, cached)",
+            ),
+            &["target", "kind"],
+        )?;
+        registry.register(Box::new(tokens.clone()))?;
+        let cache_saved_tokens = IntCounterVec::new(
+            Opts::new(
+                "airbag_cache_saved_tokens_total",
+                "Tokens cache hits did not send to a provider, by kind (input, output)",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(cache_saved_tokens.clone()))?;
+        let cost_usd = CounterVec::new(
+            Opts::new(
+                "airbag_cost_usd_total",
+                "Cost of provider answers in US dollars by the configured prices, by target",
+            ),
+            &["target"],
+        )?;
+        registry.register(Box::new(cost_usd.clone()))?;
+        let cache_saved_usd = Counter::new(
+            "airbag_cache_saved_usd_total",
+            "What cache hits would have cost at the route's primary target's price, in US dollars",
+        )?;
+        registry.register(Box::new(cache_saved_usd.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -395,6 +433,10 @@ impl Metrics {
             injected_faults,
             connections,
             connections_closed,
+            tokens,
+            cache_saved_tokens,
+            cost_usd,
+            cache_saved_usd,
         })
     }
 

@@ -29,6 +29,8 @@ use crate::canned::{self, CannedSet, ExampleEmbedder};
 use crate::config::{Config, Env};
 use crate::error::RequestError;
 use crate::http_edge::{self, RequestId};
+use crate::tokens::TokenAccount;
+use crate::traffic::RequestRecord;
 use crate::ladder::{self, Answer, RungTag, Served};
 use crate::listener::{self, ConnectionLimits, ListenerMetrics};
 use crate::metrics::Metrics;
@@ -66,8 +68,8 @@ pub struct Gateway {
     max_in_flight: usize,
     /// `server.cors`, for the proxy router's CORS layer.
     cors: Arc<crate::http_edge::CorsConfig>,
-    /// Bearer token of the admin listener, when configured.
-    pub(crate) admin_token: Option<String>,
+    /// Who may use the admin listener: its token and host names (`[admin]`).
+    pub(crate) admin_policy: crate::admin::guard::AdminPolicy,
     /// How long rung 2 may take to commit an answer (`server.request_timeout`).
     pub request_timeout: std::time::Duration,
     /// Rung 1, unless `cache.enabled = false`.
@@ -76,6 +78,10 @@ pub struct Gateway {
     max_cache_ttl: std::time::Duration,
     /// Rung 3: the canned answers, kept in step with `canned.dir`.
     pub canned: Arc<CannedSet>,
+    /// `[prices]`: US dollars per million tokens by target label.
+    pub prices: BTreeMap<String, crate::config::Price>,
+    /// The last 15 minutes of requests, for the console.
+    pub traffic: crate::traffic::Traffic,
     /// How often `canned.dir` is polled for edits made to the files.
     canned_reload_interval: std::time::Duration,
 }
@@ -167,13 +173,23 @@ impl Gateway {
             request_timeout: config.server.request_timeout,
             cache: None,
             max_cache_ttl: config.cache.max_ttl,
-            admin_token: config
-                .admin
-                .token
-                .as_ref()
-                .and_then(|token| token.resolve(env)),
+            admin_policy: crate::admin::guard::AdminPolicy {
+                token: config
+                    .admin
+                    .token
+                    .as_ref()
+                    .and_then(|token| token.resolve(env)),
+                allowed_hosts: config
+                    .admin
+                    .allowed_hosts
+                    .iter()
+                    .map(|host| host.to_ascii_lowercase())
+                    .collect(),
+            },
             canned,
             canned_reload_interval: config.canned.reload_interval,
+            prices: config.prices.clone(),
+            traffic: crate::traffic::Traffic::default(),
         })
     }
 
@@ -472,10 +488,15 @@ async fn chat(
         served_by = tracing::field::Empty,
         attempts = tracing::field::Empty,
     );
+    let facts = RequestFacts {
+        protocol,
+        request_id: request_id.0,
+        started,
+    };
     // Shed load before any work: the slot is held until the answer's last byte.
     let slot = gateway.in_flight.clone().try_acquire_owned();
     let result = match slot {
-        Ok(slot) => serve_chat(&gateway, &headers, body, protocol, started, request_id)
+        Ok(slot) => serve_chat(&gateway, &headers, body, facts.clone())
             .instrument(span.clone())
             .await
             .map(|response| listener::guard_body(response, slot)),
@@ -488,15 +509,25 @@ async fn chat(
     match result {
         Ok(response) => response,
         Err(error) => {
-            account_error(&gateway, &error, protocol);
+            account_error(&gateway, &error, &facts);
             error_response(&error, protocol)
         }
     }
 }
 
+/// What is known of a chat request before its answer, for the log, the metrics and the
+/// console's request list.
+#[derive(Clone)]
+struct RequestFacts {
+    protocol: Protocol,
+    request_id: String,
+    started: Instant,
+}
+
 /// Log a request error and count it: the one place request errors are logged, whether
 /// they become an HTTP answer or (under a stream keepalive) an error event.
-fn account_error(gateway: &Gateway, error: &RequestError, protocol: Protocol) {
+fn account_error(gateway: &Gateway, error: &RequestError, facts: &RequestFacts) {
+    let protocol = facts.protocol;
     let span = tracing::Span::current();
     span.record("rung", "none");
     if let RequestError::AllTargetsFailed { attempts, .. } = error {
@@ -508,12 +539,25 @@ fn account_error(gateway: &Gateway, error: &RequestError, protocol: Protocol) {
         "{}",
         error.log_line()
     );
-    if matches!(error, RequestError::AllTargetsFailed { .. }) {
+    if let RequestError::AllTargetsFailed { route, attempts } = error {
         gateway
             .metrics
             .requests
             .with_label_values(&["none", "none", protocol.label()])
             .inc();
+        gateway.traffic.record(RequestRecord {
+            time_unix_ms: crate::traffic::now_unix_ms(),
+            protocol: protocol.label(),
+            model: route.clone(),
+            rung: "none",
+            served_by: "none".to_string(),
+            fallback_depth: 0,
+            attempts: attempts.len(),
+            latency_ms: facts.started.elapsed().as_secs_f64() * 1000.0,
+            request_id: Some(facts.request_id.clone()),
+            degraded: true,
+            error: Some(error.kind()),
+        });
     } else {
         gateway
             .metrics
@@ -527,10 +571,9 @@ async fn serve_chat(
     gateway: &Arc<Gateway>,
     headers: &HeaderMap,
     body: Body,
-    protocol: Protocol,
-    started: Instant,
-    request_id: RequestId,
+    facts: RequestFacts,
 ) -> Result<Response, RequestError> {
+    let protocol = facts.protocol;
     let tenant = gateway.tenant(headers)?;
     require_json(headers)?;
     let mut controls = cache_controls(headers, gateway.max_cache_ttl)?;
@@ -556,45 +599,32 @@ async fn serve_chat(
     let Some(interval) = keepalive else {
         let served = ladder::answer(gateway, &request, &tenant, &controls)
             .await?
-            .with_request_id(request_id.0);
-        return Ok(render(
-            gateway,
-            served,
-            protocol,
-            &request.model,
-            include_usage,
-            started,
-        ));
+            .with_request_id(facts.request_id.clone());
+        return Ok(render(gateway, served, &facts, &request.model, include_usage));
     };
     // The ladder runs on its own future so the response can start without it: when it
     // has not answered within one interval, the head goes out and SSE comments keep the
     // connection alive until it does.
     let model = request.model.clone();
     let owned = gateway.clone();
+    let request_id = facts.request_id.clone();
     let mut answering: LadderFuture = Box::pin(
         async move {
             ladder::answer(&owned, &request, &tenant, &controls)
                 .await
-                .map(|served| served.with_request_id(request_id.0))
+                .map(|served| served.with_request_id(request_id))
         }
         .instrument(tracing::Span::current()),
     );
     match tokio::time::timeout(interval, &mut answering).await {
-        Ok(served) => Ok(render(
-            gateway,
-            served?,
-            protocol,
-            &model,
-            include_usage,
-            started,
-        )),
+        Ok(served) => Ok(render(gateway, served?, &facts, &model, include_usage)),
         Err(_) => Ok(kept_alive(
             gateway.clone(),
             answering,
             interval,
             Writer::new(protocol, &model, include_usage),
-            protocol,
-            started,
+            facts,
+            model,
         )),
     }
 }
@@ -618,14 +648,16 @@ fn kept_alive(
     answering: LadderFuture,
     interval: std::time::Duration,
     writer: Writer,
-    protocol: Protocol,
-    started: Instant,
+    facts: RequestFacts,
+    model: String,
 ) -> Response {
     let span = tracing::Span::current();
     let first = stream::iter([Ok::<Bytes, Infallible>(keepalive_comment())]);
     let rest = stream::unfold(KeptAlive::Waiting(answering, writer), move |state| {
         let gateway = gateway.clone();
         let span = span.clone();
+        let facts = facts.clone();
+        let model = model.clone();
         async move {
             match state {
                 KeptAlive::Waiting(mut answering, writer) => {
@@ -634,7 +666,7 @@ fn kept_alive(
                         return Some((Ok(keepalive_comment()), waiting));
                     };
                     let mut sending =
-                        answer_chunks(&gateway, result, writer, protocol, started, &span);
+                        answer_chunks(&gateway, result, writer, &facts, &model, &span);
                     let chunk = sending.next().await?;
                     Some((Ok(chunk), KeptAlive::Sending(sending)))
                 }
@@ -662,20 +694,21 @@ fn answer_chunks(
     gateway: &Gateway,
     result: Result<Served, RequestError>,
     mut writer: Writer,
-    protocol: Protocol,
-    started: Instant,
+    facts: &RequestFacts,
+    model: &str,
     span: &tracing::Span,
 ) -> ChunkStream {
     let _entered = span.enter();
     let mut head: Vec<Bytes> = Vec::new();
     let events = match result {
         Ok(served) => {
-            account_served(gateway, &served.tag, protocol, started);
+            account_served(gateway, &served.tag, facts, model);
+            let account = TokenAccount::of(gateway, &served.tag, model);
             head.push(crate::protocol::sse::comment(&tag_comment(&served.tag)));
             match served.answer {
-                Answer::Stream(events) => Some((events, served.tag.served_by)),
+                Answer::Stream(events) => Some((events, served.tag.served_by, account)),
                 Answer::Complete(response) => {
-                    Some((replay_as_stream(response), served.tag.served_by))
+                    Some((replay_as_stream(response), served.tag.served_by, account))
                 }
                 Answer::Refused { status, body, .. } => {
                     head.extend(writer.fail(&refusal_message(status, &body)));
@@ -684,16 +717,21 @@ fn answer_chunks(
             }
         }
         Err(error) => {
-            account_error(gateway, &error, protocol);
+            account_error(gateway, &error, facts);
             head.extend(writer.fail(&error.to_string()));
             None
         }
     };
     let head = stream::iter(head);
     match events {
-        Some((events, served_by)) => {
-            Box::pin(head.chain(sse_chunks(events, writer, served_by, gateway, span.clone())))
-        }
+        Some((events, served_by, account)) => Box::pin(head.chain(sse_chunks(
+            events,
+            writer,
+            served_by,
+            account,
+            gateway,
+            span.clone(),
+        ))),
         None => Box::pin(head),
     }
 }
@@ -908,15 +946,17 @@ async fn read_body_within(
 fn render(
     gateway: &Gateway,
     served: Served,
-    protocol: Protocol,
+    facts: &RequestFacts,
     model: &str,
     include_usage: bool,
-    started: Instant,
 ) -> Response {
+    let protocol = facts.protocol;
     let Served { answer, tag } = served;
-    account_served(gateway, &tag, protocol, started);
+    account_served(gateway, &tag, facts, model);
+    let account = TokenAccount::of(gateway, &tag, model);
     let mut response = match answer {
         Answer::Complete(chat_response) => {
+            account.count(&gateway.metrics, &chat_response.usage);
             let mut body = match protocol {
                 Protocol::OpenAi => openai::render_response(&chat_response),
                 Protocol::Anthropic => anthropic::render_response(&chat_response),
@@ -926,7 +966,16 @@ fn render(
         }
         Answer::Stream(events) => {
             let target = tag.served_by.clone();
-            let body = sse_body(events, protocol, model, include_usage, target, gateway);
+            let writer = Writer::new(protocol, model, include_usage);
+            let chunks = sse_chunks(
+                events,
+                writer,
+                target,
+                account,
+                gateway,
+                tracing::Span::current(),
+            );
+            let body = Body::from_stream(chunks.map(Ok::<Bytes, Infallible>));
             Response::builder()
                 .status(StatusCode::OK)
                 .header(header::CONTENT_TYPE, "text/event-stream")
@@ -944,9 +993,23 @@ fn render(
     response
 }
 
-/// Count and log a served request.
-fn account_served(gateway: &Gateway, tag: &RungTag, protocol: Protocol, started: Instant) {
+/// Count, log and list a served request.
+fn account_served(gateway: &Gateway, tag: &RungTag, facts: &RequestFacts, model: &str) {
+    let (protocol, started) = (facts.protocol, facts.started);
     let rung = tag.rung.label();
+    gateway.traffic.record(RequestRecord {
+        time_unix_ms: crate::traffic::now_unix_ms(),
+        protocol: protocol.label(),
+        model: model.to_string(),
+        rung,
+        served_by: tag.served_by.clone(),
+        fallback_depth: tag.fallback_depth,
+        attempts: tag.attempts.len(),
+        latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+        request_id: Some(facts.request_id.clone()),
+        degraded: RequestRecord::is_degraded(rung, &tag.served_by, tag.fallback_depth),
+        error: None,
+    });
     let metrics = &gateway.metrics;
     metrics
         .requests
@@ -1072,32 +1135,22 @@ struct SseState {
     queue: VecDeque<Bytes>,
     finished: bool,
     served_by: String,
-    stream_failures: prometheus::IntCounterVec,
+    /// Where the answer's usage is counted when its usage event comes.
+    account: TokenAccount,
+    metrics: crate::metrics::Metrics,
     /// The request's span, so a failure logged mid-stream is tied to its request.
     span: tracing::Span,
 }
 
-/// The client's SSE body. Dropping it (the client went away) drops the upstream stream,
-/// which closes the upstream connection.
-fn sse_body(
-    events: EventStream,
-    protocol: Protocol,
-    model: &str,
-    include_usage: bool,
-    served_by: String,
-    gateway: &Gateway,
-) -> Body {
-    let writer = Writer::new(protocol, model, include_usage);
-    let chunks = sse_chunks(events, writer, served_by, gateway, tracing::Span::current());
-    Body::from_stream(chunks.map(Ok::<Bytes, Infallible>))
-}
-
-/// The events rendered by `writer`, ending with its finish or, when the stream breaks,
-/// its error event.
+/// The client's SSE body: the events rendered by `writer`, ending with its finish or,
+/// when the stream breaks, its error event; the answer's usage is counted on `account`.
+/// Dropping it (the client went away) drops the upstream stream, which closes the
+/// upstream connection.
 fn sse_chunks(
     events: EventStream,
     writer: Writer,
     served_by: String,
+    account: TokenAccount,
     gateway: &Gateway,
     span: tracing::Span,
 ) -> impl futures_util::Stream<Item = Bytes> + Send + 'static {
@@ -1107,7 +1160,8 @@ fn sse_chunks(
         queue: VecDeque::new(),
         finished: false,
         served_by,
-        stream_failures: gateway.metrics.stream_failures.clone(),
+        account,
+        metrics: gateway.metrics.clone(),
         span,
     };
     stream::unfold(state, |mut state| async move {
@@ -1120,6 +1174,9 @@ fn sse_chunks(
             }
             match state.events.next().await {
                 Some(Ok(event)) => {
+                    if let crate::protocol::StreamEvent::Usage(usage) = &event {
+                        state.account.count(&state.metrics, usage);
+                    }
                     let chunks = state.writer.event(event);
                     state.queue.extend(chunks);
                 }
@@ -1128,6 +1185,7 @@ fn sse_chunks(
                     tracing::warn!(served_by = %state.served_by, kind = failure.kind,
                         "stream failed after its first byte: {}", failure.message);
                     state
+                        .metrics
                         .stream_failures
                         .with_label_values(&[&state.served_by, failure.kind])
                         .inc();

@@ -1,5 +1,6 @@
 //! The admin API over the canned folder: `GET|POST /admin/canned`,
-//! `GET|PUT|DELETE /admin/canned/{id}`, mounted by `crate::admin` behind its token.
+//! `GET|PUT|DELETE /admin/canned/{id}` and `POST /admin/canned/_preview`, mounted by
+//! `crate::admin` behind its token.
 //!
 //! Every write is validated before the disk is touched, then goes through
 //! [`files::write_atomic`] into the same `<id>.toml` files git manages, and is followed by
@@ -13,7 +14,7 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
@@ -24,6 +25,8 @@ use crate::server::Gateway;
 pub fn routes() -> Router<Arc<Gateway>> {
     Router::new()
         .route("/admin/canned", get(list).post(create))
+        // `_` cannot start an id, so this path never names an entry.
+        .route("/admin/canned/_preview", post(preview))
         .route(
             "/admin/canned/{id}",
             get(read).put(replace).delete(delete_entry),
@@ -84,6 +87,58 @@ async fn list(State(gateway): State<Arc<Gateway>>) -> Response {
         "entries": entries,
         "problems": problems,
     }))
+    .into_response()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreviewRequest {
+    /// The model a client would ask for.
+    model: String,
+    /// The last user message.
+    message: String,
+}
+
+/// Which entry would answer `message` to a client of `model` if every provider failed
+/// now, and how it matched; nothing is served or counted.
+async fn preview(State(gateway): State<Arc<Gateway>>, body: Bytes) -> Response {
+    let usage = "send {\"model\": \"…\", \"message\": \"…\"}";
+    let request: PreviewRequest = match crate::protocol::parse_json_body(&body) {
+        Ok(request) => request,
+        Err(problem) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                Some(&problem.field),
+                format!("`{}`: {}; {usage}", problem.field, problem.message),
+            );
+        }
+    };
+    let Some(route) = gateway.routes.find(&request.model) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            Some("model"),
+            format!("`model`: no route serves `{}`", request.model),
+        );
+    };
+    let names = [request.model.as_str(), route.model.as_str()];
+    let vector = match gateway.cache.as_ref().and_then(|cache| cache.embedder()) {
+        Some(embedder) if !request.message.trim().is_empty() => {
+            embedder.embed_one(&request.message).await.ok()
+        }
+        _ => None,
+    };
+    let found = gateway
+        .canned
+        .best(&names, &request.message, vector.as_deref());
+    axum::Json(match found {
+        Some(found) => json!({
+            "entry": found.entry.id,
+            "matched_by": if found.similarity.is_some() { "example" } else if found.entry.is_catch_all() { "catch_all" } else { "pattern" },
+            "similarity": found.similarity,
+            "text": found.entry.spec.text,
+        }),
+        None => json!({"entry": null}),
+    })
     .into_response()
 }
 

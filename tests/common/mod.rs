@@ -6,6 +6,7 @@
 pub mod cloud;
 pub mod process;
 pub mod qdrant;
+pub mod webdriver;
 
 use std::path::Path;
 

@@ -7,12 +7,15 @@
 //! This module reads the gateway's state, forces breakers and injects faults for drills
 //! (always for a bounded time); it never serves chat traffic.
 
+mod console;
+pub mod guard;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -39,6 +42,9 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/admin/faults/{*target}", delete(end_fault))
         .route("/admin/cache", get(cache_stats))
         .route("/admin/cache/purge", post(cache_purge))
+        .route("/admin/traffic", get(traffic))
+        .route("/admin/requests", get(recent_requests))
+        .route("/admin/tokens", get(tokens))
         .route("/admin/openapi.json", get(openapi))
         .merge(crate::canned::admin::routes())
         .route_layer(middleware::from_fn_with_state(
@@ -49,6 +55,11 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             gateway.clone(),
             require_token,
         ))
+        .merge(console::routes())
+        .route_layer(middleware::from_fn_with_state(
+            gateway.clone(),
+            require_browser_safety,
+        ))
         .with_state(gateway)
 }
 
@@ -56,26 +67,37 @@ fn error(status: StatusCode, message: String) -> Response {
     (status, axum::Json(json!({"error": message}))).into_response()
 }
 
+/// Checks 1–3 of [`guard`] (host, origin, content type) for every route, the console's
+/// included.
+async fn require_browser_safety(
+    State(gateway): State<Arc<Gateway>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match gateway
+        .admin_policy
+        .check_browser_safety(request.method(), request.headers())
+    {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => refused(&refusal),
+    }
+}
+
+/// Check 4 of [`guard`]: the token, on every route but the console's page and assets.
 async fn require_token(
     State(gateway): State<Arc<Gateway>>,
     request: Request,
     next: Next,
 ) -> Response {
-    if !authorized(&gateway, request.headers()) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "send the admin token as `Authorization: Bearer TOKEN`".to_string(),
-        );
+    match gateway.admin_policy.check_token(request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => refused(&refusal),
     }
-    next.run(request).await
 }
 
-fn authorized(gateway: &Gateway, headers: &HeaderMap) -> bool {
-    let Some(expected) = &gateway.admin_token else {
-        return true;
-    };
-    let presented = crate::server::bearer_token(headers).unwrap_or_default();
-    constant_time_eq(presented.as_bytes(), expected.as_bytes())
+fn refused(refusal: &guard::Refusal) -> Response {
+    tracing::warn!(?refusal, "admin request refused");
+    error(refusal.status(), refusal.message())
 }
 
 /// The largest admin request body (axum's own default for its extractors, which this
@@ -119,20 +141,9 @@ pub(crate) fn refusal(_path: &str, key: &'static str, limit: usize) -> Response 
     error(failure.status(), failure.to_string())
 }
 
-/// Compares without stopping at the first difference, so timing says nothing about how
-/// much of a guessed token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let length_differs = a.len() != b.len();
-    let mut difference = 0u8;
-    for (index, &byte) in b.iter().enumerate() {
-        difference |= byte ^ a.get(index).copied().unwrap_or(0);
-    }
-    !length_differs && difference == 0
-}
-
 /// The OpenAPI 3 document of this listener, kept next to this file; a test checks it
 /// against the routes.
-const OPENAPI: &str = include_str!("admin_openapi.json");
+const OPENAPI: &str = include_str!("openapi.json");
 
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
@@ -214,6 +225,47 @@ async fn status(State(gateway): State<Arc<Gateway>>) -> Response {
             None => json!({"enabled": false}),
         },
         "canned": gateway.canned.status_json(),
+    }))
+    .into_response()
+}
+
+/// Requests of the last 15 minutes by rung and `served_by`, in 10-second buckets.
+async fn traffic(State(gateway): State<Arc<Gateway>>) -> Response {
+    axum::Json(gateway.traffic.series_json()).into_response()
+}
+
+/// The last requests, newest first: facts only, never prompt or answer text.
+async fn recent_requests(State(gateway): State<Arc<Gateway>>) -> Response {
+    axum::Json(gateway.traffic.recent_json()).into_response()
+}
+
+/// Token and cost counters since start: per target, and what the cache saved.
+async fn tokens(State(gateway): State<Arc<Gateway>>) -> Response {
+    let metrics = &gateway.metrics;
+    let targets: Vec<Value> = gateway
+        .routes
+        .targets()
+        .keys()
+        .map(|label| {
+            let count = |kind: &str| metrics.tokens.with_label_values(&[label.as_str(), kind]).get();
+            json!({
+                "target": label,
+                "input": count("input"),
+                "output": count("output"),
+                "cached": count("cached"),
+                "cost_usd": gateway.prices.contains_key(label)
+                    .then(|| metrics.cost_usd.with_label_values(&[label.as_str()]).get()),
+            })
+        })
+        .collect();
+    let saved = |kind: &str| metrics.cache_saved_tokens.with_label_values(&[kind]).get();
+    axum::Json(json!({
+        "targets": targets,
+        "cache_saved": {
+            "input": saved("input"),
+            "output": saved("output"),
+            "usd": (!gateway.prices.is_empty()).then(|| metrics.cache_saved_usd.get()),
+        },
     }))
     .into_response()
 }
@@ -450,17 +502,4 @@ fn unknown_target(gateway: &Gateway, label: &str) -> Response {
         StatusCode::NOT_FOUND,
         format!("`target`: `{label}` is not a target of any route; known targets: {known:?}"),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn tokens_compare_by_value() {
-        assert!(constant_time_eq(b"s3cret", b"s3cret"));
-        assert!(!constant_time_eq(b"s3cre", b"s3cret"));
-        assert!(!constant_time_eq(b"s3cret!", b"s3cret"));
-        assert!(!constant_time_eq(b"", b"s3cret"));
-    }
 }
