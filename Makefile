@@ -3,14 +3,15 @@
 
 SDK_PYTHON := $(CURDIR)/.venv-sdk/bin/python
 
-.PHONY: run test lint sdk-venv model bench bench-cache bench-failover bench-soak demo
+.PHONY: run test lint sdk-venv model browser bench bench-cache bench-failover bench-soak demo
 
 ## Run the gateway with the shipped config (builds it first).
 run: model
 	cargo run --release -- serve --config config/airbag.toml
 
-## Everything CI checks: formatting, lints, unit and behaviour tests, the Python SDK test.
-test: sdk-venv model lint
+## Everything CI checks: formatting, lints, unit and behaviour tests, the Python SDK test,
+## the console in a headless Chromium.
+test: sdk-venv model browser lint
 	AIRBAG_SDK_PYTHON=$(SDK_PYTHON) cargo test
 
 lint:
@@ -21,6 +22,14 @@ lint:
 ## .cache/model (scripts/fetch-model.sh; a second run downloads nothing).
 model:
 	bash scripts/fetch-model.sh
+
+## Headless Chromium and its WebDriver for the console's browser test (tests/console.rs),
+## from Debian's packages; nothing happens when chromedriver is already on the PATH.
+browser:
+	@command -v chromedriver >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver; }
 
 ## The official openai and anthropic Python SDKs, pinned, in .venv-sdk.
 sdk-venv:

@@ -1082,7 +1082,10 @@ chain = ["a/m", "ghost/m", "nomodel"]
         let message = problems_of(
             "[prices.\"nowhere/m\"]\ninput_per_million = 1.0\noutput_per_million = -2.0\n",
         );
-        assert!(message.contains("provider `nowhere` is not defined"), "{message}");
+        assert!(
+            message.contains("provider `nowhere` is not defined"),
+            "{message}"
+        );
         assert!(
             message.contains("prices.\"nowhere/m\".output_per_million"),
             "{message}"

@@ -29,8 +29,6 @@ use crate::canned::{self, CannedSet, ExampleEmbedder};
 use crate::config::{Config, Env};
 use crate::error::RequestError;
 use crate::http_edge::{self, RequestId};
-use crate::tokens::TokenAccount;
-use crate::traffic::RequestRecord;
 use crate::ladder::{self, Answer, RungTag, Served};
 use crate::listener::{self, ConnectionLimits, ListenerMetrics};
 use crate::metrics::Metrics;
@@ -39,6 +37,8 @@ use crate::protocol::{
 };
 use crate::providers::forward::{Endpoint, Forwarded};
 use crate::providers::{AttemptRecord, Provider, Routes};
+use crate::tokens::TokenAccount;
+use crate::traffic::RequestRecord;
 
 /// How long a shutdown waits for in-flight requests.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -600,7 +600,13 @@ async fn serve_chat(
         let served = ladder::answer(gateway, &request, &tenant, &controls)
             .await?
             .with_request_id(facts.request_id.clone());
-        return Ok(render(gateway, served, &facts, &request.model, include_usage));
+        return Ok(render(
+            gateway,
+            served,
+            &facts,
+            &request.model,
+            include_usage,
+        ));
     };
     // The ladder runs on its own future so the response can start without it: when it
     // has not answered within one interval, the head goes out and SSE comments keep the

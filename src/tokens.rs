@@ -72,8 +72,10 @@ impl TokenAccount {
                 }
             }
             TokenAccount::CacheSaved { price } => {
-                for (kind, tokens) in [("input", usage.input_tokens), ("output", usage.output_tokens)]
-                {
+                for (kind, tokens) in [
+                    ("input", usage.input_tokens),
+                    ("output", usage.output_tokens),
+                ] {
                     metrics
                         .cache_saved_tokens
                         .with_label_values(&[kind])
@@ -84,7 +86,7 @@ impl TokenAccount {
                     // its prompt cache.
                     let uncached = Usage {
                         cached_input_tokens: 0,
-                        ..usage.clone()
+                        ..*usage
                     };
                     metrics.cache_saved_usd.inc_by(price.cost(&uncached));
                 }

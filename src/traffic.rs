@@ -252,6 +252,9 @@ mod tests {
             traffic.record(record("cache", "cache:exact", 0));
         }
         let recent = traffic.recent_json();
-        assert_eq!(recent["requests"].as_array().unwrap().len(), RECENT_REQUESTS);
+        assert_eq!(
+            recent["requests"].as_array().unwrap().len(),
+            RECENT_REQUESTS
+        );
     }
 }

@@ -71,7 +71,7 @@ async fn judged(
         provider("judge", "anthropic", &judge, ""),
         provider("fallback", "openai", &fallback, ""),
         route("chat", &["bad/m", "fallback/m"]),
-    );
+    ) + "[prices.\"bad/m\"]\ninput_per_million = 1.0\noutput_per_million = 2.0\n";
     (TestGateway::start(&config, &[]).await, bad, judge, fallback)
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use airbag::cache::Cache;
 use airbag::mock::MockProvider;
-use common::{TestGateway, cache_section, mock, openai_chat, provider, route};
+use common::{TestGateway, cache_section, metric, mock, openai_chat, provider, route};
 use serde_json::{Value, json};
 
 /// A gateway with the cache on in front of one mock on route `chat`; `cache`,
@@ -70,15 +70,6 @@ async fn served(gateway: &TestGateway, question: &str) -> String {
     let reply = gateway.openai(openai_chat("chat", question)).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     reply.served_by().to_string()
-}
-
-fn metric(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
-        .parse()
-        .unwrap()
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::process::{AIRBAG, field, spawn_announced};
+use common::process::{AIRBAG, field, spawn_announced, spawn_logging};
 
 /// A one-message OpenAI chat request for `model` through the gateway at `proxy`.
 async fn ping(client: &reqwest::Client, proxy: &str, model: &str) -> reqwest::Response {
@@ -230,6 +230,58 @@ async fn serve_and_mock_provider_work_together_from_the_command_line() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `log.format = "json"`: every line is one JSON object, with the fields of the text
+/// format (the request span's rung and served_by included).
+#[tokio::test]
+async fn json_logs_carry_the_same_fields() {
+    let (_mock, announced) = spawn_announced(
+        &["mock-provider", "--listen", "127.0.0.1:0", "--name", "cli"],
+        "mock provider ready",
+    );
+    let mock_url = field(&announced, "base_url");
+    let folder = tempfile::tempdir().unwrap();
+    let canned = folder.path().join("canned");
+    std::fs::create_dir(&canned).unwrap();
+    let path = folder.path().join("airbag.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [log]\nformat = \"json\"\n[cache]\nenabled = false\n[canned]\ndir = {canned:?}\n\
+             [providers.mock]\nkind = \"openai\"\nbase_url = \"{mock_url}\"\n\
+             [[routes]]\nmodel = \"demo\"\nchain = [\"mock/demo-model\"]\n"
+        ),
+    )
+    .unwrap();
+    let path_text = path.to_string_lossy().to_string();
+    let (_gateway, announced, rest) =
+        spawn_logging(&["serve", "--config", &path_text], "airbag is listening");
+    let line: serde_json::Value = serde_json::from_str(&announced)
+        .unwrap_or_else(|error| panic!("not a JSON line ({error}): {announced}"));
+    assert_eq!(line["level"], "INFO");
+    assert_eq!(line["fields"]["message"], "airbag is listening");
+    let proxy = line["fields"]["proxy_addr"].as_str().unwrap().to_string();
+    let reply = ping(&reqwest::Client::new(), &proxy, "demo").await;
+    assert_eq!(reply.status(), 200);
+    let served = loop {
+        let text = rest
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the request is logged");
+        let line: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|error| panic!("not a JSON line ({error}): {text}"));
+        if line["fields"]["message"] == "request served" {
+            break line;
+        }
+    };
+    assert_eq!(served["span"]["rung"], "provider", "{served}");
+    assert_eq!(
+        served["span"]["served_by"], "provider:mock/demo-model",
+        "{served}"
+    );
+    assert!(served["span"]["request_id"].is_string(), "{served}");
+    assert!(served["fields"]["elapsed_ms"].is_u64(), "{served}");
 }
 
 #[tokio::test]

@@ -10,7 +10,9 @@
 mod common;
 
 use common::webdriver::{Browser, chromedriver};
-use common::{TestGateway, cache_section, canned_dir, canned_section, mock, openai_chat, provider, route};
+use common::{
+    TestGateway, cache_section, canned_dir, canned_section, mock, openai_chat, provider, route,
+};
 use reqwest::Method;
 use serde_json::json;
 
@@ -47,35 +49,52 @@ async fn an_operator_runs_an_outage_from_the_console() {
     // Log in: a wrong token is refused on the page, the right one opens the console.
     browser.open(&gateway.admin_url("/")).await;
     browser
-        .wait_until("the login form", "return !document.querySelector('#login').classList.contains('hidden');")
+        .wait_until(
+            "the login form",
+            "return !document.querySelector('#login').classList.contains('hidden');",
+        )
         .await;
     browser.screenshot("01-login").await;
     browser.type_into("#token", "wrong").await;
     browser.click("#login-form button").await;
     browser
-        .wait_until("a refused token", "return document.querySelector('#login-error').textContent.includes('refused');")
+        .wait_until(
+            "a refused token",
+            "return document.querySelector('#login-error').textContent.includes('refused');",
+        )
         .await;
     browser.type_into("#token", TOKEN).await;
     browser.click("#login-form button").await;
     browser
-        .wait_until("the console", "return !document.querySelector('#console').classList.contains('hidden');")
+        .wait_until(
+            "the console",
+            "return !document.querySelector('#console').classList.contains('hidden');",
+        )
         .await;
 
     // Traffic: the rung counts move, nothing is degraded, the request list has ids but
     // never the prompt.
     let mut request_ids = Vec::new();
     for n in 0..5 {
-        let reply = gateway.openai(openai_chat("chat", &format!("question {n}"))).await;
+        let reply = gateway
+            .openai(openai_chat("chat", &format!("question {n}")))
+            .await;
         assert_eq!(reply.served_by(), "provider:primary/big", "{}", reply.text);
         request_ids.push(reply.header("x-request-id").to_string());
     }
     browser
-        .wait_until("5 requests", "return document.querySelector('#requests-minute').textContent === '5';")
+        .wait_until(
+            "5 requests",
+            "return document.querySelector('#requests-minute').textContent === '5';",
+        )
         .await;
     assert_eq!(browser.text("#degraded-minute").await, "0%");
     let listed = browser.text("#requests tbody").await;
     assert!(listed.contains(&request_ids[0]), "{listed}");
-    assert!(!listed.contains("question 0"), "prompt text is never listed: {listed}");
+    assert!(
+        !listed.contains("question 0"),
+        "prompt text is never listed: {listed}"
+    );
     assert!(browser.text("#tokens tbody").await.contains("primary/big"));
     browser.screenshot("02-traffic").await;
 
@@ -90,8 +109,15 @@ async fn an_operator_runs_an_outage_from_the_console() {
              return row !== null && row.querySelector('.state').textContent === 'open';",
         )
         .await;
-    let reply = gateway.openai(openai_chat("chat", "during the drill")).await;
-    assert_eq!(reply.served_by(), "provider:fallback/small", "{}", reply.text);
+    let reply = gateway
+        .openai(openai_chat("chat", "during the drill"))
+        .await;
+    assert_eq!(
+        reply.served_by(),
+        "provider:fallback/small",
+        "{}",
+        reply.text
+    );
     browser
         .wait_until(
             "the degraded share over 0",
@@ -101,11 +127,18 @@ async fn an_operator_runs_an_outage_from_the_console() {
     browser.screenshot("03-drill").await;
 
     // Edit the canned entry in the page; with every target drilled it is what's served.
-    browser.click("#canned tr[data-entry=\"sorry\"] button").await;
     browser
-        .wait_until("the editor", "return !document.querySelector('#canned-editor').classList.contains('hidden');")
+        .click("#canned tr[data-entry=\"sorry\"] button")
         .await;
-    browser.type_into("#field-text", "We are fixing it; back soon.").await;
+    browser
+        .wait_until(
+            "the editor",
+            "return !document.querySelector('#canned-editor').classList.contains('hidden');",
+        )
+        .await;
+    browser
+        .type_into("#field-text", "We are fixing it; back soon.")
+        .await;
     browser.click("#editor-save").await;
     browser
         .wait_until(
@@ -132,9 +165,14 @@ async fn an_operator_runs_an_outage_from_the_console() {
     browser.screenshot("04-canned-edit").await;
 
     // Lose an If-Match race: the entry changes behind the open editor.
-    browser.click("#canned tr[data-entry=\"sorry\"] button").await;
     browser
-        .wait_until("the editor", "return !document.querySelector('#canned-editor').classList.contains('hidden');")
+        .click("#canned tr[data-entry=\"sorry\"] button")
+        .await;
+    browser
+        .wait_until(
+            "the editor",
+            "return !document.querySelector('#canned-editor').classList.contains('hidden');",
+        )
         .await;
     let current = gateway.admin_get("/admin/canned/sorry", Some(TOKEN)).await;
     let etag = current.header("etag").to_string();
@@ -151,7 +189,10 @@ async fn an_operator_runs_an_outage_from_the_console() {
     browser.type_into("#field-text", "My late edit.").await;
     browser.click("#editor-save").await;
     browser
-        .wait_until("the conflict", "return !document.querySelector('#editor-conflict').classList.contains('hidden');")
+        .wait_until(
+            "the conflict",
+            "return !document.querySelector('#editor-conflict').classList.contains('hidden');",
+        )
         .await;
     browser.screenshot("05-conflict").await;
     browser.click("#editor-reload").await;
@@ -161,7 +202,9 @@ async fn an_operator_runs_an_outage_from_the_console() {
             "return document.querySelector('#field-text').value === 'Changed by a colleague.';",
         )
         .await;
-    browser.type_into("#field-text", "Back in a few minutes.").await;
+    browser
+        .type_into("#field-text", "Back in a few minutes.")
+        .await;
     browser.click("#editor-save").await;
     browser
         .wait_until(
@@ -187,7 +230,13 @@ async fn an_operator_runs_an_outage_from_the_console() {
     // Purge the cache from the page: a repeat that hit before goes to a provider after.
     for target in ["primary/big", "fallback/small"] {
         let ended = gateway
-            .admin_send(Method::DELETE, &format!("/admin/drills/{target}"), Some(TOKEN), &[], None)
+            .admin_send(
+                Method::DELETE,
+                &format!("/admin/drills/{target}"),
+                Some(TOKEN),
+                &[],
+                None,
+            )
             .await;
         assert_eq!(ended.status, 200, "{}", ended.text);
     }
@@ -204,7 +253,10 @@ async fn an_operator_runs_an_outage_from_the_console() {
     browser.click("#purge-form button").await;
     browser.accept_dialog().await;
     browser
-        .wait_until("the purge", "return document.querySelector('#purge-result').textContent.startsWith('Purged');")
+        .wait_until(
+            "the purge",
+            "return document.querySelector('#purge-result').textContent.startsWith('Purged');",
+        )
         .await;
     let after = gateway.openai(openai_chat("chat", "question 0")).await;
     assert_eq!(after.served_by(), "provider:primary/big", "{}", after.text);

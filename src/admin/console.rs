@@ -23,7 +23,10 @@ pub fn routes() -> Router<Arc<Gateway>> {
             "/console.js",
             get(|| asset("text/javascript; charset=utf-8", SCRIPT)),
         )
-        .route("/console.css", get(|| asset("text/css; charset=utf-8", STYLE)))
+        .route(
+            "/console.css",
+            get(|| asset("text/css; charset=utf-8", STYLE)),
+        )
 }
 
 async fn asset(content_type: &'static str, body: &'static str) -> Response {

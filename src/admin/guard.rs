@@ -122,7 +122,7 @@ impl AdminPolicy {
         let name = host_name(host).to_ascii_lowercase();
         name.parse::<std::net::IpAddr>().is_ok()
             || name == "localhost"
-            || self.allowed_hosts.iter().any(|allowed| *allowed == name)
+            || self.allowed_hosts.contains(&name)
     }
 }
 
@@ -217,8 +217,14 @@ mod tests {
     #[test]
     fn origins_must_be_the_listener_itself() {
         assert!(same_origin("http://127.0.0.1:8081", Some("127.0.0.1:8081")));
-        assert!(same_origin("https://admin.internal", Some("admin.internal")));
-        assert!(!same_origin("http://127.0.0.1:3000", Some("127.0.0.1:8081")));
+        assert!(same_origin(
+            "https://admin.internal",
+            Some("admin.internal")
+        ));
+        assert!(!same_origin(
+            "http://127.0.0.1:3000",
+            Some("127.0.0.1:8081")
+        ));
         assert!(!same_origin("null", Some("127.0.0.1:8081")));
         assert!(!same_origin("http://127.0.0.1:8081", None));
     }

@@ -247,7 +247,12 @@ async fn tokens(State(gateway): State<Arc<Gateway>>) -> Response {
         .targets()
         .keys()
         .map(|label| {
-            let count = |kind: &str| metrics.tokens.with_label_values(&[label.as_str(), kind]).get();
+            let count = |kind: &str| {
+                metrics
+                    .tokens
+                    .with_label_values(&[label.as_str(), kind])
+                    .get()
+            };
             json!({
                 "target": label,
                 "input": count("input"),

@@ -239,6 +239,16 @@ impl TestGateway {
     }
 }
 
+/// The value of one series (`name{labels}` as rendered) in a Prometheus text page.
+pub fn metric(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
 /// What a client got back.
 pub struct Reply {
     pub status: u16,

@@ -29,6 +29,15 @@ impl Drop for Running {
 /// announces its addresses; returns the child and that line. The child's output keeps
 /// being drained so it never blocks on a full pipe.
 pub fn spawn_announced(args: &[&str], announcement: &str) -> (Running, String) {
+    let (running, line, _rest) = spawn_logging(args, announcement);
+    (running, line)
+}
+
+/// [`spawn_announced`], also returning the log lines that come after the announcement.
+pub fn spawn_logging(
+    args: &[&str],
+    announcement: &str,
+) -> (Running, String, std::sync::mpsc::Receiver<String>) {
     let mut child = Command::new(AIRBAG)
         .args(args)
         .env_remove("OPENAI_API_KEY")
@@ -49,7 +58,7 @@ pub fn spawn_announced(args: &[&str], announcement: &str) -> (Running, String) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while let Ok(line) = received.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
         if line.contains(announcement) {
-            return (running, line);
+            return (running, line, received);
         }
     }
     panic!("`{announcement}` was never logged by airbag {args:?}");

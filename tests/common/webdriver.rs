@@ -225,9 +225,7 @@ impl Browser {
     /// Save a PNG of the page as `<screenshots>/<name>.png`.
     pub async fn screenshot(&self, name: &str) -> PathBuf {
         use base64::Engine as _;
-        let encoded = self
-            .call(reqwest::Method::GET, "/screenshot", None)
-            .await;
+        let encoded = self.call(reqwest::Method::GET, "/screenshot", None).await;
         let png = base64::engine::general_purpose::STANDARD
             .decode(encoded.as_str().unwrap_or_default())
             .expect("a base64 screenshot");
