@@ -60,6 +60,33 @@ pub struct Config {
     /// How log lines are written.
     #[serde(default)]
     pub log: LogConfig,
+    /// OpenTelemetry traces; off unless an endpoint is set.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// The collector's OTLP/HTTP endpoint (`http://collector:4318`; spans go to
+    /// `/v1/traces` under it) or its full traces URL.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            service_name: default_service_name(),
+        }
+    }
+}
+
+fn default_service_name() -> String {
+    "airbag".to_string()
 }
 
 /// A target's price in US dollars per million tokens, as providers publish it.
@@ -740,6 +767,14 @@ impl Config {
         self.check_routes(&mut problems);
         self.check_clients(env, &mut problems);
         self.check_prices(&mut problems);
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint
+            && reqwest::Url::parse(endpoint)
+                .map_or(true, |url| !matches!(url.scheme(), "http" | "https"))
+        {
+            problems.push(format!(
+                "telemetry.otlp_endpoint: `{endpoint}` is not an http(s) URL; write the collector's OTLP/HTTP address, e.g. \"http://127.0.0.1:4318\""
+            ));
+        }
         problems.extend(self.cache.problems());
         if let Some(key) = &self.cache.store.api_key {
             check_secret("cache.store.api_key", key, &mut problems);

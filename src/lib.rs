@@ -36,5 +36,6 @@ pub mod mock;
 pub mod protocol;
 pub mod providers;
 pub mod server;
+pub mod telemetry;
 pub mod tokens;
 pub mod traffic;

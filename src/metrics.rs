@@ -98,6 +98,9 @@ pub struct Metrics {
     pub cost_usd: CounterVec,
     /// What cache hits would have cost at the route's primary target's price.
     pub cache_saved_usd: Counter,
+    /// OpenTelemetry spans by outcome: `exported`, `failed` (the collector refused or was
+    /// unreachable), `dropped` (the export queue was full).
+    pub trace_spans: IntCounterVec,
 }
 
 impl Metrics {
@@ -397,6 +400,17 @@ impl Metrics {
             "What cache hits would have cost at the route's primary target's price, in US dollars",
         )?;
         registry.register(Box::new(cache_saved_usd.clone()))?;
+        let trace_spans = IntCounterVec::new(
+            Opts::new(
+                "airbag_trace_spans_total",
+                "OpenTelemetry spans by outcome (exported, failed, dropped)",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(trace_spans.clone()))?;
+        for outcome in ["exported", "failed", "dropped"] {
+            trace_spans.with_label_values(&[outcome]);
+        }
         Ok(Metrics {
             registry,
             requests,
@@ -437,6 +451,7 @@ impl Metrics {
             cache_saved_tokens,
             cost_usd,
             cache_saved_usd,
+            trace_spans,
         })
     }
 

@@ -37,6 +37,7 @@ use crate::protocol::{
 };
 use crate::providers::forward::{Endpoint, Forwarded};
 use crate::providers::{AttemptRecord, Provider, Routes};
+use crate::telemetry::RequestTrace;
 use crate::tokens::TokenAccount;
 use crate::traffic::RequestRecord;
 
@@ -82,6 +83,8 @@ pub struct Gateway {
     pub prices: BTreeMap<String, crate::config::Price>,
     /// The last 15 minutes of requests, for the console.
     pub traffic: crate::traffic::Traffic,
+    /// OpenTelemetry traces, when `telemetry.otlp_endpoint` is set.
+    pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
     /// How often `canned.dir` is polled for edits made to the files.
     canned_reload_interval: std::time::Duration,
 }
@@ -190,6 +193,7 @@ impl Gateway {
             canned_reload_interval: config.canned.reload_interval,
             prices: config.prices.clone(),
             traffic: crate::traffic::Traffic::default(),
+            telemetry: None,
         })
     }
 
@@ -264,6 +268,25 @@ impl RunningGateway {
 /// Bind both listeners and start serving. Binding to port 0 picks free ports (tests).
 pub async fn start(config: &Config, env: &Env) -> Result<RunningGateway, StartupError> {
     let mut gateway = Gateway::from_config(config, env)?;
+    if let Some(endpoint) = &config.telemetry.otlp_endpoint {
+        let systems = config
+            .providers
+            .iter()
+            .map(|(name, provider)| {
+                (
+                    name.clone(),
+                    crate::providers::surface::gen_ai_system(provider.kind),
+                )
+            })
+            .collect();
+        gateway.telemetry = Some(crate::telemetry::Telemetry::start(
+            endpoint,
+            &config.telemetry.service_name,
+            systems,
+            gateway.metrics.clone(),
+        ));
+        tracing::info!(endpoint = %endpoint, "exporting OpenTelemetry traces");
+    }
     if config.cache.enabled {
         let policies = config
             .routes
@@ -488,10 +511,18 @@ async fn chat(
         served_by = tracing::field::Empty,
         attempts = tracing::field::Empty,
     );
+    let trace = gateway.telemetry.as_ref().map(|telemetry| {
+        telemetry.begin(
+            trace_context(&headers).as_ref(),
+            protocol.label(),
+            &request_id.0,
+        )
+    });
     let facts = RequestFacts {
         protocol,
         request_id: request_id.0,
         started,
+        trace,
     };
     // Shed load before any work: the slot is held until the answer's last byte.
     let slot = gateway.in_flight.clone().try_acquire_owned();
@@ -522,6 +553,9 @@ struct RequestFacts {
     protocol: Protocol,
     request_id: String,
     started: Instant,
+    /// The request's OpenTelemetry span, exported when the last clone is dropped (for a
+    /// stream: when its body ends).
+    trace: Option<Arc<RequestTrace>>,
 }
 
 /// Log a request error and count it: the one place request errors are logged, whether
@@ -530,6 +564,13 @@ fn account_error(gateway: &Gateway, error: &RequestError, facts: &RequestFacts) 
     let protocol = facts.protocol;
     let span = tracing::Span::current();
     span.record("rung", "none");
+    if let Some(trace) = &facts.trace {
+        let attempts = match error {
+            RequestError::AllTargetsFailed { attempts, .. } => attempts.as_slice(),
+            _ => &[],
+        };
+        trace.failed(error.kind(), attempts);
+    }
     if let RequestError::AllTargetsFailed { attempts, .. } = error {
         span.record("attempts", attempts.len());
     }
@@ -585,11 +626,17 @@ async fn serve_chat(
     }
     .map_err(RequestError::InvalidBody)?;
     let request = ChatRequest {
-        trace_context: trace_context(headers),
+        trace_context: match &facts.trace {
+            Some(trace) => Some(trace.context.clone()),
+            None => trace_context(headers),
+        },
         anthropic_beta: anthropic_beta(headers),
         ..request
     };
     tracing::Span::current().record("model", request.model.as_str());
+    if let Some(trace) = &facts.trace {
+        trace.model(&request.model);
+    }
     let include_usage = request.include_usage;
     let keepalive = gateway
         .routes
@@ -734,7 +781,7 @@ fn answer_chunks(
             events,
             writer,
             served_by,
-            account,
+            (account, facts.trace.clone()),
             gateway,
             span.clone(),
         ))),
@@ -963,6 +1010,9 @@ fn render(
     let mut response = match answer {
         Answer::Complete(chat_response) => {
             account.count(&gateway.metrics, &chat_response.usage);
+            if let Some(trace) = &facts.trace {
+                trace.usage(&chat_response.usage);
+            }
             let mut body = match protocol {
                 Protocol::OpenAi => openai::render_response(&chat_response),
                 Protocol::Anthropic => anthropic::render_response(&chat_response),
@@ -977,7 +1027,7 @@ fn render(
                 events,
                 writer,
                 target,
-                account,
+                (account, facts.trace.clone()),
                 gateway,
                 tracing::Span::current(),
             );
@@ -1003,6 +1053,9 @@ fn render(
 fn account_served(gateway: &Gateway, tag: &RungTag, facts: &RequestFacts, model: &str) {
     let (protocol, started) = (facts.protocol, facts.started);
     let rung = tag.rung.label();
+    if let Some(trace) = &facts.trace {
+        trace.served(tag);
+    }
     gateway.traffic.record(RequestRecord {
         time_unix_ms: crate::traffic::now_unix_ms(),
         protocol: protocol.label(),
@@ -1143,6 +1196,8 @@ struct SseState {
     served_by: String,
     /// Where the answer's usage is counted when its usage event comes.
     account: TokenAccount,
+    /// The request's span, exported when the stream is dropped (ended or abandoned).
+    trace: Option<Arc<RequestTrace>>,
     metrics: crate::metrics::Metrics,
     /// The request's span, so a failure logged mid-stream is tied to its request.
     span: tracing::Span,
@@ -1156,7 +1211,7 @@ fn sse_chunks(
     events: EventStream,
     writer: Writer,
     served_by: String,
-    account: TokenAccount,
+    (account, trace): (TokenAccount, Option<Arc<RequestTrace>>),
     gateway: &Gateway,
     span: tracing::Span,
 ) -> impl futures_util::Stream<Item = Bytes> + Send + 'static {
@@ -1167,6 +1222,7 @@ fn sse_chunks(
         finished: false,
         served_by,
         account,
+        trace,
         metrics: gateway.metrics.clone(),
         span,
     };
@@ -1182,6 +1238,9 @@ fn sse_chunks(
                 Some(Ok(event)) => {
                     if let crate::protocol::StreamEvent::Usage(usage) = &event {
                         state.account.count(&state.metrics, usage);
+                        if let Some(trace) = &state.trace {
+                            trace.usage(usage);
+                        }
                     }
                     let chunks = state.writer.event(event);
                     state.queue.extend(chunks);
@@ -1311,6 +1370,7 @@ async fn forwarded(
                         outcome,
                         hedge: false,
                         upstream_request_id: None,
+                        span: Default::default(),
                     })
                     .collect(),
             }),
@@ -1350,6 +1410,7 @@ fn trace_context(headers: &HeaderMap) -> Option<TraceContext> {
             })
     })?;
     Some(TraceContext {
+        spans_per_attempt: false,
         traceparent: traceparent.to_string(),
         tracestate: header("tracestate")
             .filter(|state| !state.is_empty() && state.len() <= 512)

@@ -572,6 +572,7 @@ mod tests {
         assert_ne!(changed.context, reference.context);
         let traced = crate::protocol::ChatRequest {
             trace_context: Some(crate::protocol::TraceContext {
+                spans_per_attempt: false,
                 traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_string(),
                 tracestate: None,
             }),

@@ -86,8 +86,28 @@ impl ChatRequest {
 /// The `traceparent` and `tracestate` headers of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceContext {
+    /// The client's, or with `[telemetry]` on, airbag's request span's.
     pub traceparent: String,
     pub tracestate: Option<String>,
+    /// airbag exports spans (`[telemetry]`): each attempt is a span of its own, and the
+    /// upstream's `traceparent` names it as the parent.
+    pub spans_per_attempt: bool,
+}
+
+impl TraceContext {
+    /// The `traceparent` an attempt whose span id is `attempt_span_id` sends upstream.
+    pub fn traceparent_for(&self, attempt_span_id: &str) -> String {
+        if !self.spans_per_attempt {
+            return self.traceparent.clone();
+        }
+        let mut parts = self.traceparent.splitn(4, '-');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(version), Some(trace_id), Some(_parent), Some(flags)) => {
+                format!("{version}-{trace_id}-{attempt_span_id}-{flags}")
+            }
+            _ => self.traceparent.clone(),
+        }
+    }
 }
 
 /// Every request parameter that changes what the model answers.

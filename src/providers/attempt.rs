@@ -149,10 +149,19 @@ const UPSTREAM_REQUEST_ID_HEADERS: [&str; 3] = ["request-id", "x-request-id", "x
 /// The longest upstream request id relayed; longer ones are not ids.
 const MAX_UPSTREAM_REQUEST_ID: usize = 200;
 
+/// What one attempt is given and gives back beside its answer.
+pub struct AttemptNotes {
+    /// The attempt's span id: the upstream's parent span when airbag traces.
+    pub span_id: String,
+    /// The provider's own id of the request, once its response head is in.
+    pub upstream_request_id: Option<String>,
+}
+
 /// Make one call to `target` with key `key_index`. `commit_deadline` is the request's
 /// own deadline: no answer is committed after it (see `server.request_timeout`).
 /// `first_content` is marked when the answer's first content event arrives;
-/// `upstream_request_id` gets the provider's request id once its response head is in.
+/// `notes` gives the attempt's span id and gets the provider's request id once its
+/// response head is in.
 pub async fn attempt(
     provider: &Provider,
     target: &Target,
@@ -160,7 +169,7 @@ pub async fn attempt(
     request: &ChatRequest,
     commit_deadline: Instant,
     first_content: &FirstContent,
-    upstream_request_id: &mut Option<String>,
+    notes: &mut AttemptNotes,
 ) -> Result<UpstreamAnswer, AttemptFailure> {
     first_content.reset();
     let timeouts = provider.config.timeouts;
@@ -201,7 +210,7 @@ pub async fn attempt(
         builder = builder.header(name, value);
     }
     if let Some(trace) = &request.trace_context {
-        builder = builder.header("traceparent", trace.traceparent.as_str());
+        builder = builder.header("traceparent", trace.traceparent_for(&notes.span_id));
         if let Some(state) = &trace.tracestate {
             builder = builder.header("tracestate", state.as_str());
         }
@@ -251,7 +260,7 @@ pub async fn attempt(
         Ok(Ok(response)) => response,
     };
 
-    *upstream_request_id = UPSTREAM_REQUEST_ID_HEADERS.iter().find_map(|name| {
+    notes.upstream_request_id = UPSTREAM_REQUEST_ID_HEADERS.iter().find_map(|name| {
         let value = response.headers().get(*name)?.to_str().ok()?.trim();
         (!value.is_empty() && value.len() <= MAX_UPSTREAM_REQUEST_ID).then(|| value.to_string())
     });

@@ -30,7 +30,7 @@ use std::task::{Context, Poll};
 
 use futures_util::Stream;
 
-use super::attempt::{AttemptFailure, FirstContent, UpstreamAnswer, attempt};
+use super::attempt::{AttemptFailure, AttemptNotes, FirstContent, UpstreamAnswer, attempt};
 use super::breaker::{Admission, Breaker, ProbeTicket};
 use super::classify::{ErrorClass, classify};
 use super::hedge::HedgePolicy;
@@ -62,6 +62,31 @@ pub struct AttemptRecord {
     /// `x-amzn-requestid`), for a support ticket with the provider.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_request_id: Option<String>,
+    /// When the attempt ran and its span id, for its OpenTelemetry span (`crate::telemetry`).
+    #[serde(skip)]
+    pub span: AttemptSpan,
+}
+
+/// The span of one attempt: its id (the parent id in the upstream's `traceparent` when
+/// airbag traces) and its start and end in nanoseconds since the Unix epoch (equal for a
+/// target that was not called).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttemptSpan {
+    pub span_id: String,
+    pub start_unix_nanos: u64,
+    pub end_unix_nanos: u64,
+}
+
+impl AttemptSpan {
+    /// A span starting now, with a fresh id.
+    pub fn starting_now() -> AttemptSpan {
+        let now = crate::telemetry::now_unix_nanos();
+        AttemptSpan {
+            span_id: crate::telemetry::new_span_id(),
+            start_unix_nanos: now,
+            end_unix_nanos: now,
+        }
+    }
 }
 
 pub enum ChainOutcome {
@@ -149,17 +174,22 @@ impl AttemptLog {
             .map(|mut records| change(&mut records))
     }
 
-    /// An attempt starts: its line reads `in_flight` until [`AttemptLog::end`].
-    fn begin(&self, target: &Target, hedge: bool) -> Option<usize> {
-        self.with(|records| {
+    /// An attempt starts: its line reads `in_flight` until [`AttemptLog::end`]. Returns
+    /// its slot and its span id.
+    fn begin(&self, target: &Target, hedge: bool) -> (Option<usize>, String) {
+        let span = AttemptSpan::starting_now();
+        let span_id = span.span_id.clone();
+        let slot = self.with(|records| {
             records.push(AttemptRecord {
                 target: target.label.clone(),
                 outcome: IN_FLIGHT.to_string(),
                 hedge,
                 upstream_request_id: None,
+                span,
             });
             records.len() - 1
-        })
+        });
+        (slot, span_id)
     }
 
     fn end(&self, slot: Option<usize>, metrics: &Metrics, target: &Target, outcome: String) {
@@ -169,6 +199,7 @@ impl AttemptLog {
             self.with(|records| {
                 if let Some(record) = records.get_mut(slot) {
                     record.outcome = outcome;
+                    record.span.end_unix_nanos = crate::telemetry::now_unix_nanos();
                 }
             });
         }
@@ -187,7 +218,7 @@ impl AttemptLog {
 
     /// A line for a target that was not called (`disabled`, `breaker_open`…).
     fn note(&self, metrics: &Metrics, target: &Target, outcome: &str, hedge: bool) {
-        let slot = self.begin(target, hedge);
+        let (slot, _span_id) = self.begin(target, hedge);
         self.end(slot, metrics, target, outcome.to_string());
     }
 
@@ -626,8 +657,11 @@ impl Walker<'_> {
                 log.note(metrics, target, "timeout_request", hedge);
                 return TargetResult::GaveUp;
             }
-            let slot = log.begin(target, hedge);
-            let mut upstream_request_id = None;
+            let (slot, span_id) = log.begin(target, hedge);
+            let mut notes = AttemptNotes {
+                span_id,
+                upstream_request_id: None,
+            };
             let attempted = attempt(
                 provider,
                 target,
@@ -635,10 +669,10 @@ impl Walker<'_> {
                 self.request,
                 self.deadline,
                 first_content,
-                &mut upstream_request_id,
+                &mut notes,
             )
             .await;
-            log.note_upstream_id(slot, upstream_request_id);
+            log.note_upstream_id(slot, notes.upstream_request_id);
             let failure = match attempted {
                 Ok(answer) => {
                     log.end(slot, metrics, target, "ok".to_string());

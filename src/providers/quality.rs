@@ -305,7 +305,11 @@ impl QualityJudge {
             request,
             deadline,
             &first_content,
-            &mut None,
+            // The judge's request carries no trace context: no span id is sent.
+            &mut super::attempt::AttemptNotes {
+                span_id: String::new(),
+                upstream_request_id: None,
+            },
         )
         .await
         {

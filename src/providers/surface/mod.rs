@@ -200,6 +200,16 @@ pub fn kind_name(kind: ProviderKind) -> &'static str {
     }
 }
 
+/// The OpenTelemetry GenAI `gen_ai.system` of a provider kind.
+pub fn gen_ai_system(kind: ProviderKind) -> &'static str {
+    match kind {
+        ProviderKind::Openai => "openai",
+        ProviderKind::Anthropic => "anthropic",
+        ProviderKind::Bedrock => "aws.bedrock",
+        ProviderKind::Vertex => "gcp.vertex_ai",
+    }
+}
+
 /// Fields set on a provider whose kind does not read them: a typo an operator would
 /// otherwise never notice.
 pub(super) fn wrong_kind_fields(path: &str, config: &ProviderConfig) -> Vec<String> {
