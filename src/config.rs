@@ -829,6 +829,18 @@ impl Config {
             }
             check_blank("admin.token", token, env, problems);
         }
+        if self.admin.allowed_hosts.iter().any(|host| host == "*") && self.admin.token.is_none() {
+            problems.push(
+                "admin.allowed_hosts: \"*\" lets any web page reach the admin listener by DNS rebinding; set admin.token = \"env:NAME\" with it, or list the listener's names".to_string(),
+            );
+        }
+        for host in &self.admin.allowed_hosts {
+            if host.trim().is_empty() || host.contains(['/', ':', ' ']) {
+                problems.push(format!(
+                    "admin.allowed_hosts: `{host}` is not a host name; write names without scheme or port, e.g. \"airbag-admin.internal\""
+                ));
+            }
+        }
         if !self.admin.listen.ip().is_loopback() && self.admin.token.is_none() {
             problems.push(format!(
                 "admin.listen: {} is beyond loopback but admin.token is not set; set admin.token = \"env:NAME\" or listen on 127.0.0.1",
@@ -1110,6 +1122,14 @@ chain = ["a/m", "ghost/m", "nomodel"]
     fn admin_beyond_loopback_needs_a_token() {
         let message = problems_of("[admin]\nlisten = \"0.0.0.0:8081\"\n");
         assert!(message.contains("admin.listen"), "{message}");
+    }
+
+    #[test]
+    fn any_admin_host_needs_a_token() {
+        let message = problems_of("[admin]\nallowed_hosts = [\"*\"]\n");
+        assert!(message.contains("admin.allowed_hosts"), "{message}");
+        let message = problems_of("[admin]\nallowed_hosts = [\"http://admin:8081\"]\n");
+        assert!(message.contains("not a host name"), "{message}");
     }
 
     #[test]

@@ -616,6 +616,7 @@ async fn admin_reports_stats_and_purges_by_tenant_route_or_namespace() {
             Reply::read(
                 client
                     .post(url)
+                    .header("content-type", "application/json")
                     .body(body.to_string())
                     .send()
                     .await

@@ -265,7 +265,7 @@ async fn a_purge_is_not_undone_by_a_write_already_in_flight() {
     let purge = tokio::spawn(async move {
         client
             .post(url)
-            .body(json!({"tenant": "default"}).to_string())
+            .json(&json!({"tenant": "default"}))
             .send()
             .await
             .unwrap()

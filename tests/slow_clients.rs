@@ -81,7 +81,7 @@ async fn read_response(stream: &mut TcpStream) -> String {
 
 fn chat_request(path: &str, length: usize) -> String {
     format!(
-        "POST {path} HTTP/1.1\r\nhost: airbag\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n"
     )
 }
 

@@ -63,7 +63,8 @@ impl Refusal {
 pub struct AdminPolicy {
     /// `admin.token`, when set.
     pub token: Option<String>,
-    /// `admin.allowed_hosts`, lower-cased: names besides IP addresses and `localhost`.
+    /// `admin.allowed_hosts`, lower-cased: names besides IP addresses and `localhost`;
+    /// `*` lets any name through (config validation requires a token with it).
     pub allowed_hosts: Vec<String>,
 }
 
@@ -123,6 +124,7 @@ impl AdminPolicy {
         name.parse::<std::net::IpAddr>().is_ok()
             || name == "localhost"
             || self.allowed_hosts.contains(&name)
+            || self.allowed_hosts.iter().any(|allowed| allowed == "*")
     }
 }
 
@@ -131,7 +133,10 @@ impl AdminPolicy {
 fn host_name(host: &str) -> &str {
     let host = host.trim();
     if let Some(bracketed) = host.strip_prefix('[') {
-        return bracketed.split(']').next().unwrap_or_default();
+        // `[::1]` or `[::1]:8081`; an unclosed bracket is no name at all.
+        return bracketed
+            .split_once(']')
+            .map_or("", |(address, _port)| address);
     }
     match host.rsplit_once(':') {
         Some((name, port)) if port.bytes().all(|byte| byte.is_ascii_digit()) => name,
@@ -212,6 +217,11 @@ mod tests {
         for host in ["evil.example:8081", "localhost.evil.example", "[::1"] {
             assert!(!policy.host_allowed(host), "{host}");
         }
+        let any = AdminPolicy {
+            allowed_hosts: vec!["*".to_string()],
+            ..policy
+        };
+        assert!(any.host_allowed("airbag-admin.monitoring.svc:8081"));
     }
 
     #[test]
