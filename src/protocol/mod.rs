@@ -64,6 +64,47 @@ pub struct ChatRequest {
     /// what the target needs), so nothing airbag does not read is lost. None for a request
     /// airbag made or changed (a judge's, a resumed stream's).
     pub passthrough: Option<Passthrough>,
+    /// The client's own fallback targets (`fallbacks` in the body, or the
+    /// `x-airbag-fallbacks` header), in place of the route's tiers after the first; None
+    /// walks the route as configured. Which targets are allowed is the routing's call
+    /// (`crate::routing`). Never part of the cache key, never forwarded upstream (it is
+    /// taken out of the passthrough body).
+    pub fallbacks: Option<Vec<String>>,
+}
+
+/// Most entries a request's `fallbacks` may list.
+pub const MAX_FALLBACKS: usize = 8;
+
+/// Takes `fallbacks` out of a client's body: a list of `"provider/model"` targets.
+/// Airbag's own field, so no provider ever sees it.
+pub fn take_fallbacks(
+    body: &mut serde_json::Map<String, Value>,
+) -> Result<Option<Vec<String>>, InvalidBody> {
+    let Some(value) = body.remove("fallbacks") else {
+        return Ok(None);
+    };
+    let invalid = || {
+        InvalidBody::new(
+            "fallbacks",
+            format!(
+                "must be a list of at most {MAX_FALLBACKS} targets \"provider/model\", e.g. [\"openai/gpt-4o-mini\"]"
+            ),
+        )
+    };
+    let Value::Array(items) = value else {
+        return Err(invalid());
+    };
+    if items.len() > MAX_FALLBACKS {
+        return Err(invalid());
+    }
+    items
+        .into_iter()
+        .map(|item| match item {
+            Value::String(target) if !target.trim().is_empty() => Ok(target.trim().to_string()),
+            _ => Err(invalid()),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
 }
 
 /// The body a client sent, in its protocol.
