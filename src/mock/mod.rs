@@ -178,6 +178,10 @@ pub struct MockOptions {
     pub valid_keys: Option<Vec<String>>,
     /// Bedrock and Vertex credentials the mock checks (SigV4 secrets, a service account).
     pub cloud: CloudAuth,
+    /// Top-level chat fields answered with Mistral's 422 `extra_forbidden`, as APIs that
+    /// refuse what they do not define do (Mistral refuses `stream_options`, `store`,
+    /// `max_completion_tokens`…).
+    pub refused_fields: Vec<String>,
 }
 
 impl Default for MockOptions {
@@ -187,6 +191,7 @@ impl Default for MockOptions {
             chunk_delay: Duration::ZERO,
             valid_keys: None,
             cloud: CloudAuth::default(),
+            refused_fields: Vec::new(),
         }
     }
 }
@@ -197,6 +202,9 @@ struct MockState {
     requests: Mutex<Vec<ReceivedRequest>>,
     /// Responses abandoned by the client before they were complete.
     cancelled: AtomicUsize,
+    /// Chat requests being answered now (until their response head), and the most at once.
+    in_flight: AtomicUsize,
+    peak_in_flight: AtomicUsize,
     /// Vertex access tokens this mock issued.
     tokens: cloud::IssuedTokens,
 }
@@ -227,6 +235,27 @@ impl MockState {
             return Some(rule.fault.clone());
         }
         None
+    }
+}
+
+/// One chat request being answered, counted in the mock's concurrency until dropped.
+struct Busy {
+    state: Arc<MockState>,
+}
+
+impl Busy {
+    fn new(state: &Arc<MockState>) -> Busy {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+        Busy {
+            state: state.clone(),
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.state.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -271,6 +300,8 @@ impl MockProvider {
             rules: Mutex::new(rules),
             requests: Mutex::new(Vec::new()),
             cancelled: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            peak_in_flight: AtomicUsize::new(0),
             tokens: cloud::IssuedTokens::default(),
         });
         let (shutdown, mut watcher) = watch::channel(false);
@@ -328,6 +359,17 @@ impl MockProvider {
         self.state.cancelled.load(Ordering::SeqCst)
     }
 
+    /// The most chat requests this mock was answering at once (until their heads).
+    pub fn peak_concurrency(&self) -> usize {
+        self.state.peak_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The base URL of Gemini's OpenAI-compatible endpoint shape
+    /// (`…/v1beta/openai/chat/completions`), which this mock serves too.
+    pub fn gemini_base_url(&self) -> String {
+        format!("http://{}/v1beta/openai", self.addr)
+    }
+
     /// Service-account tokens minted at `POST /token`.
     pub fn token_exchanges(&self) -> usize {
         self.state.tokens.exchanges()
@@ -350,11 +392,34 @@ fn router(state: Arc<MockState>) -> Router {
     Router::new()
         .route(
             "/v1/chat/completions",
-            post(|state, headers, body| answer(state, headers, body, Surface::OpenAi)),
+            post(|state, headers, body| {
+                answer(
+                    state,
+                    headers,
+                    body,
+                    Surface::OpenAi,
+                    "/v1/chat/completions",
+                )
+            }),
+        )
+        // Gemini's OpenAI-compatible endpoint.
+        .route(
+            "/v1beta/openai/chat/completions",
+            post(|state, headers, body| {
+                answer(
+                    state,
+                    headers,
+                    body,
+                    Surface::OpenAi,
+                    "/v1beta/openai/chat/completions",
+                )
+            }),
         )
         .route(
             "/v1/messages",
-            post(|state, headers, body| answer(state, headers, body, Surface::Anthropic)),
+            post(|state, headers, body| {
+                answer(state, headers, body, Surface::Anthropic, "/v1/messages")
+            }),
         )
         .route("/v1/messages/count_tokens", post(count_tokens))
         .route("/v1/embeddings", post(embeddings))
@@ -540,8 +605,11 @@ async fn replace_faults(State(state): State<Arc<MockState>>, body: Bytes) -> Res
 
 async fn stats(State(state): State<Arc<MockState>>) -> Response {
     let requests = state.requests.lock().map(|r| r.len()).unwrap_or(0);
-    axum::Json(json!({"requests": requests, "cancelled": state.cancelled.load(Ordering::SeqCst)}))
-        .into_response()
+    axum::Json(
+        json!({"requests": requests, "cancelled": state.cancelled.load(Ordering::SeqCst),
+        "peak_concurrency": state.peak_in_flight.load(Ordering::SeqCst)}),
+    )
+    .into_response()
 }
 
 async fn answer(
@@ -549,16 +617,21 @@ async fn answer(
     headers: HeaderMap,
     body: Bytes,
     surface: Surface,
+    path: &'static str,
 ) -> Response {
+    let _busy = Busy::new(&state);
     let key = cloud::bearer(&headers).or_else(|| cloud::header(&headers, "x-api-key"));
     let raw: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let model = raw["model"].as_str().unwrap_or_default().to_string();
     let anthropic_version = cloud::header(&headers, "anthropic-version");
+    let refused = state
+        .options
+        .refused_fields
+        .iter()
+        .find(|field| raw.get(field.as_str()).is_some())
+        .cloned();
     state.record(ReceivedRequest {
-        path: match surface {
-            Surface::OpenAi => "/v1/chat/completions".to_string(),
-            _ => "/v1/messages".to_string(),
-        },
+        path: path.to_string(),
         key: key.clone(),
         anthropic_version: anthropic_version.clone(),
         model: model.clone(),
@@ -567,6 +640,13 @@ async fn answer(
         traceparent: cloud::header(&headers, "traceparent"),
         anthropic_beta: cloud::header(&headers, "anthropic-beta"),
     });
+    if let Some(field) = refused {
+        // Mistral's shape of the refusal.
+        let body = json!({"object": "error", "message": {"detail": [{"type": "extra_forbidden",
+            "loc": ["body", field], "msg": "Extra inputs are not permitted"}]},
+            "type": "invalid_request_error", "param": null, "code": null});
+        return (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response();
+    }
     if surface == Surface::Anthropic && anthropic_version.is_none() {
         return surface.error_response(
             400,
