@@ -211,6 +211,9 @@ pub struct ProviderConfig {
     /// `max_tokens` sent to an Anthropic target when the client sent none.
     #[serde(default = "default_max_tokens")]
     pub default_max_tokens: u32,
+    /// `openai` kind: a cloud's OpenAI-compatible endpoint (`gemini`, `mistral`), whose
+    /// base URL is then the default and whose quirks airbag handles.
+    pub preset: Option<OpenAiPreset>,
     /// The field an `openai` target takes the output limit in: OpenAI's own API wants
     /// `max_completion_tokens` (its reasoning models refuse `max_tokens`); many
     /// compatible servers only know `max_tokens`.
@@ -269,6 +272,19 @@ pub struct AwsCredentialsConfig {
     pub secret_access_key: Secret,
     /// Only for temporary credentials (STS, SSO).
     pub session_token: Option<Secret>,
+}
+
+/// `kind = "openai"` on a cloud's OpenAI-compatible endpoint: its default `base_url`
+/// and the quirks airbag handles for it (`src/providers/surface/openai.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpenAiPreset {
+    /// Google's Gemini API (`…/v1beta/openai/`): refuses fields it does not define, and
+    /// answers errors as a JSON list.
+    Gemini,
+    /// Mistral's API: refuses fields it does not define (422), `stream_options`
+    /// included, and takes the seed as `random_seed`.
+    Mistral,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

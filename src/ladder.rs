@@ -29,6 +29,7 @@ use crate::protocol::{
     random_id, replay_as_stream,
 };
 use crate::providers::resume::{self, ResumePlan};
+use crate::providers::surface::Surface;
 use crate::providers::{AttemptRecord, ChainOutcome, Route, UpstreamAnswer, chain};
 use crate::server::Gateway;
 
@@ -358,11 +359,23 @@ fn provider_tag(
         upstream_request_id,
         request_id: None,
         dropped_fields: route
-            .body_dialect_of(target)
-            .map(|dialect| crossing::dropped_fields(request, dialect))
+            .surface_of(target)
+            .map(|surface| dropped_fields(request, surface))
             .unwrap_or_default(),
         chain: walked_chain(route),
     }
+}
+
+/// What of the client's body `surface` did not get: what its dialect cannot be given,
+/// then the fields its endpoint refuses (a preset's, `surface/openai.rs`).
+fn dropped_fields(request: &ChatRequest, surface: &dyn Surface) -> Vec<String> {
+    let mut dropped = crossing::dropped_fields(request, surface.body_dialect());
+    for name in surface.refused_fields(request) {
+        if !dropped.contains(&name) {
+            dropped.push(name);
+        }
+    }
+    dropped
 }
 
 /// Rung 2's walk over the chain. A request that leads a flight of identical requests

@@ -772,9 +772,11 @@ fn refusal_message(status: u16, body: &[u8]) -> String {
 /// The message of an upstream error body, or its first 2,000 characters.
 fn upstream_message(body: &[u8]) -> String {
     let upstream: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    // `{"error": {"message"}}` (OpenAI, Anthropic, Google) or `{"message"}` (AWS).
+    // `{"error": {"message"}}` (OpenAI, Anthropic, Google), `{"message"}` (AWS) or
+    // `[{"error": {"message"}}]` (Gemini's OpenAI-compatible endpoint).
     upstream
         .pointer("/error/message")
+        .or_else(|| upstream.pointer("/0/error/message"))
         .or_else(|| upstream.get("message"))
         .and_then(Value::as_str)
         .map(str::to_string)

@@ -180,7 +180,8 @@ pub struct MockOptions {
     pub cloud: CloudAuth,
     /// Top-level chat fields answered with Mistral's 422 `extra_forbidden`, as APIs that
     /// refuse what they do not define do (Mistral refuses `stream_options`, `store`,
-    /// `max_completion_tokens`…).
+    /// `max_completion_tokens`…). With `stream_options` among them, streams carry their
+    /// usage unasked, as Mistral's do.
     pub refused_fields: Vec<String>,
 }
 
@@ -402,17 +403,13 @@ fn router(state: Arc<MockState>) -> Router {
                 )
             }),
         )
-        // Gemini's OpenAI-compatible endpoint.
+        // Gemini's OpenAI-compatible endpoint, with Google's errors.
         .route(
             "/v1beta/openai/chat/completions",
-            post(|state, headers, body| {
-                answer(
-                    state,
-                    headers,
-                    body,
-                    Surface::OpenAi,
-                    "/v1beta/openai/chat/completions",
-                )
+            post(|state, headers, body| async move {
+                let path = "/v1beta/openai/chat/completions";
+                let response = answer(state, headers, body, Surface::OpenAi, path).await;
+                as_google_errors(response).await
             }),
         )
         .route(
@@ -434,6 +431,39 @@ fn router(state: Arc<MockState>) -> Router {
         .route("/mock/stats", get(stats))
         .with_state(state)
         .layer(axum::middleware::from_fn(with_request_id))
+}
+
+/// Where Gemini's OpenAI-compatible endpoint lives.
+const GEMINI_PREFIX: &str = "/v1beta/openai/";
+
+/// Google's error shape on Gemini's OpenAI-compatible endpoint: a JSON list of one error.
+fn google_error(status: u16, message: &str) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    let body = json!([{"error": {"code": status.as_u16(), "message": message,
+        "status": if status.is_client_error() { "INVALID_ARGUMENT" } else { "UNAVAILABLE" }}}]);
+    (status, axum::Json(body)).into_response()
+}
+
+/// An error answer of the OpenAI surface rewritten in Google's shape.
+async fn as_google_errors(response: Response) -> Response {
+    let status = response.status();
+    if !status.is_client_error() && !status.is_server_error() {
+        return response;
+    }
+    let retry_after = response.headers().get("retry-after").cloned();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let message = parsed
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .unwrap_or("mock error");
+    let mut google = google_error(status.as_u16(), message);
+    if let Some(retry_after) = retry_after {
+        google.headers_mut().insert("retry-after", retry_after);
+    }
+    google
 }
 
 /// Every answer carries a request id in the header its surface uses: Anthropic's
@@ -641,6 +671,12 @@ async fn answer(
         anthropic_beta: cloud::header(&headers, "anthropic-beta"),
     });
     if let Some(field) = refused {
+        if path.starts_with(GEMINI_PREFIX) {
+            let message = format!(
+                "Invalid JSON payload received. Unknown name \"{field}\": Cannot find field."
+            );
+            return google_error(400, &message);
+        }
         // Mistral's shape of the refusal.
         let body = json!({"object": "error", "message": {"detail": [{"type": "extra_forbidden",
             "loc": ["body", field], "msg": "Extra inputs are not permitted"}]},
@@ -672,13 +708,22 @@ async fn serve(
         Protocol::OpenAi => openai::parse_request(body),
         Protocol::Anthropic => anthropic::parse_request(body),
     };
-    let request = match parsed {
+    let mut request = match parsed {
         Ok(request) => request,
         Err(invalid) => {
             let message = format!("{}: {}", invalid.field, invalid.message);
             return surface.error_response(400, &message, "invalid_request_error");
         }
     };
+    // An API that refuses `stream_options` sends a stream's usage unasked (Mistral).
+    if state
+        .options
+        .refused_fields
+        .iter()
+        .any(|field| field == "stream_options")
+    {
+        request.include_usage = true;
+    }
     if let Some(valid) = &state.options.valid_keys
         && !key.as_ref().is_some_and(|key| valid.contains(key))
     {

@@ -166,15 +166,14 @@ impl Route {
             .flat_map(|tier| tier.members.iter().map(|member| &member.target))
     }
 
-    /// The body dialect of the target labelled `label` (a tier member or the
-    /// context-window fallback); None when it is not this route's or its provider is
-    /// disabled.
-    pub fn body_dialect_of(&self, label: &str) -> Option<crate::protocol::Protocol> {
+    /// The surface of the target labelled `label` (a tier member or the context-window
+    /// fallback); None when it is not this route's or its provider is disabled.
+    pub fn surface_of(&self, label: &str) -> Option<&dyn surface::Surface> {
         self.targets()
             .chain(self.context_window_fallback.as_ref())
             .find(|target| target.label == label)
             .and_then(|target| target.provider.as_ref())
-            .map(|provider| provider.surface.body_dialect())
+            .map(|provider| provider.surface.as_ref())
     }
 
     /// One request's order of targets from tier `from` on, leaving out `exclude`: tier by
