@@ -961,6 +961,32 @@ impl Config {
                 }
             }
         }
+        // The cache reads one semantic threshold and scope per model name.
+        let global = self.routes.iter().map(|route| ("routes", route));
+        let others = self
+            .clients
+            .iter()
+            .filter(|other| !std::ptr::eq(*other, client))
+            .flat_map(|other| {
+                other
+                    .routes
+                    .iter()
+                    .map(|route| ("another client's routes", route))
+            });
+        let named: Vec<(&str, &RouteConfig)> = global.chain(others).collect();
+        for (index, route) in client.routes.iter().enumerate() {
+            let differs = named.iter().find(|(_, other)| {
+                other.model == route.model
+                    && (other.semantic_threshold != route.semantic_threshold
+                        || other.cache_scope != route.cache_scope)
+            });
+            if let Some((table, _)) = differs {
+                problems.push(format!(
+                    "{path}.routes[{index}]: `{}` is also routed in {table} with another semantic_threshold or cache_scope; the cache keeps one setting per model name, so make them the same",
+                    route.model
+                ));
+            }
+        }
         if client.requests_per_minute == Some(0) {
             problems.push(format!(
                 "{path}.requests_per_minute: must be at least 1; remove it for no limit"
@@ -1117,6 +1143,33 @@ chain = ["a/m", "ghost/m", "nomodel"]
         );
         assert!(
             message.contains("routes[0].chain[2]: `nomodel` is not a target"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_client_route_keeps_the_cache_settings_of_the_model_name() {
+        let message = problems_of(
+            r#"
+[providers.a]
+kind = "openai"
+base_url = "http://x/v1"
+
+[[routes]]
+model = "chat"
+chain = ["a/m"]
+
+[[clients]]
+key = "env:K"
+tenant = "t"
+[[clients.routes]]
+model = "chat"
+chain = ["a/m"]
+cache_scope = "user"
+"#,
+        );
+        assert!(
+            message.contains("clients[0].routes[0]: `chat` is also routed in routes with another semantic_threshold or cache_scope"),
             "{message}"
         );
     }

@@ -221,9 +221,15 @@ impl RunningGateway {
 pub async fn start(config: &Config, env: &Env) -> Result<RunningGateway, StartupError> {
     let mut gateway = Gateway::from_config(config, env)?;
     if config.cache.enabled {
-        let policies = config
-            .routes
+        // Clients' own routes add their model names; a name the global table routes
+        // too keeps the global route's settings (check-config refuses a difference).
+        let client_routes = config
+            .clients
             .iter()
+            .rev()
+            .flat_map(|client| &client.routes);
+        let policies = client_routes
+            .chain(&config.routes)
             .map(|route| {
                 let policy = crate::cache::RouteCachePolicy {
                     semantic_threshold: route.semantic_threshold,
