@@ -42,6 +42,43 @@ async fn three_providers(
     (TestGateway::start(&config, &keys).await, a, b, c)
 }
 
+/// An OpenAI chat request sent with the client key `key`.
+async fn openai_as(gateway: &TestGateway, key: &str, body: Value) -> common::Reply {
+    let bearer = format!("Bearer {key}");
+    gateway
+        .post("/v1/chat/completions", body, &[("authorization", &bearer)])
+        .await
+}
+
+/// An Anthropic chat request sent with `header` besides `anthropic-version`.
+async fn anthropic_with(gateway: &TestGateway, body: Value, header: (&str, &str)) -> common::Reply {
+    gateway
+        .post(
+            "/v1/messages",
+            body,
+            &[("anthropic-version", "2023-06-01"), header],
+        )
+        .await
+}
+
+/// The reply to `ask` once the cache answers it (the write lands in the background), or
+/// the last reply after a second of asking.
+async fn asked_until_cached<F, R>(ask: F) -> common::Reply
+where
+    F: Fn() -> R,
+    R: std::future::Future<Output = common::Reply>,
+{
+    let mut reply = ask().await;
+    for _ in 0..50 {
+        if reply.rung() == "cache" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        reply = ask().await;
+    }
+    reply
+}
+
 #[tokio::test]
 async fn a_request_s_fallbacks_replace_the_route_s_tiers_after_the_first() {
     let (gateway, a, b, c) = three_providers(true, "").await;
@@ -85,16 +122,12 @@ async fn anthropic_clients_name_fallbacks_in_the_body_or_the_header() {
     assert_eq!(reply.served_by(), "provider:c/m");
     assert_eq!(reply.json()["type"], "message");
 
-    let reply = gateway
-        .post(
-            "/v1/messages",
-            anthropic_chat("chat", "hello there"),
-            &[
-                ("anthropic-version", "2023-06-01"),
-                ("x-airbag-fallbacks", "c/m"),
-            ],
-        )
-        .await;
+    let reply = anthropic_with(
+        &gateway,
+        anthropic_chat("chat", "hello there"),
+        ("x-airbag-fallbacks", "c/m"),
+    )
+    .await;
     assert_eq!(reply.served_by(), "provider:c/m");
     assert_eq!(b.request_count(), 0);
     assert_eq!(c.request_count(), 2);
@@ -107,16 +140,7 @@ async fn anthropic_clients_name_fallbacks_in_the_body_or_the_header() {
     // Both at once: one would be lost silently, so neither is taken.
     let mut body = anthropic_chat("chat", "hello there");
     body["fallbacks"] = json!(["c/m"]);
-    let reply = gateway
-        .post(
-            "/v1/messages",
-            body,
-            &[
-                ("anthropic-version", "2023-06-01"),
-                ("x-airbag-fallbacks", "b/m"),
-            ],
-        )
-        .await;
+    let reply = anthropic_with(&gateway, body, ("x-airbag-fallbacks", "b/m")).await;
     assert_eq!(reply.status, 400, "{}", reply.text);
     assert!(reply.text.contains("x-airbag-fallbacks"), "{}", reply.text);
 }
@@ -138,13 +162,7 @@ async fn a_fallback_outside_the_client_s_providers_is_a_400_naming_it() {
     let (gateway, a, b, c) = three_providers(false, CLIENTS).await;
     let mut body = openai_chat("chat", "go around");
     body["fallbacks"] = json!(["c/m", "b/m"]);
-    let reply = gateway
-        .post(
-            "/v1/chat/completions",
-            body.clone(),
-            &[("authorization", "Bearer eu-key")],
-        )
-        .await;
+    let reply = openai_as(&gateway, "eu-key", body.clone()).await;
     assert_eq!(reply.status, 400, "{}", reply.text);
     let error = &reply.json()["error"];
     assert_eq!(error["param"], "fallbacks");
@@ -156,16 +174,7 @@ async fn a_fallback_outside_the_client_s_providers_is_a_400_naming_it() {
     // In Anthropic's shape for an Anthropic client; an unknown target is refused too.
     let mut body = anthropic_chat("chat", "go around");
     body["fallbacks"] = json!(["nowhere/m"]);
-    let reply = gateway
-        .post(
-            "/v1/messages",
-            body,
-            &[
-                ("anthropic-version", "2023-06-01"),
-                ("x-api-key", "free-key"),
-            ],
-        )
-        .await;
+    let reply = anthropic_with(&gateway, body, ("x-api-key", "free-key")).await;
     assert_eq!(reply.status, 400, "{}", reply.text);
     assert_eq!(reply.json()["type"], "error");
     assert_eq!(reply.json()["error"]["type"], "invalid_request_error");
@@ -182,13 +191,7 @@ async fn a_fallback_outside_the_client_s_providers_is_a_400_naming_it() {
     // The same fallbacks are fine for a client that may use every provider.
     let mut body = openai_chat("chat", "go around");
     body["fallbacks"] = json!(["c/m", "b/m"]);
-    let reply = gateway
-        .post(
-            "/v1/chat/completions",
-            body,
-            &[("authorization", "Bearer free-key")],
-        )
-        .await;
+    let reply = openai_as(&gateway, "free-key", body).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(reply.served_by(), "provider:a/m");
 }
@@ -214,13 +217,7 @@ async fn a_client_stays_inside_its_allowed_providers_while_its_primary_is_down()
     let keys = [("KEY_FREE", "free-key"), ("KEY_EU", "eu-key")];
     let gateway = TestGateway::start(&config, &keys).await;
 
-    let eu = gateway
-        .post(
-            "/v1/chat/completions",
-            openai_chat("chat", "stay home"),
-            &[("authorization", "Bearer eu-key")],
-        )
-        .await;
+    let eu = openai_as(&gateway, "eu-key", openai_chat("chat", "stay home")).await;
     assert_eq!(eu.status, 200, "{}", eu.text);
     assert_eq!(eu.served_by(), "provider:c/m");
     assert_eq!(eu.depth(), "2", "depths stay the route's");
@@ -236,13 +233,7 @@ async fn a_client_stays_inside_its_allowed_providers_while_its_primary_is_down()
     );
 
     // A client without the limit fails over to b as the route says.
-    let free = gateway
-        .post(
-            "/v1/chat/completions",
-            openai_chat("chat", "anywhere"),
-            &[("authorization", "Bearer free-key")],
-        )
-        .await;
+    let free = openai_as(&gateway, "free-key", openai_chat("chat", "anywhere")).await;
     assert_eq!(free.served_by(), "provider:b/m");
     assert_eq!(b.request_count(), 1);
 }
@@ -263,32 +254,14 @@ model = "chat"
 chain = ["c/m"]
 "#;
     let (gateway, a, b, c) = three_providers(false, extra).await;
-    let eu = gateway
-        .post(
-            "/v1/chat/completions",
-            openai_chat("chat", "mine"),
-            &[("authorization", "Bearer eu-key")],
-        )
-        .await;
+    let eu = openai_as(&gateway, "eu-key", openai_chat("chat", "mine")).await;
     assert_eq!(eu.status, 200, "{}", eu.text);
     assert_eq!(eu.served_by(), "provider:c/m");
     assert_eq!(eu.depth(), "0");
     // A model it does not route itself falls back to the global table (narrowed to c).
-    let other = gateway
-        .post(
-            "/v1/chat/completions",
-            openai_chat("other", "theirs"),
-            &[("authorization", "Bearer eu-key")],
-        )
-        .await;
+    let other = openai_as(&gateway, "eu-key", openai_chat("other", "theirs")).await;
     assert_eq!(other.served_by(), "provider:c/m");
-    let free = gateway
-        .post(
-            "/v1/chat/completions",
-            openai_chat("chat", "global"),
-            &[("authorization", "Bearer free-key")],
-        )
-        .await;
+    let free = openai_as(&gateway, "free-key", openai_chat("chat", "global")).await;
     assert_eq!(free.served_by(), "provider:a/m");
     assert_eq!(
         (a.request_count(), b.request_count(), c.request_count()),
@@ -355,32 +328,14 @@ cache = "off"
     );
     let gateway =
         TestGateway::start(&config, &[("KEY_ON", "on-key"), ("KEY_OFF", "off-key")]).await;
-    let ask = |key: &'static str| {
-        let gateway = &gateway;
-        async move {
-            gateway
-                .post(
-                    "/v1/chat/completions",
-                    openai_chat("chat", "same question"),
-                    &[("authorization", key)],
-                )
-                .await
-        }
-    };
+    let ask = |key: &'static str| openai_as(&gateway, key, openai_chat("chat", "same question"));
     // The caching client stores the answer, and finds it again.
-    assert_eq!(ask("Bearer on-key").await.rung(), "provider");
-    let mut cached = ask("Bearer on-key").await;
-    for _ in 0..50 {
-        if cached.rung() == "cache" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        cached = ask("Bearer on-key").await;
-    }
+    assert_eq!(ask("on-key").await.rung(), "provider");
+    let cached = asked_until_cached(|| ask("on-key")).await;
     assert_eq!(cached.served_by(), "cache:exact");
     let before = a.request_count();
     // Same tenant, same question: the client with the cache off still asks the provider.
-    let off = ask("Bearer off-key").await;
+    let off = ask("off-key").await;
     assert_eq!(off.rung(), "provider", "{}", off.text);
     assert_eq!(a.request_count(), before + 1);
 }
@@ -402,14 +357,7 @@ async fn fallbacks_are_not_part_of_the_cache_key() {
     let mut with_fallbacks = openai_chat("chat", "cache me");
     with_fallbacks["fallbacks"] = json!(["c/m"]);
     assert_eq!(gateway.openai(with_fallbacks).await.rung(), "provider");
-    let mut again = gateway.openai(openai_chat("chat", "cache me")).await;
-    for _ in 0..50 {
-        if again.rung() == "cache" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        again = gateway.openai(openai_chat("chat", "cache me")).await;
-    }
+    let again = asked_until_cached(|| gateway.openai(openai_chat("chat", "cache me"))).await;
     assert_eq!(again.served_by(), "cache:exact");
 }
 
@@ -430,13 +378,7 @@ async fn limited(limits: &str) -> (TestGateway, airbag::mock::MockProvider) {
 #[tokio::test]
 async fn past_its_requests_per_minute_a_client_key_gets_a_429_with_retry_after() {
     let (gateway, a) = limited("requests_per_minute = 2").await;
-    let ask = || {
-        gateway.post(
-            "/v1/chat/completions",
-            openai_chat("chat", "again"),
-            &[("authorization", "Bearer limited-key")],
-        )
-    };
+    let ask = || openai_as(&gateway, "limited-key", openai_chat("chat", "again"));
     let first = ask().await;
     assert_eq!(first.status, 200);
     assert_eq!(first.header("x-ratelimit-limit-requests"), "2");
@@ -465,16 +407,12 @@ async fn past_its_requests_per_minute_a_client_key_gets_a_429_with_retry_after()
     );
 
     // Anthropic clients get Anthropic's shape.
-    let refused = gateway
-        .post(
-            "/v1/messages",
-            anthropic_chat("chat", "again"),
-            &[
-                ("anthropic-version", "2023-06-01"),
-                ("x-api-key", "limited-key"),
-            ],
-        )
-        .await;
+    let refused = anthropic_with(
+        &gateway,
+        anthropic_chat("chat", "again"),
+        ("x-api-key", "limited-key"),
+    )
+    .await;
     assert_eq!(refused.status, 429);
     assert_eq!(refused.json()["error"]["type"], "rate_limit_error");
     assert!(!refused.header("retry-after").is_empty());
@@ -491,33 +429,21 @@ async fn past_its_requests_per_minute_a_client_key_gets_a_429_with_retry_after()
 async fn tokens_of_streamed_and_complete_answers_count_against_tokens_per_minute() {
     // The mock's answer to a four-word question costs 4 input and 7 output tokens.
     let (gateway, _a) = limited("tokens_per_minute = 15").await;
-    let auth = [("authorization", "Bearer limited-key")];
-    let mut streamed = openai_chat("chat", "count these four words");
+    let question = || openai_chat("chat", "count these four words");
+    let mut streamed = question();
     streamed["stream"] = json!(true);
-    let first = gateway.post("/v1/chat/completions", streamed, &auth).await;
+    let first = openai_as(&gateway, "limited-key", streamed).await;
     assert_eq!(first.status, 200, "{}", first.text);
     assert_eq!(first.header("x-ratelimit-limit-tokens"), "15");
     // 11 of 15 spent: one more request is let in, and spends past the budget.
-    let second = gateway
-        .post(
-            "/v1/chat/completions",
-            openai_chat("chat", "count these four words"),
-            &auth,
-        )
-        .await;
+    let second = openai_as(&gateway, "limited-key", question()).await;
     assert_eq!(second.status, 200, "{}", second.text);
     let remaining: u64 = second
         .header("x-ratelimit-remaining-tokens")
         .parse()
         .unwrap();
     assert!(remaining <= 4, "{remaining}");
-    let refused = gateway
-        .post(
-            "/v1/chat/completions",
-            openai_chat("chat", "count these four words"),
-            &auth,
-        )
-        .await;
+    let refused = openai_as(&gateway, "limited-key", question()).await;
     assert_eq!(refused.status, 429, "{}", refused.text);
     assert!(
         refused.text.contains("tokens_per_minute"),

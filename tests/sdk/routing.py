@@ -73,15 +73,16 @@ def anthropic_refused(client: anthropic.Anthropic) -> None:
     raise AssertionError("a fallback outside allowed_providers was accepted")
 
 
-def openai_kept_inside(client: openai.OpenAI) -> None:
-    raw = client.chat.completions.with_raw_response.create(model="chat", messages=MESSAGES)
-    expect("served by", raw.headers.get("x-airbag-served-by"), "provider:c/m")
+def expect_walk(client: openai.OpenAI, model: str, first: dict, served_by: str) -> None:
+    """An OpenAI answer for `model` after the `first` attempt, served by `served_by`."""
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=MESSAGES)
+    expect("served by", raw.headers.get("x-airbag-served-by"), f"provider:{served_by}")
     attempts = without_upstream_ids((raw.parse().model_extra or {})["airbag"]["attempts"])
-    expect(
-        "attempts",
-        attempts,
-        [{"target": "a/m", "outcome": "status_503"}, {"target": "c/m", "outcome": "ok"}],
-    )
+    expect("attempts", attempts, [first, {"target": served_by, "outcome": "ok"}])
+
+
+def openai_kept_inside(client: openai.OpenAI) -> None:
+    expect_walk(client, "chat", {"target": "a/m", "outcome": "status_503"}, "c/m")
 
 
 def anthropic_kept_inside(client: anthropic.Anthropic) -> None:
@@ -108,14 +109,7 @@ def limited(openai_client: openai.OpenAI, anthropic_client: anthropic.Anthropic)
 
 
 def openai_spill(client: openai.OpenAI) -> None:
-    raw = client.chat.completions.with_raw_response.create(model="busy", messages=MESSAGES)
-    expect("served by", raw.headers.get("x-airbag-served-by"), "provider:b/m")
-    attempts = without_upstream_ids((raw.parse().model_extra or {})["airbag"]["attempts"])
-    expect(
-        "attempts",
-        attempts,
-        [{"target": "slow/m", "outcome": "saturated"}, {"target": "b/m", "outcome": "ok"}],
-    )
+    expect_walk(client, "busy", {"target": "slow/m", "outcome": "saturated"}, "b/m")
 
 
 def anthropic_spill(client: anthropic.Anthropic) -> None:
