@@ -80,7 +80,8 @@ pub const MAX_FALLBACKS: usize = 8;
 pub fn take_fallbacks(
     body: &mut serde_json::Map<String, Value>,
 ) -> Result<Option<Vec<String>>, InvalidBody> {
-    let Some(value) = body.remove("fallbacks") else {
+    // `null` counts as absent, as for every field.
+    let Some(value) = body.remove("fallbacks").filter(|value| !value.is_null()) else {
         return Ok(None);
     };
     let invalid = || {
@@ -644,4 +645,36 @@ pub fn replay_as_stream(response: ChatResponse) -> EventStream {
         stop_reason: response.stop_reason,
     });
     Box::pin(futures_util::stream::iter(events.into_iter().map(Ok)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn taken(body: Value) -> Result<Option<Vec<String>>, InvalidBody> {
+        let Value::Object(mut body) = body else {
+            unreachable!("the tests pass objects")
+        };
+        let taken = take_fallbacks(&mut body);
+        assert!(!body.contains_key("fallbacks"), "taken out of the body");
+        taken
+    }
+
+    #[test]
+    fn fallbacks_are_a_short_list_of_targets_taken_out_of_the_body() {
+        assert_eq!(
+            taken(serde_json::json!({"fallbacks": ["a/m", " b/m "]})).unwrap(),
+            Some(vec!["a/m".to_string(), "b/m".to_string()])
+        );
+        assert_eq!(taken(serde_json::json!({"fallbacks": null})).unwrap(), None);
+        assert_eq!(taken(serde_json::json!({})).unwrap(), None);
+        for bad in [
+            serde_json::json!({"fallbacks": "a/m"}),
+            serde_json::json!({"fallbacks": [1]}),
+            serde_json::json!({"fallbacks": [""]}),
+            serde_json::json!({"fallbacks": vec!["a/m"; MAX_FALLBACKS + 1]}),
+        ] {
+            assert_eq!(taken(bad).unwrap_err().field, "fallbacks");
+        }
+    }
 }
