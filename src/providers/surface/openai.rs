@@ -234,7 +234,8 @@ mod tests {
         .as_object()
         .cloned()
         .unwrap();
-        let refused = fit_to_preset(OpenAiPreset::Mistral, &mut body);
+        let mut refused = fit_to_preset(OpenAiPreset::Mistral, &mut body);
+        refused.sort();
         assert_eq!(refused, vec!["store".to_string(), "user".to_string()]);
         assert_eq!(
             Value::Object(body),
