@@ -293,6 +293,9 @@ pub struct ProviderConfig {
     /// `max_tokens` sent to an Anthropic target when the client sent none.
     #[serde(default = "default_max_tokens")]
     pub default_max_tokens: u32,
+    /// `openai` kind: a cloud's OpenAI-compatible endpoint (`gemini`, `mistral`), whose
+    /// base URL is then the default and whose quirks airbag handles.
+    pub preset: Option<OpenAiPreset>,
     /// The field an `openai` target takes the output limit in: OpenAI's own API wants
     /// `max_completion_tokens` (its reasoning models refuse `max_tokens`); many
     /// compatible servers only know `max_tokens`.
@@ -315,6 +318,14 @@ pub struct ProviderConfig {
     /// 5xx, 529 and broken connections keep their retries either way.
     #[serde(default)]
     pub retry_on_timeout: bool,
+    /// Requests each of this provider's targets serves at once (unlimited when unset). A
+    /// request past it waits up to `queue_timeout` for a slot, then spills to the next
+    /// member or tier (attempt outcome `saturated`) instead of queueing on a throttled
+    /// target.
+    pub max_concurrent: Option<u32>,
+    /// How long a request waits for a slot of a saturated target before it spills.
+    #[serde(default = "default_queue_timeout", with = "humantime_serde")]
+    pub queue_timeout: Duration,
 }
 
 impl ProviderConfig {
@@ -343,6 +354,19 @@ pub struct AwsCredentialsConfig {
     pub secret_access_key: Secret,
     /// Only for temporary credentials (STS, SSO).
     pub session_token: Option<Secret>,
+}
+
+/// `kind = "openai"` on a cloud's OpenAI-compatible endpoint: its default `base_url`
+/// and the quirks airbag handles for it (`src/providers/surface/openai.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpenAiPreset {
+    /// Google's Gemini API (`…/v1beta/openai/`): refuses fields it does not define, and
+    /// answers errors as a JSON list.
+    Gemini,
+    /// Mistral's API: refuses fields it does not define (422), `stream_options`
+    /// included, and takes the seed as `random_seed`.
+    Mistral,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -502,6 +526,35 @@ pub struct ClientConfig {
     pub key: Secret,
     /// Whose cache entries this client reads and writes.
     pub tenant: String,
+    /// This client's own routes, looked up before the global `[[routes]]` (a model it
+    /// does not route itself falls back to the global table).
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// The providers this client's requests may reach, whatever the route, a request's
+    /// `fallbacks`, a hedge or a resumed stream would pick; unset means every provider.
+    /// Kept so a regulated tenant stays on the clouds it may use during an outage.
+    pub allowed_providers: Option<Vec<String>>,
+    /// How this client uses the cache: `on`, `exact-only` (no semantic lookup, answers
+    /// stored for exact hits only) or `off`.
+    #[serde(default)]
+    pub cache: ClientCacheMode,
+    /// Chat requests this key may make per minute; past it a 429 with `retry-after`.
+    pub requests_per_minute: Option<u32>,
+    /// Input plus output tokens (from the answers' usage) this key may spend per minute;
+    /// past it a 429 with `retry-after` until the minute's budget refills.
+    pub tokens_per_minute: Option<u64>,
+}
+
+/// A client's use of the cache (`[[clients]] cache`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum ClientCacheMode {
+    #[default]
+    #[serde(rename = "on")]
+    On,
+    #[serde(rename = "exact-only")]
+    ExactOnly,
+    #[serde(rename = "off")]
+    Off,
 }
 
 /// An `env:NAME` reference to a secret in the environment.
@@ -649,6 +702,9 @@ fn default_canned_reload_interval() -> Duration {
 }
 fn default_retries() -> u32 {
     2
+}
+fn default_queue_timeout() -> Duration {
+    Duration::from_millis(500)
 }
 fn default_retry_after_max() -> Duration {
     Duration::from_secs(5)
@@ -850,9 +906,19 @@ impl Config {
     }
 
     fn check_routes(&self, problems: &mut Vec<String>) {
+        self.check_route_table("routes", &self.routes, problems);
+    }
+
+    /// One table of routes (the global `routes`, or a client's own) at `table_path`.
+    fn check_route_table(
+        &self,
+        table_path: &str,
+        routes: &[RouteConfig],
+        problems: &mut Vec<String>,
+    ) {
         let mut seen = HashSet::new();
-        for (index, route) in self.routes.iter().enumerate() {
-            let path = format!("routes[{index}]");
+        for (index, route) in routes.iter().enumerate() {
+            let path = format!("{table_path}[{index}]");
             if let Some(threshold) = route.semantic_threshold {
                 problems.extend(crate::cache::config::threshold_problem(
                     &format!("{path}.semantic_threshold"),
@@ -972,6 +1038,86 @@ impl Config {
             if client.tenant.trim().is_empty() {
                 problems.push(format!("{path}.tenant: is empty; name the tenant"));
             }
+            self.check_route_table(&format!("{path}.routes"), &client.routes, problems);
+            self.check_client_policy(&path, client, problems);
+        }
+    }
+
+    /// A client's allowed providers exist and its own routes stay within them; its
+    /// limits are at least 1.
+    fn check_client_policy(&self, path: &str, client: &ClientConfig, problems: &mut Vec<String>) {
+        if let Some(allowed) = &client.allowed_providers {
+            if allowed.is_empty() {
+                problems.push(format!(
+                    "{path}.allowed_providers: is empty, so no request of this client could reach a provider; list at least one, or remove the key to allow all"
+                ));
+            }
+            for (index, provider) in allowed.iter().enumerate() {
+                if !self.providers.contains_key(provider) {
+                    problems.push(format!(
+                        "{path}.allowed_providers[{index}]: provider `{provider}` is not defined; add [providers.{provider}] or fix the name"
+                    ));
+                }
+            }
+            for (index, route) in client.routes.iter().enumerate() {
+                let route_path = format!("{path}.routes[{index}]");
+                let chain = route.chain.iter().enumerate().flat_map(|(position, tier)| {
+                    let tier_path = format!("{route_path}.chain[{position}]");
+                    tier.members()
+                        .into_iter()
+                        .map(move |(target, _)| (tier_path.clone(), target))
+                });
+                let context = route
+                    .context_window_fallback
+                    .as_deref()
+                    .map(|target| (format!("{route_path}.context_window_fallback"), target));
+                for (target_path, target) in chain.chain(context) {
+                    let Some((provider, _)) = split_target(target) else {
+                        continue;
+                    };
+                    if !allowed.iter().any(|name| name == provider) {
+                        problems.push(format!(
+                            "{target_path}: `{target}` is on provider `{provider}`, which {path}.allowed_providers does not list; add it there or pick a target on an allowed provider"
+                        ));
+                    }
+                }
+            }
+        }
+        // The cache reads one semantic threshold and scope per model name.
+        let global = self.routes.iter().map(|route| ("routes", route));
+        let others = self
+            .clients
+            .iter()
+            .filter(|other| !std::ptr::eq(*other, client))
+            .flat_map(|other| {
+                other
+                    .routes
+                    .iter()
+                    .map(|route| ("another client's routes", route))
+            });
+        let named: Vec<(&str, &RouteConfig)> = global.chain(others).collect();
+        for (index, route) in client.routes.iter().enumerate() {
+            let differs = named.iter().find(|(_, other)| {
+                other.model == route.model
+                    && (other.semantic_threshold != route.semantic_threshold
+                        || other.cache_scope != route.cache_scope)
+            });
+            if let Some((table, _)) = differs {
+                problems.push(format!(
+                    "{path}.routes[{index}]: `{}` is also routed in {table} with another semantic_threshold or cache_scope; the cache keeps one setting per model name, so make them the same",
+                    route.model
+                ));
+            }
+        }
+        if client.requests_per_minute == Some(0) {
+            problems.push(format!(
+                "{path}.requests_per_minute: must be at least 1; remove it for no limit"
+            ));
+        }
+        if client.tokens_per_minute == Some(0) {
+            problems.push(format!(
+                "{path}.tokens_per_minute: must be at least 1; remove it for no limit"
+            ));
         }
     }
 }
@@ -1064,6 +1210,11 @@ fn check_provider(name: &str, provider: &ProviderConfig, problems: &mut Vec<Stri
             "{path}.key_cooldown: must be longer than 0, or a rejected key is retried at once; write e.g. \"60s\""
         ));
     }
+    if provider.max_concurrent == Some(0) {
+        problems.push(format!(
+            "{path}.max_concurrent: must be at least 1; remove it for no limit"
+        ));
+    }
     if provider.default_max_tokens == 0 {
         problems.push(format!("{path}.default_max_tokens: must be at least 1"));
     }
@@ -1114,6 +1265,33 @@ chain = ["a/m", "ghost/m", "nomodel"]
         );
         assert!(
             message.contains("routes[0].chain[2]: `nomodel` is not a target"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_client_route_keeps_the_cache_settings_of_the_model_name() {
+        let message = problems_of(
+            r#"
+[providers.a]
+kind = "openai"
+base_url = "http://x/v1"
+
+[[routes]]
+model = "chat"
+chain = ["a/m"]
+
+[[clients]]
+key = "env:K"
+tenant = "t"
+[[clients.routes]]
+model = "chat"
+chain = ["a/m"]
+cache_scope = "user"
+"#,
+        );
+        assert!(
+            message.contains("clients[0].routes[0]: `chat` is also routed in routes with another semantic_threshold or cache_scope"),
             "{message}"
         );
     }

@@ -45,6 +45,25 @@ pub enum RequestError {
     },
     #[error("model `{model}` is not routed by this gateway; ask for one of: {}", known.join(", "))]
     UnknownModel { model: String, known: Vec<String> },
+    /// A target of the request's `fallbacks` (or `x-airbag-fallbacks`) the caller may
+    /// not use: unknown, or on a provider its client key is not allowed.
+    #[error("fallback `{target}` is refused: {reason}")]
+    FallbackRefused { target: String, reason: String },
+    /// A client key's `requests_per_minute` or `tokens_per_minute` is spent.
+    #[error(
+        "the client key of tenant `{tenant}` is over its limit of {per_minute} {} ([[clients]] {}); retry in {}s",
+        if *limit == crate::limits::Limit::RequestsPerMinute { "requests a minute" } else { "tokens a minute" },
+        limit.key(),
+        retry_after_seconds(*retry_after)
+    )]
+    RateLimited {
+        tenant: String,
+        limit: crate::limits::Limit,
+        per_minute: u64,
+        retry_after: std::time::Duration,
+        /// The spent budget's `x-ratelimit-*` headers.
+        headers: Vec<(String, String)>,
+    },
     #[error(
         "every target of route `{route}` failed: {}",
         describe_attempts(attempts)
@@ -53,6 +72,11 @@ pub enum RequestError {
         route: String,
         attempts: Vec<AttemptRecord>,
     },
+}
+
+/// Whole seconds for `retry-after`, rounded up and at least 1.
+fn retry_after_seconds(wait: std::time::Duration) -> u64 {
+    (wait.as_secs_f64().ceil() as u64).max(1)
 }
 
 fn describe_attempts(attempts: &[AttemptRecord]) -> String {
@@ -73,7 +97,9 @@ impl RequestError {
             RequestError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             RequestError::BodyUnreadable(_)
             | RequestError::InvalidBody(_)
-            | RequestError::InvalidHeader { .. } => StatusCode::BAD_REQUEST,
+            | RequestError::InvalidHeader { .. }
+            | RequestError::FallbackRefused { .. } => StatusCode::BAD_REQUEST,
+            RequestError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             RequestError::UnknownModel { .. } => StatusCode::NOT_FOUND,
             RequestError::AllTargetsFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -91,6 +117,8 @@ impl RequestError {
             RequestError::InvalidBody(_) => "invalid_request",
             RequestError::InvalidHeader { .. } => "invalid_header",
             RequestError::UnknownModel { .. } => "unknown_model",
+            RequestError::FallbackRefused { .. } => "fallback_refused",
+            RequestError::RateLimited { .. } => "rate_limited",
             RequestError::AllTargetsFailed { .. } => "all_targets_failed",
         }
     }
@@ -113,6 +141,7 @@ impl RequestError {
             RequestError::InvalidBody(invalid) => Some(invalid.field.as_str()),
             RequestError::InvalidHeader { header, .. } => Some(*header),
             RequestError::UnknownModel { .. } => Some("model"),
+            RequestError::FallbackRefused { .. } => Some("fallbacks"),
             RequestError::UnsupportedMediaType { .. } => Some("content-type"),
             RequestError::Overloaded { key, .. } => Some(*key),
             _ => None,
@@ -124,6 +153,7 @@ impl RequestError {
                     RequestError::AllTargetsFailed { .. } | RequestError::Overloaded { .. } => {
                         "service_unavailable"
                     }
+                    RequestError::RateLimited { .. } => "rate_limit_error",
                     _ => "invalid_request_error",
                 };
                 openai::render_error(&message, error_type, self.kind(), param)
@@ -136,6 +166,7 @@ impl RequestError {
                     RequestError::AllTargetsFailed { .. } | RequestError::Overloaded { .. } => {
                         "overloaded_error"
                     }
+                    RequestError::RateLimited { .. } => "rate_limit_error",
                     _ => "invalid_request_error",
                 };
                 anthropic::render_error(&message, error_type)
@@ -159,6 +190,21 @@ impl RequestError {
             RequestError::BodyTimeout { .. } => {
                 vec![(header::CONNECTION, HeaderValue::from_static("close"))]
             }
+            RequestError::RateLimited {
+                retry_after,
+                headers,
+                ..
+            } => std::iter::once((
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_seconds(*retry_after)),
+            ))
+            .chain(headers.iter().filter_map(|(name, value)| {
+                Some((
+                    axum::http::HeaderName::try_from(name.as_str()).ok()?,
+                    HeaderValue::from_str(value).ok()?,
+                ))
+            }))
+            .collect(),
             _ => Vec::new(),
         }
     }

@@ -29,6 +29,7 @@ use crate::protocol::{
     random_id, replay_as_stream,
 };
 use crate::providers::resume::{self, ResumePlan};
+use crate::providers::surface::Surface;
 use crate::providers::{AttemptRecord, ChainOutcome, Route, UpstreamAnswer, chain};
 use crate::server::Gateway;
 
@@ -70,6 +71,10 @@ pub struct RungTag {
     /// What of the client's body the answering target (of the other dialect) could not
     /// be given (`x-airbag-dropped-fields`); see `protocol::crossing`.
     pub dropped_fields: Vec<String>,
+    /// The request's own chain (`x-airbag-chain`), tier by tier, when it was not the
+    /// route's as configured: the request's `fallbacks` or its client's allowed
+    /// providers changed it (`crate::routing`).
+    pub chain: Option<Vec<Vec<String>>>,
 }
 
 impl RungTag {
@@ -94,6 +99,9 @@ impl RungTag {
         }
         if !self.dropped_fields.is_empty() {
             tag["dropped_fields"] = json!(self.dropped_fields);
+        }
+        if let Some(chain) = &self.chain {
+            tag["chain"] = json!(chain);
         }
         tag
     }
@@ -125,24 +133,15 @@ impl Served {
     }
 }
 
-/// Walk the rungs for one request of `tenant`.
+/// Walk the rungs for one request of `tenant` over `route`, the chain
+/// `crate::routing::request_route` drew for it.
 pub async fn answer(
     gateway: &Gateway,
+    route: &Arc<Route>,
     request: &ChatRequest,
     tenant: &str,
     controls: &CacheControls,
 ) -> Result<Served, RequestError> {
-    let Some(route) = gateway.routes.find(&request.model) else {
-        return Err(RequestError::UnknownModel {
-            model: request.model.clone(),
-            known: gateway
-                .routes
-                .iter()
-                .map(|route| route.model.clone())
-                .collect(),
-        });
-    };
-
     // Rung 1: cache.
     let Lookup {
         hit,
@@ -216,7 +215,11 @@ pub async fn answer(
         }),
         // Stale-if-error: an expired answer beats no answer, but only now.
         ChainOutcome::Exhausted { attempts } => match stale {
-            Some(stale) => Ok(cache_served(stale, request, true, attempts)),
+            Some(stale) => {
+                let mut served = cache_served(stale, request, true, attempts);
+                served.tag.chain = walked_chain(route);
+                Ok(served)
+            }
             // Rung 3: canned. Every target failed or was skipped.
             None => canned_answer(gateway, route, request, question_vector, attempts).await,
         },
@@ -254,8 +257,14 @@ fn cache_served(
             upstream_request_id: None,
             request_id: None,
             dropped_fields: Vec::new(),
+            chain: None,
         },
     }
+}
+
+/// The chain a tag shows: the route's tiers when they were drawn for this request.
+fn walked_chain(route: &Route) -> Option<Vec<Vec<String>>> {
+    route.per_request.then(|| route.chain_labels())
 }
 
 /// The best canned entry for the request, as a complete answer (or its replay as a
@@ -317,6 +326,7 @@ async fn canned_answer(
             upstream_request_id: None,
             request_id: None,
             dropped_fields: Vec::new(),
+            chain: walked_chain(route),
         },
     })
 }
@@ -349,10 +359,23 @@ fn provider_tag(
         upstream_request_id,
         request_id: None,
         dropped_fields: route
-            .body_dialect_of(target)
-            .map(|dialect| crossing::dropped_fields(request, dialect))
+            .surface_of(target)
+            .map(|surface| dropped_fields(request, surface))
             .unwrap_or_default(),
+        chain: walked_chain(route),
     }
+}
+
+/// What of the client's body `surface` did not get: what its dialect cannot be given,
+/// then the fields its endpoint refuses (a preset's, `surface/openai.rs`).
+fn dropped_fields(request: &ChatRequest, surface: &dyn Surface) -> Vec<String> {
+    let mut dropped = crossing::dropped_fields(request, surface.body_dialect());
+    for name in surface.refused_fields(request) {
+        if !dropped.contains(&name) {
+            dropped.push(name);
+        }
+    }
+    dropped
 }
 
 /// Rung 2's walk over the chain. A request that leads a flight of identical requests

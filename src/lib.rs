@@ -9,6 +9,10 @@
 //!   connection cap, for both listeners.
 //! - [`health`]: `/readyz` (can any rung answer?) and `/healthz/upstreams` (are the
 //!   providers up?) on the proxy listener.
+//! - [`clients`]: client keys, their tenants and policies (own routes, allowed
+//!   providers, cache use); [`limits`]: their requests and tokens per minute.
+//! - [`routing`]: the chain a request walks: its client's route, its own fallbacks,
+//!   its client's allowed providers.
 //! - [`ladder`]: the one function that knows the order of the rungs.
 //! - [`providers`]: rung 2, the chain of targets with retries, backoff, key rotation,
 //!   timeouts, circuit breakers and the quality judge.
@@ -24,17 +28,20 @@
 pub mod admin;
 pub mod cache;
 pub mod canned;
+pub mod clients;
 pub mod config;
 pub mod drill;
 pub mod error;
 pub mod health;
 pub mod http_edge;
 pub mod ladder;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod mock;
 pub mod protocol;
 pub mod providers;
+pub mod routing;
 pub mod server;
 pub mod telemetry;
 pub mod tokens;

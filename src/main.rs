@@ -461,6 +461,7 @@ async fn main() -> ExitCode {
                 chunk_delay: args.chunk_delay,
                 valid_keys: (!args.keys.is_empty()).then(|| args.keys.clone()),
                 cloud,
+                ..MockOptions::default()
             };
             let mock = match MockProvider::start(args.listen, options, args.rules()).await {
                 Ok(mock) => mock,

@@ -83,6 +83,14 @@ pub struct Metrics {
     pub stream_resumes: IntCounterVec,
     /// Attempts an injected fault (a drill) acted on, by target and fault kind.
     pub injected_faults: IntCounterVec,
+    /// Requests waiting for a slot of a target at its `max_concurrent`, by target.
+    pub target_queue_depth: IntGaugeVec,
+    /// Requests that found a target saturated past its `queue_timeout` and moved on to
+    /// the next member or tier, by target.
+    pub target_spills: IntCounterVec,
+    /// Requests refused with 429 by a client key's limit, by tenant and limit
+    /// (`requests_per_minute`, `tokens_per_minute`).
+    pub client_rate_limited: IntCounterVec,
     /// Open connections by listener (`proxy`, `admin`).
     pub connections: IntGaugeVec,
     /// Connections the listener ended by listener and reason: `header_timeout`,
@@ -358,6 +366,30 @@ impl Metrics {
             &["target", "fault"],
         )?;
         registry.register(Box::new(injected_faults.clone()))?;
+        let target_queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "airbag_target_queue_depth",
+                "Requests waiting for a slot of a target at its max_concurrent",
+            ),
+            &["target"],
+        )?;
+        registry.register(Box::new(target_queue_depth.clone()))?;
+        let target_spills = IntCounterVec::new(
+            Opts::new(
+                "airbag_target_spills_total",
+                "Requests that found a target saturated past its queue_timeout and moved on",
+            ),
+            &["target"],
+        )?;
+        registry.register(Box::new(target_spills.clone()))?;
+        let client_rate_limited = IntCounterVec::new(
+            Opts::new(
+                "airbag_client_rate_limited_total",
+                "Requests refused with 429 by a client key's limit, by tenant and limit",
+            ),
+            &["tenant", "limit"],
+        )?;
+        registry.register(Box::new(client_rate_limited.clone()))?;
         let connections = IntGaugeVec::new(
             Opts::new("airbag_connections", "Open connections, by listener"),
             &["listener"],
@@ -445,6 +477,9 @@ impl Metrics {
             hedges,
             stream_resumes,
             injected_faults,
+            target_queue_depth,
+            target_spills,
+            client_rate_limited,
             connections,
             connections_closed,
             tokens,

@@ -4,7 +4,7 @@
 //! Ingress turns a request into a neutral `ChatRequest` or an error; it never decides
 //! which rung serves. Egress renders whatever the ladder returns; it never retries.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,10 +26,13 @@ use tracing::Instrument;
 
 use crate::cache::{Cache, CacheControls, CacheScope, CacheStartError};
 use crate::canned::{self, CannedSet, ExampleEmbedder};
+use crate::clients::{Client, Clients};
+use crate::config::ClientCacheMode;
 use crate::config::{Config, Env};
 use crate::error::RequestError;
 use crate::http_edge::{self, RequestId};
 use crate::ladder::{self, Answer, RungTag, Served};
+use crate::limits;
 use crate::listener::{self, ConnectionLimits, ListenerMetrics};
 use crate::metrics::Metrics;
 use crate::protocol::{
@@ -37,6 +40,7 @@ use crate::protocol::{
 };
 use crate::providers::forward::{Endpoint, Forwarded};
 use crate::providers::{AttemptRecord, Provider, Routes};
+use crate::routing;
 use crate::telemetry::RequestTrace;
 use crate::tokens::TokenAccount;
 use crate::traffic::RequestRecord;
@@ -44,8 +48,7 @@ use crate::traffic::RequestRecord;
 /// How long a shutdown waits for in-flight requests.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// The tenant of every caller when no client keys are configured.
-pub const OPEN_TENANT: &str = "default";
+pub use crate::clients::OPEN_TENANT;
 
 /// Everything a request needs, built once from the config.
 pub struct Gateway {
@@ -56,9 +59,8 @@ pub struct Gateway {
     /// Why each provider that could not be built is disabled.
     pub disabled_providers: BTreeMap<String, String>,
     pub metrics: Metrics,
-    /// blake3 of each client key → tenant. Hashing first means the lookup's timing says
-    /// nothing about the keys themselves.
-    clients: HashMap<[u8; 32], String>,
+    /// The client keys with their tenants and policies.
+    clients: Clients,
     max_body: usize,
     /// How long a request body may take to arrive once its head is in
     /// (`server.body_timeout`).
@@ -133,17 +135,7 @@ impl Gateway {
         }
         let metrics = Metrics::new()?;
         let routes = Routes::build(config, &providers, &metrics);
-        let clients: HashMap<[u8; 32], String> = config
-            .clients
-            .iter()
-            .filter_map(|client| {
-                let key = client.key.resolve(env)?;
-                Some((
-                    *blake3::hash(key.as_bytes()).as_bytes(),
-                    client.tenant.clone(),
-                ))
-            })
-            .collect();
+        let clients = Clients::build(config, env, &routes);
         if config.clients.is_empty() {
             tracing::warn!(
                 "no client keys configured: the gateway is open and every caller shares the tenant `{OPEN_TENANT}`"
@@ -197,20 +189,9 @@ impl Gateway {
         })
     }
 
-    /// The tenant of the caller, from `Authorization: Bearer` or `x-api-key`.
-    fn tenant(&self, headers: &HeaderMap) -> Result<String, RequestError> {
-        if self.clients.is_empty() {
-            return Ok(OPEN_TENANT.to_string());
-        }
-        let bearer = bearer_token(headers);
-        let api_key = headers
-            .get("x-api-key")
-            .and_then(|value| value.to_str().ok());
-        let key = bearer.or(api_key).ok_or(RequestError::Unauthorized)?;
-        self.clients
-            .get(blake3::hash(key.trim().as_bytes()).as_bytes())
-            .cloned()
-            .ok_or(RequestError::Unauthorized)
+    /// The caller, from `Authorization: Bearer` or `x-api-key`.
+    fn client(&self, headers: &HeaderMap) -> Result<Arc<Client>, RequestError> {
+        self.clients.identify(headers)
     }
 
     /// True when some route has a target that would be tried now: its provider is
@@ -225,16 +206,7 @@ impl Gateway {
     }
 }
 
-/// The credentials of `Authorization: Bearer …`. The scheme is case-insensitive (RFC
-/// 9110 §11.1), so `bearer` and `BEARER` are read too; surrounding whitespace is not part
-/// of the token.
-pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.trim_start().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
-}
+pub(crate) use crate::clients::bearer_token;
 
 /// A gateway listening on its proxy and admin addresses.
 pub struct RunningGateway {
@@ -288,9 +260,15 @@ pub async fn start(config: &Config, env: &Env) -> Result<RunningGateway, Startup
         tracing::info!(endpoint = %endpoint, "exporting OpenTelemetry traces");
     }
     if config.cache.enabled {
-        let policies = config
-            .routes
+        // Clients' own routes add their model names; a name the global table routes
+        // too keeps the global route's settings (check-config refuses a difference).
+        let client_routes = config
+            .clients
             .iter()
+            .rev()
+            .flat_map(|client| &client.routes);
+        let policies = client_routes
+            .chain(&config.routes)
             .map(|route| {
                 let policy = crate::cache::RouteCachePolicy {
                     semantic_threshold: route.semantic_threshold,
@@ -615,9 +593,20 @@ async fn serve_chat(
     facts: RequestFacts,
 ) -> Result<Response, RequestError> {
     let protocol = facts.protocol;
-    let tenant = gateway.tenant(headers)?;
+    let client = gateway.client(headers)?;
+    // Limits before any work: a refused request's body is never read.
+    let rate_limit_headers = client.limits.admit().inspect_err(|error| {
+        if let RequestError::RateLimited { tenant, limit, .. } = error {
+            gateway
+                .metrics
+                .client_rate_limited
+                .with_label_values(&[tenant, limit.key()])
+                .inc();
+        }
+    })?;
     require_json(headers)?;
     let mut controls = cache_controls(headers, gateway.max_cache_ttl)?;
+    client_cache_mode(&mut controls, client.cache);
     let body = read_body(body, headers, gateway.max_body, gateway.body_timeout).await?;
     controls.end_user = end_user(&body, protocol, &controls)?;
     let request = match protocol {
@@ -625,35 +614,35 @@ async fn serve_chat(
         Protocol::Anthropic => anthropic::parse_request(&body),
     }
     .map_err(RequestError::InvalidBody)?;
+    let fallbacks = request_fallbacks(request.fallbacks.clone(), headers)?;
     let request = ChatRequest {
         trace_context: match &facts.trace {
             Some(trace) => Some(trace.context.clone()),
             None => trace_context(headers),
         },
         anthropic_beta: anthropic_beta(headers),
+        fallbacks,
         ..request
     };
     tracing::Span::current().record("model", request.model.as_str());
     if let Some(trace) = &facts.trace {
         trace.model(&request.model);
     }
+    let route = routing::request_route(
+        &gateway.routes,
+        &client,
+        &request.model,
+        request.fallbacks.as_deref(),
+    )?;
     let include_usage = request.include_usage;
-    let keepalive = gateway
-        .routes
-        .find(&request.model)
-        .and_then(|route| route.stream_keepalive)
-        .filter(|_| request.stream);
+    let keepalive = route.stream_keepalive.filter(|_| request.stream);
     let Some(interval) = keepalive else {
-        let served = ladder::answer(gateway, &request, &tenant, &controls)
+        let served = ladder::answer(gateway, &route, &request, &client.tenant, &controls)
             .await?
             .with_request_id(facts.request_id.clone());
-        return Ok(render(
-            gateway,
-            served,
-            &facts,
-            &request.model,
-            include_usage,
-        ));
+        let served = limits::metered(served, client.limits.clone());
+        let response = render(gateway, served, &facts, &request.model, include_usage);
+        return Ok(with_rate_limit_headers(response, &rate_limit_headers));
     };
     // The ladder runs on its own future so the response can start without it: when it
     // has not answered within one interval, the head goes out and SSE comments keep the
@@ -661,25 +650,91 @@ async fn serve_chat(
     let model = request.model.clone();
     let owned = gateway.clone();
     let request_id = facts.request_id.clone();
+    let limits = client.limits.clone();
     let mut answering: LadderFuture = Box::pin(
         async move {
-            ladder::answer(&owned, &request, &tenant, &controls)
+            ladder::answer(&owned, &route, &request, &client.tenant, &controls)
                 .await
-                .map(|served| served.with_request_id(request_id))
+                .map(|served| limits::metered(served.with_request_id(request_id), limits))
         }
         .instrument(tracing::Span::current()),
     );
-    match tokio::time::timeout(interval, &mut answering).await {
-        Ok(served) => Ok(render(gateway, served?, &facts, &model, include_usage)),
-        Err(_) => Ok(kept_alive(
+    let response = match tokio::time::timeout(interval, &mut answering).await {
+        Ok(served) => render(gateway, served?, &facts, &model, include_usage),
+        Err(_) => kept_alive(
             gateway.clone(),
             answering,
             interval,
             Writer::new(protocol, &model, include_usage),
             facts,
             model,
-        )),
+        ),
+    };
+    Ok(with_rate_limit_headers(response, &rate_limit_headers))
+}
+
+/// The response with a limited client key's `x-ratelimit-*` headers.
+fn with_rate_limit_headers(mut response: Response, headers: &limits::RateLimitHeaders) -> Response {
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            axum::http::HeaderName::try_from(name.as_str()),
+            HeaderValue::from_str(value),
+        ) {
+            response.headers_mut().insert(name, value);
+        }
     }
+    response
+}
+
+/// A client's `cache` policy over what the request's headers asked: `off` neither looks
+/// nor stores, `exact-only` skips the semantic lookup (and stores for exact hits only).
+fn client_cache_mode(controls: &mut CacheControls, mode: ClientCacheMode) {
+    match mode {
+        ClientCacheMode::On => {}
+        ClientCacheMode::ExactOnly => controls.semantic = false,
+        ClientCacheMode::Off => {
+            controls.lookup = false;
+            controls.store = false;
+        }
+    }
+}
+
+/// The request's own fallbacks: the body's `fallbacks`, or `x-airbag-fallbacks`
+/// (targets separated by commas; empty: no fallbacks at all). Both at once is refused,
+/// since one would silently lose.
+fn request_fallbacks(
+    from_body: Option<Vec<String>>,
+    headers: &HeaderMap,
+) -> Result<Option<Vec<String>>, RequestError> {
+    let Some(value) = headers.get("x-airbag-fallbacks") else {
+        return Ok(from_body);
+    };
+    let invalid = |message: String| RequestError::InvalidHeader {
+        header: "x-airbag-fallbacks",
+        message,
+    };
+    if from_body.is_some() {
+        return Err(invalid(
+            "the body has `fallbacks` too; send the fallbacks in one of them".to_string(),
+        ));
+    }
+    let text = value
+        .to_str()
+        .map_err(|_| invalid("must be ASCII targets \"provider/model\"".to_string()))?;
+    let targets: Vec<String> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|target| !target.is_empty())
+        .map(str::to_string)
+        .collect();
+    if targets.len() > crate::protocol::MAX_FALLBACKS {
+        return Err(invalid(format!(
+            "lists {} targets; send at most {}",
+            targets.len(),
+            crate::protocol::MAX_FALLBACKS
+        )));
+    }
+    Ok(Some(targets))
 }
 
 type LadderFuture = std::pin::Pin<
@@ -815,9 +870,11 @@ fn refusal_message(status: u16, body: &[u8]) -> String {
 /// The message of an upstream error body, or its first 2,000 characters.
 fn upstream_message(body: &[u8]) -> String {
     let upstream: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    // `{"error": {"message"}}` (OpenAI, Anthropic, Google) or `{"message"}` (AWS).
+    // `{"error": {"message"}}` (OpenAI, Anthropic, Google), `{"message"}` (AWS) or
+    // `[{"error": {"message"}}]` (Gemini's OpenAI-compatible endpoint).
     upstream
         .pointer("/error/message")
+        .or_else(|| upstream.pointer("/0/error/message"))
         .or_else(|| upstream.get("message"))
         .and_then(Value::as_str)
         .map(str::to_string)
@@ -1106,7 +1163,17 @@ fn set_tag_headers(headers: &mut HeaderMap, tag: &RungTag) {
             dropped_fields_header(&tag.dropped_fields),
         )
     });
-    for (name, value) in values.into_iter().chain(upstream_id).chain(dropped) {
+    // Tiers in order, separated by `,`; a tier's members by `|`.
+    let chain = tag.chain.as_ref().map(|tiers| {
+        let tiers: Vec<String> = tiers.iter().map(|members| members.join(" | ")).collect();
+        ("x-airbag-chain", tiers.join(", "))
+    });
+    for (name, value) in values
+        .into_iter()
+        .chain(upstream_id)
+        .chain(dropped)
+        .chain(chain)
+    {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(name, value);
         }
@@ -1320,7 +1387,7 @@ async fn forwarded(
     protocol: Protocol,
 ) -> Response {
     let answered = async {
-        gateway.tenant(headers)?;
+        let client = gateway.client(headers)?;
         require_json(headers)?;
         let body = read_body(body, headers, gateway.max_body, gateway.body_timeout).await?;
         let request: Value =
@@ -1331,13 +1398,8 @@ async fn forwarded(
                 "is required: the model, an airbag route (GET /v1/models lists them)",
             )));
         };
-        let Some(route) = gateway.routes.find(model) else {
-            return Err(RequestError::UnknownModel {
-                model: model.to_string(),
-                known: gateway.routes.iter().map(|route| route.model.clone()).collect(),
-            });
-        };
-        match crate::providers::forward::forward(route, endpoint, &request).await {
+        let route = routing::request_route(&gateway.routes, &client, model, None)?;
+        match crate::providers::forward::forward(&route, endpoint, &request).await {
             Forwarded::Answered {
                 status,
                 body,

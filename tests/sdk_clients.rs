@@ -38,9 +38,12 @@ fn sdk_python() -> Option<String> {
     None
 }
 
-/// Runs the Python script on the blocking pool, so the gateway keeps serving meanwhile.
-async fn run_clients(python: String, args: Vec<String>) -> Output {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/clients.py");
+/// Runs a Python script of `tests/sdk/` on the blocking pool, so the gateway keeps
+/// serving meanwhile.
+async fn run_clients(python: String, script: &str, args: Vec<String>) -> Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sdk")
+        .join(script);
     let run = tokio::task::spawn_blocking(move || {
         let mut command = Command::new(&python);
         command
@@ -304,7 +307,12 @@ async fn the_official_python_sdks_work_through_the_gateway() {
 
 /// Runs the script with `args` and returns its summary line; a failed run fails the test.
 async fn run_summary(python: String, args: Vec<String>) -> Value {
-    let output = run_clients(python, args).await;
+    run_script_summary(python, "clients.py", args).await
+}
+
+/// The JSON summary line `script` printed, once it succeeded.
+async fn run_script_summary(python: String, script: &str, args: Vec<String>) -> Value {
+    let output = run_clients(python, script, args).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -537,4 +545,127 @@ async fn the_official_python_sdks_send_every_field_through() {
     assert!(anthropic_received.iter().any(
         |request| request.path == "/v1/messages/count_tokens" && request.model == "claude-mock"
     ));
+}
+
+/// Routing policy through both SDKs (`tests/sdk/routing.py`): a request's own
+/// `fallbacks`, a refused fallback, a client kept inside its allowed providers while the
+/// primary is down, a 429 from a client limit, a spill past a saturated target (held here
+/// by a request that waits on the mock), and the Gemini and Mistral presets.
+#[tokio::test]
+async fn the_official_python_sdks_route_by_request_and_client() {
+    use airbag::mock::MockOptions;
+
+    let Some(python) = sdk_python() else {
+        return;
+    };
+    let a = mock("a").await;
+    a.set_faults(vec![FaultRule::always(Fault::status(503))]);
+    let b = mock("b").await;
+    let c = mock("c").await;
+    let slow = mock("slow").await;
+    slow.set_faults(vec![FaultRule::times(1, Fault::Delay { ms: 60_000 })]);
+    let gemini = common::mock_with(
+        "gemini",
+        MockOptions {
+            refused_fields: vec!["store".to_string()],
+            ..MockOptions::default()
+        },
+        Vec::new(),
+    )
+    .await;
+    let mistral_refuses = ["stream_options", "seed", "store", "max_completion_tokens"];
+    let mistral = common::mock_with(
+        "mistral",
+        MockOptions {
+            refused_fields: mistral_refuses.iter().map(|f| f.to_string()).collect(),
+            ..MockOptions::default()
+        },
+        Vec::new(),
+    )
+    .await;
+    let config = format!(
+        "{}{}{}{}{}\
+         [providers.gemini]\nkind = \"openai\"\npreset = \"gemini\"\nbase_url = \"{}\"\n\
+         [providers.mistral]\nkind = \"openai\"\npreset = \"mistral\"\nbase_url = \"{}\"\n\
+         {}{}{}\
+         [[clients]]\nkey = \"env:FREE_KEY\"\ntenant = \"free\"\n\
+         [[clients]]\nkey = \"env:EU_KEY\"\ntenant = \"eu\"\nallowed_providers = [\"a\", \"c\"]\n\
+         [[clients]]\nkey = \"env:LIMITED_KEY\"\ntenant = \"limited\"\nrequests_per_minute = 1\n",
+        provider("a", "openai", &a, "retries = 0"),
+        provider("b", "openai", &b, ""),
+        provider("c", "openai", &c, ""),
+        provider(
+            "slow",
+            "openai",
+            &slow,
+            "max_concurrent = 1\nqueue_timeout = \"50ms\"\n\
+             timeouts = { connect = \"1s\", first_byte = \"120s\", idle = \"30s\", total = \"120s\" }"
+        ),
+        route("chat", &["a/m", "b/m", "c/m"]),
+        gemini.gemini_base_url(),
+        mistral.base_url(),
+        route("busy", &["slow/m", "b/m"]),
+        route("gemini-chat", &["gemini/gemini-2.5-flash"]),
+        route("mistral-chat", &["mistral/mistral-small-latest"]),
+    );
+    let keys = [
+        ("FREE_KEY", "sdk-free"),
+        ("EU_KEY", "sdk-eu"),
+        ("LIMITED_KEY", "sdk-limited"),
+    ];
+    let gateway = std::sync::Arc::new(TestGateway::start(&config, &keys).await);
+    // Hold the saturated target's one slot for the whole run.
+    let holder = {
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            gateway
+                .post(
+                    "/v1/chat/completions",
+                    common::openai_chat("busy", "hold the slot"),
+                    &[("authorization", "Bearer sdk-free")],
+                )
+                .await
+        })
+    };
+    while slow.request_count() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let args = vec![
+        "--gateway".to_string(),
+        gateway.url(""),
+        "--free-key".to_string(),
+        "sdk-free".to_string(),
+        "--eu-key".to_string(),
+        "sdk-eu".to_string(),
+        "--limited-key".to_string(),
+        "sdk-limited".to_string(),
+    ];
+    let summary = run_script_summary(python, "routing.py", args).await;
+    holder.abort();
+    assert_eq!(summary["failed"], json!([]), "{summary}");
+    assert_eq!(summary["passed"], 11, "{summary}");
+
+    // The saturated target answered one request at a time: the held one.
+    assert_eq!(slow.request_count(), 1);
+    assert_eq!(slow.peak_concurrency(), 1);
+    // b answered the two spills and the limited key's one request past the down a/m;
+    // never the eu client, which stayed on a and c.
+    assert_eq!(b.request_count(), 3);
+    // airbag's `fallbacks` never reached any provider.
+    for received in [a.requests(), b.requests(), c.requests()].concat() {
+        assert!(
+            received.body.get("fallbacks").is_none(),
+            "{:?}",
+            received.body
+        );
+    }
+    assert!(gemini.requests().iter().all(|request| {
+        request.path == "/v1beta/openai/chat/completions" && request.body.get("store").is_none()
+    }));
+    assert!(mistral.requests().iter().all(|request| {
+        mistral_refuses
+            .iter()
+            .all(|field| request.body.get(*field).is_none())
+    }));
+    assert_eq!(mistral.requests()[0].body["random_seed"], 7);
 }

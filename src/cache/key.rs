@@ -139,6 +139,9 @@ pub fn keys(scope: &Scope, request: &ChatRequest) -> CacheKeys {
         trace_context: _,
         anthropic_beta,
         passthrough,
+        // Which targets may answer, not what is asked: a request with its own fallbacks
+        // shares entries with one without.
+        fallbacks: _,
     } = request;
     let mut exact = Canon::new("airbag.exact.v1");
     let mut context = Canon::new("airbag.context.v1");

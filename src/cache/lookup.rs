@@ -49,7 +49,7 @@ impl Cache {
         };
         let keys = key::keys(&scope, request);
         let question = key::question(request);
-        let mut semantic = self.semantic_eligible(request, &question);
+        let mut semantic = controls.semantic && self.semantic_eligible(request, &question);
         if semantic && !self.config.semantic.multilingual && !language::looks_english(&question) {
             // The model reads English: other languages get exact hits only.
             self.count("semantic", "language");

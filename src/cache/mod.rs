@@ -74,6 +74,9 @@ pub struct CacheControls {
     pub lookup: bool,
     /// `Cache-Control: no-store` (or a TTL of 0): do not keep this answer.
     pub store: bool,
+    /// The semantic stage may run (a client with `cache = "exact-only"` turns it off):
+    /// no similar question is served, and the answer is stored for exact hits only.
+    pub semantic: bool,
     /// `x-airbag-cache-ttl`, already capped at `cache.max_ttl`.
     pub ttl: Option<Duration>,
     /// `x-airbag-cache-namespace`; empty for the tenant's default namespace.
@@ -106,6 +109,7 @@ impl Default for CacheControls {
         CacheControls {
             lookup: true,
             store: true,
+            semantic: true,
             ttl: None,
             namespace: String::new(),
             scope: None,

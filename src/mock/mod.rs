@@ -178,6 +178,11 @@ pub struct MockOptions {
     pub valid_keys: Option<Vec<String>>,
     /// Bedrock and Vertex credentials the mock checks (SigV4 secrets, a service account).
     pub cloud: CloudAuth,
+    /// Top-level chat fields answered with Mistral's 422 `extra_forbidden`, as APIs that
+    /// refuse what they do not define do (Mistral refuses `stream_options`, `store`,
+    /// `max_completion_tokens`…). With `stream_options` among them, streams carry their
+    /// usage unasked, as Mistral's do.
+    pub refused_fields: Vec<String>,
 }
 
 impl Default for MockOptions {
@@ -187,6 +192,7 @@ impl Default for MockOptions {
             chunk_delay: Duration::ZERO,
             valid_keys: None,
             cloud: CloudAuth::default(),
+            refused_fields: Vec::new(),
         }
     }
 }
@@ -197,6 +203,9 @@ struct MockState {
     requests: Mutex<Vec<ReceivedRequest>>,
     /// Responses abandoned by the client before they were complete.
     cancelled: AtomicUsize,
+    /// Chat requests being answered now (until their response head), and the most at once.
+    in_flight: AtomicUsize,
+    peak_in_flight: AtomicUsize,
     /// Vertex access tokens this mock issued.
     tokens: cloud::IssuedTokens,
 }
@@ -227,6 +236,27 @@ impl MockState {
             return Some(rule.fault.clone());
         }
         None
+    }
+}
+
+/// One chat request being answered, counted in the mock's concurrency until dropped.
+struct Busy {
+    state: Arc<MockState>,
+}
+
+impl Busy {
+    fn new(state: &Arc<MockState>) -> Busy {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+        Busy {
+            state: state.clone(),
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.state.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -271,6 +301,8 @@ impl MockProvider {
             rules: Mutex::new(rules),
             requests: Mutex::new(Vec::new()),
             cancelled: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            peak_in_flight: AtomicUsize::new(0),
             tokens: cloud::IssuedTokens::default(),
         });
         let (shutdown, mut watcher) = watch::channel(false);
@@ -328,6 +360,17 @@ impl MockProvider {
         self.state.cancelled.load(Ordering::SeqCst)
     }
 
+    /// The most chat requests this mock was answering at once (until their heads).
+    pub fn peak_concurrency(&self) -> usize {
+        self.state.peak_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The base URL of Gemini's OpenAI-compatible endpoint shape
+    /// (`…/v1beta/openai/chat/completions`), which this mock serves too.
+    pub fn gemini_base_url(&self) -> String {
+        format!("http://{}/v1beta/openai", self.addr)
+    }
+
     /// Service-account tokens minted at `POST /token`.
     pub fn token_exchanges(&self) -> usize {
         self.state.tokens.exchanges()
@@ -350,11 +393,30 @@ fn router(state: Arc<MockState>) -> Router {
     Router::new()
         .route(
             "/v1/chat/completions",
-            post(|state, headers, body| answer(state, headers, body, Surface::OpenAi)),
+            post(|state, headers, body| {
+                answer(
+                    state,
+                    headers,
+                    body,
+                    Surface::OpenAi,
+                    "/v1/chat/completions",
+                )
+            }),
+        )
+        // Gemini's OpenAI-compatible endpoint, with Google's errors.
+        .route(
+            "/v1beta/openai/chat/completions",
+            post(|state, headers, body| async move {
+                let path = "/v1beta/openai/chat/completions";
+                let response = answer(state, headers, body, Surface::OpenAi, path).await;
+                as_google_errors(response).await
+            }),
         )
         .route(
             "/v1/messages",
-            post(|state, headers, body| answer(state, headers, body, Surface::Anthropic)),
+            post(|state, headers, body| {
+                answer(state, headers, body, Surface::Anthropic, "/v1/messages")
+            }),
         )
         .route("/v1/messages/count_tokens", post(count_tokens))
         .route("/v1/embeddings", post(embeddings))
@@ -369,6 +431,39 @@ fn router(state: Arc<MockState>) -> Router {
         .route("/mock/stats", get(stats))
         .with_state(state)
         .layer(axum::middleware::from_fn(with_request_id))
+}
+
+/// Where Gemini's OpenAI-compatible endpoint lives.
+const GEMINI_PREFIX: &str = "/v1beta/openai/";
+
+/// Google's error shape on Gemini's OpenAI-compatible endpoint: a JSON list of one error.
+fn google_error(status: u16, message: &str) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    let body = json!([{"error": {"code": status.as_u16(), "message": message,
+        "status": if status.is_client_error() { "INVALID_ARGUMENT" } else { "UNAVAILABLE" }}}]);
+    (status, axum::Json(body)).into_response()
+}
+
+/// An error answer of the OpenAI surface rewritten in Google's shape.
+async fn as_google_errors(response: Response) -> Response {
+    let status = response.status();
+    if !status.is_client_error() && !status.is_server_error() {
+        return response;
+    }
+    let retry_after = response.headers().get("retry-after").cloned();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let message = parsed
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .unwrap_or("mock error");
+    let mut google = google_error(status.as_u16(), message);
+    if let Some(retry_after) = retry_after {
+        google.headers_mut().insert("retry-after", retry_after);
+    }
+    google
 }
 
 /// Every answer carries a request id in the header its surface uses: Anthropic's
@@ -540,8 +635,11 @@ async fn replace_faults(State(state): State<Arc<MockState>>, body: Bytes) -> Res
 
 async fn stats(State(state): State<Arc<MockState>>) -> Response {
     let requests = state.requests.lock().map(|r| r.len()).unwrap_or(0);
-    axum::Json(json!({"requests": requests, "cancelled": state.cancelled.load(Ordering::SeqCst)}))
-        .into_response()
+    axum::Json(
+        json!({"requests": requests, "cancelled": state.cancelled.load(Ordering::SeqCst),
+        "peak_concurrency": state.peak_in_flight.load(Ordering::SeqCst)}),
+    )
+    .into_response()
 }
 
 async fn answer(
@@ -549,16 +647,21 @@ async fn answer(
     headers: HeaderMap,
     body: Bytes,
     surface: Surface,
+    path: &'static str,
 ) -> Response {
+    let _busy = Busy::new(&state);
     let key = cloud::bearer(&headers).or_else(|| cloud::header(&headers, "x-api-key"));
     let raw: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let model = raw["model"].as_str().unwrap_or_default().to_string();
     let anthropic_version = cloud::header(&headers, "anthropic-version");
+    let refused = state
+        .options
+        .refused_fields
+        .iter()
+        .find(|field| raw.get(field.as_str()).is_some())
+        .cloned();
     state.record(ReceivedRequest {
-        path: match surface {
-            Surface::OpenAi => "/v1/chat/completions".to_string(),
-            _ => "/v1/messages".to_string(),
-        },
+        path: path.to_string(),
         key: key.clone(),
         anthropic_version: anthropic_version.clone(),
         model: model.clone(),
@@ -567,6 +670,19 @@ async fn answer(
         traceparent: cloud::header(&headers, "traceparent"),
         anthropic_beta: cloud::header(&headers, "anthropic-beta"),
     });
+    if let Some(field) = refused {
+        if path.starts_with(GEMINI_PREFIX) {
+            let message = format!(
+                "Invalid JSON payload received. Unknown name \"{field}\": Cannot find field."
+            );
+            return google_error(400, &message);
+        }
+        // Mistral's shape of the refusal.
+        let body = json!({"object": "error", "message": {"detail": [{"type": "extra_forbidden",
+            "loc": ["body", field], "msg": "Extra inputs are not permitted"}]},
+            "type": "invalid_request_error", "param": null, "code": null});
+        return (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response();
+    }
     if surface == Surface::Anthropic && anthropic_version.is_none() {
         return surface.error_response(
             400,
@@ -592,13 +708,22 @@ async fn serve(
         Protocol::OpenAi => openai::parse_request(body),
         Protocol::Anthropic => anthropic::parse_request(body),
     };
-    let request = match parsed {
+    let mut request = match parsed {
         Ok(request) => request,
         Err(invalid) => {
             let message = format!("{}: {}", invalid.field, invalid.message);
             return surface.error_response(400, &message, "invalid_request_error");
         }
     };
+    // An API that refuses `stream_options` sends a stream's usage unasked (Mistral).
+    if state
+        .options
+        .refused_fields
+        .iter()
+        .any(|field| field == "stream_options")
+    {
+        request.include_usage = true;
+    }
     if let Some(valid) = &state.options.valid_keys
         && !key.as_ref().is_some_and(|key| valid.contains(key))
     {

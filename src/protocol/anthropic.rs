@@ -17,7 +17,7 @@ use super::{
     ChatRequest, ChatResponse, Image, InvalidBody, Message, OutputParams, Part, Passthrough,
     Protocol, ProviderFields, Role, StopReason, StreamEvent, StreamFailure, TextOrParts, Tool,
     ToolCall, ToolChoice, ToolResult, Usage, parse_request_body, random_id,
-    require_model_and_messages, sse,
+    require_model_and_messages, sse, take_fallbacks,
 };
 use serde_json::Map;
 
@@ -205,7 +205,8 @@ fn check_request(object: &Map<String, Value>) -> Result<(), InvalidBody> {
 
 /// Parse an Anthropic Messages body. Errors name the JSON path at fault.
 pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
-    let (wire, raw): (WireRequest, _) = parse_request_body(body, check_request)?;
+    let (wire, mut raw): (WireRequest, _) = parse_request_body(body, check_request)?;
+    let fallbacks = take_fallbacks(&mut raw)?;
     require_model_and_messages(&wire.model, wire.messages.len())?;
     let messages = wire
         .messages
@@ -275,6 +276,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
             protocol: Protocol::Anthropic,
             body: std::sync::Arc::new(raw),
         }),
+        fallbacks,
     })
 }
 

@@ -64,6 +64,48 @@ pub struct ChatRequest {
     /// what the target needs), so nothing airbag does not read is lost. None for a request
     /// airbag made or changed (a judge's, a resumed stream's).
     pub passthrough: Option<Passthrough>,
+    /// The client's own fallback targets (`fallbacks` in the body, or the
+    /// `x-airbag-fallbacks` header), in place of the route's tiers after the first; None
+    /// walks the route as configured. Which targets are allowed is the routing's call
+    /// (`crate::routing`). Never part of the cache key, never forwarded upstream (it is
+    /// taken out of the passthrough body).
+    pub fallbacks: Option<Vec<String>>,
+}
+
+/// Most entries a request's `fallbacks` may list.
+pub const MAX_FALLBACKS: usize = 8;
+
+/// Takes `fallbacks` out of a client's body: a list of `"provider/model"` targets.
+/// Airbag's own field, so no provider ever sees it.
+pub fn take_fallbacks(
+    body: &mut serde_json::Map<String, Value>,
+) -> Result<Option<Vec<String>>, InvalidBody> {
+    // `null` counts as absent, as for every field.
+    let Some(value) = body.remove("fallbacks").filter(|value| !value.is_null()) else {
+        return Ok(None);
+    };
+    let invalid = || {
+        InvalidBody::new(
+            "fallbacks",
+            format!(
+                "must be a list of at most {MAX_FALLBACKS} targets \"provider/model\", e.g. [\"openai/gpt-4o-mini\"]"
+            ),
+        )
+    };
+    let Value::Array(items) = value else {
+        return Err(invalid());
+    };
+    if items.len() > MAX_FALLBACKS {
+        return Err(invalid());
+    }
+    items
+        .into_iter()
+        .map(|item| match item {
+            Value::String(target) if !target.trim().is_empty() => Ok(target.trim().to_string()),
+            _ => Err(invalid()),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
 }
 
 /// The body a client sent, in its protocol.
@@ -623,4 +665,36 @@ pub fn replay_as_stream(response: ChatResponse) -> EventStream {
         stop_reason: response.stop_reason,
     });
     Box::pin(futures_util::stream::iter(events.into_iter().map(Ok)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn taken(body: Value) -> Result<Option<Vec<String>>, InvalidBody> {
+        let Value::Object(mut body) = body else {
+            unreachable!("the tests pass objects")
+        };
+        let taken = take_fallbacks(&mut body);
+        assert!(!body.contains_key("fallbacks"), "taken out of the body");
+        taken
+    }
+
+    #[test]
+    fn fallbacks_are_a_short_list_of_targets_taken_out_of_the_body() {
+        assert_eq!(
+            taken(serde_json::json!({"fallbacks": ["a/m", " b/m "]})).unwrap(),
+            Some(vec!["a/m".to_string(), "b/m".to_string()])
+        );
+        assert_eq!(taken(serde_json::json!({"fallbacks": null})).unwrap(), None);
+        assert_eq!(taken(serde_json::json!({})).unwrap(), None);
+        for bad in [
+            serde_json::json!({"fallbacks": "a/m"}),
+            serde_json::json!({"fallbacks": [1]}),
+            serde_json::json!({"fallbacks": [""]}),
+            serde_json::json!({"fallbacks": vec!["a/m"; MAX_FALLBACKS + 1]}),
+        ] {
+            assert_eq!(taken(bad).unwrap_err().field, "fallbacks");
+        }
+    }
 }

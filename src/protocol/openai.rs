@@ -13,7 +13,7 @@ use super::{
     ChatRequest, ChatResponse, Image, InvalidBody, Message, OutputParams, Part, Passthrough,
     Protocol, ProviderFields, ReasoningEffort, Role, StopReason, StreamEvent, StreamFailure,
     TextOrParts, Tool, ToolCall, ToolChoice, ToolResult, Usage, parse_request_body, random_id,
-    require_model_and_messages, sse, unix_now,
+    require_model_and_messages, sse, take_fallbacks, unix_now,
 };
 use serde_json::Map;
 
@@ -180,7 +180,8 @@ fn check_request(object: &Map<String, Value>) -> Result<(), InvalidBody> {
 
 /// Parse an OpenAI Chat Completions body. Errors name the JSON path at fault.
 pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
-    let (wire, raw): (WireRequest, _) = parse_request_body(body, check_request)?;
+    let (wire, mut raw): (WireRequest, _) = parse_request_body(body, check_request)?;
+    let fallbacks = take_fallbacks(&mut raw)?;
     if wire.n.is_some_and(|n| n != 1) {
         return Err(InvalidBody::new("n", "only n=1 is supported"));
     }
@@ -278,6 +279,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
             protocol: Protocol::OpenAi,
             body: std::sync::Arc::new(raw),
         }),
+        fallbacks,
     })
 }
 

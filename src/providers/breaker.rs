@@ -315,7 +315,7 @@ impl Breaker {
     pub fn note_outcome(&self, outcome: &str) {
         if matches!(
             outcome,
-            "ok" | "breaker_open" | "disabled" | "no_key_available"
+            "ok" | "breaker_open" | "disabled" | "no_key_available" | "saturated"
         ) {
             return;
         }

@@ -31,6 +31,7 @@ use std::task::{Context, Poll};
 use futures_util::Stream;
 
 use super::attempt::{AttemptFailure, AttemptNotes, FirstContent, UpstreamAnswer, attempt};
+use super::backpressure::{SATURATED, Slot};
 use super::breaker::{Admission, Breaker, ProbeTicket};
 use super::classify::{ErrorClass, classify};
 use super::hedge::HedgePolicy;
@@ -553,14 +554,19 @@ fn settle(breaker: &Breaker, probe: Option<ProbeTicket>, succeeded: bool) {
 /// What a committed answer still owes its target. A complete answer settles the breaker
 /// now and may be sampled for the quality judge; a stream settles it when it ends (a
 /// break mid-way is a failure, not a success followed by one) and is judged once whole.
+///
+/// A stream also holds the target's slot (`max_concurrent`) until it ends or is dropped;
+/// a complete answer frees it here.
 fn watch(
     answer: UpstreamAnswer,
     target: &Target,
     request: &ChatRequest,
     probe: Option<ProbeTicket>,
+    slot: Option<Slot>,
 ) -> UpstreamAnswer {
     match answer {
         UpstreamAnswer::Complete(response) => {
+            drop(slot);
             settle(&target.breaker, probe, true);
             if let Some(judge) = &target.quality {
                 judge.consider(Sample::from_response(request, &response));
@@ -577,6 +583,7 @@ fn watch(
                 .as_ref()
                 .map(|_| Sample::from_request(request)),
             ended: false,
+            slot,
         })),
     }
 }
@@ -591,6 +598,8 @@ struct WatchedStream {
     /// The answer as it streams by, for the judge (text capped).
     sample: Option<Sample>,
     ended: bool,
+    /// The target's slot, freed when the stream ends (or is dropped).
+    slot: Option<Slot>,
 }
 
 impl Stream for WatchedStream {
@@ -607,10 +616,12 @@ impl Stream for WatchedStream {
             }
             Poll::Ready(Some(Err(_))) if !this.ended => {
                 this.ended = true;
+                this.slot = None;
                 settle(&this.breaker, this.probe.take(), false);
             }
             Poll::Ready(None) if !this.ended => {
                 this.ended = true;
+                this.slot = None;
                 settle(&this.breaker, this.probe.take(), true);
                 if let (Some(judge), Some(sample)) = (&this.judge, this.sample.take()) {
                     judge.consider(sample);
@@ -641,6 +652,16 @@ impl Walker<'_> {
             return TargetResult::GaveUp;
         };
         let (metrics, log) = (self.metrics, &self.log);
+        // Backpressure: a target at its `max_concurrent` gets a bounded wait, then the
+        // walk moves on. The slot is held across retries and, for a stream, to its end.
+        let mut target_slot = None;
+        if let Some(gate) = &target.gate {
+            let Some(entered) = gate.enter(self.deadline).await else {
+                log.note(metrics, target, SATURATED, hedge);
+                return TargetResult::GaveUp;
+            };
+            target_slot = Some(entered);
+        }
         let policy = &provider.config;
         let mut retries_left = if probe.is_some() { 0 } else { policy.retries };
         let mut backoff_step = 0;
@@ -676,7 +697,13 @@ impl Walker<'_> {
             let failure = match attempted {
                 Ok(answer) => {
                     log.end(slot, metrics, target, "ok".to_string());
-                    let answer = watch(answer, target, self.request, probe.take());
+                    let answer = watch(
+                        answer,
+                        target,
+                        self.request,
+                        probe.take(),
+                        target_slot.take(),
+                    );
                     return TargetResult::Answered(answer);
                 }
                 Err(failure) => failure,

@@ -14,10 +14,12 @@ const BUCKETS: usize = 6;
 const BUCKET_LENGTH: Duration = Duration::from_secs(10);
 
 /// When and how often a route hedges.
+#[derive(Clone)]
 pub struct HedgePolicy {
     /// How long the target being tried may stay silent before the hedge starts.
     pub after: Duration,
-    pub budget: HedgeBudget,
+    /// Shared with the route's chains drawn for single requests.
+    pub budget: std::sync::Arc<HedgeBudget>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]

@@ -8,6 +8,7 @@
 //! client response and never knows about the cache or canned rungs.
 
 pub mod attempt;
+pub mod backpressure;
 pub mod breaker;
 pub mod chain;
 pub mod classify;
@@ -23,8 +24,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::config::{Config, Env, ProviderConfig, ProviderKind, split_target};
+use crate::config::{Config, Env, ProviderConfig, ProviderKind, RouteConfig, split_target};
 use crate::metrics::Metrics;
+use backpressure::ConcurrencyGate;
 use breaker::Breaker;
 use faults::TargetFaults;
 use hedge::{HedgeBudget, HedgePolicy};
@@ -97,14 +99,24 @@ pub struct Target {
     /// The fault a drill injected into this target's attempts, if any; shared like the
     /// breaker.
     pub faults: Arc<TargetFaults>,
+    /// Its slots when its provider sets `max_concurrent`; shared like the breaker.
+    pub gate: Option<Arc<ConcurrencyGate>>,
+}
+
+impl Target {
+    /// The provider's name (the label's part before `/`).
+    pub fn provider_name(&self) -> &str {
+        split_target(&self.label).map_or(self.label.as_str(), |(provider, _)| provider)
+    }
 }
 
 /// One target of a tier, with its share of the tier's traffic.
 pub struct Member {
     pub target: Target,
     pub weight: u32,
-    /// Requests this member answered on this route.
-    served: AtomicU64,
+    /// Requests this member answered on this route (shared with the routes drawn from
+    /// it for one request).
+    served: Arc<AtomicU64>,
 }
 
 impl Member {
@@ -137,6 +149,9 @@ pub struct Route {
     pub stream_keepalive: Option<std::time::Duration>,
     /// Continue a stream that broke after its first content on the next target.
     pub resume_streams: bool,
+    /// This is one request's own chain (its `fallbacks`, its client's allowed
+    /// providers), drawn from a configured route by `crate::routing`; its tag lists it.
+    pub per_request: bool,
 }
 
 impl Route {
@@ -151,15 +166,14 @@ impl Route {
             .flat_map(|tier| tier.members.iter().map(|member| &member.target))
     }
 
-    /// The body dialect of the target labelled `label` (a tier member or the
-    /// context-window fallback); None when it is not this route's or its provider is
-    /// disabled.
-    pub fn body_dialect_of(&self, label: &str) -> Option<crate::protocol::Protocol> {
+    /// The surface of the target labelled `label` (a tier member or the context-window
+    /// fallback); None when it is not this route's or its provider is disabled.
+    pub fn surface_of(&self, label: &str) -> Option<&dyn surface::Surface> {
         self.targets()
             .chain(self.context_window_fallback.as_ref())
             .find(|target| target.label == label)
             .and_then(|target| target.provider.as_ref())
-            .map(|provider| provider.surface.body_dialect())
+            .map(|provider| provider.surface.as_ref())
     }
 
     /// One request's order of targets from tier `from` on, leaving out `exclude`: tier by
@@ -192,6 +206,84 @@ impl Route {
             member.served.fetch_add(1, Ordering::Relaxed);
         }
     }
+
+    /// This route for one request: its first tier, then `fallbacks` (one tier each) in
+    /// place of its other tiers when given, keeping only targets `allowed` lets through
+    /// (a tier left empty keeps its place, so depths stay the route's). Members share
+    /// their breakers, slots and served counts with this route; a target's quality judge
+    /// is dropped when it is on a provider `allowed` does not list, since it would read
+    /// the answer.
+    pub fn narrowed(
+        &self,
+        fallbacks: Option<Vec<Target>>,
+        allowed: &dyn Fn(&str) -> bool,
+    ) -> Route {
+        let keep = |target: &Target| -> Option<Target> {
+            if !allowed(target.provider_name()) {
+                return None;
+            }
+            let mut target = target.clone();
+            if target
+                .quality
+                .as_ref()
+                .is_some_and(|judge| !allowed(judge.judge_provider()))
+            {
+                target.quality = None;
+            }
+            Some(target)
+        };
+        let tier_of = |tier: &Tier| Tier {
+            members: tier
+                .members
+                .iter()
+                .filter_map(|member| {
+                    Some(Member {
+                        target: keep(&member.target)?,
+                        weight: member.weight,
+                        served: member.served.clone(),
+                    })
+                })
+                .collect(),
+        };
+        let mut tiers: Vec<Tier> = self.tiers.iter().take(1).map(tier_of).collect();
+        match fallbacks {
+            Some(fallbacks) => tiers.extend(fallbacks.iter().map(|target| {
+                Tier {
+                    members: keep(target)
+                        .into_iter()
+                        .map(|target| Member {
+                            target,
+                            weight: 1,
+                            served: Arc::new(AtomicU64::new(0)),
+                        })
+                        .collect(),
+                }
+            })),
+            None => tiers.extend(self.tiers.iter().skip(1).map(tier_of)),
+        }
+        Route {
+            model: self.model.clone(),
+            tiers,
+            context_window_fallback: self.context_window_fallback.as_ref().and_then(keep),
+            hedge: self.hedge.clone(),
+            stream_keepalive: self.stream_keepalive,
+            resume_streams: self.resume_streams,
+            per_request: true,
+        }
+    }
+
+    /// The targets of each tier, primary first, as the tag shows a request's own chain.
+    pub fn chain_labels(&self) -> Vec<Vec<String>> {
+        self.tiers
+            .iter()
+            .map(|tier| {
+                tier.members
+                    .iter()
+                    .map(|member| member.target.label.clone())
+                    .collect()
+            })
+            .collect()
+    }
 }
 
 /// A random key whose order among members is a weighted shuffle (Efraimidis and
@@ -217,7 +309,8 @@ impl Routes {
         metrics: &Metrics,
     ) -> Routes {
         let mut labels: Vec<&str> = Vec::new();
-        for route in &config.routes {
+        let client_routes = config.clients.iter().flat_map(|client| &client.routes);
+        for route in config.routes.iter().chain(client_routes) {
             for tier in &route.chain {
                 labels.extend(tier.members().into_iter().map(|(label, _)| label));
             }
@@ -251,6 +344,9 @@ impl Routes {
                 breaker: Breaker::new(label, breaker_config, metrics),
                 quality: None,
                 faults: TargetFaults::new(label, metrics),
+                gate: provider_config
+                    .and_then(|provider| Some((provider.max_concurrent?, provider.queue_timeout)))
+                    .map(|(max, wait)| ConcurrencyGate::new(label, max, wait, metrics)),
             };
             targets.insert(label.to_string(), target);
         }
@@ -276,9 +372,20 @@ impl Routes {
                 target.quality = Some(judge);
             }
         }
-        let resolve = |label: &str| targets.get(label).cloned();
-        let routes = config
-            .routes
+        let mut routes = Routes {
+            routes: Vec::new(),
+            targets,
+        };
+        routes.routes = routes.table(&config.routes);
+        routes.zero_failover_series(metrics);
+        routes
+    }
+
+    /// A table of routes (the global one, or a client's own) resolved against the
+    /// targets: every target it names was built with the others.
+    pub fn table(&self, routes: &[RouteConfig]) -> Vec<Arc<Route>> {
+        let resolve = |label: &str| self.targets.get(label).cloned();
+        routes
             .iter()
             .map(|route| {
                 Arc::new(Route {
@@ -294,7 +401,7 @@ impl Routes {
                                     Some(Member {
                                         target: resolve(label)?,
                                         weight,
-                                        served: AtomicU64::new(0),
+                                        served: Arc::new(AtomicU64::new(0)),
                                     })
                                 })
                                 .collect(),
@@ -306,16 +413,14 @@ impl Routes {
                         .and_then(resolve),
                     hedge: route.hedge_after.map(|after| HedgePolicy {
                         after,
-                        budget: HedgeBudget::new(route.hedge_max_share),
+                        budget: Arc::new(HedgeBudget::new(route.hedge_max_share)),
                     }),
                     stream_keepalive: route.stream_keepalive,
                     resume_streams: route.resume_streams,
+                    per_request: false,
                 })
             })
-            .collect();
-        let routes = Routes { routes, targets };
-        routes.zero_failover_series(metrics);
-        routes
+            .collect()
     }
 
     /// Hedge and resume series start at 0 for every route and target, so a dashboard's
@@ -342,19 +447,25 @@ impl Routes {
 
     /// The route for a model name: an exact name first, then the first matching glob.
     pub fn find(&self, model: &str) -> Option<&Arc<Route>> {
-        self.routes
-            .iter()
-            .find(|route| !route.is_glob() && route.model == model)
-            .or_else(|| {
-                self.routes
-                    .iter()
-                    .find(|route| route.is_glob() && glob_matches(&route.model, model))
-            })
+        find_route(&self.routes, model)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Route> {
         self.routes.iter().map(|route| route.as_ref())
     }
+}
+
+/// The route of `table` for a model name: an exact name first, then the first matching
+/// glob.
+pub fn find_route<'t>(table: &'t [Arc<Route>], model: &str) -> Option<&'t Arc<Route>> {
+    table
+        .iter()
+        .find(|route| !route.is_glob() && route.model == model)
+        .or_else(|| {
+            table
+                .iter()
+                .find(|route| route.is_glob() && glob_matches(&route.model, model))
+        })
 }
 
 /// `*` matches any run of characters, `?` any one character.

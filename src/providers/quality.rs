@@ -202,6 +202,11 @@ pub struct QualityJudge {
 }
 
 impl QualityJudge {
+    /// The provider of the judge's target: it reads the answers it grades.
+    pub fn judge_provider(&self) -> &str {
+        self.judge.provider_name()
+    }
+
     pub fn new(
         judged: &str,
         config: QualityConfig,
@@ -399,6 +404,7 @@ fn judge_request(model: &str, sample: &Sample) -> ChatRequest {
         trace_context: None,
         anthropic_beta: Vec::new(),
         passthrough: None,
+        fallbacks: None,
     }
 }
 

@@ -112,6 +112,13 @@ pub trait Surface: Send + Sync {
 
     /// True when an error body says the prompt is larger than the context window.
     fn says_context_too_long(&self, body: &Value) -> bool;
+
+    /// Top-level fields of the request body (in the surface's dialect) its endpoint
+    /// refuses and so does not get, besides what crossing dialects drops: named in
+    /// `x-airbag-dropped-fields` with those.
+    fn refused_fields(&self, _request: &ChatRequest) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Turns the bytes of one streamed answer into neutral events, whatever the chunking.
@@ -148,7 +155,8 @@ pub fn problems(path: &str, config: &ProviderConfig) -> Vec<String> {
     match config.kind {
         ProviderKind::Openai | ProviderKind::Anthropic => {
             let mut problems = wrong_kind_fields(path, config);
-            if config.base_url.is_none() {
+            problems.extend(openai::preset_problems(path, config));
+            if config.base_url.is_none() && config.preset.is_none() {
                 problems.push(format!(
                     "{path}.base_url: is required for kind = \"{}\"; write e.g. \"{}\"",
                     kind_name(config.kind),
@@ -160,8 +168,14 @@ pub fn problems(path: &str, config: &ProviderConfig) -> Vec<String> {
             }
             problems
         }
-        ProviderKind::Bedrock => bedrock::problems(path, config),
-        ProviderKind::Vertex => vertex::problems(path, config),
+        ProviderKind::Bedrock | ProviderKind::Vertex => {
+            let mut problems = match config.kind {
+                ProviderKind::Bedrock => bedrock::problems(path, config),
+                _ => vertex::problems(path, config),
+            };
+            problems.extend(openai::preset_problems(path, config));
+            problems
+        }
     }
 }
 
