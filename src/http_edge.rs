@@ -218,7 +218,7 @@ pub async fn unknown_path(method: Method, uri: axum::http::Uri, headers: HeaderM
     not_found(
         protocol,
         &format!(
-            "airbag does not serve {method} {}; it serves POST /v1/chat/completions, POST /v1/messages, POST /v1/messages/count_tokens, GET /v1/models and GET /v1/models/{{id}}",
+            "airbag does not serve {method} {}; it serves POST /v1/chat/completions, POST /v1/responses, POST /v1/messages, POST /v1/messages/count_tokens, POST /v1/embeddings, GET /v1/models and GET /v1/models/{{id}}",
             uri.path()
         ),
     )

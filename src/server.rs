@@ -36,7 +36,8 @@ use crate::limits;
 use crate::listener::{self, ConnectionLimits, ListenerMetrics};
 use crate::metrics::Metrics;
 use crate::protocol::{
-    ChatRequest, EventStream, Protocol, TraceContext, anthropic, openai, replay_as_stream,
+    ChatRequest, ClientApi, EventStream, Protocol, TraceContext, anthropic, openai,
+    replay_as_stream, responses,
 };
 use crate::providers::forward::{Endpoint, Forwarded};
 use crate::providers::{AttemptRecord, Provider, Routes};
@@ -447,11 +448,25 @@ pub fn proxy_router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route(
             "/v1/chat/completions",
-            post(|state, id, headers, body| chat(state, id, headers, body, Protocol::OpenAi)),
+            post(|state, id, headers, body| {
+                chat(state, id, headers, body, ClientApi::Chat(Protocol::OpenAi))
+            }),
         )
         .route(
             "/v1/messages",
-            post(|state, id, headers, body| chat(state, id, headers, body, Protocol::Anthropic)),
+            post(|state, id, headers, body| {
+                chat(
+                    state,
+                    id,
+                    headers,
+                    body,
+                    ClientApi::Chat(Protocol::Anthropic),
+                )
+            }),
+        )
+        .route(
+            "/v1/responses",
+            post(|state, id, headers, body| chat(state, id, headers, body, ClientApi::Responses)),
         )
         .route("/v1/messages/count_tokens", post(count_tokens))
         .route("/v1/embeddings", post(embeddings))
@@ -475,7 +490,7 @@ async fn chat(
     Extension(request_id): Extension<RequestId>,
     headers: HeaderMap,
     body: Body,
-    protocol: Protocol,
+    api: ClientApi,
 ) -> Response {
     let started = Instant::now();
     // One span per request; its fields are filled in as the ladder decides, so every
@@ -483,21 +498,17 @@ async fn chat(
     let span = tracing::info_span!(
         "request",
         request_id = request_id.0.as_str(),
-        protocol = protocol.label(),
+        protocol = api.label(),
         model = tracing::field::Empty,
         rung = tracing::field::Empty,
         served_by = tracing::field::Empty,
         attempts = tracing::field::Empty,
     );
     let trace = gateway.telemetry.as_ref().map(|telemetry| {
-        telemetry.begin(
-            trace_context(&headers).as_ref(),
-            protocol.label(),
-            &request_id.0,
-        )
+        telemetry.begin(trace_context(&headers).as_ref(), api.label(), &request_id.0)
     });
     let facts = RequestFacts {
-        protocol,
+        api,
         request_id: request_id.0,
         started,
         trace,
@@ -519,7 +530,7 @@ async fn chat(
         Ok(response) => response,
         Err(error) => {
             account_error(&gateway, &error, &facts);
-            error_response(&error, protocol)
+            error_response(&error, api.dialect())
         }
     }
 }
@@ -528,7 +539,7 @@ async fn chat(
 /// console's request list.
 #[derive(Clone)]
 struct RequestFacts {
-    protocol: Protocol,
+    api: ClientApi,
     request_id: String,
     started: Instant,
     /// The request's OpenTelemetry span, exported when the last clone is dropped (for a
@@ -539,7 +550,7 @@ struct RequestFacts {
 /// Log a request error and count it: the one place request errors are logged, whether
 /// they become an HTTP answer or (under a stream keepalive) an error event.
 fn account_error(gateway: &Gateway, error: &RequestError, facts: &RequestFacts) {
-    let protocol = facts.protocol;
+    let label = facts.api.label();
     let span = tracing::Span::current();
     span.record("rung", "none");
     if let Some(trace) = &facts.trace {
@@ -553,7 +564,7 @@ fn account_error(gateway: &Gateway, error: &RequestError, facts: &RequestFacts) 
         span.record("attempts", attempts.len());
     }
     tracing::warn!(
-        protocol = protocol.label(),
+        protocol = label,
         kind = error.kind(),
         "{}",
         error.log_line()
@@ -562,11 +573,11 @@ fn account_error(gateway: &Gateway, error: &RequestError, facts: &RequestFacts) 
         gateway
             .metrics
             .requests
-            .with_label_values(&["none", "none", protocol.label()])
+            .with_label_values(&["none", "none", label])
             .inc();
         gateway.traffic.record(RequestRecord {
             time_unix_ms: crate::traffic::now_unix_ms(),
-            protocol: protocol.label(),
+            protocol: label,
             model: route.clone(),
             rung: "none",
             served_by: "none".to_string(),
@@ -581,7 +592,7 @@ fn account_error(gateway: &Gateway, error: &RequestError, facts: &RequestFacts) 
         gateway
             .metrics
             .rejected
-            .with_label_values(&[error.kind(), protocol.label()])
+            .with_label_values(&[error.kind(), label])
             .inc();
     }
 }
@@ -592,7 +603,7 @@ async fn serve_chat(
     body: Body,
     facts: RequestFacts,
 ) -> Result<Response, RequestError> {
-    let protocol = facts.protocol;
+    let protocol = facts.api.dialect();
     let client = gateway.client(headers)?;
     // Limits before any work: a refused request's body is never read.
     let rate_limit_headers = client.limits.admit().inspect_err(|error| {
@@ -609,9 +620,10 @@ async fn serve_chat(
     client_cache_mode(&mut controls, client.cache);
     let body = read_body(body, headers, gateway.max_body, gateway.body_timeout).await?;
     controls.end_user = end_user(&body, protocol, &controls)?;
-    let request = match protocol {
-        Protocol::OpenAi => openai::parse_request(&body),
-        Protocol::Anthropic => anthropic::parse_request(&body),
+    let request = match facts.api {
+        ClientApi::Chat(Protocol::OpenAi) => openai::parse_request(&body),
+        ClientApi::Chat(Protocol::Anthropic) => anthropic::parse_request(&body),
+        ClientApi::Responses => responses::parse_request(&body),
     }
     .map_err(RequestError::InvalidBody)?;
     let fallbacks = request_fallbacks(request.fallbacks.clone(), headers)?;
@@ -665,7 +677,7 @@ async fn serve_chat(
             gateway.clone(),
             answering,
             interval,
-            Writer::new(protocol, &model, include_usage),
+            Writer::new(facts.api, &model, include_usage),
             facts,
             model,
         ),
@@ -1060,7 +1072,6 @@ fn render(
     model: &str,
     include_usage: bool,
 ) -> Response {
-    let protocol = facts.protocol;
     let Served { answer, tag } = served;
     account_served(gateway, &tag, facts, model);
     let account = TokenAccount::of(gateway, &tag, model);
@@ -1070,16 +1081,17 @@ fn render(
             if let Some(trace) = &facts.trace {
                 trace.usage(&chat_response.usage);
             }
-            let mut body = match protocol {
-                Protocol::OpenAi => openai::render_response(&chat_response),
-                Protocol::Anthropic => anthropic::render_response(&chat_response),
+            let mut body = match facts.api {
+                ClientApi::Chat(Protocol::OpenAi) => openai::render_response(&chat_response),
+                ClientApi::Chat(Protocol::Anthropic) => anthropic::render_response(&chat_response),
+                ClientApi::Responses => responses::render_response(&chat_response),
             };
             body["airbag"] = tag.to_json();
             (StatusCode::OK, axum::Json(body)).into_response()
         }
         Answer::Stream(events) => {
             let target = tag.served_by.clone();
-            let writer = Writer::new(protocol, model, include_usage);
+            let writer = Writer::new(facts.api, model, include_usage);
             let chunks = sse_chunks(
                 events,
                 writer,
@@ -1100,7 +1112,7 @@ fn render(
             status,
             body,
             dialect,
-        } => refused_response(status, body, dialect, protocol),
+        } => refused_response(status, body, dialect, facts.api.dialect()),
     };
     set_tag_headers(response.headers_mut(), &tag);
     response
@@ -1108,14 +1120,14 @@ fn render(
 
 /// Count, log and list a served request.
 fn account_served(gateway: &Gateway, tag: &RungTag, facts: &RequestFacts, model: &str) {
-    let (protocol, started) = (facts.protocol, facts.started);
+    let (label, started) = (facts.api.label(), facts.started);
     let rung = tag.rung.label();
     if let Some(trace) = &facts.trace {
         trace.served(tag);
     }
     gateway.traffic.record(RequestRecord {
         time_unix_ms: crate::traffic::now_unix_ms(),
-        protocol: protocol.label(),
+        protocol: label,
         model: model.to_string(),
         rung,
         served_by: tag.served_by.clone(),
@@ -1129,7 +1141,7 @@ fn account_served(gateway: &Gateway, tag: &RungTag, facts: &RequestFacts, model:
     let metrics = &gateway.metrics;
     metrics
         .requests
-        .with_label_values(&[rung, &tag.served_by, protocol.label()])
+        .with_label_values(&[rung, &tag.served_by, label])
         .inc();
     metrics
         .request_duration
@@ -1226,31 +1238,42 @@ fn refused_response(
 enum Writer {
     OpenAi(openai::StreamWriter),
     Anthropic(anthropic::StreamWriter),
+    Responses(Box<responses::StreamWriter>),
 }
 
 impl Writer {
-    fn new(protocol: Protocol, model: &str, include_usage: bool) -> Writer {
-        match protocol {
-            Protocol::OpenAi => Writer::OpenAi(openai::StreamWriter::new(model, include_usage)),
-            Protocol::Anthropic => Writer::Anthropic(anthropic::StreamWriter::new(model)),
+    fn new(api: ClientApi, model: &str, include_usage: bool) -> Writer {
+        match api {
+            ClientApi::Chat(Protocol::OpenAi) => {
+                Writer::OpenAi(openai::StreamWriter::new(model, include_usage))
+            }
+            ClientApi::Chat(Protocol::Anthropic) => {
+                Writer::Anthropic(anthropic::StreamWriter::new(model))
+            }
+            ClientApi::Responses => {
+                Writer::Responses(Box::new(responses::StreamWriter::new(model)))
+            }
         }
     }
     fn event(&mut self, event: crate::protocol::StreamEvent) -> Vec<Bytes> {
         match self {
             Writer::OpenAi(writer) => writer.event(event),
             Writer::Anthropic(writer) => writer.event(event),
+            Writer::Responses(writer) => writer.event(event),
         }
     }
     fn finish(&mut self) -> Vec<Bytes> {
         match self {
             Writer::OpenAi(writer) => writer.finish(),
             Writer::Anthropic(writer) => writer.finish(),
+            Writer::Responses(writer) => writer.finish(),
         }
     }
     fn fail(&mut self, message: &str) -> Vec<Bytes> {
         match self {
             Writer::OpenAi(writer) => writer.fail(message),
             Writer::Anthropic(writer) => writer.fail(message),
+            Writer::Responses(writer) => writer.fail(message),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod assembler;
 pub mod checks;
 pub mod crossing;
 pub mod openai;
+pub mod responses;
 pub mod sse;
 
 use std::fmt;
@@ -34,6 +35,33 @@ impl Protocol {
         match self {
             Protocol::OpenAi => "openai",
             Protocol::Anthropic => "anthropic",
+        }
+    }
+}
+
+/// The API a client called airbag with: a chat endpoint of one of the two protocols, or
+/// OpenAI's Responses API (read and answered in its own shape; errors and refused
+/// provider bodies in OpenAI's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientApi {
+    Chat(Protocol),
+    Responses,
+}
+
+impl ClientApi {
+    /// The protocol whose error shape the client reads.
+    pub fn dialect(self) -> Protocol {
+        match self {
+            ClientApi::Chat(protocol) => protocol,
+            ClientApi::Responses => Protocol::OpenAi,
+        }
+    }
+
+    /// The label used in metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            ClientApi::Chat(protocol) => protocol.label(),
+            ClientApi::Responses => "openai_responses",
         }
     }
 }

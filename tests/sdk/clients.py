@@ -622,6 +622,84 @@ def openai_embeddings(client: openai.OpenAI, run: Run, model: str) -> None:
     expect_true("different texts, different vectors", embedded.data[0].embedding != embedded.data[1].embedding)
 
 
+RESPONSES_TOOLS = [
+    {
+        "type": "function",
+        "name": "lookup",
+        "description": "Look something up.",
+        "parameters": {
+            "type": "object",
+            "properties": {"query": {"type": "string"}},
+            "required": ["query"],
+        },
+    }
+]
+
+
+def responses_plain(client: openai.OpenAI, run: Run, model: str, mock: str) -> None:
+    prompt = f"responses plain via {model}"
+    response = client.responses.create(model=model, input=prompt, instructions="Be brief.")
+    run.count(model)
+    expect("object", response.object, "response")
+    expect("status", response.status, "completed")
+    expect("output_text", response.output_text, f"mock {mock} answers: {prompt}")
+    expect("output item", response.output[0].type, "message")
+    expect_true("usage.input_tokens > 0", response.usage.input_tokens > 0, response.usage)
+    expect_true("usage.output_tokens > 0", response.usage.output_tokens > 0, response.usage)
+    expect("airbag tag", (response.model_extra or {})["airbag"]["rung"], "provider")
+
+
+def responses_stream(client: openai.OpenAI, run: Run, model: str, mock: str) -> None:
+    prompt = f"responses stream via {model}"
+    deltas = []
+    kinds = []
+    with client.responses.stream(model=model, input=[{"role": "user", "content": prompt}]) as stream:
+        for event in stream:
+            kinds.append(event.type)
+            if event.type == "response.output_text.delta":
+                deltas.append(event.delta)
+        final = stream.get_final_response()
+    run.count(model)
+    expect("first events", kinds[:2], ["response.created", "response.in_progress"])
+    expect("last event", kinds[-1], "response.completed")
+    expect("deltas", "".join(deltas), f"mock {mock} answers: {prompt}")
+    expect("final output_text", final.output_text, f"mock {mock} answers: {prompt}")
+    expect_true("final usage", final.usage is not None and final.usage.output_tokens > 0, final.usage)
+
+
+def responses_tools(client: openai.OpenAI, run: Run, model: str, mock: str) -> None:
+    prompt = f"responses tools via {model}"
+    items: list[Any] = [{"role": "user", "content": prompt}]
+    first = client.responses.create(model=model, input=items, tools=RESPONSES_TOOLS)
+    run.count(model)
+    calls = [item for item in first.output if item.type == "function_call"]
+    expect("function calls", len(calls), 1)
+    call = calls[0]
+    expect("tool name", call.name, "lookup")
+    expect("tool arguments", json.loads(call.arguments), {"query": prompt})
+    # The documented loop: the output items go back, then the call's output.
+    items += first.output
+    items.append({"type": "function_call_output", "call_id": call.call_id, "output": TOOL_RESULT})
+    second = client.responses.create(model=model, input=items, tools=RESPONSES_TOOLS)
+    run.count(model)
+    expect("second output_text", second.output_text, f"mock {mock} read the tool result: {TOOL_RESULT}")
+
+
+def responses_refusals(client: openai.OpenAI, model: str) -> None:
+    try:
+        client.responses.create(model=model, input="hi", previous_response_id="resp_123")
+    except openai.BadRequestError as error:
+        expect("param", (error.body or {}).get("param"), "previous_response_id")
+    else:
+        raise AssertionError("previous_response_id was accepted")
+    try:
+        client.responses.create(model=model, input="hi", tools=[{"type": "web_search"}])
+    except openai.BadRequestError as error:
+        expect("param", (error.body or {}).get("param"), "tools[0].type")
+    else:
+        raise AssertionError("a built-in tool was accepted")
+
+
 def drop_in_checks(
     run: Run, openai_client: openai.OpenAI, anthropic_client: anthropic.Anthropic, drop_in: dict
 ) -> None:
@@ -642,6 +720,26 @@ def drop_in_checks(
     run.check(
         "openai embeddings",
         lambda: openai_embeddings(openai_client, run, drop_in["embeddings_model"]),
+    )
+    # The Responses API, to a provider of each dialect.
+    for model, mock in [
+        (drop_in["openai_model"], drop_in["openai_mock"]),
+        (drop_in["anthropic_model"], drop_in["anthropic_mock"]),
+    ]:
+        for name, scenario in [
+            ("plain", responses_plain),
+            ("stream", responses_stream),
+            ("tools", responses_tools),
+        ]:
+            run.check(
+                f"responses {name} via {model}",
+                lambda scenario=scenario, model=model, mock=mock: scenario(
+                    openai_client, run, model, mock
+                ),
+            )
+    run.check(
+        "responses refusals",
+        lambda: responses_refusals(openai_client, drop_in["openai_model"]),
     )
 
 
@@ -664,7 +762,7 @@ def main() -> int:
         "--drop-in",
         help="JSON object: openai_model, openai_mock, anthropic_model, anthropic_mock and "
         "embeddings_model; runs the drop-in checks (every field, prompt caching, "
-        "count_tokens, embeddings, request ids)",
+        "count_tokens, embeddings, request ids, the Responses API)",
     )
     args = parser.parse_args()
     gateway = args.gateway.rstrip("/")
