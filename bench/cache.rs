@@ -542,6 +542,8 @@ fn entry(index: usize, context: &str) -> StoredEntry {
             input_tokens: 20,
             output_tokens: 15,
             logprobs: None,
+            answered_in: None,
+            provider_fields: None,
         },
         served_by: "provider:bench/m".to_string(),
         created_at: 0,

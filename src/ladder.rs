@@ -185,6 +185,10 @@ pub async fn answer(
                 answer => answer,
             };
             let tag = provider_tag(route, request, &target, depth, attempts);
+            let dialect = route
+                .surface_of(&target)
+                .map(|surface| surface.body_dialect());
+            let pending = pending.map(|pending| pending.answered_in(dialect));
             let answer = match (answer, &gateway.cache, pending) {
                 (UpstreamAnswer::Complete(response), Some(cache), Some(pending)) => {
                     cache.store_answer(pending, &response, depth > 0, &tag.served_by);
@@ -241,6 +245,14 @@ fn cache_served(
         (false, HitKind::Coalesced) => "cache:coalesced",
     };
     let response = hit.response();
+    // What of this request the dialect that produced the answer could not be given, as
+    // the answer's own response said.
+    let dropped_fields = hit
+        .entry
+        .answer
+        .dialect()
+        .map(|dialect| crossing::dropped_fields(request, dialect))
+        .unwrap_or_default();
     Served {
         answer: if request.stream {
             Answer::Stream(replay_as_stream(response))
@@ -256,7 +268,7 @@ fn cache_served(
             attempts,
             upstream_request_id: None,
             request_id: None,
-            dropped_fields: Vec::new(),
+            dropped_fields,
             chain: None,
         },
     }

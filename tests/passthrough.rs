@@ -630,3 +630,64 @@ async fn the_providers_own_answer_fields_come_back_to_clients_of_its_dialect() {
         reply.text
     );
 }
+
+/// A cached answer keeps what its first response said beyond the text: the provider's
+/// own fields for clients of its dialect, and the dropped-fields header of the dialect
+/// that produced it.
+#[tokio::test]
+async fn a_cached_answer_keeps_its_provider_fields_and_dropped_fields() {
+    let openai_upstream = mock("oai").await;
+    let anthropic_upstream = mock("ant").await;
+    let store = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}{}{}{}{}",
+        provider("oai", "openai", &openai_upstream, ""),
+        provider("ant", "anthropic", &anthropic_upstream, ""),
+        route("gpt", &["oai/gpt-mock"]),
+        route("claude", &["ant/claude-mock"]),
+        common::cache_section(store.path(), "", "enabled = false"),
+    );
+    let gateway = TestGateway::start(&config, &[]).await;
+    let until_cached = |body: Value| {
+        let gateway = &gateway;
+        async move {
+            let first = gateway.openai(body.clone()).await;
+            assert_eq!(first.header("x-airbag-rung"), "provider", "{}", first.text);
+            for _ in 0..50 {
+                let repeat = gateway.openai(body.clone()).await;
+                if repeat.header("x-airbag-served-by") == "cache:exact" {
+                    return (first, repeat);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            panic!("never cached: {body}");
+        }
+    };
+    // An OpenAI answer: its system_fingerprint comes back from the cache.
+    let (first, hit) = until_cached(
+        json!({"model": "gpt", "messages": [{"role": "user", "content": "fingerprint me"}]}),
+    )
+    .await;
+    let fingerprint = airbag::mock::MOCK_SYSTEM_FINGERPRINT;
+    assert_eq!(first.json()["system_fingerprint"], fingerprint);
+    assert_eq!(
+        hit.json()["system_fingerprint"],
+        fingerprint,
+        "{}",
+        hit.text
+    );
+    // A Claude answer to an OpenAI client: `seed` could not be given, then or now.
+    let (first, hit) = until_cached(json!({"model": "claude", "seed": 7,
+        "messages": [{"role": "user", "content": "seeded"}]}))
+    .await;
+    assert_eq!(first.header("x-airbag-dropped-fields"), "seed");
+    assert_eq!(
+        hit.header("x-airbag-dropped-fields"),
+        "seed",
+        "{}",
+        hit.text
+    );
+    assert_eq!(hit.json()["airbag"]["dropped_fields"], json!(["seed"]));
+    // Anthropic's own answer fields never reach an OpenAI client, cached or not.
+    assert!(hit.json().get("system_fingerprint").is_none());
+}

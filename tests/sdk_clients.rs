@@ -723,16 +723,14 @@ async fn the_official_typescript_sdks_work_against_either_dialect() {
     // 7 scenarios on each of 2 routes, and the typed errors.
     assert_eq!(summary["passed"], 7 * 2 + 1, "{summary}");
     // Each SDK's calls reached the provider of the other dialect too.
-    assert!(
-        openai_upstream
-            .requests()
-            .iter()
-            .any(|request| request.body["messages"].to_string().contains("ts anthropic plain"))
-    );
-    assert!(
-        anthropic_upstream
-            .requests()
-            .iter()
-            .any(|request| request.body["messages"].to_string().contains("ts openai plain"))
-    );
+    assert!(openai_upstream.requests().iter().any(|request| {
+        request.body["messages"]
+            .to_string()
+            .contains("ts anthropic plain")
+    }));
+    assert!(anthropic_upstream.requests().iter().any(|request| {
+        request.body["messages"]
+            .to_string()
+            .contains("ts openai plain")
+    }));
 }

@@ -69,6 +69,23 @@ pub struct StoredAnswer {
     /// only such requests hit the entry); absent in entries stored before they were kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<serde_json::Value>,
+    /// The body dialect (`openai`, `anthropic`) of the target that answered: a hit
+    /// names what of its request that dialect could not be given, as the answer did
+    /// (`x-airbag-dropped-fields`). Absent in older entries and for unknown targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_in: Option<String>,
+    /// The provider's own top-level answer fields (`system_fingerprint`, …), for
+    /// clients of `answered_in`'s dialect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_fields: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The dialect a stored `answered_in` names.
+fn dialect_named(name: &str) -> Option<crate::protocol::Protocol> {
+    use crate::protocol::Protocol;
+    [Protocol::OpenAi, Protocol::Anthropic]
+        .into_iter()
+        .find(|protocol| protocol.label() == name)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -138,7 +155,20 @@ impl StoredAnswer {
             input_tokens: response.usage.input_tokens,
             output_tokens: response.usage.output_tokens,
             logprobs: response.logprobs.clone(),
+            answered_in: response
+                .provider_fields
+                .as_ref()
+                .map(|fields| fields.dialect.label().to_string()),
+            provider_fields: response
+                .provider_fields
+                .as_ref()
+                .map(|fields| fields.fields.clone()),
         })
+    }
+
+    /// The body dialect of the target that answered, when known.
+    pub fn dialect(&self) -> Option<crate::protocol::Protocol> {
+        self.answered_in.as_deref().and_then(dialect_named)
     }
 
     /// The answer as a cache hit: a new id (clients that log or de-duplicate by id must
@@ -177,7 +207,13 @@ impl StoredAnswer {
                 cached_input_tokens: self.input_tokens,
             },
             logprobs: self.logprobs.clone(),
-            provider_fields: None,
+            provider_fields: match (self.dialect(), &self.provider_fields) {
+                (Some(dialect), Some(fields)) => Some(Box::new(crate::protocol::ProviderFields {
+                    dialect,
+                    fields: fields.clone(),
+                })),
+                _ => None,
+            },
         }
     }
 }

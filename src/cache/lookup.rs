@@ -180,6 +180,7 @@ impl Cache {
                 generation,
                 flight,
                 tokens,
+                answered_in: None,
             });
         }
         lookup

@@ -178,9 +178,18 @@ pub struct PendingEntry {
     /// The question's token vectors from the lookup's embedding: the verifier keeps them
     /// once the answer is stored, so a rewording verified against it costs no model call.
     tokens: Option<Arc<reading::TokenVectors>>,
+    /// The body dialect of the target that answered, once known: kept with the answer so
+    /// a hit names what of its request that dialect could not be given.
+    answered_in: Option<crate::protocol::Protocol>,
 }
 
 impl PendingEntry {
+    /// The answer comes from a target of `dialect` (its body dialect).
+    pub fn answered_in(mut self, dialect: Option<crate::protocol::Protocol>) -> PendingEntry {
+        self.answered_in = dialect;
+        self
+    }
+
     /// Whether identical requests wait for this request's answer (it leads a flight).
     pub fn leads_flight(&self) -> bool {
         self.flight.is_some()

@@ -39,13 +39,16 @@ impl Cache {
         fallback: bool,
         served_by: &str,
     ) {
-        let Some(answer) = StoredAnswer::from_response(response) else {
+        let Some(mut answer) = StoredAnswer::from_response(response) else {
             self.metrics
                 .cache_writes
                 .with_label_values(&["skipped"])
                 .inc();
             return;
         };
+        if let Some(dialect) = pending.answered_in {
+            answer.answered_in = Some(dialect.label().to_string());
+        }
         let configured = if fallback {
             self.config.fallback_ttl
         } else {

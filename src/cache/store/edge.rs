@@ -459,6 +459,8 @@ mod tests {
                     input_tokens: 1,
                     output_tokens: 1,
                     logprobs: None,
+                    answered_in: None,
+                    provider_fields: None,
                 },
                 served_by: "provider:up/m".into(),
                 created_at: 1,
