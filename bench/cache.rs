@@ -16,8 +16,11 @@
 //!    real model; for each threshold, the share of paraphrases that would hit and of hard
 //!    negatives that would hit (a false hit), with and without the guard.
 //! 2. Embedding throughput, one question per call and in batches of 32.
-//! 3. Vector search in the embedded store (qdrant-edge on disk) at 10k and 100k entries,
-//!    before and after the HNSW index is built, with the cache's partition filter.
+//! 3. The stores at 10k and 100k entries: the embedded one (qdrant-edge on disk) and a
+//!    Qdrant server (`QDRANT_URL`, else the test tooling's `../shared/bin/qdrant` started
+//!    on free ports; skipped without either). Semantic search (with the cache's partition
+//!    filter) before and after the index is built, exact reads by id, and lookups per
+//!    second with 16 in flight. `BENCH_CACHE_ONLY=stores` runs this part alone.
 //! 4. Exact and semantic hits through a real gateway over HTTP (end to end), and the
 //!    server-side share (`airbag_request_duration_seconds{rung="cache"}`).
 //! 5. The cache at load (`bench/cache_load.rs`): misses at 1,000/s with the cache on and
@@ -38,6 +41,11 @@ use serde_json::{Value, json};
 
 #[path = "cache_load.rs"]
 mod cache_load;
+
+// The shared-cache tests' harness: a real Qdrant server on free ports.
+#[allow(dead_code)]
+#[path = "../tests/common/qdrant.rs"]
+mod qdrant;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -552,7 +560,7 @@ fn entry(index: usize, context: &str) -> StoredEntry {
     }
 }
 
-async fn search_latency(store: &EdgeStore, contexts: usize, queries: usize) -> Value {
+async fn search_latency(store: &dyn VectorStore, contexts: usize, queries: usize) -> Value {
     let mut micros = Vec::new();
     for query in 0..queries {
         let started = Instant::now();
@@ -572,51 +580,108 @@ async fn search_latency(store: &EdgeStore, contexts: usize, queries: usize) -> V
     summary(micros)
 }
 
+/// How many lookups per second `store` answers with 16 in flight: `total` semantic
+/// searches, then `total` reads by id.
+async fn lookups_per_second(store: &dyn VectorStore, contexts: usize, size: usize) -> Value {
+    use futures_util::StreamExt as _;
+    let total = 4_000usize;
+    let in_flight = 16;
+    let started = Instant::now();
+    futures_util::stream::iter(0..total)
+        .map(|query| {
+            store.search(SemanticQuery {
+                tenant: "bench".to_string(),
+                context: format!("context-{}", query % contexts),
+                vector: random_unit_vector(),
+                threshold: 0.0,
+                limit: 4,
+                now: 1,
+            })
+        })
+        .buffer_unordered(in_flight)
+        .for_each(|result| async move {
+            result.unwrap();
+        })
+        .await;
+    let searches = total as f64 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    futures_util::stream::iter(0..total)
+        .map(|query| store.get((query * 7 % size) as u64))
+        .buffer_unordered(in_flight)
+        .for_each(|result| async move {
+            result.unwrap().unwrap();
+        })
+        .await;
+    let gets = total as f64 / started.elapsed().as_secs_f64();
+    json!({"in_flight": in_flight, "searches_per_second": searches.round(), "gets_per_second": gets.round()})
+}
+
+/// One store at `size` entries: insert, search before and after its index is built,
+/// reads by id, lookups per second.
+async fn store_numbers(store: &dyn VectorStore, size: usize) -> Value {
+    // 1,000 conversation contexts: a semantic search filters on one of them, as the
+    // cache does (tenant + context digest).
+    let contexts = 1_000;
+    let started = Instant::now();
+    for batch in (0..size).collect::<Vec<_>>().chunks(1_000) {
+        let points = batch
+            .iter()
+            .map(|index| StoredPoint {
+                id: *index as u64,
+                vector: random_unit_vector(),
+                entry: entry(*index, &format!("context-{}", index % contexts)),
+            })
+            .collect();
+        store.upsert(points).await.unwrap();
+    }
+    let insert_seconds = started.elapsed().as_secs_f64();
+    let before = search_latency(store, contexts, 500).await;
+    let started = Instant::now();
+    store.maintain().await.unwrap();
+    let optimize_seconds = started.elapsed().as_secs_f64();
+    let after = search_latency(store, contexts, 500).await;
+    let exact_get = {
+        let mut micros = Vec::new();
+        for query in 0..500u64 {
+            let started = Instant::now();
+            store.get(query * 7 % size as u64).await.unwrap().unwrap();
+            micros.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+        summary(micros)
+    };
+    let throughput = lookups_per_second(store, contexts, size).await;
+    println!(
+        "\n{} store {size}: insert {insert_seconds:.1}s, search before index {before}, maintain {optimize_seconds:.1}s, after {after}, get {exact_get}, {throughput}",
+        store.kind()
+    );
+    json!({"insert_seconds": insert_seconds, "search_before_index": before,
+        "optimize_seconds": optimize_seconds, "search_after_index": after, "get_by_id": exact_get,
+        "throughput": throughput})
+}
+
 async fn vector_search() -> Value {
-    let mut results = serde_json::Map::new();
+    let mut embedded = serde_json::Map::new();
+    let mut server = serde_json::Map::new();
     for size in [10_000usize, 100_000] {
         let folder = tempfile::tempdir().unwrap();
         let store = EdgeStore::open(folder.path(), DIMENSIONS).unwrap();
-        // 1,000 conversation contexts: a semantic search filters on one of them, as the
-        // cache does (tenant + context digest).
-        let contexts = 1_000;
-        let started = Instant::now();
-        for batch in (0..size).collect::<Vec<_>>().chunks(1_000) {
-            let points = batch
-                .iter()
-                .map(|index| StoredPoint {
-                    id: *index as u64,
-                    vector: random_unit_vector(),
-                    entry: entry(*index, &format!("context-{}", index % contexts)),
-                })
-                .collect();
-            store.upsert(points).await.unwrap();
-        }
-        let insert_seconds = started.elapsed().as_secs_f64();
-        let before = search_latency(&store, contexts, 500).await;
-        let started = Instant::now();
-        store.maintain().await.unwrap();
-        let optimize_seconds = started.elapsed().as_secs_f64();
-        let after = search_latency(&store, contexts, 500).await;
-        let exact_get = {
-            let mut micros = Vec::new();
-            for query in 0..500u64 {
-                let started = Instant::now();
-                store.get(query * 7 % size as u64).await.unwrap().unwrap();
-                micros.push(started.elapsed().as_secs_f64() * 1e6);
-            }
-            summary(micros)
+        embedded.insert(size.to_string(), store_numbers(&store, size).await);
+        drop(store);
+        let Some(qdrant) = qdrant::qdrant("the Qdrant server store's numbers").await else {
+            continue;
         };
-        println!(
-            "\nstore {size}: insert {insert_seconds:.1}s, search before index {before}, optimize {optimize_seconds:.1}s, after {after}, get {exact_get}"
-        );
-        results.insert(
-            size.to_string(),
-            json!({"insert_seconds": insert_seconds, "search_before_index": before,
-                "optimize_seconds": optimize_seconds, "search_after_index": after, "get_by_id": exact_get}),
-        );
+        let store = airbag::cache::store::qdrant::QdrantStore::connect(
+            &qdrant.url,
+            None,
+            &format!("bench_{size}"),
+            DIMENSIONS,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+        server.insert(size.to_string(), store_numbers(&store, size).await);
     }
-    Value::Object(results)
+    json!({"embedded": embedded, "qdrant_server": server})
 }
 
 async fn hits_over_http() -> Value {
@@ -803,6 +868,15 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // `BENCH_CACHE_ONLY=stores`: only the stores' numbers, into bench/results/stores.json.
+    if std::env::var("BENCH_CACHE_ONLY").as_deref() == Ok("stores") {
+        drop(embedder);
+        let stores = runtime.block_on(vector_search());
+        let path = root().join("bench/results/stores.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&stores).unwrap()).unwrap();
+        println!("\nwritten to {}", path.display());
+        return;
+    }
     // `BENCH_CACHE_ONLY=load`: only the load run (bench/cache_load.rs).
     if std::env::var("BENCH_CACHE_ONLY").as_deref() == Ok("load") {
         drop(embedder);

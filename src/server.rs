@@ -646,6 +646,10 @@ async fn serve_chat(
         &request.model,
         request.fallbacks.as_deref(),
     )?;
+    if request.choices > 1 {
+        let response = answer_choices(gateway, &route, request, &client, controls, &facts).await?;
+        return Ok(with_rate_limit_headers(response, &rate_limit_headers));
+    }
     let include_usage = request.include_usage;
     let keepalive = route.stream_keepalive.filter(|_| request.stream);
     let Some(interval) = keepalive else {
@@ -683,6 +687,94 @@ async fn serve_chat(
         ),
     };
     Ok(with_rate_limit_headers(response, &rate_limit_headers))
+}
+
+/// OpenAI's `n > 1`: each answer is a walk down the ladder of its own with a one-answer
+/// request, so any target of either dialect can give it; none is looked up in or kept by
+/// the cache (the client asked for different answers). The answers come whole or not at
+/// all: one failed walk fails the request, and a refusal is the answer. Streams of
+/// several answers are refused. The tag in the headers is the first answer's; the body's
+/// `airbag.choices` has each answer's.
+async fn answer_choices(
+    gateway: &Arc<Gateway>,
+    route: &Arc<crate::providers::Route>,
+    request: ChatRequest,
+    client: &Client,
+    controls: CacheControls,
+    facts: &RequestFacts,
+) -> Result<Response, RequestError> {
+    if request.stream {
+        return Err(RequestError::InvalidBody(
+            crate::protocol::InvalidBody::new(
+                "n",
+                "several answers (n > 1) are given to non-streaming requests only; ask without `stream`, or with n = 1",
+            ),
+        ));
+    }
+    let count = request.choices;
+    let single = ChatRequest {
+        choices: 1,
+        ..request
+    };
+    let controls = CacheControls {
+        lookup: false,
+        store: false,
+        ..controls
+    };
+    let walks = (0..count).map(|_| async {
+        ladder::answer(gateway, route, &single, &client.tenant, &controls)
+            .await
+            .map(|served| {
+                let served = served.with_request_id(facts.request_id.clone());
+                limits::metered(served, client.limits.clone())
+            })
+    });
+    let answers = futures_util::future::try_join_all(walks).await?;
+    let mut responses = Vec::new();
+    let mut tags = Vec::new();
+    for Served { answer, tag } in answers {
+        match answer {
+            Answer::Complete(response) => responses.push(response),
+            other => {
+                let served = Served { answer: other, tag };
+                return Ok(render(gateway, served, facts, &single.model, false));
+            }
+        }
+        tags.push(tag);
+    }
+    let (Some(first_tag), Some(first)) = (tags.first(), responses.first()) else {
+        return Err(RequestError::AllTargetsFailed {
+            route: route.model.clone(),
+            attempts: Vec::new(),
+        });
+    };
+    account_served(gateway, first_tag, facts, &single.model);
+    let mut body = openai::render_response(first);
+    let mut choices = Vec::new();
+    let mut usage = crate::protocol::Usage::default();
+    for (index, (response, tag)) in responses.iter().zip(&tags).enumerate() {
+        TokenAccount::of(gateway, tag, &single.model).count(&gateway.metrics, &response.usage);
+        usage.input_tokens += response.usage.input_tokens;
+        usage.output_tokens += response.usage.output_tokens;
+        usage.cached_input_tokens += response.usage.cached_input_tokens;
+        let mut choice = openai::render_response(response)["choices"][0].take();
+        choice["index"] = json!(index);
+        choices.push(choice);
+    }
+    if let Some(trace) = &facts.trace {
+        trace.usage(&usage);
+    }
+    body["choices"] = Value::Array(choices);
+    body["usage"] = json!({
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+    });
+    body["airbag"] = first_tag.to_json();
+    body["airbag"]["choices"] = tags.iter().map(RungTag::to_json).collect();
+    let mut response = (StatusCode::OK, axum::Json(body)).into_response();
+    set_tag_headers(response.headers_mut(), first_tag);
+    Ok(response)
 }
 
 /// The response with a limited client key's `x-ratelimit-*` headers.

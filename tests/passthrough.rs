@@ -691,3 +691,72 @@ async fn a_cached_answer_keeps_its_provider_fields_and_dropped_fields() {
     // Anthropic's own answer fields never reach an OpenAI client, cached or not.
     assert!(hit.json().get("system_fingerprint").is_none());
 }
+
+/// OpenAI's `n`: each answer is its own one-answer request to a target of either
+/// dialect, `n` is never forwarded, the answers are never cached, and what cannot be
+/// honoured is refused naming `n`.
+#[tokio::test]
+async fn several_answers_are_several_one_answer_walks() {
+    let openai_upstream = mock("oai").await;
+    let anthropic_upstream = mock("ant").await;
+    let store = tempfile::tempdir().unwrap();
+    let config = format!(
+        "{}{}{}{}{}",
+        provider("oai", "openai", &openai_upstream, ""),
+        provider("ant", "anthropic", &anthropic_upstream, ""),
+        route("gpt", &["oai/gpt-mock"]),
+        route("claude", &["ant/claude-mock"]),
+        common::cache_section(store.path(), "", "enabled = false"),
+    );
+    let gateway = TestGateway::start(&config, &[]).await;
+    for (model, upstream, name) in [
+        ("claude", &anthropic_upstream, "ant"),
+        ("gpt", &openai_upstream, "oai"),
+    ] {
+        for round in 0..2 {
+            let before = upstream.request_count();
+            let reply = gateway
+                .openai(json!({"model": model, "n": 3,
+                    "messages": [{"role": "user", "content": "three ideas"}]}))
+                .await;
+            assert_eq!(reply.status, 200, "{}", reply.text);
+            let body = reply.json();
+            let choices = body["choices"].as_array().unwrap();
+            assert_eq!(choices.len(), 3, "{body}");
+            for (index, choice) in choices.iter().enumerate() {
+                assert_eq!(choice["index"], index);
+                assert_eq!(
+                    choice["message"]["content"],
+                    format!("mock {name} answers: three ideas")
+                );
+            }
+            assert_eq!(body["airbag"]["choices"].as_array().unwrap().len(), 3);
+            let one = body["usage"]["completion_tokens"].as_u64().unwrap() / 3;
+            assert!(one > 0, "{body}");
+            // Three upstream calls each round: never from the cache, even the second time.
+            assert_eq!(upstream.request_count() - before, 3, "round {round}");
+            assert_eq!(reply.header("x-airbag-rung"), "provider");
+        }
+        assert!(
+            upstream
+                .requests()
+                .iter()
+                .all(|request| request.body.get("n").is_none())
+        );
+    }
+    for (body, what) in [
+        (
+            json!({"model": "gpt", "n": 2, "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+            "stream",
+        ),
+        (
+            json!({"model": "gpt", "n": 9, "messages": [{"role": "user", "content": "hi"}]}),
+            "at most 8",
+        ),
+    ] {
+        let reply = gateway.openai(body).await;
+        assert_eq!(reply.status, 400, "{}", reply.text);
+        assert_eq!(reply.json()["error"]["param"], "n");
+        assert!(reply.text.contains(what), "{}", reply.text);
+    }
+}

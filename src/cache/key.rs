@@ -142,6 +142,9 @@ pub fn keys(scope: &Scope, request: &ChatRequest) -> CacheKeys {
         // Which targets may answer, not what is asked: a request with its own fallbacks
         // shares entries with one without.
         fallbacks: _,
+        // Requests for several answers are never looked up or stored (`crate::server`);
+        // each one-answer walk has 1 here.
+        choices: _,
     } = request;
     let mut exact = Canon::new("airbag.exact.v1");
     let mut context = Canon::new("airbag.context.v1");

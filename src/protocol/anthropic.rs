@@ -277,6 +277,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
             body: std::sync::Arc::new(raw),
         }),
         fallbacks,
+        choices: 1,
     })
 }
 

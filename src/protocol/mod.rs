@@ -98,7 +98,14 @@ pub struct ChatRequest {
     /// (`crate::routing`). Never part of the cache key, never forwarded upstream (it is
     /// taken out of the passthrough body).
     pub fallbacks: Option<Vec<String>>,
+    /// How many answers the client wants (OpenAI's `n`; 1 otherwise). Each is its own
+    /// walk down the ladder with a one-answer request (`crate::server`), so any target of
+    /// either dialect can serve them; `n` itself is never forwarded.
+    pub choices: u32,
 }
+
+/// The most answers one request may ask for (`n`).
+pub const MAX_CHOICES: u32 = 8;
 
 /// Most entries a request's `fallbacks` may list.
 pub const MAX_FALLBACKS: usize = 8;

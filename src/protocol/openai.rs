@@ -10,10 +10,10 @@ use serde_json::{Value, json};
 
 use super::checks::{self, Expect};
 use super::{
-    ChatRequest, ChatResponse, Image, InvalidBody, Message, OutputParams, Part, Passthrough,
-    Protocol, ProviderFields, ReasoningEffort, Role, StopReason, StreamEvent, StreamFailure,
-    TextOrParts, Tool, ToolCall, ToolChoice, ToolResult, Usage, parse_request_body, random_id,
-    require_model_and_messages, sse, take_fallbacks, unix_now,
+    ChatRequest, ChatResponse, Image, InvalidBody, MAX_CHOICES, Message, OutputParams, Part,
+    Passthrough, Protocol, ProviderFields, ReasoningEffort, Role, StopReason, StreamEvent,
+    StreamFailure, TextOrParts, Tool, ToolCall, ToolChoice, ToolResult, Usage, parse_request_body,
+    random_id, require_model_and_messages, sse, take_fallbacks, unix_now,
 };
 use serde_json::Map;
 
@@ -182,9 +182,15 @@ fn check_request(object: &Map<String, Value>) -> Result<(), InvalidBody> {
 pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
     let (wire, mut raw): (WireRequest, _) = parse_request_body(body, check_request)?;
     let fallbacks = take_fallbacks(&mut raw)?;
-    if wire.n.is_some_and(|n| n != 1) {
-        return Err(InvalidBody::new("n", "only n=1 is supported"));
+    let choices = wire.n.unwrap_or(1);
+    if choices > MAX_CHOICES {
+        return Err(InvalidBody::new(
+            "n",
+            format!("at most {MAX_CHOICES} answers per request; send several requests for more"),
+        ));
     }
+    // Every target is asked for one answer at a time.
+    raw.remove("n");
     require_model_and_messages(&wire.model, wire.messages.len())?;
     let mut system_parts = Vec::new();
     let mut messages: Vec<Message> = Vec::new();
@@ -280,6 +286,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
             body: std::sync::Arc::new(raw),
         }),
         fallbacks,
+        choices,
     })
 }
 

@@ -137,6 +137,7 @@ pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
         // Never sent as is: every target gets a chat body rendered from the neutral type.
         passthrough: None,
         fallbacks,
+        choices: 1,
     })
 }
 

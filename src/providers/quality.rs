@@ -405,6 +405,7 @@ fn judge_request(model: &str, sample: &Sample) -> ChatRequest {
         anthropic_beta: Vec::new(),
         passthrough: None,
         fallbacks: None,
+        choices: 1,
     }
 }
 

@@ -636,6 +636,17 @@ RESPONSES_TOOLS = [
 ]
 
 
+def openai_several_answers(client: openai.OpenAI, run: Run, model: str, mock: str) -> None:
+    prompt = "two answers please"
+    completion = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": prompt}], n=2
+    )
+    run.count(model, 2)
+    expect("choices", [choice.index for choice in completion.choices], [0, 1])
+    for choice in completion.choices:
+        expect("content", choice.message.content, f"mock {mock} answers: {prompt}")
+
+
 def responses_plain(client: openai.OpenAI, run: Run, model: str, mock: str) -> None:
     prompt = f"responses plain via {model}"
     response = client.responses.create(model=model, input=prompt, instructions="Be brief.")
@@ -720,6 +731,12 @@ def drop_in_checks(
     run.check(
         "openai embeddings",
         lambda: openai_embeddings(openai_client, run, drop_in["embeddings_model"]),
+    )
+    run.check(
+        "openai n=2",
+        lambda: openai_several_answers(
+            openai_client, run, drop_in["anthropic_model"], drop_in["anthropic_mock"]
+        ),
     )
     # The Responses API, to a provider of each dialect.
     for model, mock in [
