@@ -703,7 +703,7 @@ async fn the_official_typescript_sdks_work_against_either_dialect() {
         provider("ant", "anthropic", &anthropic_upstream, ""),
         route("via-openai", &["oai/gpt-mock"]),
         route("via-anthropic", &["ant/claude-mock"]),
-    );
+    ) + &route("embed", &["oai/text-embed"]);
     let gateway = TestGateway::start(&config, &[("SDK_CLIENT_KEY", CLIENT_KEY)]).await;
     let routes = json!([
         {"model": "via-openai", "mock": "openai-upstream", "served_by": "provider:oai/gpt-mock"},
@@ -718,11 +718,13 @@ async fn the_official_typescript_sdks_work_against_either_dialect() {
         routes.to_string(),
         "--bad-key".to_string(),
         "sk-not-a-client".to_string(),
+        "--embed-model".to_string(),
+        "embed".to_string(),
     ];
     let summary = run_script_summary(node, "node/clients.mjs", args).await;
     assert_eq!(summary["failed"], json!([]), "{summary}");
-    // 7 scenarios on each of 2 routes, and the typed errors.
-    assert_eq!(summary["passed"], 7 * 2 + 1, "{summary}");
+    // 8 scenarios on each of 2 routes, the typed errors and the drop-in checks.
+    assert_eq!(summary["passed"], 8 * 2 + 2, "{summary}");
     // Each SDK's calls reached the provider of the other dialect too.
     assert!(openai_upstream.requests().iter().any(|request| {
         request.body["messages"]

@@ -7,9 +7,11 @@
 //     "served_by": "provider:mock/demo-model"}]'
 //
 // For every route: a chat completion, a chat stream with usage, a tool round trip, the
-// Responses API (create and the stream helper), an Anthropic message, the message stream
-// helper and a tool round trip. Then the typed errors (unknown model, wrong key). It
-// prints one JSON summary line on stdout and exits 1 after listing every mismatch on
+// Responses API (create, the stream helper, a streamed function call and its round
+// trip), an Anthropic message, the message stream helper and a tool round trip. Then the
+// typed errors (unknown model, wrong key) and, with --embed-model, the drop-in checks:
+// embeddings, count_tokens, x-request-id echoed, a field dropped across dialects named.
+// It prints one JSON summary line on stdout and exits 1 after listing every mismatch on
 // stderr.
 
 import OpenAI from "openai";
@@ -113,6 +115,25 @@ async function responsesCreateAndStream(client, route) {
   expect("final output_text", final.output_text, answer(route, streamed));
 }
 
+async function responsesStreamedToolCall(client, route) {
+  const prompt = `ts responses stream tools via ${route.model}`;
+  const tools = [{ type: "function", name: "lookup", description: "Look something up.",
+    parameters: { type: "object", properties: { query: { type: "string" } }, required: ["query"] } }];
+  const stream = client.responses.stream({ model: route.model, input: prompt, tools });
+  let argumentDeltas = "";
+  stream.on("response.function_call_arguments.delta", (event) => {
+    argumentDeltas += event.delta;
+  });
+  const final = await stream.finalResponse();
+  const call = final.output.find((item) => item.type === "function_call");
+  expect("streamed call arguments", JSON.parse(argumentDeltas), { query: prompt });
+  expect("final call", [call.name, JSON.parse(call.arguments)], ["lookup", { query: prompt }]);
+  const input = [{ role: "user", content: prompt }, ...final.output,
+    { type: "function_call_output", call_id: call.call_id, output: TOOL_RESULT }];
+  const second = await client.responses.create({ model: route.model, input, tools });
+  expect("second output_text", second.output_text, readAnswer(route));
+}
+
 async function anthropicPlain(client, route) {
   const prompt = `ts anthropic plain via ${route.model}`;
   const { data, response } = await client.messages
@@ -153,6 +174,25 @@ async function anthropicTools(client, route) {
   expect("second text", second.content[0].text, readAnswer(route));
 }
 
+async function dropIn(openai, anthropic, embedModel, anthropicModel) {
+  const { data: embedded, response } = await openai.embeddings
+    .create({ model: embedModel, input: ["a tide", "the moon"] }, { headers: { "x-request-id": "ts-request-1" } })
+    .withResponse();
+  expect("embeddings", embedded.data.length, 2);
+  expect("x-request-id echoed", response.headers.get("x-request-id"), "ts-request-1");
+  const counted = await anthropic.messages.countTokens({
+    model: anthropicModel,
+    messages: [{ role: "user", content: "one two three" }],
+  });
+  expect("count_tokens", counted.input_tokens, 3);
+  const { response: chat } = await openai.chat.completions
+    .create({ model: anthropicModel, messages: [{ role: "user", content: "ts ids" }], seed: 7 },
+      { headers: { "x-request-id": "ts-request-2" } })
+    .withResponse();
+  expect("chat x-request-id", chat.headers.get("x-request-id"), "ts-request-2");
+  expect("dropped across dialects", chat.headers.get("x-airbag-dropped-fields"), "seed");
+}
+
 async function typedErrors(openai, anthropic, gateway, badKey, model) {
   try {
     await openai.chat.completions.create({ model: "no-such-model", messages: [{ role: "user", content: "hi" }] });
@@ -187,6 +227,7 @@ async function main() {
     ["openai stream", openai, openaiStream],
     ["openai tools", openai, openaiTools],
     ["responses", openai, responsesCreateAndStream],
+    ["responses streamed tool call", openai, responsesStreamedToolCall],
     ["anthropic plain", anthropic, anthropicPlain],
     ["anthropic stream", anthropic, anthropicStream],
     ["anthropic tools", anthropic, anthropicTools],
@@ -207,6 +248,11 @@ async function main() {
     }
   }
   await check("typed errors", () => typedErrors(openai, anthropic, gateway, badKey, routes[0].model));
+  const embedModel = argument("embed-model", null);
+  if (embedModel) {
+    const anthropicRoute = routes.find((route) => route.served_by.startsWith("provider:ant"));
+    await check("drop-in", () => dropIn(openai, anthropic, embedModel, anthropicRoute.model));
+  }
   for (const failure of failed) process.stderr.write(`  - ${failure}\n`);
   process.stdout.write(
     `${JSON.stringify({ passed: passed.length, failed, node: process.version })}\n`,
