@@ -240,15 +240,9 @@ async fn an_operator_runs_an_outage_from_the_console() {
             .await;
         assert_eq!(ended.status, 200, "{}", ended.text);
     }
-    let mut repeat = gateway.openai(openai_chat("chat", "question 0")).await;
-    for _ in 0..50 {
-        if repeat.served_by() == "cache:exact" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        repeat = gateway.openai(openai_chat("chat", "question 0")).await;
-    }
-    assert_eq!(repeat.served_by(), "cache:exact", "{}", repeat.text);
+    gateway
+        .repeat_until_cached("/v1/chat/completions", &openai_chat("chat", "question 0"))
+        .await;
     browser.type_into("#purge-tenant", "default").await;
     browser.click("#purge-form button").await;
     browser.accept_dialog().await;

@@ -67,15 +67,12 @@ async fn tokens_and_cost_are_counted_per_target_and_cache_hits_count_what_they_s
     assert!((cost - expected).abs() < 1e-12, "{cost} vs {expected}");
 
     // A repeat is a cache hit: it saved the first answer's tokens, at the route's price.
-    let mut repeat = gateway.openai(openai_chat("chat", "count my tokens")).await;
-    for _ in 0..50 {
-        if repeat.served_by() == "cache:exact" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        repeat = gateway.openai(openai_chat("chat", "count my tokens")).await;
-    }
-    assert_eq!(repeat.served_by(), "cache:exact", "{}", repeat.text);
+    gateway
+        .repeat_until_cached(
+            "/v1/chat/completions",
+            &openai_chat("chat", "count my tokens"),
+        )
+        .await;
     let metrics = gateway.metrics().await;
     let saved_input = metric(&metrics, "airbag_cache_saved_tokens_total{kind=\"input\"}");
     let saved_output = metric(&metrics, "airbag_cache_saved_tokens_total{kind=\"output\"}");

@@ -631,11 +631,14 @@ async fn the_providers_own_answer_fields_come_back_to_clients_of_its_dialect() {
     );
 }
 
-/// A cached answer keeps what its first response said beyond the text: the provider's
-/// own fields for clients of its dialect, and the dropped-fields header of the dialect
-/// that produced it.
-#[tokio::test]
-async fn a_cached_answer_keeps_its_provider_fields_and_dropped_fields() {
+/// Routes `gpt` (an OpenAI target) and `claude` (an Anthropic one) behind an exact-only
+/// cache; the store's folder lives as long as the returned handle.
+async fn exact_cached() -> (
+    TestGateway,
+    airbag::mock::MockProvider,
+    airbag::mock::MockProvider,
+    tempfile::TempDir,
+) {
     let openai_upstream = mock("oai").await;
     let anthropic_upstream = mock("ant").await;
     let store = tempfile::tempdir().unwrap();
@@ -648,19 +651,24 @@ async fn a_cached_answer_keeps_its_provider_fields_and_dropped_fields() {
         common::cache_section(store.path(), "", "enabled = false"),
     );
     let gateway = TestGateway::start(&config, &[]).await;
+    (gateway, openai_upstream, anthropic_upstream, store)
+}
+
+/// A cached answer keeps what its first response said beyond the text: the provider's
+/// own fields for clients of its dialect, and the dropped-fields header of the dialect
+/// that produced it.
+#[tokio::test]
+async fn a_cached_answer_keeps_its_provider_fields_and_dropped_fields() {
+    let (gateway, _openai_upstream, _anthropic_upstream, _store) = exact_cached().await;
     let until_cached = |body: Value| {
         let gateway = &gateway;
         async move {
             let first = gateway.openai(body.clone()).await;
             assert_eq!(first.header("x-airbag-rung"), "provider", "{}", first.text);
-            for _ in 0..50 {
-                let repeat = gateway.openai(body.clone()).await;
-                if repeat.header("x-airbag-served-by") == "cache:exact" {
-                    return (first, repeat);
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            panic!("never cached: {body}");
+            let hit = gateway
+                .repeat_until_cached("/v1/chat/completions", &body)
+                .await;
+            (first, hit)
         }
     };
     // An OpenAI answer: its system_fingerprint comes back from the cache.
@@ -697,18 +705,7 @@ async fn a_cached_answer_keeps_its_provider_fields_and_dropped_fields() {
 /// honoured is refused naming `n`.
 #[tokio::test]
 async fn several_answers_are_several_one_answer_walks() {
-    let openai_upstream = mock("oai").await;
-    let anthropic_upstream = mock("ant").await;
-    let store = tempfile::tempdir().unwrap();
-    let config = format!(
-        "{}{}{}{}{}",
-        provider("oai", "openai", &openai_upstream, ""),
-        provider("ant", "anthropic", &anthropic_upstream, ""),
-        route("gpt", &["oai/gpt-mock"]),
-        route("claude", &["ant/claude-mock"]),
-        common::cache_section(store.path(), "", "enabled = false"),
-    );
-    let gateway = TestGateway::start(&config, &[]).await;
+    let (gateway, openai_upstream, anthropic_upstream, _store) = exact_cached().await;
     for (model, upstream, name) in [
         ("claude", &anthropic_upstream, "ant"),
         ("gpt", &openai_upstream, "oai"),

@@ -52,6 +52,30 @@ impl Collector {
         Collector { url, spans }
     }
 
+    /// Waits (up to 10 s) for the request span of the request `request_id`.
+    async fn request_span(&self, request_id: &str) -> Value {
+        let started = Instant::now();
+        loop {
+            let found = self
+                .spans
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|span| {
+                    span["kind"] == 2 && attribute(span, "airbag.request_id") == json!(request_id)
+                })
+                .cloned();
+            if let Some(span) = found {
+                return span;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no span for request {request_id}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits (up to 10 s) until `count` spans of trace `trace_id` have arrived.
     async fn trace(&self, trace_id: &str, count: usize) -> Vec<Value> {
         let started = Instant::now();
@@ -228,21 +252,7 @@ async fn a_stream_span_ends_with_its_usage_and_a_failed_request_says_why() {
         .find_map(|chunk| chunk.get("usage").filter(|usage| !usage.is_null()).cloned())
         .expect("the stream's usage");
     let request_id = reply.header("x-request-id").to_string();
-    let span = loop {
-        let found = collector
-            .spans
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|span| {
-                span["kind"] == 2 && attribute(span, "airbag.request_id") == json!(request_id)
-            })
-            .cloned();
-        if let Some(span) = found {
-            break span;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let span = collector.request_span(&request_id).await;
     // No client traceparent: a trace of its own, no parent.
     assert!(span.get("parentSpanId").is_none(), "{span}");
     assert_eq!(span["traceId"].as_str().unwrap().len(), 32);
@@ -255,21 +265,7 @@ async fn a_stream_span_ends_with_its_usage_and_a_failed_request_says_why() {
     let failed = gateway.openai(openai_chat("chat", "nobody answers")).await;
     assert_eq!(failed.status, 503);
     let request_id = failed.header("x-request-id").to_string();
-    let span = loop {
-        let found = collector
-            .spans
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|span| {
-                span["kind"] == 2 && attribute(span, "airbag.request_id") == json!(request_id)
-            })
-            .cloned();
-        if let Some(span) = found {
-            break span;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let span = collector.request_span(&request_id).await;
     assert_eq!(span["status"]["code"], 2);
     assert_eq!(attribute(&span, "error.type"), "all_targets_failed");
     assert_eq!(attribute(&span, "airbag.rung"), "none");

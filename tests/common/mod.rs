@@ -227,6 +227,19 @@ impl TestGateway {
         Reply::read(request.send().await.expect("gateway answers")).await
     }
 
+    /// POST `body` to `path` until the answer is an exact cache hit (the store is written in
+    /// the background), up to 5 s; returns that hit.
+    pub async fn repeat_until_cached(&self, path: &str, body: &Value) -> Reply {
+        for _ in 0..50 {
+            let repeat = self.post(path, body.clone(), &[]).await;
+            if repeat.served_by() == "cache:exact" {
+                return repeat;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("{body} was never served from the cache");
+    }
+
     pub async fn metrics(&self) -> String {
         self.client
             .get(self.admin_url("/metrics"))
