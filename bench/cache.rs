@@ -674,6 +674,7 @@ async fn vector_search() -> Value {
             &qdrant.url,
             None,
             &format!("bench_{size}"),
+            Default::default(),
             DIMENSIONS,
             Duration::from_secs(30),
         )

@@ -213,6 +213,7 @@ async fn connecting_at_the_same_moment_to_a_missing_collection_all_succeed() {
             &server.url,
             None,
             &collection,
+            Default::default(),
             384,
             Duration::from_secs(10),
         )
@@ -227,6 +228,7 @@ async fn connecting_at_the_same_moment_to_a_missing_collection_all_succeed() {
         &server.url,
         None,
         &collection,
+        Default::default(),
         768,
         Duration::from_secs(10),
     )
@@ -339,4 +341,31 @@ async fn a_killed_qdrant_costs_misses_and_after_its_restart_the_entries_are_ther
     // The cache works again without restarting airbag, and what was stored before the
     // kill is there (asked reworded, so the store answers, not the memory layer).
     assert_eq!(reworded_until_hit(&gateway).await, "cache:semantic");
+}
+
+/// On a cluster the collection airbag creates gets the configured layout (its shards and
+/// their copies), and the cache works in it.
+#[tokio::test]
+async fn a_new_collection_gets_the_configured_layout() {
+    let Some(server) = qdrant("a_new_collection_gets_the_configured_layout").await else {
+        return;
+    };
+    let upstream = mock("up").await;
+    let collection = "layout_test";
+    let config = config(&server, collection, &upstream).replace(
+        "shared_memory_ttl = \"1s\"\n",
+        "shared_memory_ttl = \"1s\"\nlayout = { shard_number = 3, replication_factor = 2 }\n",
+    );
+    let gateway = start(&config).await;
+    let client = qdrant_client::Qdrant::from_url(&server.url)
+        .skip_compatibility_check()
+        .build()
+        .unwrap();
+    let info = client.collection_info(collection).await.unwrap();
+    let params = info.result.unwrap().config.unwrap().params.unwrap();
+    assert_eq!(params.shard_number, 3);
+    assert_eq!(params.replication_factor, Some(2));
+    assert_eq!(ask(&gateway, KEY_A, "Laid out?").await, "provider:up/m");
+    wait_stored(&gateway, 1).await;
+    assert_eq!(ask(&gateway, KEY_A, "Laid out?").await, "cache:exact");
 }

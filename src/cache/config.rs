@@ -196,6 +196,11 @@ pub struct StoreConfig {
     /// Collection in the Qdrant server; created at start-up when missing.
     #[serde(default = "default_collection")]
     pub collection: String,
+    /// How the collection is laid out on a Qdrant cluster when airbag creates it
+    /// (`shard_number`, `replication_factor`); the server's defaults when not set. An
+    /// existing collection keeps its layout.
+    #[serde(default)]
+    pub layout: CollectionLayout,
     pub api_key: Option<Secret>,
     /// Deadline of one call to the Qdrant server; a slow store must not hold requests.
     #[serde(default = "default_store_timeout", with = "humantime_serde")]
@@ -213,6 +218,17 @@ pub struct StoreConfig {
     /// until a probe call succeeds.
     #[serde(default)]
     pub breaker: StoreBreakerConfig,
+}
+
+/// The layout of a collection airbag creates on a Qdrant cluster.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectionLayout {
+    /// Shards the collection is split into (spread over the cluster's nodes).
+    pub shard_number: Option<u32>,
+    /// Copies of each shard, on different nodes: 2 or more keeps the cache whole when a
+    /// node is lost.
+    pub replication_factor: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -242,6 +258,7 @@ impl Default for StoreConfig {
             path: default_store_path(),
             url: None,
             collection: default_collection(),
+            layout: CollectionLayout::default(),
             api_key: None,
             timeout: default_store_timeout(),
             lookup_timeout: default_lookup_timeout(),
@@ -346,6 +363,12 @@ impl CacheConfig {
                             .to_string(),
                     );
                 }
+                if self.store.layout != CollectionLayout::default() {
+                    problems.push(
+                        "cache.store.layout: only a `qdrant` store has a collection layout; set kind = \"qdrant\" or remove layout"
+                            .to_string(),
+                    );
+                }
             }
             StoreKind::Qdrant => match &self.store.url {
                 None => problems.push(
@@ -359,6 +382,17 @@ impl CacheConfig {
                 }
                 Some(_) => {}
             },
+        }
+        let layout = [
+            ("shard_number", self.store.layout.shard_number),
+            ("replication_factor", self.store.layout.replication_factor),
+        ];
+        for (field, value) in layout {
+            if value == Some(0) {
+                problems.push(format!(
+                    "cache.store.layout.{field}: must be at least 1 (or left out for the server's default)"
+                ));
+            }
         }
         if self.store.collection.trim().is_empty() {
             problems.push("cache.store.collection: is empty; name the collection".to_string());

@@ -344,6 +344,7 @@ impl Cache {
                         &url,
                         api_key,
                         &config.store.collection,
+                        config.store.layout,
                         DIMENSIONS,
                         config.store.timeout,
                     )

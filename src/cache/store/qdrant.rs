@@ -20,6 +20,7 @@ use super::{
     BOOL_FIELD, EXPIRY_FIELD, KEYWORD_FIELDS, Purge, SemanticQuery, StoreError, StoredPoint,
     VectorStore,
 };
+use crate::cache::config::CollectionLayout;
 use crate::cache::entry::StoredEntry;
 
 pub struct QdrantStore {
@@ -46,6 +47,7 @@ impl QdrantStore {
         url: &str,
         api_key: Option<String>,
         collection: &str,
+        layout: CollectionLayout,
         dimensions: usize,
         timeout: Duration,
     ) -> Result<QdrantStore, ConnectError> {
@@ -73,11 +75,16 @@ impl QdrantStore {
             .await
             .map_err(|error| fail(error.to_string()))?;
         if !exists {
-            let created = client
-                .create_collection(CreateCollectionBuilder::new(collection).vectors_config(
-                    VectorParamsBuilder::new(dimensions as u64, Distance::Cosine),
-                ))
-                .await;
+            let mut create = CreateCollectionBuilder::new(collection).vectors_config(
+                VectorParamsBuilder::new(dimensions as u64, Distance::Cosine),
+            );
+            if let Some(shards) = layout.shard_number {
+                create = create.shard_number(shards);
+            }
+            if let Some(copies) = layout.replication_factor {
+                create = create.replication_factor(copies);
+            }
+            let created = client.create_collection(create).await;
             if let Err(error) = created {
                 // Replicas started together race to create it: the losers use the
                 // winner's (its size is checked below like any existing collection's).
