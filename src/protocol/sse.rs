@@ -16,9 +16,12 @@ pub struct SseEvent {
 /// Turns a byte stream into [`SseEvent`]s, whatever the chunking.
 #[derive(Debug, Default)]
 pub struct SseDecoder {
+    /// The start of a line whose end has not arrived yet (its buffer is kept between
+    /// lines, so a stream costs no allocation per line).
     pending_line: Vec<u8>,
     event: Option<String>,
-    data: Vec<String>,
+    /// The event's `data:` lines so far, joined with `\n`.
+    data: Option<String>,
 }
 
 /// The largest event (line or joined data) accepted; LLM stream events are a few KiB.
@@ -28,50 +31,65 @@ impl SseDecoder {
     /// True when an event under construction has grown past what any LLM API sends: the
     /// stream is not SSE, or is broken, and should be abandoned.
     pub fn is_oversized(&self) -> bool {
-        let data: usize = self.data.iter().map(String::len).sum();
+        let data = self.data.as_ref().map_or(0, String::len);
         self.pending_line.len() + data > MAX_EVENT_BYTES
     }
 
-    /// Feed a chunk; returns every event completed by it.
+    /// Feed a chunk; returns every event completed by it. Whole lines in the chunk are
+    /// read where they are; only a line cut by the chunk's end is copied.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
         let mut events = Vec::new();
-        for &byte in chunk {
-            if byte != b'\n' {
-                self.pending_line.push(byte);
-                continue;
-            }
-            let mut line = std::mem::take(&mut self.pending_line);
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            if let Some(event) = self.take_line(&String::from_utf8_lossy(&line)) {
-                events.push(event);
-            }
+        let mut rest = chunk;
+        while let Some(end) = rest.iter().position(|&byte| byte == b'\n') {
+            let (line, after) = rest.split_at(end);
+            rest = &after[1..];
+            let event = if self.pending_line.is_empty() {
+                self.take_line(line)
+            } else {
+                let mut joined = std::mem::take(&mut self.pending_line);
+                joined.extend_from_slice(line);
+                let event = self.take_line(&joined);
+                joined.clear();
+                self.pending_line = joined;
+                event
+            };
+            events.extend(event);
         }
+        self.pending_line.extend_from_slice(rest);
         events
     }
 
-    fn take_line(&mut self, line: &str) -> Option<SseEvent> {
+    fn take_line(&mut self, line: &[u8]) -> Option<SseEvent> {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
-            if self.data.is_empty() && self.event.is_none() {
+            if self.data.is_none() && self.event.is_none() {
                 return None;
             }
-            let data = std::mem::take(&mut self.data).join("\n");
             return Some(SseEvent {
                 event: self.event.take(),
-                data,
+                data: self.data.take().unwrap_or_default(),
             });
         }
-        if line.starts_with(':') {
+        if line.starts_with(b":") {
             return None;
         }
-        let (field, value) = match line.split_once(':') {
-            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
-            None => (line, ""),
+        let (field, value) = match line.iter().position(|&byte| byte == b':') {
+            Some(colon) => {
+                let value = &line[colon + 1..];
+                (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
+            }
+            None => (line, &b""[..]),
         };
+        let value = String::from_utf8_lossy(value);
         match field {
-            "event" => self.event = Some(value.to_string()),
-            "data" => self.data.push(value.to_string()),
+            b"event" => self.event = Some(value.into_owned()),
+            b"data" => match &mut self.data {
+                Some(data) => {
+                    data.push('\n');
+                    data.push_str(&value);
+                }
+                None => self.data = Some(value.into_owned()),
+            },
             _ => {}
         }
         None
