@@ -131,6 +131,16 @@ impl Served {
         self.tag.request_id = Some(id);
         self
     }
+
+    /// The answer naming `fields` of the client's body among those no target got.
+    pub fn with_dropped_fields(mut self, fields: &[String]) -> Served {
+        for field in fields {
+            if !self.tag.dropped_fields.contains(field) {
+                self.tag.dropped_fields.push(field.clone());
+            }
+        }
+        self
+    }
 }
 
 /// Walk the rungs for one request of `tenant` over `route`, the chain

@@ -512,6 +512,7 @@ async fn chat(
         request_id: request_id.0,
         started,
         trace,
+        unread_fields: Arc::from([]),
     };
     // Shed load before any work: the slot is held until the answer's last byte.
     let slot = gateway.in_flight.clone().try_acquire_owned();
@@ -545,6 +546,19 @@ struct RequestFacts {
     /// The request's OpenTelemetry span, exported when the last clone is dropped (for a
     /// stream: when its body ends).
     trace: Option<Arc<RequestTrace>>,
+    /// Fields of the body airbag reads from no client API and gives no target (a
+    /// Responses request's `store`, `include`, …), named with the answer.
+    unread_fields: Arc<[String]>,
+}
+
+impl RequestFacts {
+    /// `served` with this request's id in its tag, and its unread fields among the
+    /// dropped ones.
+    fn tag(&self, served: Served) -> Served {
+        served
+            .with_request_id(self.request_id.clone())
+            .with_dropped_fields(&self.unread_fields)
+    }
 }
 
 /// Log a request error and count it: the one place request errors are logged, whether
@@ -601,7 +615,7 @@ async fn serve_chat(
     gateway: &Arc<Gateway>,
     headers: &HeaderMap,
     body: Body,
-    facts: RequestFacts,
+    mut facts: RequestFacts,
 ) -> Result<Response, RequestError> {
     let protocol = facts.api.dialect();
     let client = gateway.client(headers)?;
@@ -623,7 +637,10 @@ async fn serve_chat(
     let request = match facts.api {
         ClientApi::Chat(Protocol::OpenAi) => openai::parse_request(&body),
         ClientApi::Chat(Protocol::Anthropic) => anthropic::parse_request(&body),
-        ClientApi::Responses => responses::parse_request(&body),
+        ClientApi::Responses => responses::parse_request(&body).map(|read| {
+            facts.unread_fields = read.unread_fields.into();
+            read.request
+        }),
     }
     .map_err(RequestError::InvalidBody)?;
     let fallbacks = request_fallbacks(request.fallbacks.clone(), headers)?;
@@ -653,10 +670,8 @@ async fn serve_chat(
     let include_usage = request.include_usage;
     let keepalive = route.stream_keepalive.filter(|_| request.stream);
     let Some(interval) = keepalive else {
-        let served = ladder::answer(gateway, &route, &request, &client.tenant, &controls)
-            .await?
-            .with_request_id(facts.request_id.clone());
-        let served = limits::metered(served, client.limits.clone());
+        let served = ladder::answer(gateway, &route, &request, &client.tenant, &controls).await?;
+        let served = limits::metered(facts.tag(served), client.limits.clone());
         let response = render(gateway, served, &facts, &request.model, include_usage);
         return Ok(with_rate_limit_headers(response, &rate_limit_headers));
     };
@@ -665,13 +680,13 @@ async fn serve_chat(
     // connection alive until it does.
     let model = request.model.clone();
     let owned = gateway.clone();
-    let request_id = facts.request_id.clone();
+    let tagging = facts.clone();
     let limits = client.limits.clone();
     let mut answering: LadderFuture = Box::pin(
         async move {
             ladder::answer(&owned, &route, &request, &client.tenant, &controls)
                 .await
-                .map(|served| limits::metered(served.with_request_id(request_id), limits))
+                .map(|served| limits::metered(tagging.tag(served), limits))
         }
         .instrument(tracing::Span::current()),
     );
@@ -724,10 +739,7 @@ async fn answer_choices(
     let walks = (0..count).map(|_| async {
         ladder::answer(gateway, route, &single, &client.tenant, &controls)
             .await
-            .map(|served| {
-                let served = served.with_request_id(facts.request_id.clone());
-                limits::metered(served, client.limits.clone())
-            })
+            .map(|served| limits::metered(facts.tag(served), client.limits.clone()))
     });
     let answers = futures_util::future::try_join_all(walks).await?;
     let mut responses = Vec::new();

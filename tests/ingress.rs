@@ -79,7 +79,7 @@ async fn a_missing_or_ill_typed_field_is_named() {
             "max_tokens",
         ),
         (
-            json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "n": 3}),
+            json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "n": 9}),
             "n",
         ),
     ];

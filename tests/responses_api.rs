@@ -48,7 +48,8 @@ async fn answers_come_back_as_response_objects_from_either_dialect() {
         let reply = responses(
             &gateway,
             json!({"model": model, "input": "hello there", "instructions": "Be brief.",
-                   "max_output_tokens": 64, "temperature": 0.2}),
+                   "max_output_tokens": 64, "temperature": 0.2, "store": false,
+                   "include": ["reasoning.encrypted_content"]}),
         )
         .await;
         assert_eq!(reply.status, 200, "{}", reply.text);
@@ -64,6 +65,8 @@ async fn answers_come_back_as_response_objects_from_either_dialect() {
         assert!(body["usage"]["input_tokens"].as_u64().unwrap() > 0);
         assert!(body["usage"]["output_tokens"].as_u64().unwrap() > 0);
         assert_eq!(body["airbag"]["rung"], "provider");
+        // What no chat target takes is named, never silently lost.
+        assert_eq!(reply.header("x-airbag-dropped-fields"), "store, include");
         assert_eq!(
             reply.header("x-airbag-served-by"),
             format!(

@@ -9,7 +9,8 @@
 //! with a 400 naming the field: stored conversations (`previous_response_id`,
 //! `conversation`, `item_reference` items) and built-in tools (`web_search`,
 //! `file_search`, …). `reasoning` items sent back are left out: no chat target takes
-//! them.
+//! them; top-level fields it does not read are returned as [`ReadRequest::unread_fields`]
+//! for `x-airbag-dropped-fields`.
 
 use serde_json::{Map, Value, json};
 
@@ -42,9 +43,51 @@ fn check_request(object: &Map<String, Value>) -> Result<(), InvalidBody> {
     checks::check_fields(object, "", FIELDS)
 }
 
+/// The top-level fields airbag reads from a Responses request; any other one with a
+/// value is named in `x-airbag-dropped-fields` (no target is given it).
+const READ_FIELDS: &[&str] = &[
+    "model",
+    "input",
+    "instructions",
+    "stream",
+    "temperature",
+    "top_p",
+    "max_output_tokens",
+    "tools",
+    "tool_choice",
+    "text",
+    "reasoning",
+    "parallel_tool_calls",
+    "user",
+    "safety_identifier",
+];
+
+/// A Responses request read into the neutral form, and the fields of it no target gets.
+pub struct ReadRequest {
+    pub request: ChatRequest,
+    /// Top-level fields with a value that airbag does not read (`store`, `metadata`,
+    /// `include`, …), in the order sent.
+    pub unread_fields: Vec<String>,
+}
+
 /// Parse a Responses API body. Errors name the JSON path at fault.
-pub fn parse_request(body: &[u8]) -> Result<ChatRequest, InvalidBody> {
-    let (mut raw, _): (Map<String, Value>, _) = parse_request_body(body, check_request)?;
+pub fn parse_request(body: &[u8]) -> Result<ReadRequest, InvalidBody> {
+    let (raw, _): (Map<String, Value>, _) = parse_request_body(body, check_request)?;
+    let unread_fields = raw
+        .iter()
+        .filter(|(name, value)| {
+            !value.is_null() && !READ_FIELDS.contains(&name.as_str()) && *name != "fallbacks"
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    let request = read_request(raw)?;
+    Ok(ReadRequest {
+        request,
+        unread_fields,
+    })
+}
+
+fn read_request(mut raw: Map<String, Value>) -> Result<ChatRequest, InvalidBody> {
     let fallbacks = take_fallbacks(&mut raw)?;
     for stateful in ["previous_response_id", "conversation"] {
         if raw.get(stateful).is_some_and(|value| !value.is_null()) {
@@ -783,10 +826,13 @@ mod tests {
 
     #[test]
     fn a_string_input_is_one_user_message_and_instructions_the_system() {
-        let request = parse_request(
-            br#"{"model": "m", "input": "hi", "instructions": "be brief", "max_output_tokens": 50}"#,
+        let read = parse_request(
+            br#"{"model": "m", "input": "hi", "instructions": "be brief", "max_output_tokens": 50,
+                 "store": false, "metadata": {"a": "b"}, "include": null}"#,
         )
         .unwrap();
+        assert_eq!(read.unread_fields, ["store", "metadata"]);
+        let request = read.request;
         assert_eq!(request.system.as_deref(), Some("be brief"));
         assert_eq!(request.messages.len(), 1);
         assert_eq!(request.params.max_tokens, Some(50));
@@ -804,7 +850,8 @@ mod tests {
                 {"type": "reasoning", "id": "rs_1", "summary": []}
             ]}"#,
         )
-        .unwrap();
+        .unwrap()
+        .request;
         assert_eq!(request.system.as_deref(), Some("rules"));
         assert_eq!(request.messages.len(), 3);
         assert!(matches!(request.messages[1].content[0], Part::ToolCall(_)));
@@ -816,7 +863,7 @@ mod tests {
 
     #[test]
     fn what_needs_openai_s_own_service_is_refused_by_field() {
-        let refused = |body: &[u8]| parse_request(body).unwrap_err().field;
+        let refused = |body: &[u8]| parse_request(body).err().unwrap().field;
         assert_eq!(
             refused(br#"{"model": "m", "input": "hi", "previous_response_id": "resp_1"}"#),
             "previous_response_id"
