@@ -1615,7 +1615,11 @@ async fn model(
     headers: HeaderMap,
 ) -> Response {
     let protocol = http_edge::caller_protocol("/v1/models", &headers);
-    if gateway.routes.find(&id).is_none() {
+    let own_route = gateway
+        .client(&headers)
+        .ok()
+        .is_some_and(|client| crate::providers::find_route(&client.routes, &id).is_some());
+    if !own_route && gateway.routes.find(&id).is_none() {
         return http_edge::not_found(
             protocol,
             &format!("model `{id}` is not routed by airbag; GET /v1/models lists the routes"),
@@ -1631,13 +1635,20 @@ async fn model(
     axum::Json(body).into_response()
 }
 
-/// The routes, in the OpenAI list shape, or Anthropic's when an Anthropic SDK asks.
+/// The routes, in the OpenAI list shape, or Anthropic's when an Anthropic SDK asks: the
+/// caller's own (`[[clients]] routes`, when its key names a client) first, then the
+/// global ones, each name once.
 async fn models(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    let names: Vec<&str> = gateway
-        .routes
+    let client = gateway.client(&headers).ok();
+    let mut names: Vec<&str> = Vec::new();
+    let own = client
         .iter()
-        .map(|route| route.model.as_str())
-        .collect();
+        .flat_map(|client| client.routes.iter().map(|route| route.as_ref()));
+    for route in own.chain(gateway.routes.iter()) {
+        if !names.contains(&route.model.as_str()) {
+            names.push(route.model.as_str());
+        }
+    }
     let body = if headers.contains_key("anthropic-version") {
         json!({
             "data": names.iter().map(|name| json!({"type": "model", "id": name,

@@ -269,6 +269,57 @@ chain = ["c/m"]
     );
 }
 
+/// `GET /v1/models` lists a client's own routes (first) for its key only, and
+/// `GET /v1/models/{id}` finds them for it.
+#[tokio::test]
+async fn a_client_s_own_routes_are_listed_for_its_key_only() {
+    let extra = r#"
+[[clients]]
+key = "env:KEY_FREE"
+tenant = "free"
+
+[[clients]]
+key = "env:KEY_EU"
+tenant = "eu"
+[[clients.routes]]
+model = "eu-only"
+chain = ["c/m"]
+"#;
+    let (gateway, _a, _b, _c) = three_providers(false, extra).await;
+    let listed = |key: &'static str| {
+        let gateway = &gateway;
+        async move {
+            let bearer = format!("Bearer {key}");
+            let reply = gateway
+                .get("/v1/models", &[("authorization", &bearer)])
+                .await;
+            assert_eq!(reply.status, 200, "{}", reply.text);
+            reply.json()["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|model| model["id"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let eu = listed("eu-key").await;
+    assert_eq!(eu[0], "eu-only", "{eu:?}");
+    assert!(eu.contains(&"chat".to_string()), "{eu:?}");
+    assert!(!listed("free-key").await.contains(&"eu-only".to_string()));
+    let one = |key: &'static str| {
+        let gateway = &gateway;
+        async move {
+            let bearer = format!("Bearer {key}");
+            gateway
+                .get("/v1/models/eu-only", &[("authorization", &bearer)])
+                .await
+                .status
+        }
+    };
+    assert_eq!(one("eu-key").await, 200);
+    assert_eq!(one("free-key").await, 404);
+}
+
 #[test]
 fn check_config_refuses_a_client_route_on_a_provider_it_may_not_use() {
     let message = common::config_error(
