@@ -235,8 +235,14 @@ impl RunningGateway {
         if let Some(cache) = &self.gateway.cache {
             cache.shutdown().await;
         }
+        if let Some(telemetry) = &self.gateway.telemetry {
+            telemetry.flush(TELEMETRY_FLUSH).await;
+        }
     }
 }
+
+/// The longest a shutdown waits for the last spans to reach the collector.
+const TELEMETRY_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Bind both listeners and start serving. Binding to port 0 picks free ports (tests).
 pub async fn start(config: &Config, env: &Env) -> Result<RunningGateway, StartupError> {

@@ -13,7 +13,8 @@
 //! it: when the response is built for a complete answer, when the stream ends (or the
 //! client leaves) for a streamed one, so a stream's span carries its usage. Spans queue
 //! in memory (bounded: past it they are dropped and counted) and a background task sends
-//! them in batches; a collector that is down costs the requests nothing.
+//! them in batches; a collector that is down costs the requests nothing. At shutdown,
+//! once the last requests ended, what is queued is sent before the process exits.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -58,6 +59,8 @@ fn new_trace_id() -> String {
 /// The exporter: spans go into its queue, a task sends them.
 pub struct Telemetry {
     queue: mpsc::Sender<Value>,
+    /// Asks the export task to send everything queued now; it answers when done.
+    flushes: mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
     /// `gen_ai.system` of each provider by name.
     systems: std::collections::BTreeMap<String, &'static str>,
     metrics: crate::metrics::Metrics,
@@ -78,13 +81,25 @@ impl Telemetry {
             format!("{}/v1/traces", endpoint.trim_end_matches('/'))
         };
         let (queue, spans) = mpsc::channel(QUEUE);
+        let (flushes, flush_requests) = mpsc::channel(1);
         let resource = json!({"attributes": [
             attribute("service.name", json!(service_name)),
             attribute("service.version", json!(env!("CARGO_PKG_VERSION"))),
         ]});
-        tokio::spawn(export_loop(url, resource, spans, metrics.clone()));
+        let exporter = Exporter {
+            client: reqwest::Client::builder()
+                .timeout(EXPORT_TIMEOUT)
+                .build()
+                .unwrap_or_default(),
+            url,
+            resource,
+            metrics: metrics.clone(),
+            last_warning: None,
+        };
+        tokio::spawn(exporter.run(spans, flush_requests));
         Arc::new(Telemetry {
             queue,
+            flushes,
             systems,
             metrics,
         })
@@ -127,6 +142,22 @@ impl Telemetry {
             request_id: request_id.to_string(),
             facts: Mutex::new(TraceFacts::default()),
         })
+    }
+
+    /// Send every span queued so far, waiting at most `within`: at shutdown, once the last
+    /// requests ended, so their spans are not lost with the process.
+    pub async fn flush(&self, within: Duration) {
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        let asked = tokio::time::timeout(within, async {
+            if self.flushes.send(done).await.is_ok() {
+                let _ = flushed.await;
+            }
+        });
+        if asked.await.is_err() {
+            tracing::warn!(
+                "OpenTelemetry spans were still being sent at shutdown; the rest are lost"
+            );
+        }
     }
 
     fn system_of(&self, target: &str) -> Option<&'static str> {
@@ -327,39 +358,67 @@ fn int(value: u64) -> Value {
     json!({"intValue": value.to_string()})
 }
 
-/// Sends spans in batches of up to [`BATCH`], at most [`BATCH_DELAY`] after the first of
-/// a batch arrived. A failed export is logged (once a minute at most) and its spans are
-/// counted as failed; nothing is retried.
-async fn export_loop(
+/// The export task's side: where spans go and how failures are reported.
+struct Exporter {
+    client: reqwest::Client,
     url: String,
     resource: Value,
-    mut spans: mpsc::Receiver<Value>,
     metrics: crate::metrics::Metrics,
-) {
-    let client = reqwest::Client::builder()
-        .timeout(EXPORT_TIMEOUT)
-        .build()
-        .unwrap_or_default();
-    let mut last_warning: Option<tokio::time::Instant> = None;
-    while let Some(first) = spans.recv().await {
-        let mut batch = vec![first];
-        let until = tokio::time::Instant::now() + BATCH_DELAY;
-        while batch.len() < BATCH {
-            match tokio::time::timeout_at(until, spans.recv()).await {
-                Ok(Some(span)) => batch.push(span),
-                Ok(None) | Err(_) => break,
+    last_warning: Option<tokio::time::Instant>,
+}
+
+impl Exporter {
+    /// Sends spans in batches of up to [`BATCH`], at most [`BATCH_DELAY`] after the first
+    /// of a batch arrived; a flush request sends everything queued at once and is then
+    /// answered. A failed export is logged (once a minute at most) and its spans are
+    /// counted as failed; nothing is retried.
+    async fn run(
+        mut self,
+        mut spans: mpsc::Receiver<Value>,
+        mut flushes: mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
+    ) {
+        loop {
+            let first = tokio::select! {
+                span = spans.recv() => match span {
+                    Some(span) => span,
+                    None => return,
+                },
+                Some(done) = flushes.recv() => {
+                    let mut queued = Vec::new();
+                    while let Ok(span) = spans.try_recv() {
+                        queued.push(span);
+                    }
+                    for batch in queued.chunks(BATCH) {
+                        self.export(batch.to_vec()).await;
+                    }
+                    let _ = done.send(());
+                    continue;
+                }
+            };
+            let mut batch = vec![first];
+            let until = tokio::time::Instant::now() + BATCH_DELAY;
+            while batch.len() < BATCH {
+                match tokio::time::timeout_at(until, spans.recv()).await {
+                    Ok(Some(span)) => batch.push(span),
+                    Ok(None) | Err(_) => break,
+                }
             }
+            self.export(batch).await;
         }
+    }
+
+    async fn export(&mut self, batch: Vec<Value>) {
         let count = batch.len() as u64;
         let body = json!({"resourceSpans": [{
-            "resource": resource,
+            "resource": self.resource,
             "scopeSpans": [{
                 "scope": {"name": "airbag", "version": env!("CARGO_PKG_VERSION")},
                 "spans": batch,
             }],
         }]});
-        let sent = client
-            .post(&url)
+        let sent = self
+            .client
+            .post(&self.url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body.to_string())
             .send()
@@ -374,15 +433,18 @@ async fn export_loop(
         } else {
             "exported"
         };
-        metrics
+        self.metrics
             .trace_spans
             .with_label_values(&[outcome])
             .inc_by(count);
         if let Some(failure) = failure {
             let now = tokio::time::Instant::now();
-            if last_warning.is_none_or(|then| now.duration_since(then) >= Duration::from_secs(60)) {
-                tracing::warn!(url = %url, spans = count, "could not export traces: {failure}");
-                last_warning = Some(now);
+            if self
+                .last_warning
+                .is_none_or(|then| now.duration_since(then) >= Duration::from_secs(60))
+            {
+                tracing::warn!(url = %self.url, spans = count, "could not export traces: {failure}");
+                self.last_warning = Some(now);
             }
         }
     }

@@ -313,3 +313,62 @@ fn an_endpoint_that_is_not_a_url_is_named() {
     let message = common::config_error("[telemetry]\notlp_endpoint = \"collector:4318\"\n");
     assert!(message.contains("telemetry.otlp_endpoint"), "{message}");
 }
+
+/// The real binary stopped with SIGTERM right after a request: the request's span still
+/// reaches the collector (the queue is sent before the process exits). Timing-dependent
+/// as a proof: the shutdown itself can outlast the 1 s batch window, so this guards the
+/// behaviour rather than isolating the flush.
+#[tokio::test]
+async fn a_clean_stop_sends_the_last_spans() {
+    let collector = Collector::start().await;
+    let upstream = mock("up").await;
+    let folder = tempfile::tempdir().unwrap();
+    let canned = folder.path().join("canned");
+    std::fs::create_dir(&canned).unwrap();
+    let path = folder.path().join("airbag.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [telemetry]\notlp_endpoint = \"{}\"\nservice_name = \"airbag-test\"\n\
+             [cache]\nenabled = false\n[canned]\ndir = {canned:?}\n{}{}",
+            collector.url,
+            provider("up", "openai", &upstream, ""),
+            route("chat", &["up/m"]),
+        ),
+    )
+    .unwrap();
+    let path_text = path.to_string_lossy().to_string();
+    let (mut gateway, announced) =
+        common::process::spawn_announced(&["serve", "--config", &path_text], "airbag is listening");
+    let proxy = common::process::field(&announced, "proxy_addr");
+    let reply = reqwest::Client::new()
+        .post(format!("http://{proxy}/v1/chat/completions"))
+        .json(&openai_chat("chat", "the last one"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    let request_id = reply.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let pid = gateway.0.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let started = Instant::now();
+    while gateway.0.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "airbag did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let span = collector.request_span(&request_id).await;
+    assert_eq!(attribute(&span, "airbag.rung"), "provider");
+}
