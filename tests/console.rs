@@ -48,12 +48,7 @@ async fn an_operator_runs_an_outage_from_the_console() {
 
     // Log in: a wrong token is refused on the page, the right one opens the console.
     browser.open(&gateway.admin_url("/")).await;
-    browser
-        .wait_until(
-            "the login form",
-            "return !document.querySelector('#login').classList.contains('hidden');",
-        )
-        .await;
+    browser.wait_visible("the login form", "#login").await;
     browser.screenshot("01-login").await;
     browser.type_into("#token", "wrong").await;
     browser.click("#login-form button").await;
@@ -65,12 +60,7 @@ async fn an_operator_runs_an_outage_from_the_console() {
         .await;
     browser.type_into("#token", TOKEN).await;
     browser.click("#login-form button").await;
-    browser
-        .wait_until(
-            "the console",
-            "return !document.querySelector('#console').classList.contains('hidden');",
-        )
-        .await;
+    browser.wait_visible("the console", "#console").await;
 
     // Traffic: the rung counts move, nothing is degraded, the request list has ids but
     // never the prompt.
@@ -130,12 +120,7 @@ async fn an_operator_runs_an_outage_from_the_console() {
     browser
         .click("#canned tr[data-entry=\"sorry\"] button")
         .await;
-    browser
-        .wait_until(
-            "the editor",
-            "return !document.querySelector('#canned-editor').classList.contains('hidden');",
-        )
-        .await;
+    browser.wait_visible("the editor", "#canned-editor").await;
     browser
         .type_into("#field-text", "We are fixing it; back soon.")
         .await;
@@ -168,12 +153,7 @@ async fn an_operator_runs_an_outage_from_the_console() {
     browser
         .click("#canned tr[data-entry=\"sorry\"] button")
         .await;
-    browser
-        .wait_until(
-            "the editor",
-            "return !document.querySelector('#canned-editor').classList.contains('hidden');",
-        )
-        .await;
+    browser.wait_visible("the editor", "#canned-editor").await;
     let current = gateway.admin_get("/admin/canned/sorry", Some(TOKEN)).await;
     let etag = current.header("etag").to_string();
     let elsewhere = gateway
@@ -189,10 +169,7 @@ async fn an_operator_runs_an_outage_from_the_console() {
     browser.type_into("#field-text", "My late edit.").await;
     browser.click("#editor-save").await;
     browser
-        .wait_until(
-            "the conflict",
-            "return !document.querySelector('#editor-conflict').classList.contains('hidden');",
-        )
+        .wait_visible("the conflict", "#editor-conflict")
         .await;
     browser.screenshot("05-conflict").await;
     browser.click("#editor-reload").await;

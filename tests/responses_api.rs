@@ -8,7 +8,7 @@
 
 mod common;
 
-use airbag::mock::{Fault, FaultRule};
+use airbag::mock::{Fault, FaultRule, MockProvider};
 use common::{
     Reply, TestGateway, cache_section, canned_dir, canned_section, mock, provider, route,
 };
@@ -16,6 +16,17 @@ use serde_json::{Value, json};
 
 async fn responses(gateway: &TestGateway, body: Value) -> Reply {
     gateway.post("/v1/responses", body, &[]).await
+}
+
+/// Route `chat` to one mock provider of `kind`; `extra` adds keys to its section.
+async fn one_upstream(kind: &str, extra: &str) -> (TestGateway, MockProvider) {
+    let upstream = mock("up").await;
+    let config = format!(
+        "{}{}",
+        provider("up", kind, &upstream, extra),
+        route("chat", &["up/m"]),
+    );
+    (TestGateway::start(&config, &[]).await, upstream)
 }
 
 fn output_text(body: &Value) -> String {
@@ -106,13 +117,7 @@ async fn answers_come_back_as_response_objects_from_either_dialect() {
 
 #[tokio::test]
 async fn a_stream_is_the_api_s_semantic_events_ending_with_the_whole_response() {
-    let upstream = mock("up").await;
-    let config = format!(
-        "{}{}",
-        provider("up", "openai", &upstream, ""),
-        route("chat", &["up/m"]),
-    );
-    let gateway = TestGateway::start(&config, &[]).await;
+    let (gateway, _upstream) = one_upstream("openai", "").await;
     let reply = responses(
         &gateway,
         json!({"model": "chat", "input": [{"role": "user", "content": "stream me"}], "stream": true}),
@@ -172,13 +177,7 @@ async fn a_stream_is_the_api_s_semantic_events_ending_with_the_whole_response() 
 
 #[tokio::test]
 async fn a_function_call_round_trip_reaches_the_provider_as_tool_messages() {
-    let upstream = mock("up").await;
-    let config = format!(
-        "{}{}",
-        provider("up", "anthropic", &upstream, ""),
-        route("chat", &["up/m"]),
-    );
-    let gateway = TestGateway::start(&config, &[]).await;
+    let (gateway, upstream) = one_upstream("anthropic", "").await;
     let tools = json!([{"type": "function", "name": "lookup", "description": "Look it up.",
         "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}]);
     let first = responses(
@@ -263,14 +262,8 @@ async fn repeats_hit_the_cache_and_an_outage_gets_the_canned_answer() {
 
 #[tokio::test]
 async fn a_stream_that_breaks_ends_with_an_error_event() {
-    let upstream = mock("up").await;
+    let (gateway, upstream) = one_upstream("openai", "retries = 0").await;
     upstream.set_faults(vec![FaultRule::always(Fault::FailAfter { chunks: 3 })]);
-    let config = format!(
-        "{}{}",
-        provider("up", "openai", &upstream, "retries = 0"),
-        route("chat", &["up/m"]),
-    );
-    let gateway = TestGateway::start(&config, &[]).await;
     let reply = responses(
         &gateway,
         json!({"model": "chat", "input": "one two three four five six", "stream": true}),
@@ -291,13 +284,7 @@ async fn a_stream_that_breaks_ends_with_an_error_event() {
 
 #[tokio::test]
 async fn what_only_openai_s_own_service_can_do_is_refused_by_name() {
-    let upstream = mock("up").await;
-    let config = format!(
-        "{}{}",
-        provider("up", "openai", &upstream, ""),
-        route("chat", &["up/m"]),
-    );
-    let gateway = TestGateway::start(&config, &[]).await;
+    let (gateway, upstream) = one_upstream("openai", "").await;
     for (body, param) in [
         (
             json!({"model": "chat", "input": "hi", "previous_response_id": "resp_1"}),

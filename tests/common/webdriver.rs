@@ -197,6 +197,15 @@ impl Browser {
         }
     }
 
+    /// Wait (up to 30 s) until the element `css` selects is no longer `hidden`.
+    pub async fn wait_visible(&self, what: &str, css: &str) {
+        let script = format!(
+            "const node = document.querySelector({}); return node !== null && !node.classList.contains('hidden');",
+            json!(css)
+        );
+        self.wait_until(what, &script).await;
+    }
+
     /// Accept the page's `confirm()` dialog.
     pub async fn accept_dialog(&self) {
         let started = Instant::now();
