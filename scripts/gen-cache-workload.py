@@ -34,6 +34,9 @@ import random
 import sys
 
 DEFAULT_SEED = 20240611
+DEFAULT_SIZE = 1500
+# fresh has fewer pairs: at 1500 lines its traps would rise to 12%
+SPLIT_SIZE = {"fresh": 1250}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "bench", "data", "cache_eval")
 
@@ -208,8 +211,9 @@ def summary(split, rows):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--split", choices=("dev", "heldout", "both"), default="both")
-    ap.add_argument("--size", type=int, default=1500, help="target number of lines")
+    ap.add_argument("--split", choices=("dev", "heldout", "fresh", "both"), default="both")
+    ap.add_argument("--size", type=int, default=None,
+                    help="target number of lines (default 1500, fresh 1250)")
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
     ap.add_argument("--cacheable", type=float, default=0.40, help="share of repeats + rewords")
     ap.add_argument("--traps", type=float, default=0.10, help="share of trap lines")
@@ -219,7 +223,8 @@ def main():
     splits = ("dev", "heldout") if args.split == "both" else (args.split,)
     for split in splits:
         pairs = load_pairs(os.path.join(args.data_dir, f"pairs_{split}.jsonl"))
-        rows = build(pairs, args.size, args.seed, args.cacheable, args.traps)
+        size = args.size if args.size is not None else SPLIT_SIZE.get(split, DEFAULT_SIZE)
+        rows = build(pairs, size, args.seed, args.cacheable, args.traps)
         path = os.path.join(args.data_dir, f"workload_{split}.jsonl")
         with open(path, "w", encoding="utf-8") as f:
             for r in rows:
