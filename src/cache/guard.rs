@@ -7,7 +7,9 @@
 //! (written with capitals in either question; missing from the other, or in another
 //! order), a word and
 //! its negated form (edible/inedible), or the side of an opposite pair
-//! (increase/decrease…), or when one goes from A to B and the other from B to A.
+//! (increase/decrease…, counted past the words both share: "walk in" / "walk out" after
+//! a shared "in what order"), when one goes from A to B and the other from B to A, or
+//! when they ask for different kinds of answer (a time / a reason: [`super::asks`]).
 
 /// True when a stored question may answer a new one as far as the guard can tell.
 pub fn compatible(new_question: &str, stored_question: &str) -> bool {
@@ -19,6 +21,7 @@ pub fn compatible(new_question: &str, stored_question: &str) -> bool {
         && !opposite_sides(&new.words, &stored.words)
         && !negating_prefix(&new.words, &stored.words)
         && !reversed_direction(&new.words, &stored.words)
+        && !super::asks::asks_differ(new_question, stored_question)
 }
 
 /// Word pairs where each side asks for the other's opposite.
@@ -481,15 +484,15 @@ fn is_name(token: &str, sentence_start: bool) -> bool {
     acronym || inner_capital || (first.is_uppercase() && !sentence_start)
 }
 
-/// True when one question holds one side of an opposite pair and the other question
-/// holds the other side instead.
+/// True when one question holds one side of an opposite pair more often than the other
+/// question does, and the other question holds the other side more often: "walk in" /
+/// "walk out" in "In what order does the party walk in/out?", where both have one "in"
+/// of the question's frame.
 fn opposite_sides(a: &[String], b: &[String]) -> bool {
-    let has = |words: &[String], word: &str| words.iter().any(|w| w == word);
+    let count = |words: &[String], word: &str| words.iter().filter(|w| *w == word).count();
     OPPOSITES.iter().any(|(left, right)| {
-        let a_side = (has(a, left), has(a, right));
-        let b_side = (has(b, left), has(b, right));
-        (a_side == (true, false) && b_side == (false, true))
-            || (a_side == (false, true) && b_side == (true, false))
+        let more = |x: &[String], y: &[String], word: &str| count(x, word) > count(y, word);
+        (more(a, b, left) && more(b, a, right)) || (more(a, b, right) && more(b, a, left))
     })
 }
 
@@ -598,6 +601,18 @@ mod tests {
         assert!(compatible(
             "How do I enable two-factor authentication?",
             "how do i turn on two factor authentication"
+        ));
+    }
+
+    #[test]
+    fn opposites_count_past_the_words_both_share() {
+        assert!(!compatible(
+            "In what order does the bridal party walk in?",
+            "In what order does the bridal party walk out?"
+        ));
+        assert!(compatible(
+            "In what order does the bridal party walk in?",
+            "What order does the bridal party walk in, in?"
         ));
     }
 

@@ -10,6 +10,7 @@
 //! request.
 
 pub mod alignment;
+pub mod asks;
 pub mod coalesce;
 pub mod config;
 pub mod embedder;
