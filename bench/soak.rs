@@ -33,13 +33,23 @@ fn root() -> PathBuf {
 
 /// Resident memory of a process in KiB.
 fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// One KiB line of /proc/PID/status: `VmRSS:` (all resident memory), `RssAnon:` (heap
+/// and stacks) or `RssFile:` (pages of mapped files, such as the store's segments).
+fn status_kib(pid: u32, key: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(key))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|kib| kib.parse().ok())
         .unwrap_or(0)
+}
+
+fn mib(kib: u64) -> f64 {
+    (kib as f64 / 1024.0 * 10.0).round() / 10.0
 }
 
 struct Gateway {
@@ -209,7 +219,9 @@ async fn run() -> Value {
             };
             let sample = json!({
                 "seconds": started.elapsed().as_secs(),
-                "rss_mib": (rss_kib(pid) as f64 / 1024.0 * 10.0).round() / 10.0,
+                "rss_mib": mib(rss_kib(pid)),
+                "anon_mib": mib(status_kib(pid, "RssAnon:")),
+                "file_mib": mib(status_kib(pid, "RssFile:")),
                 "entries": stats["entries"],
                 "evicted": stats["bound"]["evicted"],
                 "memory_layer_mib": (stats["memory"]["bytes"].as_f64().unwrap_or(0.0) / 1048576.0 * 10.0).round() / 10.0,

@@ -266,12 +266,18 @@ impl Embedder {
     }
 
     /// Read a lookup's question (its vector and its tokens' vectors), unless the model is
-    /// saturated (refused at once) or the reading does not come within `deadline`. A
-    /// refused or late question costs the model nothing: it is never run, or dropped
-    /// before its batch if still waiting.
-    pub async fn read_within(&self, text: &str, deadline: Duration) -> Result<Reading, EmbedSkip> {
+    /// saturated (refused at once: too many questions waiting, or they would take longer
+    /// than `wait`) or the reading does not come within `deadline`. A refused or late
+    /// question costs the model nothing: it is never run, or dropped before its batch if
+    /// still waiting.
+    pub async fn read_within(
+        &self,
+        text: &str,
+        wait: Duration,
+        deadline: Duration,
+    ) -> Result<Reading, EmbedSkip> {
         let waiting = self.waiting.load(Ordering::SeqCst);
-        if waiting >= self.max_waiting || self.expected_wait(waiting) > deadline / 2 {
+        if waiting >= self.max_waiting || self.expected_wait(waiting) > wait {
             return Err(EmbedSkip::Saturated(waiting));
         }
         let read = async {
@@ -288,12 +294,12 @@ impl Embedder {
     }
 
     /// How long a question sent now would wait for the model: the questions ahead of it
-    /// (and itself) at the recent cost per question. A lookup that would wait past half
-    /// its deadline is refused at once: it would most likely time out, and its batch would
-    /// spend the model's time on an answer nobody reads.
+    /// at the recent cost per question (none ahead: no wait, however slow the model). A lookup that would wait past its
+    /// `embedding_wait` is refused at once: the wait would be added to a miss, and near
+    /// the deadline its batch would spend the model's time on an answer nobody reads.
     fn expected_wait(&self, waiting: usize) -> Duration {
         let per_question = self.cost.load(Ordering::Relaxed) / self.threads.max(1);
-        Duration::from_nanos(per_question.saturating_mul(waiting as u64 + 1))
+        Duration::from_nanos(per_question.saturating_mul(waiting as u64))
     }
 
     /// Whether a lookup would be refused now (`embedding_queue` questions waiting).
@@ -642,6 +648,14 @@ fn load_model(
         ort::ep::CPU::default().with_arena_allocator(false).build(),
     ]);
     options.intra_threads = Some(intra_threads);
+    if let Ok(entries) = std::env::var("AIRBAG_ORT_EXPERIMENT") {
+        for entry in entries.split(',').filter(|e| !e.is_empty()) {
+            let (key, value) = entry.split_once('=').unwrap_or((entry, "1"));
+            options
+                .session_config
+                .push((key.to_string(), value.to_string()));
+        }
+    }
     TextEmbedding::try_new_from_user_defined(model, options).map_err(|error| ModelError::Model {
         path: model_dir.to_path_buf(),
         message: error.to_string(),

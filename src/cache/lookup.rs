@@ -127,7 +127,11 @@ impl Cache {
             && let Some(embedder) = &self.embedder
         {
             match embedder
-                .read_within(&question, self.config.semantic.embedding_deadline)
+                .read_within(
+                    &question,
+                    self.config.semantic.embedding_wait,
+                    self.config.semantic.embedding_deadline,
+                )
                 .await
             {
                 Ok(read) => reading = Some(read),
