@@ -9,10 +9,16 @@
 //! reach the disk only when the shard is flushed. So a write is durable once `flush`
 //! ran after it, which the cache does every `cache.flush_interval`; a crash loses at
 //! most the writes of the last interval.
+//!
+//! That log is also never truncated: once it passes
+//! [`REBUILD_PAST_LOG_BYTES`](super::rebuild::REBUILD_PAST_LOG_BYTES), `maintain` copies
+//! the live points into a fresh shard and swaps it in ([`super::rebuild`]). Calls wait
+//! for the swap; lookups give up at their own deadline, as with any slow store.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -24,6 +30,7 @@ use qdrant_edge::{
 };
 use serde_json::{Value, json};
 
+use super::rebuild;
 use super::{
     BOOL_FIELD, EXPIRY_FIELD, KEYWORD_FIELDS, Purge, SemanticQuery, StoreError, StoredPoint,
     VectorStore,
@@ -33,11 +40,26 @@ use crate::cache::entry::StoredEntry;
 /// Points written since the last index build that make the next `maintain` build it.
 const OPTIMIZE_AFTER_WRITES: u64 = 1_000;
 
+/// The open shard. Each call clones the `Arc` for as long as it runs; a rebuild takes the
+/// write lock, waits until no call holds a clone, and puts the rebuilt shard in. `None`
+/// once the store is closed, or when a rebuild failed to reopen it.
+type ShardSlot = Arc<RwLock<Option<Arc<EdgeShard>>>>;
+
+/// Points copied per page during a rebuild.
+const REBUILD_PAGE: usize = 256;
+
+/// The longest a rebuild waits for calls in flight before giving up (and trying again at
+/// the next maintenance).
+const REBUILD_WAIT: Duration = Duration::from_secs(10);
+
 pub struct EdgeStore {
-    /// Shared with the blocking tasks of calls in flight; `Option` only so `Drop` can
-    /// take it.
-    shard: Option<Arc<EdgeShard>>,
+    shard: ShardSlot,
     path: PathBuf,
+    dimensions: usize,
+    /// The write-ahead log's size past which `maintain` rebuilds the store.
+    rebuild_past_log_bytes: u64,
+    /// Rebuilds done since the store opened.
+    rebuilds: Arc<AtomicU64>,
     writes_since_optimize: Arc<AtomicU64>,
     /// Held by every call that changes the shard and by flush: qdrant-edge's flush
     /// panics when it meets an update holding the write-ahead log.
@@ -78,67 +100,23 @@ pub struct OpenError {
 }
 
 impl EdgeStore {
-    /// Open the store in `path`, creating it (and its payload indexes) when new.
+    /// Open the store in `path`, creating it (and its payload indexes) when new, after
+    /// finishing a rebuild a crash interrupted.
     pub fn open(path: &Path, dimensions: usize) -> Result<EdgeStore, OpenError> {
         let fail = |message: String| OpenError {
             path: path.to_path_buf(),
             message,
         };
-        std::fs::create_dir_all(path).map_err(|error| fail(error.to_string()))?;
+        rebuild::finish_interrupted(path)
+            .map_err(|error| fail(format!("finishing an interrupted rebuild: {error}")))?;
         let existing = path.join("edge_config.json").exists();
-        let shard = if existing {
-            EdgeShard::load(path, None).map_err(|error| fail(error.to_string()))?
-        } else {
-            let mut config = EdgeConfig::default();
-            config.vectors.insert(
-                String::new(),
-                EdgeVectorParams {
-                    size: dimensions,
-                    distance: Distance::Cosine,
-                    on_disk: None,
-                    multivector_config: None,
-                    datatype: None,
-                    quantization_config: None,
-                    hnsw_config: None,
-                },
-            );
-            EdgeShard::new(path, config).map_err(|error| fail(error.to_string()))?
-        };
-        let size = shard.config().vectors.get("").map(|params| params.size);
-        if size != Some(dimensions) {
-            return Err(fail(format!(
-                "it holds vectors of size {size:?}, not {dimensions}; move the folder away to start an empty cache"
-            )));
-        }
-        let indexed = shard.info().payload_schema;
-        let wanted = KEYWORD_FIELDS
-            .iter()
-            .map(|field| (*field, PayloadSchemaType::Keyword))
-            .chain([
-                (BOOL_FIELD, PayloadSchemaType::Bool),
-                (EXPIRY_FIELD, PayloadSchemaType::Integer),
-            ]);
-        let mut created = 0;
-        for (field, schema) in wanted {
-            if indexed.keys().any(|key| key.to_string() == field) {
-                continue;
-            }
-            created += 1;
-            let field_name = field
-                .parse()
-                .map_err(|_| fail(format!("bad payload field name {field}")))?;
-            shard
-                .update(UpdateOperation::FieldIndexOperation(
-                    FieldIndexOperations::CreateIndex(CreateIndex {
-                        field_name,
-                        field_schema: Some(PayloadFieldSchema::FieldType(schema)),
-                    }),
-                ))
-                .map_err(|error| fail(error.to_string()))?;
-        }
+        let (shard, created) = open_shard(path, dimensions).map_err(fail)?;
         Ok(EdgeStore {
-            shard: Some(Arc::new(shard)),
+            shard: Arc::new(RwLock::new(Some(Arc::new(shard)))),
             path: path.to_path_buf(),
+            dimensions,
+            rebuild_past_log_bytes: rebuild::REBUILD_PAST_LOG_BYTES,
+            rebuilds: Arc::new(AtomicU64::new(0)),
             writes_since_optimize: Arc::new(AtomicU64::new(if existing {
                 OPTIMIZE_AFTER_WRITES
             } else {
@@ -154,17 +132,29 @@ impl EdgeStore {
         })
     }
 
+    /// Rebuild at the next `maintain` once the write-ahead log passes `bytes` (tests).
+    #[cfg(test)]
+    fn rebuild_past(mut self, bytes: u64) -> EdgeStore {
+        self.rebuild_past_log_bytes = bytes;
+        self
+    }
+
     /// Run a blocking shard call off the async runtime.
     fn blocking<T: Send + 'static>(
         &self,
         call: impl FnOnce(&EdgeShard) -> Result<T, StoreError> + Send + 'static,
     ) -> BoxFuture<'static, Result<T, StoreError>> {
-        let shard = self.shard.clone();
+        let slot = self.shard.clone();
         async move {
-            let shard = shard.ok_or_else(|| backend("the store is closed"))?;
-            tokio::task::spawn_blocking(move || call(&shard))
-                .await
-                .map_err(|error| StoreError::Backend(format!("store task failed: {error}")))?
+            tokio::task::spawn_blocking(move || {
+                // Waits here while a rebuild swaps the shard.
+                let shard = read_slot(&slot)
+                    .clone()
+                    .ok_or_else(|| backend("the store is closed"))?;
+                call(&shard)
+            })
+            .await
+            .map_err(|error| StoreError::Backend(format!("store task failed: {error}")))?
         }
         .boxed()
     }
@@ -192,6 +182,164 @@ fn hold(lock: &std::sync::Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
     lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+fn read_slot(slot: &ShardSlot) -> std::sync::RwLockReadGuard<'_, Option<Arc<EdgeShard>>> {
+    slot.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write_slot(slot: &ShardSlot) -> std::sync::RwLockWriteGuard<'_, Option<Arc<EdgeShard>>> {
+    slot.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Open the shard in `path` (creating it when new) with the payload indexes the cache
+/// filters on; also says how many indexes it created.
+fn open_shard(path: &Path, dimensions: usize) -> Result<(EdgeShard, u64), String> {
+    std::fs::create_dir_all(path).map_err(|error| error.to_string())?;
+    let shard = if path.join("edge_config.json").exists() {
+        EdgeShard::load(path, None).map_err(|error| error.to_string())?
+    } else {
+        let mut config = EdgeConfig::default();
+        config.vectors.insert(
+            String::new(),
+            EdgeVectorParams {
+                size: dimensions,
+                distance: Distance::Cosine,
+                on_disk: None,
+                multivector_config: None,
+                datatype: None,
+                quantization_config: None,
+                hnsw_config: None,
+            },
+        );
+        EdgeShard::new(path, config).map_err(|error| error.to_string())?
+    };
+    let size = shard.config().vectors.get("").map(|params| params.size);
+    if size != Some(dimensions) {
+        return Err(format!(
+            "it holds vectors of size {size:?}, not {dimensions}; move the folder away to start an empty cache"
+        ));
+    }
+    let indexed = shard.info().payload_schema;
+    let wanted = KEYWORD_FIELDS
+        .iter()
+        .map(|field| (*field, PayloadSchemaType::Keyword))
+        .chain([
+            (BOOL_FIELD, PayloadSchemaType::Bool),
+            (EXPIRY_FIELD, PayloadSchemaType::Integer),
+        ]);
+    let mut created = 0;
+    for (field, schema) in wanted {
+        if indexed.keys().any(|key| key.to_string() == field) {
+            continue;
+        }
+        created += 1;
+        let field_name = field
+            .parse()
+            .map_err(|_| format!("bad payload field name {field}"))?;
+        shard
+            .update(UpdateOperation::FieldIndexOperation(
+                FieldIndexOperations::CreateIndex(CreateIndex {
+                    field_name,
+                    field_schema: Some(PayloadFieldSchema::FieldType(schema)),
+                }),
+            ))
+            .map_err(|error| error.to_string())?;
+    }
+    Ok((shard, created))
+}
+
+/// Rebuild the store in `path` (see [`super::rebuild`]): wait until no call holds the
+/// shard, copy its points into a fresh shard beside it, swap that in and open it. Calls
+/// wait meanwhile. Returns the points copied.
+fn rebuild_shard(slot: &ShardSlot, path: &Path, dimensions: usize) -> Result<u64, StoreError> {
+    let mut current = write_slot(slot);
+    let mut shared = current
+        .take()
+        .ok_or_else(|| backend("the store is closed"))?;
+    let waited = Instant::now();
+    let old = loop {
+        match Arc::try_unwrap(shared) {
+            Ok(shard) => break shard,
+            Err(still_shared) if waited.elapsed() < REBUILD_WAIT => {
+                shared = still_shared;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(still_shared) => {
+                *current = Some(still_shared);
+                return Err(backend(
+                    "calls in flight held the shard; the rebuild waits for the next maintenance",
+                ));
+            }
+        }
+    };
+    let staging = rebuild::staging(path);
+    let copied = match copy_into(&old, &staging, dimensions) {
+        Ok(copied) => copied,
+        Err(error) => {
+            *current = Some(Arc::new(old));
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(error);
+        }
+    };
+    // Closing flushes the old shard; from the marker on, a crash keeps the copy.
+    drop(old);
+    let swapped = rebuild::swap_in(path);
+    // Whatever the swap did, open what the folder holds now (a half swap is finished
+    // as at start-up). If that fails the slot stays empty: lookups miss and writes fail
+    // until a restart, and the error says why.
+    let (shard, _) = rebuild::finish_interrupted(path)
+        .map_err(backend)
+        .and_then(|()| open_shard(path, dimensions).map_err(backend))?;
+    *current = Some(Arc::new(shard));
+    swapped.map(|()| copied).map_err(backend)
+}
+
+/// Copy every point of `old` into a new shard in `staging` and mark it complete.
+fn copy_into(old: &EdgeShard, staging: &Path, dimensions: usize) -> Result<u64, StoreError> {
+    if staging.exists() {
+        std::fs::remove_dir_all(staging).map_err(backend)?;
+    }
+    let (fresh, _) = open_shard(staging, dimensions).map_err(backend)?;
+    let mut copied = 0;
+    let mut offset = None;
+    loop {
+        let (records, next) = old
+            .scroll(ScrollRequest {
+                offset,
+                limit: Some(REBUILD_PAGE),
+                filter: None,
+                with_payload: Some(WithPayloadInterface::Bool(true)),
+                with_vector: true.into(),
+                order_by: None,
+            })
+            .map_err(backend)?;
+        let mut points = Vec::with_capacity(records.len());
+        for record in records {
+            let (Some(vector), Some(payload)) = (record.vector, record.payload) else {
+                continue;
+            };
+            let payload = Value::Object(payload.0.into_iter().collect());
+            points.push(PointStruct::new(record.id, vector, payload).into());
+        }
+        copied += points.len() as u64;
+        if !points.is_empty() {
+            fresh
+                .update(UpdateOperation::PointOperation(
+                    PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
+                ))
+                .map_err(backend)?;
+        }
+        match next {
+            Some(next) => offset = Some(next),
+            None => break,
+        }
+    }
+    fresh.flush();
+    drop(fresh);
+    rebuild::mark_complete(staging).map_err(backend)?;
+    Ok(copied)
+}
+
 /// Flush the shard unless nothing changed since the last flush. The caller holds
 /// `builds` and `exclusive` (in that order), so no update or index build runs beside it.
 fn flush_changes(shard: &EdgeShard, changes: &ChangeCount) {
@@ -208,7 +356,7 @@ impl Drop for EdgeStore {
     /// (deleted under a running gateway, or a test's temporary folder). Nothing can be
     /// written there any more, so the shard is leaked instead of flushed.
     fn drop(&mut self) {
-        let Some(shard) = self.shard.take() else {
+        let Some(shard) = write_slot(&self.shard).take() else {
             return;
         };
         if !self.path.join("segments").exists() {
@@ -400,7 +548,7 @@ impl VectorStore for EdgeStore {
         // The index build runs beside searches and updates (qdrant-edge swaps segments
         // in when done); only a flush must not meet it, and the flush after it must not
         // meet an update either.
-        self.blocking(move |shard| {
+        let build = self.blocking(move |shard| {
             if writes.load(Ordering::Relaxed) < OPTIMIZE_AFTER_WRITES {
                 return Ok(());
             }
@@ -414,7 +562,40 @@ impl VectorStore for EdgeStore {
                 .flushed
                 .store(changes.made.load(Ordering::SeqCst), Ordering::SeqCst);
             Ok(())
-        })
+        });
+        let slot = self.shard.clone();
+        let path = self.path.clone();
+        let dimensions = self.dimensions;
+        let changes = self.changes.clone();
+        let bound = self.rebuild_past_log_bytes;
+        let rebuilds = self.rebuilds.clone();
+        async move {
+            build.await?;
+            let log = rebuild::log_bytes(&path);
+            if log <= bound {
+                return Ok(());
+            }
+            let started = Instant::now();
+            let copied = tokio::task::spawn_blocking(move || {
+                let copied = rebuild_shard(&slot, &path, dimensions)?;
+                // Everything is on disk in the new shard.
+                changes
+                    .flushed
+                    .store(changes.made.load(Ordering::SeqCst), Ordering::SeqCst);
+                Ok::<_, StoreError>(copied)
+            })
+            .await
+            .map_err(|error| StoreError::Backend(format!("store task failed: {error}")))??;
+            rebuilds.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                log_mib = log / (1024 * 1024),
+                points = copied,
+                took_ms = started.elapsed().as_millis() as u64,
+                "cache: the embedded store's write-ahead log passed its bound; rebuilt the store"
+            );
+            Ok(())
+        }
+        .boxed()
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -468,6 +649,64 @@ mod tests {
                 stale_until: u64::MAX / 4,
             },
         }
+    }
+
+    fn answer_text(entry: &StoredEntry) -> String {
+        match &entry.answer.content[0] {
+            StoredPart::Text { text } => text.clone(),
+            other => panic!("not text: {other:?}"),
+        }
+    }
+
+    /// A rebuild keeps exactly the live points, empties the write-ahead log, and later
+    /// writes to the same ids still replace what is stored (a fresh log that numbered
+    /// them below the stored versions would have them ignored).
+    #[tokio::test]
+    async fn a_rebuild_keeps_the_live_points_and_later_writes_still_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let store = EdgeStore::open(&path, 4).unwrap().rebuild_past(0);
+        store.upsert((1..=300).map(point).collect()).await.unwrap();
+        store.delete((1..=100).collect()).await.unwrap();
+        // Written twice: the second write is the stored one.
+        let mut changed = point(200);
+        changed.entry.answer.content = vec![StoredPart::Text {
+            text: "second".into(),
+        }];
+        store.upsert(vec![changed]).await.unwrap();
+        assert!(rebuild::log_bytes(&path) > 0);
+
+        store.maintain().await.unwrap();
+        assert_eq!(store.rebuilds.load(Ordering::Relaxed), 1);
+        assert_eq!(store.count().await.unwrap(), 200);
+        assert!(store.get(50).await.unwrap().is_none());
+        assert_eq!(
+            answer_text(&store.get(200).await.unwrap().unwrap()),
+            "second"
+        );
+        assert!(!rebuild::staging(&path).exists());
+
+        let mut third = point(200);
+        third.entry.answer.content = vec![StoredPart::Text {
+            text: "third".into(),
+        }];
+        store.upsert(vec![third]).await.unwrap();
+        store.delete(vec![300]).await.unwrap();
+        assert_eq!(
+            answer_text(&store.get(200).await.unwrap().unwrap()),
+            "third"
+        );
+        assert!(store.get(300).await.unwrap().is_none());
+
+        // And it all comes back after a restart.
+        store.flush().await.unwrap();
+        drop(store);
+        let reopened = EdgeStore::open(&path, 4).unwrap();
+        assert_eq!(reopened.count().await.unwrap(), 199);
+        assert_eq!(
+            answer_text(&reopened.get(200).await.unwrap().unwrap()),
+            "third"
+        );
     }
 
     /// Copy a folder as it is on disk now, as a crash would leave it.

@@ -12,6 +12,7 @@
 pub mod edge;
 pub mod guarded;
 pub mod qdrant;
+pub mod rebuild;
 
 use futures_util::future::BoxFuture;
 
