@@ -251,7 +251,12 @@ fn open_shard(path: &Path, dimensions: usize) -> Result<(EdgeShard, u64), String
 /// Rebuild the store in `path` (see [`super::rebuild`]): wait until no call holds the
 /// shard, copy its points into a fresh shard beside it, swap that in and open it. Calls
 /// wait meanwhile. Returns the points copied.
-fn rebuild_shard(slot: &ShardSlot, path: &Path, dimensions: usize) -> Result<u64, StoreError> {
+fn rebuild_shard(
+    slot: &ShardSlot,
+    path: &Path,
+    dimensions: usize,
+    changes: &ChangeCount,
+) -> Result<u64, StoreError> {
     let mut current = write_slot(slot);
     let mut shared = current
         .take()
@@ -290,6 +295,11 @@ fn rebuild_shard(slot: &ShardSlot, path: &Path, dimensions: usize) -> Result<u64
     let (shard, _) = rebuild::finish_interrupted(path)
         .map_err(backend)
         .and_then(|()| open_shard(path, dimensions).map_err(backend))?;
+    // Every change made so far is on disk in the new shard; none can be made until the
+    // slot is released.
+    changes
+        .flushed
+        .store(changes.made.load(Ordering::SeqCst), Ordering::SeqCst);
     *current = Some(Arc::new(shard));
     swapped.map(|()| copied).map_err(backend)
 }
@@ -577,12 +587,7 @@ impl VectorStore for EdgeStore {
             }
             let started = Instant::now();
             let copied = tokio::task::spawn_blocking(move || {
-                let copied = rebuild_shard(&slot, &path, dimensions)?;
-                // Everything is on disk in the new shard.
-                changes
-                    .flushed
-                    .store(changes.made.load(Ordering::SeqCst), Ordering::SeqCst);
-                Ok::<_, StoreError>(copied)
+                rebuild_shard(&slot, &path, dimensions, &changes)
             })
             .await
             .map_err(|error| StoreError::Backend(format!("store task failed: {error}")))??;
@@ -678,6 +683,8 @@ mod tests {
 
         store.maintain().await.unwrap();
         assert_eq!(store.rebuilds.load(Ordering::Relaxed), 1);
+        // The copy is on disk: nothing left for the flusher.
+        assert_eq!(store.unflushed_changes(), 0);
         assert_eq!(store.count().await.unwrap(), 200);
         assert!(store.get(50).await.unwrap().is_none());
         assert_eq!(
