@@ -20,7 +20,8 @@
 //!    Qdrant server (`QDRANT_URL`, else the test tooling's `../shared/bin/qdrant` started
 //!    on free ports; skipped without either). Semantic search (with the cache's partition
 //!    filter) before and after the index is built, exact reads by id, and lookups per
-//!    second with 16 in flight. `BENCH_CACHE_ONLY=stores` runs this part alone.
+//!    second with 16 in flight. `BENCH_CACHE_ONLY=stores` runs this part alone;
+//!    `BENCH_CACHE_ONLY=rebuild` times the embedded store's rebuild at both sizes.
 //! 4. Exact and semantic hits through a real gateway over HTTP (end to end), and the
 //!    server-side share (`airbag_request_duration_seconds{rung="cache"}`).
 //! 5. The cache at load (`bench/cache_load.rs`): misses at 1,000/s with the cache on and
@@ -659,6 +660,32 @@ async fn store_numbers(store: &dyn VectorStore, size: usize) -> Value {
         "throughput": throughput})
 }
 
+/// The embedded store's rebuild at 10k and 100k entries: the time its calls wait.
+async fn rebuild_seconds() {
+    for size in [10_000usize, 100_000] {
+        let folder = tempfile::tempdir().unwrap();
+        let store = EdgeStore::open(folder.path(), DIMENSIONS).unwrap();
+        for batch in (0..size).collect::<Vec<_>>().chunks(1_000) {
+            let points = batch
+                .iter()
+                .map(|index| StoredPoint {
+                    id: *index as u64,
+                    vector: random_unit_vector(),
+                    entry: entry(*index, &format!("context-{}", index % 1_000)),
+                })
+                .collect();
+            store.upsert(points).await.unwrap();
+        }
+        store.maintain().await.unwrap();
+        let started = Instant::now();
+        let copied = store.rebuild().await.unwrap();
+        println!(
+            "embedded store rebuild at {size} entries: {copied} points copied in {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
+
 async fn vector_search() -> Value {
     let mut embedded = serde_json::Map::new();
     let mut server = serde_json::Map::new();
@@ -878,6 +905,16 @@ fn main() {
         let path = root().join("bench/results/stores.json");
         std::fs::write(&path, serde_json::to_string_pretty(&stores).unwrap()).unwrap();
         println!("\nwritten to {}", path.display());
+        return;
+    }
+    // `BENCH_CACHE_ONLY=rebuild`: how long the embedded store's rebuild (which bounds
+    // its write-ahead log) holds its calls, at 10k and 100k entries.
+    if std::env::var("BENCH_CACHE_ONLY").as_deref() == Ok("rebuild") {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(rebuild_seconds());
         return;
     }
     // `BENCH_CACHE_ONLY=load`: only the load run (bench/cache_load.rs).

@@ -139,6 +139,26 @@ impl EdgeStore {
         self
     }
 
+    /// Rebuild the store now (see [`super::rebuild`]); `maintain` does when the log
+    /// passes its bound. Calls wait meanwhile. Returns the points copied.
+    pub fn rebuild(&self) -> BoxFuture<'static, Result<u64, StoreError>> {
+        let slot = self.shard.clone();
+        let path = self.path.clone();
+        let dimensions = self.dimensions;
+        let changes = self.changes.clone();
+        let rebuilds = self.rebuilds.clone();
+        async move {
+            let copied = tokio::task::spawn_blocking(move || {
+                rebuild_shard(&slot, &path, dimensions, &changes)
+            })
+            .await
+            .map_err(|error| StoreError::Backend(format!("store task failed: {error}")))??;
+            rebuilds.fetch_add(1, Ordering::Relaxed);
+            Ok(copied)
+        }
+        .boxed()
+    }
+
     /// Run a blocking shard call off the async runtime.
     fn blocking<T: Send + 'static>(
         &self,
@@ -573,12 +593,9 @@ impl VectorStore for EdgeStore {
                 .store(changes.made.load(Ordering::SeqCst), Ordering::SeqCst);
             Ok(())
         });
-        let slot = self.shard.clone();
+        let rebuild = self.rebuild();
         let path = self.path.clone();
-        let dimensions = self.dimensions;
-        let changes = self.changes.clone();
         let bound = self.rebuild_past_log_bytes;
-        let rebuilds = self.rebuilds.clone();
         async move {
             build.await?;
             let log = rebuild::log_bytes(&path);
@@ -586,12 +603,7 @@ impl VectorStore for EdgeStore {
                 return Ok(());
             }
             let started = Instant::now();
-            let copied = tokio::task::spawn_blocking(move || {
-                rebuild_shard(&slot, &path, dimensions, &changes)
-            })
-            .await
-            .map_err(|error| StoreError::Backend(format!("store task failed: {error}")))??;
-            rebuilds.fetch_add(1, Ordering::Relaxed);
+            let copied = rebuild.await?;
             tracing::info!(
                 log_mib = log / (1024 * 1024),
                 points = copied,
