@@ -617,13 +617,9 @@ async fn lookups_per_second(store: &dyn VectorStore, contexts: usize, size: usiz
     json!({"in_flight": in_flight, "searches_per_second": searches.round(), "gets_per_second": gets.round()})
 }
 
-/// One store at `size` entries: insert, search before and after its index is built,
-/// reads by id, lookups per second.
-async fn store_numbers(store: &dyn VectorStore, size: usize) -> Value {
-    // 1,000 conversation contexts: a semantic search filters on one of them, as the
-    // cache does (tenant + context digest).
-    let contexts = 1_000;
-    let started = Instant::now();
+/// Store `size` entries with random vectors, spread over `contexts` conversation
+/// contexts, in batches of 1,000.
+async fn fill(store: &dyn VectorStore, size: usize, contexts: usize) {
     for batch in (0..size).collect::<Vec<_>>().chunks(1_000) {
         let points = batch
             .iter()
@@ -635,6 +631,16 @@ async fn store_numbers(store: &dyn VectorStore, size: usize) -> Value {
             .collect();
         store.upsert(points).await.unwrap();
     }
+}
+
+/// One store at `size` entries: insert, search before and after its index is built,
+/// reads by id, lookups per second.
+async fn store_numbers(store: &dyn VectorStore, size: usize) -> Value {
+    // 1,000 conversation contexts: a semantic search filters on one of them, as the
+    // cache does (tenant + context digest).
+    let contexts = 1_000;
+    let started = Instant::now();
+    fill(store, size, contexts).await;
     let insert_seconds = started.elapsed().as_secs_f64();
     let before = search_latency(store, contexts, 500).await;
     let started = Instant::now();
@@ -665,17 +671,7 @@ async fn rebuild_seconds() {
     for size in [10_000usize, 100_000] {
         let folder = tempfile::tempdir().unwrap();
         let store = EdgeStore::open(folder.path(), DIMENSIONS).unwrap();
-        for batch in (0..size).collect::<Vec<_>>().chunks(1_000) {
-            let points = batch
-                .iter()
-                .map(|index| StoredPoint {
-                    id: *index as u64,
-                    vector: random_unit_vector(),
-                    entry: entry(*index, &format!("context-{}", index % 1_000)),
-                })
-                .collect();
-            store.upsert(points).await.unwrap();
-        }
+        fill(&store, size, 1_000).await;
         store.maintain().await.unwrap();
         let started = Instant::now();
         let copied = store.rebuild().await.unwrap();

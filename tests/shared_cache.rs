@@ -75,7 +75,13 @@ async fn an_answer_stored_through_one_replica_serves_the_other_for_the_same_tena
         return;
     };
     let upstream = mock("up").await;
-    let config = config(&server, &collection(), &upstream);
+    // A replica's first lookups open its connections to the server; on a loaded CI
+    // machine they outlasted the default lookup deadline once (a miss of the exact read
+    // that the semantic search then answered). This test is about what is shared.
+    let config = config(&server, &collection(), &upstream).replace(
+        "shared_memory_ttl = \"1s\"\n",
+        "shared_memory_ttl = \"1s\"\nlookup_timeout = \"5s\"\n",
+    );
     let (replica_a, replica_b) = (start(&config).await, start(&config).await);
 
     assert_eq!(
