@@ -106,11 +106,12 @@ const QUANTITY_WORDS: &[&str] = &[
 /// Verbs after "can you" / "do you" that embed the real question ("Can you tell me why…").
 const EMBEDDING_VERBS: &[&str] = &["tell", "explain", "know", "describe", "say"];
 
+/// A word that can start the ask: a question word, or the "at" of "at what point".
 fn is_question_word(word: &str) -> bool {
     matches!(
         word,
-        "what" | "which" | "when" | "where" | "who" | "whom" | "whose" | "why" | "how"
-    ) || word == "at"
+        "what" | "which" | "when" | "where" | "who" | "whom" | "whose" | "why" | "how" | "at"
+    )
 }
 
 /// The question's ask, when its words say it.

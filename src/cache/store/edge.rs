@@ -675,9 +675,9 @@ mod tests {
         }
     }
 
-    /// A rebuild keeps exactly the live points, empties the write-ahead log, and later
-    /// writes to the same ids still replace what is stored (a fresh log that numbered
-    /// them below the stored versions would have them ignored).
+    /// A rebuild (forced by a bound of 0 bytes of log) keeps exactly the live points, leaves
+    /// nothing unflushed, and later writes to the same ids still replace what is stored (a
+    /// fresh log that numbered them below the stored versions would have them ignored).
     #[tokio::test]
     async fn a_rebuild_keeps_the_live_points_and_later_writes_still_win() {
         let dir = tempfile::tempdir().unwrap();
