@@ -3,7 +3,11 @@
 //! Run with `BENCH_CACHE_ONLY=load cargo bench --bench cache` (also part of
 //! `make bench-cache`); results go to `bench/results/cache_load.json`.
 //!
-//! Environment: `LOAD_SECONDS` (default 20), `LOAD_RATE` (default 1000 requests/s).
+//! Environment: `LOAD_SECONDS` (default 20), `LOAD_RATE` (default 1000 requests/s),
+//! `LOAD_CONTEXT`: `shared` (default: every unique question is a first turn, all in the
+//! one context the stored questions fill) or `conversations` (every unique question is
+//! the second turn of a conversation of its own, so its context partition is empty, as
+//! for later turns of real chats; results go to `bench/results/cache_load_conversations.json`).
 //! One request in twenty is a rewording of a question stored before the run (pairs from
 //! `bench/data/semantic_pairs.jsonl`, sent with `no-store`), to count the semantic hits
 //! still found under load against those found at idle.
@@ -82,16 +86,40 @@ struct Outcome {
     reworded: bool,
 }
 
+/// Whether unique questions come as later turns of conversations of their own.
+fn in_conversations() -> bool {
+    std::env::var("LOAD_CONTEXT").is_ok_and(|context| context == "conversations")
+}
+
 async fn ask(
     client: &reqwest::Client,
     url: &str,
     question: &str,
     no_store: bool,
 ) -> Option<(f64, String)> {
+    ask_after(client, url, None, question, no_store).await
+}
+
+/// [`ask`], as the second turn after `earlier` (a user turn and a short answer).
+async fn ask_after(
+    client: &reqwest::Client,
+    url: &str,
+    earlier: Option<String>,
+    question: &str,
+    no_store: bool,
+) -> Option<(f64, String)> {
     let started = Instant::now();
+    let messages = match earlier {
+        Some(earlier) => json!([
+            {"role": "user", "content": earlier},
+            {"role": "assistant", "content": "Sure, ask away."},
+            {"role": "user", "content": question},
+        ]),
+        None => json!([{"role": "user", "content": question}]),
+    };
     let mut request = client
         .post(url)
-        .json(&json!({"model": "chat", "messages": [{"role": "user", "content": question}]}));
+        .json(&json!({"model": "chat", "messages": messages}));
     if no_store {
         request = request.header("cache-control", "no-store");
     }
@@ -123,6 +151,7 @@ async fn drive(
     let total = seconds * rate;
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
+    let conversations = in_conversations();
     for index in 0..total {
         ticks.tick().await;
         let reworded = !rewordings.is_empty() && index % 20 == 7;
@@ -133,10 +162,16 @@ async fn drive(
         } else {
             unique_question(offset + index)
         };
+        let earlier = (conversations && !reworded).then(|| {
+            format!(
+                "I have a few questions for conversation {}.",
+                offset + index
+            )
+        });
         let client = client.clone();
         let url = url.to_string();
         tasks.spawn(async move {
-            ask(&client, &url, &question, reworded)
+            ask_after(&client, &url, earlier, &question, reworded)
                 .await
                 .map(|(micros, served_by)| Outcome {
                     micros,
@@ -230,12 +265,15 @@ pub async fn run() -> Value {
     let added = |key: &str| {
         on_latency[key].as_f64().unwrap_or(0.0) - off_latency[key].as_f64().unwrap_or(0.0)
     };
+    let empty_context =
+        delta("airbag_cache_lookups_total{kind=\"semantic\",result=\"empty_context\"}");
     let saturated = delta("airbag_cache_semantic_skipped_total{reason=\"saturated\"}");
     let late = delta("airbag_cache_semantic_skipped_total{reason=\"deadline\"}");
     let lookups = outcomes.len() as f64;
     let results = json!({
         "seconds": seconds,
         "rate_asked": rate,
+        "context": if in_conversations() { "conversations" } else { "shared" },
         "rate_sent_cache_off": off_rate.round(),
         "rate_sent_cache_on": on_rate.round(),
         "miss_latency_cache_off": off_latency,
@@ -243,6 +281,7 @@ pub async fn run() -> Value {
         "added_per_miss_us": {"p50": added("p50_us"), "p99": added("p99_us")},
         "semantic_skipped_share": (saturated + late) / lookups.max(1.0),
         "semantic_skipped": {"saturated": saturated, "deadline": late},
+        "empty_context_share": empty_context / lookups.max(1.0),
         "embedding_abandoned": delta("airbag_cache_embedding_abandoned_total"),
         "rewordings": {"asked": reworded, "hits_under_load": found, "hit_share_at_idle": idle_hits as f64 / pairs.len().max(1) as f64},
         "writes": {
@@ -255,7 +294,11 @@ pub async fn run() -> Value {
         "\ncache at load: {}",
         serde_json::to_string_pretty(&results).unwrap()
     );
-    let path = root().join("bench/results/cache_load.json");
+    let path = root().join(if in_conversations() {
+        "bench/results/cache_load_conversations.json"
+    } else {
+        "bench/results/cache_load.json"
+    });
     std::fs::write(&path, serde_json::to_string_pretty(&results).unwrap()).unwrap();
     results
 }

@@ -290,6 +290,52 @@ async fn the_same_question_after_other_turns_is_not_a_semantic_hit() {
 }
 
 #[tokio::test]
+async fn a_question_in_a_context_with_no_entries_is_not_embedded_before_its_call() {
+    let upstream = mock("up").await;
+    let store = tempfile::tempdir().unwrap();
+    let gateway = cached_gateway(store.path(), &upstream, "").await;
+    // Maintenance (every 200 ms here) first checks its index against the store; until
+    // then every lookup embeds.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        served(&gateway, "How do I reset my password?").await,
+        "provider:up/m"
+    );
+    wait_stored(&gateway, 1).await;
+    // The question was embedded beside its provider call: the entry is stored with its
+    // vector, and its rewording is a semantic hit at once.
+    assert_eq!(
+        served(&gateway, "how can i reset my password").await,
+        "cache:semantic"
+    );
+    // A later turn of another conversation: its earlier turns make a new context.
+    let later_turn = json!({"model": "chat", "messages": [
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello! How can I help?"},
+        {"role": "user", "content": "How do I reset my password?"},
+    ]});
+    assert_eq!(
+        gateway.openai(later_turn).await.served_by(),
+        "provider:up/m"
+    );
+    assert_eq!(upstream.request_count(), 2);
+    let metrics = gateway.metrics().await;
+    assert!(
+        metrics
+            .contains("airbag_cache_lookups_total{kind=\"semantic\",result=\"empty_context\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("airbag_cache_lookups_total{kind=\"semantic\",result=\"hit\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("airbag_cache_writer_embedded_total 0"),
+        "no question waited for the writer's backlog: {metrics}"
+    );
+}
+
+#[tokio::test]
 async fn a_tenant_never_receives_another_tenants_entry() {
     let upstream = mock("up").await;
     let store = tempfile::tempdir().unwrap();
@@ -834,6 +880,9 @@ async fn concurrent_questions_are_embedded_in_shared_batches() {
     )
     .await;
     assert!(replies.iter().all(|reply| reply.status == 200));
+    // The first questions of a context are embedded beside their provider calls: their
+    // readings are done once the writer stored their entries.
+    wait_stored(&gateway, 24).await;
     let metrics = gateway.metrics().await;
     let read = |name: &str| -> f64 {
         metrics

@@ -616,6 +616,16 @@ fn load_model(
     onnxruntime: &Path,
     intra_threads: usize,
 ) -> Result<TextEmbedding, ModelError> {
+    load_model_with(model_dir, onnxruntime, intra_threads, true)
+}
+
+/// [`load_model`], with the embedding tables' rewrite (`model_graph`) on or off.
+fn load_model_with(
+    model_dir: &Path,
+    onnxruntime: &Path,
+    intra_threads: usize,
+    dequantize_after_gather: bool,
+) -> Result<TextEmbedding, ModelError> {
     let require = |path: PathBuf, key: &'static str| {
         if path.is_file() {
             Ok(path)
@@ -629,6 +639,20 @@ fn load_model(
         std::fs::read(&path).map_err(|source| ModelError::Read { path, source })
     };
     let onnx = read("model.onnx")?;
+    // The embedding tables stay int8 in memory (see `model_graph`).
+    let onnx = if dequantize_after_gather {
+        let (onnx, rewritten) =
+            super::model_graph::dequantize_after_gather(&onnx).map_err(|error| {
+                ModelError::Model {
+                    path: model_dir.join("model.onnx"),
+                    message: error.to_string(),
+                }
+            })?;
+        tracing::debug!("embedding model: {rewritten} tables dequantized after lookup");
+        onnx
+    } else {
+        onnx
+    };
     let tokenizer_files = TokenizerFiles {
         tokenizer_file: read("tokenizer.json")?,
         config_file: read("config.json")?,
@@ -648,14 +672,6 @@ fn load_model(
         ort::ep::CPU::default().with_arena_allocator(false).build(),
     ]);
     options.intra_threads = Some(intra_threads);
-    if let Ok(entries) = std::env::var("AIRBAG_ORT_EXPERIMENT") {
-        for entry in entries.split(',').filter(|e| !e.is_empty()) {
-            let (key, value) = entry.split_once('=').unwrap_or((entry, "1"));
-            options
-                .session_config
-                .push((key.to_string(), value.to_string()));
-        }
-    }
     TextEmbedding::try_new_from_user_defined(model, options).map_err(|error| ModelError::Model {
         path: model_dir.to_path_buf(),
         message: error.to_string(),
@@ -665,5 +681,42 @@ fn load_model(
 impl crate::canned::ExampleEmbedder for Embedder {
     fn embed_blocking(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, String> {
         Embedder::embed_blocking(self, texts.to_vec()).map_err(|error| error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used, clippy::unwrap_used)]
+    use super::*;
+
+    /// The rewritten graph (`model_graph`) reads every question exactly as the shipped
+    /// one does: the same sentence vectors and token vectors, bit for bit.
+    #[test]
+    fn the_rewritten_model_reads_questions_exactly_as_the_shipped_one() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/model");
+        let model_dir = root.join("all-minilm-l6-v2");
+        let runtime = root.join("onnxruntime/libonnxruntime.so");
+        let mut shipped = load_model_with(&model_dir, &runtime, 1, false)
+            .expect("the model is in .cache/model: run `make model`");
+        let mut rewritten = load_model_with(&model_dir, &runtime, 1, true).unwrap();
+        let questions = [
+            "How do I reset my password?",
+            "What is the capital of Australia, and why isn't it Sydney?",
+            "Zebra crossings: who has the right of way at night in the rain?",
+        ];
+        let before = read_texts(&mut shipped, &questions, 8).unwrap();
+        let after = read_texts(&mut rewritten, &questions, 8).unwrap();
+        assert_eq!(before.len(), questions.len());
+        for (before, after) in before.iter().zip(&after) {
+            assert_eq!(before.vector, after.vector);
+            assert_eq!(before.tokens, after.tokens);
+        }
+        let sentence_graph = std::fs::read(model_dir.join("model.onnx")).unwrap();
+        let (_, count) =
+            super::super::model_graph::dequantize_after_gather(&sentence_graph).unwrap();
+        assert_eq!(
+            count, 2,
+            "the word and position tables (token types are stored as floats)"
+        );
     }
 }

@@ -13,7 +13,7 @@ use super::store::{self, SemanticQuery, VectorStore};
 use super::verifier::VerifyError;
 use super::{
     COALESCE_WAIT, Cache, CacheControls, CacheHit, CacheScope, FLIGHTS_FOLLOWED, HitKind, Lookup,
-    PendingEntry, SEMANTIC_CANDIDATES, VERIFY_DEADLINE, coalesce, guard, language,
+    PendingEntry, ReadingInFlight, SEMANTIC_CANDIDATES, VERIFY_DEADLINE, coalesce, guard, language,
 };
 use crate::protocol::{ChatRequest, unix_now};
 
@@ -122,7 +122,17 @@ impl Cache {
         // The vector serves the semantic lookup and the entry written later; a request
         // that wants neither is not embedded.
         let mut reading = None;
-        if semantic
+        let mut reading_in_flight = None;
+        let empty_partition = semantic && controls.lookup && self.partition_is_empty(&keys);
+        if empty_partition {
+            // Nothing to find: the request goes on at once, and the question is embedded
+            // beside its provider call for the entry its answer makes.
+            self.count("semantic", "empty_context");
+            if let (true, Some(embedder)) = (controls.store, &self.embedder) {
+                reading_in_flight =
+                    Some(ReadingInFlight::start(embedder.clone(), question.clone()));
+            }
+        } else if semantic
             && (controls.lookup || controls.store)
             && let Some(embedder) = &self.embedder
         {
@@ -167,6 +177,7 @@ impl Cache {
                         lookup.stale = stale;
                     }
                 }
+                _ if empty_partition => {}
                 _ => self.count("semantic", "skipped"),
             }
         }
@@ -185,9 +196,17 @@ impl Cache {
                 flight,
                 tokens,
                 answered_in: None,
+                reading_in_flight,
             });
         }
         lookup
+    }
+
+    /// Whether the request's context partition surely holds no semantic entry. Only
+    /// the embedded store answers: a shared store gets entries from other replicas this
+    /// one learns of only at its next maintenance run.
+    fn partition_is_empty(&self, keys: &CacheKeys) -> bool {
+        self.store.kind() == "embedded" && self.usage.partition_is_empty(&keys.context)
     }
 
     fn semantic_eligible(&self, request: &ChatRequest, question: &str) -> bool {

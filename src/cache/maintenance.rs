@@ -62,6 +62,7 @@ pub(super) async fn maintenance_loop(cache: Arc<Cache>, mut stopped: watch::Rece
                 rescan(&cache).await;
                 super::writer::evict(&cache).await;
             }
+            cache.usage.mark_complete();
         }
     }
 }

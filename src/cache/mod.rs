@@ -20,6 +20,7 @@ pub mod key;
 pub mod language;
 mod lookup;
 mod maintenance;
+pub mod model_graph;
 pub mod reading;
 pub mod store;
 pub mod usage;
@@ -182,6 +183,42 @@ pub struct PendingEntry {
     /// The body dialect of the target that answered, once known: kept with the answer so
     /// a hit names what of its request that dialect could not be given.
     answered_in: Option<crate::protocol::Protocol>,
+    /// The question's embedding, started beside the provider call when its partition
+    /// held nothing to look up: the writer takes its vector and token vectors from it.
+    reading_in_flight: Option<ReadingInFlight>,
+}
+
+/// An embedding running in the background; `None` when the model was saturated or
+/// failed (the entry is then stored exact-only and embedded later by the writer).
+#[derive(Clone)]
+pub struct ReadingInFlight(
+    futures_util::future::Shared<
+        futures_util::future::BoxFuture<'static, Option<reading::Reading>>,
+    >,
+);
+
+impl ReadingInFlight {
+    /// Start reading `question` now, unless the model is saturated.
+    fn start(embedder: embedder::Embedder, question: String) -> ReadingInFlight {
+        use futures_util::FutureExt;
+        let running = tokio::spawn(async move {
+            match embedder.read_unless_saturated(vec![question]).await {
+                Ok(Some(mut readings)) => readings.pop(),
+                _ => None,
+            }
+        });
+        ReadingInFlight(running.map(|joined| joined.ok().flatten()).boxed().shared())
+    }
+
+    async fn finish(self) -> Option<reading::Reading> {
+        self.0.await
+    }
+}
+
+impl std::fmt::Debug for ReadingInFlight {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("ReadingInFlight")
+    }
 }
 
 impl PendingEntry {

@@ -15,10 +15,18 @@
 //! layer weighs it plus its vector. The files on disk are larger (index, write-ahead
 //! log); `cache.max_bytes` bounds the entries, not the folder.
 //!
-//! About 80 bytes per entry: 100,000 entries cost about 8 MB here.
+//! It also counts the semantic entries of each context partition, so a lookup in a
+//! partition that holds none (the first question of a conversation, or any turn after
+//! the first, whose earlier turns make its context new) skips the embedding it could not
+//! use; the writer embeds the question later, off the request's path. The counts are
+//! trusted only once a maintenance run has compared the index with the store
+//! ([`Usage::mark_complete`]), and only for a store no other replica writes to.
+//!
+//! About 90 bytes per entry: 100,000 entries cost about 9 MB here.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::embedder::DIMENSIONS;
 use super::entry::StoredEntry;
@@ -30,6 +38,9 @@ struct Used {
     bytes: u32,
     stale_until: u64,
     tick: u64,
+    /// The context partition of a semantic entry ([`partition_of_hex`]); `None` for an
+    /// entry only exact lookups can find.
+    partition: Option<u64>,
 }
 
 #[derive(Default)]
@@ -37,19 +48,31 @@ struct Index {
     entries: HashMap<u64, Used>,
     bytes: u64,
     clock: u64,
+    /// Semantic entries per context partition; a partition with none has no key.
+    partitions: HashMap<u64, u32>,
 }
 
 impl Index {
     fn insert(&mut self, id: u64, used: Used) {
-        if let Some(old) = self.entries.insert(id, used) {
-            self.bytes = self.bytes.saturating_sub(u64::from(old.bytes));
-        }
+        self.remove(id);
         self.bytes = self.bytes.saturating_add(u64::from(used.bytes));
+        if let Some(partition) = used.partition {
+            *self.partitions.entry(partition).or_default() += 1;
+        }
+        self.entries.insert(id, used);
     }
 
     fn remove(&mut self, id: u64) {
         if let Some(old) = self.entries.remove(&id) {
             self.bytes = self.bytes.saturating_sub(u64::from(old.bytes));
+            if let Some(partition) = old.partition
+                && let Some(count) = self.partitions.get_mut(&partition)
+            {
+                *count -= 1;
+                if *count == 0 {
+                    self.partitions.remove(&partition);
+                }
+            }
         }
     }
 
@@ -72,6 +95,33 @@ pub struct Usage {
     max_entries: u64,
     max_bytes: u64,
     index: Mutex<Index>,
+    /// Set once maintenance found the index agrees with the store: before that (at
+    /// start-up) the partition counts may miss stored entries.
+    complete: AtomicBool,
+}
+
+/// A context partition's number: the first 8 bytes of its digest. Two partitions that
+/// share it only cost an embedding: a lookup is skipped only when the number has none.
+pub fn partition_of(context: &[u8; 32]) -> u64 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&context[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// [`partition_of`] for the hex digest a stored entry carries.
+fn partition_of_hex(context: &str) -> Option<u64> {
+    context
+        .get(..16)
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+}
+
+/// The partition a stored entry counts in: only entries a semantic search can find.
+fn partition_of_entry(entry: &StoredEntry) -> Option<u64> {
+    if entry.semantic {
+        partition_of_hex(&entry.context)
+    } else {
+        None
+    }
 }
 
 /// What the store costs for an entry: payload estimate plus its f32 vector.
@@ -87,7 +137,21 @@ impl Usage {
             max_entries,
             max_bytes,
             index: Mutex::new(Index::default()),
+            complete: AtomicBool::new(false),
         }
+    }
+
+    /// Maintenance compared the index with the store (and rescanned it if they
+    /// disagreed): from now on the partition counts cover every stored entry.
+    pub fn mark_complete(&self) {
+        self.complete.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the context partition surely holds no semantic entry, so a semantic
+    /// lookup in it cannot hit. `false` while the index may be incomplete.
+    pub fn partition_is_empty(&self, context: &[u8; 32]) -> bool {
+        self.complete.load(Ordering::Relaxed)
+            && !self.lock().partitions.contains_key(&partition_of(context))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
@@ -107,8 +171,20 @@ impl Usage {
                 bytes: entry_bytes(entry),
                 stale_until: entry.stale_until,
                 tick,
+                partition: partition_of_entry(entry),
             },
         );
+    }
+
+    /// A stored exact-only entry was stored again with its vector (the writer's
+    /// backlog): it now counts in its partition. Its recency is unchanged.
+    /// `context` is the entry's hex context digest.
+    pub fn embedded(&self, id: u64, context: &str) {
+        let mut index = self.lock();
+        if let Some(mut used) = index.entries.get(&id).copied() {
+            used.partition = partition_of_hex(context);
+            index.insert(id, used);
+        }
     }
 
     /// An entry was served: it moves to the back of the eviction order.
@@ -181,17 +257,11 @@ impl Usage {
     pub fn rebuild(&self, scanned: Vec<(u64, [u8; 32], StoredEntry)>) {
         let mut index = self.lock();
         let mut fresh = Index::default();
-        let mut unknown: Vec<(u64, u64, [u8; 32], u32, u64)> = Vec::new();
+        let mut unknown: Vec<(u64, u64, [u8; 32], &StoredEntry)> = Vec::new();
         for (id, exact, entry) in &scanned {
             match index.entries.get(id) {
                 Some(known) if known.exact == *exact => fresh.insert(*id, *known),
-                _ => unknown.push((
-                    entry.created_at,
-                    *id,
-                    *exact,
-                    entry_bytes(entry),
-                    entry.stale_until,
-                )),
+                _ => unknown.push((entry.created_at, *id, *exact, entry)),
             }
         }
         unknown.sort_unstable_by_key(|(created_at, id, ..)| (*created_at, *id));
@@ -203,14 +273,15 @@ impl Usage {
             .min()
             .unwrap_or(u64::MAX);
         let base = known_min.saturating_sub(unknown.len() as u64 + 1);
-        for (offset, (_, id, exact, bytes, stale_until)) in unknown.into_iter().enumerate() {
+        for (offset, (_, id, exact, entry)) in unknown.into_iter().enumerate() {
             fresh.insert(
                 id,
                 Used {
                     exact,
-                    bytes,
-                    stale_until,
+                    bytes: entry_bytes(entry),
+                    stale_until: entry.stale_until,
                     tick: base.saturating_add(offset as u64),
+                    partition: partition_of_entry(entry),
                 },
             );
         }
@@ -298,5 +369,43 @@ mod tests {
         let evicted: Vec<u64> = usage.evict().iter().map(|victim| victim.id).collect();
         // 4 entries over a cap of 3: down to 3 (90% of 3 rounds to 3): the oldest unknown.
         assert_eq!(evicted, vec![7]);
+    }
+
+    #[test]
+    fn a_partition_is_empty_once_known_complete_and_until_a_semantic_entry_is_stored() {
+        let usage = Usage::new(100, u64::MAX);
+        let context = [7u8; 32];
+        let in_partition = |created_at: u64, semantic: bool| StoredEntry {
+            context: "07".repeat(32),
+            semantic,
+            ..entry(created_at)
+        };
+        // Before maintenance compared the index with the store: never said empty.
+        assert!(!usage.partition_is_empty(&context));
+        usage.mark_complete();
+        assert!(usage.partition_is_empty(&context));
+        // An exact-only entry cannot be found by a semantic search.
+        usage.stored(1, key(1), &in_partition(1, false));
+        assert!(usage.partition_is_empty(&context));
+        usage.stored(2, key(2), &in_partition(2, true));
+        usage.stored(3, key(3), &in_partition(3, true));
+        assert!(!usage.partition_is_empty(&context));
+        assert!(usage.partition_is_empty(&[8u8; 32]));
+        // Rewriting an entry counts it once; expiry and eviction take it out.
+        usage.stored(3, key(3), &in_partition(3, true));
+        usage.expire(0);
+        assert!(!usage.partition_is_empty(&context));
+        let expired = StoredEntry {
+            stale_until: 5,
+            ..in_partition(2, true)
+        };
+        usage.stored(2, key(2), &expired);
+        usage.expire(10);
+        assert!(
+            !usage.partition_is_empty(&context),
+            "entry 3 is still there"
+        );
+        usage.rebuild(vec![(1, key(1), in_partition(1, false))]);
+        assert!(usage.partition_is_empty(&context), "a rescan found none");
     }
 }

@@ -262,18 +262,28 @@ async fn backfill(cache: &Cache, backlog: &mut Backlog) {
     }
     let embedded = points.len() as u64;
     let started = Instant::now();
+    let contexts: Vec<(u64, String)> = points
+        .iter()
+        .map(|point| (point.id, point.entry.context.clone()))
+        .collect();
     match cache.store.upsert(points).await {
-        Ok(()) => cache.metrics.cache_embedded_by_writer.inc_by(embedded),
+        Ok(()) => {
+            for (id, context) in &contexts {
+                cache.usage.embedded(*id, context);
+            }
+            cache.metrics.cache_embedded_by_writer.inc_by(embedded);
+        }
         Err(error) => tracing::warn!("cache: storing {embedded} embedded entries failed: {error}"),
     }
     cache.observe_store("upsert", started);
 }
 
 async fn write_batch(cache: &Cache, jobs: Vec<WriteJob>, backlog: &mut Backlog) {
-    let jobs = current(cache, jobs);
+    let mut jobs = current(cache, jobs);
     if jobs.is_empty() {
         return;
     }
+    finish_readings(cache, &mut jobs).await;
     // From the generation check until the store has the batch: a purge waits for it,
     // then deletes it, or bumped the generation first and the batch is dropped here.
     let _writing = cache.writing.lock().await;
@@ -332,6 +342,26 @@ async fn write_batch(cache: &Cache, jobs: Vec<WriteJob>, backlog: &mut Backlog) 
 
 /// The jobs prepared under the current purge generation; the others are counted and
 /// dropped (a purge ran since their lookup).
+/// Give each job whose question was embedded beside its provider call the vector and
+/// token vectors of that reading (waiting for it at most [`LATE_EMBEDDING`]). A job whose
+/// reading failed keeps none: it is stored exact-only and goes to the backlog.
+async fn finish_readings(cache: &Cache, jobs: &mut [WriteJob]) {
+    for job in jobs.iter_mut() {
+        let Some(in_flight) = job.pending.reading_in_flight.take() else {
+            continue;
+        };
+        let Ok(Some(reading)) = tokio::time::timeout(LATE_EMBEDDING, in_flight.finish()).await
+        else {
+            continue;
+        };
+        if let Some(verifier) = &cache.verifier {
+            verifier.remember(&job.pending.question, reading.tokens.clone());
+        }
+        job.pending.vector = Some(reading.vector);
+        job.pending.tokens = Some(reading.tokens);
+    }
+}
+
 fn current(cache: &Cache, jobs: Vec<WriteJob>) -> Vec<WriteJob> {
     let generation = cache.purges.load(Ordering::SeqCst);
     let (jobs, purged): (Vec<WriteJob>, Vec<WriteJob>) = jobs

@@ -24,7 +24,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use qdrant_edge::{
     CountRequest, CreateIndex, Distance, EdgeConfig, EdgeShard, EdgeVectorParams,
-    FieldIndexOperations, Filter, NamedQuery, Payload, PayloadFieldSchema, PayloadSchemaType,
+    FieldIndexOperations, Filter, NamedQuery, Payload, PayloadFieldSchema, PayloadSchemaParams,
     PointId, PointInsertOperations, PointOperations, PointStruct, QueryEnum, ScrollRequest,
     SearchRequest, UpdateOperation, WithPayloadInterface,
 };
@@ -224,7 +224,9 @@ fn open_shard(path: &Path, dimensions: usize) -> Result<(EdgeShard, u64), String
             EdgeVectorParams {
                 size: dimensions,
                 distance: Distance::Cosine,
-                on_disk: None,
+                // Plain mmap: only the pages touched are resident. The default keeps
+                // each segment's whole chunk (32 MiB) in memory from the first vector.
+                on_disk: Some(true),
                 multivector_config: None,
                 datatype: None,
                 quantization_config: None,
@@ -242,13 +244,10 @@ fn open_shard(path: &Path, dimensions: usize) -> Result<(EdgeShard, u64), String
     let indexed = shard.info().payload_schema;
     let wanted = KEYWORD_FIELDS
         .iter()
-        .map(|field| (*field, PayloadSchemaType::Keyword))
-        .chain([
-            (BOOL_FIELD, PayloadSchemaType::Bool),
-            (EXPIRY_FIELD, PayloadSchemaType::Integer),
-        ]);
+        .map(|field| (*field, "keyword"))
+        .chain([(BOOL_FIELD, "bool"), (EXPIRY_FIELD, "integer")]);
     let mut created = 0;
-    for (field, schema) in wanted {
+    for (field, kind) in wanted {
         if indexed.keys().any(|key| key.to_string() == field) {
             continue;
         }
@@ -260,12 +259,20 @@ fn open_shard(path: &Path, dimensions: usize) -> Result<(EdgeShard, u64), String
             .update(UpdateOperation::FieldIndexOperation(
                 FieldIndexOperations::CreateIndex(CreateIndex {
                     field_name,
-                    field_schema: Some(PayloadFieldSchema::FieldType(schema)),
+                    field_schema: Some(PayloadFieldSchema::FieldParams(on_disk_index(kind)?)),
                 }),
             ))
             .map_err(|error| error.to_string())?;
     }
     Ok((shard, created))
+}
+
+/// The parameters of a payload index of `kind` ("keyword", "bool", "integer") kept on
+/// disk: its files are mapped and only the pages read are resident, where the default
+/// loads every index file (2-4 MiB each, per field and segment) into memory.
+fn on_disk_index(kind: &str) -> Result<PayloadSchemaParams, String> {
+    serde_json::from_value(json!({"type": kind, "on_disk": true}))
+        .map_err(|error| format!("payload index parameters for {kind}: {error}"))
 }
 
 /// Rebuild the store in `path` (see [`super::rebuild`]): wait until no call holds the

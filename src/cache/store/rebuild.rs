@@ -21,9 +21,11 @@ use std::path::{Path, PathBuf};
 /// Written into the rebuilt folder once its shard is flushed and closed.
 pub const COMPLETE: &str = "rebuild-complete";
 
-/// The write-ahead log's size past which the maintenance task rebuilds the store: three
-/// of qdrant-edge's 32 MiB segments.
-pub const REBUILD_PAST_LOG_BYTES: u64 = 96 * 1024 * 1024;
+/// The write-ahead log's size past which the maintenance task rebuilds the store: past
+/// two of qdrant-edge's 32 MiB segments (the open one and the next, preallocated), so once
+/// about one segment (some 7,000 writes) is full. Every segment written stays mapped and
+/// resident until the rebuild, so this bound is also how much memory the log may hold.
+pub const REBUILD_PAST_LOG_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The folder a rebuild writes its copy to.
 pub fn staging(store: &Path) -> PathBuf {
