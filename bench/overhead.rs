@@ -113,6 +113,13 @@ struct Settings {
     /// the gateway streams from the mock and assembles the answer; false measures the
     /// plain non-streaming path).
     stream_upstream: bool,
+    /// BENCH_CLIENT: the protocol the load generator speaks to the gateway: `openai`
+    /// (default: the same protocol as the mock, nothing to translate) or `anthropic`
+    /// (Messages API in, OpenAI out: every request and answer translated). The direct
+    /// run always speaks OpenAI to the mock, as the gateway does.
+    client: String,
+    /// BENCH_STREAM: clients ask for a stream (direct and through the gateway).
+    stream: bool,
     /// AIRBAG_BIN: the airbag binary; by default the release build next to this bench.
     #[serde(skip)]
     binary: Option<PathBuf>,
@@ -142,6 +149,8 @@ impl Settings {
                 throughput_seconds: 0.3,
                 client_threads: 2,
                 stream_upstream: true,
+                client: "openai".to_string(),
+                stream: false,
                 binary: std::env::var_os("AIRBAG_BIN").map(PathBuf::from),
                 output: PathBuf::new(),
             });
@@ -156,6 +165,8 @@ impl Settings {
             throughput_seconds: env_number("BENCH_THROUGHPUT_SECONDS", seconds)?,
             client_threads: env_number("BENCH_CLIENT_THREADS", 2)?,
             stream_upstream: env_number("BENCH_STREAM_UPSTREAM", true)?,
+            client: std::env::var("BENCH_CLIENT").unwrap_or_else(|_| "openai".to_string()),
+            stream: env_number("BENCH_STREAM", false)?,
             binary: std::env::var_os("AIRBAG_BIN").map(PathBuf::from),
             output: std::env::var_os("BENCH_OUTPUT").map_or_else(
                 || manifest_dir().join("bench/results/overhead.json"),
@@ -181,6 +192,12 @@ impl Settings {
         }
         if !(1..=4096).contains(&settings.connections) {
             return Err("BENCH_CONNECTIONS must be between 1 and 4096".to_string());
+        }
+        if !matches!(settings.client.as_str(), "openai" | "anthropic") {
+            return Err(format!(
+                "BENCH_CLIENT must be openai or anthropic, not {:?}",
+                settings.client
+            ));
         }
         if !(1..=64).contains(&settings.client_threads) {
             return Err("BENCH_CLIENT_THREADS must be between 1 and 64".to_string());
@@ -600,6 +617,9 @@ struct Target {
     body: Bytes,
     /// Through the gateway, answers must also carry the rung tag of one upstream attempt.
     via_gateway: bool,
+    /// Speaks Anthropic's Messages API (else OpenAI's chat completions).
+    anthropic: bool,
+    stream: bool,
 }
 
 impl Target {
@@ -608,6 +628,8 @@ impl Target {
         base: SocketAddr,
         model: &str,
         via_gateway: bool,
+        anthropic: bool,
+        stream: bool,
     ) -> Result<Self, String> {
         // One client per target, each with its own pool, so the two never share or
         // warm each other's connections.
@@ -621,13 +643,21 @@ impl Target {
             "model": model,
             "messages": [{"role": "user", "content": PROMPT}],
             "max_tokens": 32,
+            "stream": stream,
         });
+        let path = if anthropic {
+            "v1/messages"
+        } else {
+            "v1/chat/completions"
+        };
         Ok(Target {
             name,
             client,
-            url: format!("http://{base}/v1/chat/completions"),
+            url: format!("http://{base}/{path}"),
             body: Bytes::from(body.to_string()),
             via_gateway,
+            anthropic,
+            stream,
         })
     }
 }
@@ -665,6 +695,7 @@ async fn call(target: &Target) -> Result<Raw, String> {
         .client
         .post(&target.url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header("anthropic-version", "2023-06-01")
         .body(target.body.clone())
         .send()
         .await
@@ -688,19 +719,38 @@ async fn call(target: &Target) -> Result<Raw, String> {
     })
 }
 
-/// The answer is the mock's echo of the prompt, in the OpenAI shape, and through the
-/// gateway it was served by the provider rung on its first attempt.
+/// The answer is the mock's echo of the prompt, in the target's protocol (a stream: its
+/// last word and the protocol's end event), and through the gateway it was served by the
+/// provider rung on its first attempt.
 fn check(target: &Target, raw: &Raw) -> Result<(), String> {
     if raw.status != 200 {
         return Err(format!("status_{}", raw.status));
     }
-    let body: Value = serde_json::from_slice(&raw.body).map_err(|_| "invalid_json".to_string())?;
-    let content = body
-        .pointer("/choices/0/message/content")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    if !content.ends_with(PROMPT) {
-        return Err("unexpected_answer".to_string());
+    if target.stream {
+        let text = String::from_utf8_lossy(&raw.body);
+        let end = if target.anthropic {
+            "message_stop"
+        } else {
+            "[DONE]"
+        };
+        if !text.contains("sentence") || !text.contains(end) {
+            return Err("unexpected_stream".to_string());
+        }
+    } else {
+        let body: Value =
+            serde_json::from_slice(&raw.body).map_err(|_| "invalid_json".to_string())?;
+        let pointer = if target.anthropic {
+            "/content/0/text"
+        } else {
+            "/choices/0/message/content"
+        };
+        let content = body
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !content.ends_with(PROMPT) {
+            return Err("unexpected_answer".to_string());
+        }
     }
     if target.via_gateway {
         if raw.rung.as_deref() != Some("provider") {
@@ -1088,8 +1138,23 @@ async fn run(settings: Settings) -> Result<(), String> {
         .map_err(|error| format!("cannot build an HTTP client: {error}"))?;
     let mut processes =
         start_processes(&binary, folder.path(), &probe, settings.stream_upstream).await?;
-    let direct = Arc::new(Target::new("direct", processes.mock_addr, "m", false)?);
-    let gateway = Arc::new(Target::new("gateway", processes.proxy_addr, "bench", true)?);
+    let anthropic = settings.client == "anthropic";
+    let direct = Arc::new(Target::new(
+        "direct",
+        processes.mock_addr,
+        "m",
+        false,
+        false,
+        settings.stream,
+    )?);
+    let gateway = Arc::new(Target::new(
+        "gateway",
+        processes.proxy_addr,
+        "bench",
+        true,
+        anthropic,
+        settings.stream,
+    )?);
 
     println!("\nopen loop: direct to the mock...");
     let open_direct = measure_open_loop(&settings, &mut processes, &direct, &probe).await?;

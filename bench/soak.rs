@@ -6,7 +6,9 @@
 //!
 //! Environment: `SOAK_SECONDS` (default 1800), `SOAK_RATE` new questions per second
 //! (default 40), `SOAK_MAX_ENTRIES` (default 10000), `SOAK_SAMPLE_SECONDS` (default 10),
-//! `SOAK_OUTPUT` (default `bench/results/soak.json`).
+//! `SOAK_OUTPUT` (default `bench/results/soak.json`), `SOAK_SEMANTIC` (default `true`;
+//! `false` runs the exact cache alone, without the model, to tell the store's memory from
+//! the model's).
 //! A fifth of the requests repeat a recent question (hits). The verdict: resident memory
 //! after the entry cap was reached stays within ±10% of its value at the cap, and the
 //! peak stays under 200 MiB.
@@ -136,6 +138,7 @@ async fn run() -> Value {
     let rate = env_number("SOAK_RATE", 40).max(1);
     let max_entries = env_number("SOAK_MAX_ENTRIES", 10_000);
     let sample_every = Duration::from_secs(env_number("SOAK_SAMPLE_SECONDS", 10).max(1));
+    let semantic = std::env::var("SOAK_SEMANTIC").map_or(true, |value| value != "false");
     let mock = airbag::mock::MockProvider::start(
         "127.0.0.1:0".parse().unwrap(),
         airbag::mock::MockOptions::default(),
@@ -156,7 +159,7 @@ async fn run() -> Value {
              [[routes]]\nmodel = \"chat\"\nchain = [\"mock/m\"]\n\
              [canned]\ndir = \"{}\"\n\
              [cache]\nmax_entries = {max_entries}\n\
-             [cache.semantic]\nmodel_dir = \"{}\"\nonnxruntime = \"{}\"\n\
+             [cache.semantic]\nenabled = {semantic}\nmodel_dir = \"{}\"\nonnxruntime = \"{}\"\n\
              [cache.store]\npath = \"{}\"\n",
             mock.base_url(),
             canned.display(),
@@ -258,6 +261,7 @@ async fn run() -> Value {
         "seconds": seconds,
         "rate_per_second": rate,
         "max_entries": max_entries,
+        "semantic": semantic,
         "requests": index,
         "failed_requests": failures,
         "rss_idle_mib": rss_idle as f64 / 1024.0,

@@ -870,6 +870,19 @@ async fn concurrent_questions_are_embedded_in_shared_batches() {
         "embedding_deadline = \"30s\"\nembedding_queue = 256",
     )
     .await;
+    // One stored question first: lookups in a context with entries embed before their
+    // call (in an empty one they would not wait for the model at all).
+    served(&gateway, "What is the deepest point of the ocean?").await;
+    wait_stored(&gateway, 1).await;
+    let read = |metrics: &str, name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let before = gateway.metrics().await;
     let questions: Vec<String> = (0..24)
         .map(|index| format!("What is fact number {index} about the ocean?"))
         .collect();
@@ -880,20 +893,10 @@ async fn concurrent_questions_are_embedded_in_shared_batches() {
     )
     .await;
     assert!(replies.iter().all(|reply| reply.status == 200));
-    // The first questions of a context are embedded beside their provider calls: their
-    // readings are done once the writer stored their entries.
-    wait_stored(&gateway, 24).await;
-    let metrics = gateway.metrics().await;
-    let read = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(&format!("{name} ")))
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    let questions_embedded = read("airbag_cache_embedding_batch_size_sum");
-    let model_calls = read("airbag_cache_embedding_batch_size_count");
+    let after = gateway.metrics().await;
+    let delta = |name: &str| read(&after, name) - read(&before, name);
+    let questions_embedded = delta("airbag_cache_embedding_batch_size_sum");
+    let model_calls = delta("airbag_cache_embedding_batch_size_count");
     assert_eq!(questions_embedded, 24.0);
     assert!(
         model_calls < 24.0,

@@ -84,6 +84,13 @@ async fn a_saturated_model_skips_the_semantic_stage_and_the_writer_embeds_later(
         "",
     )
     .await;
+    // One stored question first: in a context with entries, lookups wait for the model
+    // (in an empty one they would not embed before their call at all).
+    assert_eq!(
+        served(&gateway, "Where is your nearest store?").await,
+        "provider:up/m"
+    );
+    wait_written(&gateway, 1).await;
     let cache = cache_of(&gateway);
     let hold = cache.embedder().unwrap().hold_model();
     let questions = [
@@ -106,7 +113,7 @@ async fn a_saturated_model_skips_the_semantic_stage_and_the_writer_embeds_later(
     );
     // Stored at once, exact-only while the model is saturated; their questions wait in
     // the writer's backlog.
-    wait_written(&gateway, 3).await;
+    wait_written(&gateway, 4).await;
     drop(hold);
     // Then the model has room: at least the last two questions (never embedded at their
     // lookups) are embedded by the writer and stored again.
@@ -126,7 +133,7 @@ async fn a_saturated_model_skips_the_semantic_stage_and_the_writer_embeds_later(
         served(&gateway, "how can i reset my password").await,
         "cache:semantic"
     );
-    assert_eq!(upstream.request_count(), 3);
+    assert_eq!(upstream.request_count(), 4);
 }
 
 #[tokio::test]

@@ -126,9 +126,13 @@ impl Cache {
         let empty_partition = semantic && controls.lookup && self.partition_is_empty(&keys);
         if empty_partition {
             // Nothing to find: the request goes on at once, and the question is embedded
-            // beside its provider call for the entry its answer makes.
+            // beside its provider call for the entry its answer makes, when the model is
+            // free. With questions waiting, lookups that can hit come first: the writer
+            // embeds this one later, when the model is idle.
             self.count("semantic", "empty_context");
-            if let (true, Some(embedder)) = (controls.store, &self.embedder) {
+            if let (true, Some(embedder)) = (controls.store, &self.embedder)
+                && embedder.waiting() == 0
+            {
                 reading_in_flight =
                     Some(ReadingInFlight::start(embedder.clone(), question.clone()));
             }

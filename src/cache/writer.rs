@@ -340,18 +340,17 @@ async fn write_batch(cache: &Cache, jobs: Vec<WriteJob>, backlog: &mut Backlog) 
     evict(cache).await;
 }
 
-/// The jobs prepared under the current purge generation; the others are counted and
-/// dropped (a purge ran since their lookup).
 /// Give each job whose question was embedded beside its provider call the vector and
-/// token vectors of that reading (waiting for it at most [`LATE_EMBEDDING`]). A job whose
-/// reading failed keeps none: it is stored exact-only and goes to the backlog.
+/// token vectors of that reading. The readings run side by side, so the batch waits at
+/// most [`LATE_EMBEDDING`] for all of them; a job whose reading failed or is late keeps
+/// none: it is stored exact-only and goes to the backlog.
 async fn finish_readings(cache: &Cache, jobs: &mut [WriteJob]) {
+    let deadline = tokio::time::Instant::now() + LATE_EMBEDDING;
     for job in jobs.iter_mut() {
         let Some(in_flight) = job.pending.reading_in_flight.take() else {
             continue;
         };
-        let Ok(Some(reading)) = tokio::time::timeout(LATE_EMBEDDING, in_flight.finish()).await
-        else {
+        let Ok(Some(reading)) = tokio::time::timeout_at(deadline, in_flight.finish()).await else {
             continue;
         };
         if let Some(verifier) = &cache.verifier {
@@ -362,6 +361,8 @@ async fn finish_readings(cache: &Cache, jobs: &mut [WriteJob]) {
     }
 }
 
+/// The jobs prepared under the current purge generation; the others are counted and
+/// dropped (a purge ran since their lookup).
 fn current(cache: &Cache, jobs: Vec<WriteJob>) -> Vec<WriteJob> {
     let generation = cache.purges.load(Ordering::SeqCst);
     let (jobs, purged): (Vec<WriteJob>, Vec<WriteJob>) = jobs
