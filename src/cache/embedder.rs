@@ -1,5 +1,7 @@
 //! The embedding model of the semantic cache: all-MiniLM-L6-v2 (int8 ONNX, 384 dims)
-//! through fastembed, with ONNX Runtime loaded from the file `make model` fetched.
+//! through fastembed, with ONNX Runtime loaded from the file `make model` fetched. Its
+//! graph is edited once at load so its embedding tables stay int8 in memory
+//! ([`super::model_graph`]).
 //!
 //! The model runs on dedicated threads (`cache.semantic.embedding_threads`, each with
 //! its own copy of the model), never on the async runtime. Requests queue on a channel;
@@ -711,9 +713,9 @@ mod tests {
             assert_eq!(before.vector, after.vector);
             assert_eq!(before.tokens, after.tokens);
         }
-        let sentence_graph = std::fs::read(model_dir.join("model.onnx")).unwrap();
+        let shipped_graph = std::fs::read(model_dir.join("model.onnx")).unwrap();
         let (_, count) =
-            super::super::model_graph::dequantize_after_gather(&sentence_graph).unwrap();
+            super::super::model_graph::dequantize_after_gather(&shipped_graph).unwrap();
         assert_eq!(
             count, 2,
             "the word and position tables (token types are stored as floats)"

@@ -17,8 +17,9 @@
 //!
 //! It also counts the semantic entries of each context partition, so a lookup in a
 //! partition that holds none (the first question of a conversation, or any turn after
-//! the first, whose earlier turns make its context new) skips the embedding it could not
-//! use; the writer embeds the question later, off the request's path. The counts are
+//! the first, whose earlier turns make its context new) does not wait for an embedding
+//! it could not use: the question is read beside its provider call, or later by the
+//! writer (`lookup.rs`, `writer.rs`). The counts are
 //! trusted only once a maintenance run has compared the index with the store
 //! ([`Usage::mark_complete`]), and only for a store no other replica writes to.
 //!
@@ -260,7 +261,14 @@ impl Usage {
         let mut unknown: Vec<(u64, u64, [u8; 32], &StoredEntry)> = Vec::new();
         for (id, exact, entry) in &scanned {
             match index.entries.get(id) {
-                Some(known) if known.exact == *exact => fresh.insert(*id, *known),
+                // Known: its recency is kept; its partition is read from the store.
+                Some(known) if known.exact == *exact => fresh.insert(
+                    *id,
+                    Used {
+                        partition: partition_of_entry(entry),
+                        ..*known
+                    },
+                ),
                 _ => unknown.push((entry.created_at, *id, *exact, entry)),
             }
         }
