@@ -144,6 +144,17 @@ pub struct Embedder {
     /// divided by the threads: what each waiting question adds to a lookup's wait.
     cost: Arc<AtomicU64>,
     threads: u64,
+    /// Background readings running ([`Embedder::read_in_background`]): at most one.
+    background: Arc<AtomicUsize>,
+}
+
+/// A background reading's place: freed when the reading ends or is dropped.
+struct BackgroundSlot(Arc<AtomicUsize>);
+
+impl Drop for BackgroundSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Set by a test's [`Embedder::hold_model`]: the threads take no new batch meanwhile.
@@ -253,6 +264,32 @@ impl Embedder {
             pause,
             cost,
             threads: threads as u64,
+            background: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// Read `question` off any request's path, only when the model is free: no question
+    /// waiting and no other background reading running, so lookups that can hit come
+    /// first. `None` when it is busy. Dropping the future gives up the reading (a job
+    /// still queued is then dropped unrun, as for a lookup that stopped waiting).
+    pub fn read_in_background(
+        &self,
+        question: String,
+    ) -> Option<impl std::future::Future<Output = Option<Reading>> + Send + 'static> {
+        if self.waiting() > 0
+            || self
+                .background
+                .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+        {
+            return None;
+        }
+        let slot = BackgroundSlot(self.background.clone());
+        let embedder = self.clone();
+        Some(async move {
+            let _slot = slot;
+            let mut readings = embedder.read(vec![question]).await.ok()?;
+            readings.pop()
         })
     }
 

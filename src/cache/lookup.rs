@@ -130,11 +130,8 @@ impl Cache {
             // free. With questions waiting, lookups that can hit come first: the writer
             // embeds this one later, when the model is idle.
             self.count("semantic", "empty_context");
-            if let (true, Some(embedder)) = (controls.store, &self.embedder)
-                && embedder.waiting() == 0
-            {
-                reading_in_flight =
-                    Some(ReadingInFlight::start(embedder.clone(), question.clone()));
+            if let (true, Some(embedder)) = (controls.store, &self.embedder) {
+                reading_in_flight = ReadingInFlight::start(embedder, question.clone());
             }
         } else if semantic
             && (controls.lookup || controls.store)

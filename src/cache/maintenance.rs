@@ -57,12 +57,16 @@ pub(super) async fn maintenance_loop(cache: Arc<Cache>, mut stopped: watch::Rece
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
             // At start-up, and when something other than this writer changed the store
             // (another replica, a failed eviction), the bound's index is rebuilt.
-            if count != cache.usage.size().0 {
+            let agrees = count == cache.usage.size().0 || {
                 let _writing = cache.writing.lock().await;
-                rescan(&cache).await;
+                let rescanned = rescan(&cache).await;
                 super::writer::evict(&cache).await;
+                rescanned
+            };
+            // Only an index known to match the store may say a partition is empty.
+            if agrees {
+                cache.usage.mark_complete();
             }
-            cache.usage.mark_complete();
         }
     }
 }
@@ -89,8 +93,9 @@ pub(super) async fn flush_loop(cache: Arc<Cache>, mut stopped: watch::Receiver<b
 }
 
 /// Rebuild the bound's index from a scan of the whole store (ids, keys, sizes, ages).
-/// A store that cannot be read keeps the old index until the next maintenance run.
-pub(super) async fn rescan(cache: &Cache) {
+/// A store that cannot be read keeps the old index until the next maintenance run;
+/// says whether the scan succeeded.
+pub(super) async fn rescan(cache: &Cache) -> bool {
     const PAGE: usize = 1_000;
     let started = Instant::now();
     let mut scanned = Vec::new();
@@ -100,7 +105,7 @@ pub(super) async fn rescan(cache: &Cache) {
             Ok(page) => page,
             Err(error) => {
                 tracing::warn!("cache: scanning the store for its bound failed: {error}");
-                return;
+                return false;
             }
         };
         for (id, entry) in page {
@@ -115,4 +120,5 @@ pub(super) async fn rescan(cache: &Cache) {
     }
     cache.usage.rebuild(scanned);
     cache.observe_store("scan", started);
+    true
 }

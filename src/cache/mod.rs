@@ -188,30 +188,42 @@ pub struct PendingEntry {
     reading_in_flight: Option<ReadingInFlight>,
 }
 
-/// An embedding running in the background; `None` when the model was saturated or
-/// failed (the entry is then stored exact-only and embedded later by the writer).
+/// An embedding running in the background ([`embedder::Embedder::read_in_background`]);
+/// `None` when it failed (the entry is then stored exact-only and embedded later by the
+/// writer). When the last clone is dropped (the answer will not be stored), the reading
+/// is given up.
 #[derive(Clone)]
-pub struct ReadingInFlight(
-    futures_util::future::Shared<
+pub struct ReadingInFlight {
+    reading: futures_util::future::Shared<
         futures_util::future::BoxFuture<'static, Option<reading::Reading>>,
     >,
-);
+    _abort: Arc<AbortOnDrop>,
+}
+
+/// Aborts the reading's task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 impl ReadingInFlight {
-    /// Start reading `question` now, unless the model is saturated.
-    fn start(embedder: embedder::Embedder, question: String) -> ReadingInFlight {
+    /// Start reading `question` now, when the model is free (`None` when it is busy).
+    fn start(embedder: &embedder::Embedder, question: String) -> Option<ReadingInFlight> {
         use futures_util::FutureExt;
-        let running = tokio::spawn(async move {
-            match embedder.read_unless_saturated(vec![question]).await {
-                Ok(Some(mut readings)) => readings.pop(),
-                _ => None,
-            }
-        });
-        ReadingInFlight(running.map(|joined| joined.ok().flatten()).boxed().shared())
+        let running = tokio::spawn(embedder.read_in_background(question)?);
+        let abort = Arc::new(AbortOnDrop(running.abort_handle()));
+        Some(ReadingInFlight {
+            reading: running.map(|joined| joined.ok().flatten()).boxed().shared(),
+            _abort: abort,
+        })
     }
 
     async fn finish(self) -> Option<reading::Reading> {
-        self.0.await
+        let ReadingInFlight { reading, _abort } = self;
+        reading.await
     }
 }
 

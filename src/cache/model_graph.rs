@@ -14,13 +14,23 @@
 //! The edit works on the protobuf encoding itself (field numbers from ONNX's
 //! `onnx.proto`: `ModelProto.graph` = 7, `GraphProto.node` = 1, `NodeProto.input` = 1,
 //! `output` = 2, `name` = 3, `op_type` = 4, `attribute` = 5, `domain` = 7), copying every
-//! field it does not touch byte for byte. A model with nothing to rewrite comes back
-//! unchanged.
+//! field it does not touch byte for byte. It rewrites only what it can check: a table
+//! `[rows, width]` with a scale `[rows, 1]`, both stored tensors, read by nothing else, in
+//! a graph without subgraphs. A model with nothing to rewrite comes back unchanged.
 
 /// The `ModelProto` field holding the graph.
 const MODEL_GRAPH: u32 = 7;
-/// The `GraphProto` field holding one node.
+/// The `GraphProto` fields holding one node, one stored tensor, one graph output.
 const GRAPH_NODE: u32 = 1;
+const GRAPH_INITIALIZER: u32 = 5;
+const GRAPH_OUTPUT: u32 = 12;
+/// `TensorProto.dims`, `TensorProto.name`; `ValueInfoProto.name`.
+const TENSOR_DIMS: u32 = 1;
+const TENSOR_NAME: u32 = 8;
+const VALUE_INFO_NAME: u32 = 1;
+/// `AttributeProto.g` and `.graphs`: a node with a subgraph.
+const ATTRIBUTE_GRAPH: u32 = 6;
+const ATTRIBUTE_GRAPHS: u32 = 11;
 const NODE_INPUT: u32 = 1;
 const NODE_OUTPUT: u32 = 2;
 const NODE_NAME: u32 = 3;
@@ -141,6 +151,8 @@ struct Node<'a> {
     to: Option<u64>,
     /// Any other attribute: such a node is left alone.
     other_attributes: bool,
+    /// An attribute holding a graph (`If`, `Loop`): names may be read inside it.
+    subgraph: bool,
 }
 
 fn read_node(encoded: &[u8]) -> Result<Node<'_>, GraphError> {
@@ -152,6 +164,7 @@ fn read_node(encoded: &[u8]) -> Result<Node<'_>, GraphError> {
         axis: None,
         to: None,
         other_attributes: false,
+        subgraph: false,
     };
     for field in fields(encoded)? {
         match field.number {
@@ -161,6 +174,9 @@ fn read_node(encoded: &[u8]) -> Result<Node<'_>, GraphError> {
             NODE_DOMAIN => node.domain = field.payload,
             NODE_ATTRIBUTE => {
                 let attribute = fields(field.payload)?;
+                node.subgraph |= attribute
+                    .iter()
+                    .any(|f| f.number == ATTRIBUTE_GRAPH || f.number == ATTRIBUTE_GRAPHS);
                 let name = attribute.iter().find(|f| f.number == ATTRIBUTE_NAME);
                 let int = attribute.iter().find(|f| f.number == ATTRIBUTE_INT);
                 match (name.map(|f| f.payload), int) {
@@ -211,18 +227,63 @@ fn encode_node(
     node
 }
 
+/// The dimensions of each stored tensor (initializer) of the graph, by name.
+fn initializer_shapes<'a>(
+    graph_fields: &[Field<'a>],
+) -> Result<std::collections::HashMap<&'a [u8], Vec<u64>>, GraphError> {
+    let mut shapes = std::collections::HashMap::new();
+    for field in graph_fields
+        .iter()
+        .filter(|f| f.number == GRAPH_INITIALIZER)
+    {
+        let mut name: &[u8] = &[];
+        let mut dims = Vec::new();
+        for tensor_field in fields(field.payload)? {
+            match (tensor_field.number, tensor_field.wire_type) {
+                (TENSOR_NAME, LENGTH_DELIMITED) => name = tensor_field.payload,
+                (TENSOR_DIMS, VARINT) => dims.push(tensor_field.number_value),
+                // Packed: the varints one after another.
+                (TENSOR_DIMS, LENGTH_DELIMITED) => {
+                    let mut at = 0;
+                    while at < tensor_field.payload.len() {
+                        dims.push(read_varint(tensor_field.payload, &mut at)?);
+                    }
+                }
+                _ => {}
+            }
+        }
+        shapes.insert(name, dims);
+    }
+    Ok(shapes)
+}
+
 /// The model with every `Gather` over a `Mul(Cast(int8 table), row scale)` rewritten to
 /// dequantize only the rows it gathers (see the module docs), and how many it rewrote.
 /// `Cast` and `Mul` nodes left without a consumer are dropped with it.
 pub fn dequantize_after_gather(model: &[u8]) -> Result<(Vec<u8>, usize), GraphError> {
     let model_fields = fields(model)?;
-    let Some(graph) = model_fields.iter().find(|f| f.number == MODEL_GRAPH) else {
+    let mut graphs = model_fields.iter().filter(|f| f.number == MODEL_GRAPH);
+    let (Some(graph), None) = (graphs.next(), graphs.next()) else {
+        // No graph, or one split over several fields (protobuf merges them): left alone.
         return Ok((model.to_vec(), 0));
     };
     let graph_fields = fields(graph.payload)?;
     let mut nodes = Vec::new();
     for field in graph_fields.iter().filter(|f| f.number == GRAPH_NODE) {
         nodes.push(read_node(field.payload)?);
+    }
+    if nodes.iter().any(|node| node.subgraph) {
+        return Ok((model.to_vec(), 0));
+    }
+    let shapes = initializer_shapes(&graph_fields)?;
+    let mut graph_outputs = Vec::new();
+    for field in graph_fields.iter().filter(|f| f.number == GRAPH_OUTPUT) {
+        if let Some(name) = fields(field.payload)?
+            .iter()
+            .find(|f| f.number == VALUE_INFO_NAME)
+        {
+            graph_outputs.push(name.payload);
+        }
     }
     let producer = |name: &[u8]| {
         nodes
@@ -252,7 +313,11 @@ pub fn dequantize_after_gather(model: &[u8]) -> Result<(Vec<u8>, usize), GraphEr
             continue;
         };
         let mul = &nodes[mul_at];
-        if !mul.is("Mul") || mul.inputs.len() != 2 || consumers(table) != 1 {
+        if !mul.is("Mul")
+            || mul.inputs.len() != 2
+            || consumers(table) != 1
+            || graph_outputs.contains(&table)
+        {
             continue;
         }
         // Which Mul input is the Cast of the int8 table; the other is the row scale.
@@ -270,8 +335,19 @@ pub fn dequantize_after_gather(model: &[u8]) -> Result<(Vec<u8>, usize), GraphEr
         };
         let quantized = nodes[cast_at].inputs[0];
         let scale = mul.inputs[1 - cast_side];
-        // Both must be stored tensors (initializers), not computed: no node makes them.
-        if producer(quantized).is_some() || producer(scale).is_some() {
+        // Both must be stored tensors (initializers): a table [rows, width] and a scale
+        // per row, [rows, 1]; and the float table nothing but this Gather reads.
+        let (Some(table_shape), Some(scale_shape)) = (shapes.get(quantized), shapes.get(scale))
+        else {
+            continue;
+        };
+        let per_row = matches!((table_shape.as_slice(), scale_shape.as_slice()),
+            ([rows, _], [scale_rows, 1]) if rows == scale_rows);
+        if !per_row
+            || producer(quantized).is_some()
+            || producer(scale).is_some()
+            || graph_outputs.contains(&mul.inputs[cast_side])
+        {
             continue;
         }
         let ids = gather.inputs[1];
@@ -351,11 +427,39 @@ mod tests {
         )
     }
 
+    /// A stored tensor's header: its name and dimensions (dims unpacked, as some
+    /// writers do; the model's own are packed).
+    fn initializer(name: &str, dims: &[u64]) -> Vec<u8> {
+        let mut tensor = Vec::new();
+        for dim in dims {
+            write_tag(&mut tensor, TENSOR_DIMS, VARINT);
+            write_varint(&mut tensor, *dim);
+        }
+        write_bytes(&mut tensor, TENSOR_NAME, name.as_bytes());
+        tensor
+    }
+
+    /// A graph of `nodes` over a table `table_q` [30, 4] and the scale `table_scale`
+    /// of `scale_dims`.
     fn model(nodes: &[Vec<u8>]) -> Vec<u8> {
+        model_with_scale(nodes, &[30, 1])
+    }
+
+    fn model_with_scale(nodes: &[Vec<u8>], scale_dims: &[u64]) -> Vec<u8> {
         let mut graph = Vec::new();
         for node in nodes {
             write_bytes(&mut graph, GRAPH_NODE, node);
         }
+        write_bytes(
+            &mut graph,
+            GRAPH_INITIALIZER,
+            &initializer("table_q", &[30, 4]),
+        );
+        write_bytes(
+            &mut graph,
+            GRAPH_INITIALIZER,
+            &initializer("table_scale", scale_dims),
+        );
         write_bytes(&mut graph, 2, b"main");
         let mut model = Vec::new();
         write_tag(&mut model, 1, VARINT);
@@ -449,6 +553,23 @@ mod tests {
         let (rewritten, count) = dequantize_after_gather(&original).unwrap();
         assert_eq!(count, 0);
         assert_eq!(rewritten, original);
+    }
+
+    #[test]
+    fn a_table_without_one_scale_per_row_is_left_alone() {
+        let nodes = [
+            node("Cast", &["table_q"], "table_f"),
+            node("Mul", &["table_f", "table_scale"], "table"),
+            node("Gather", &["table", "input_ids"], "embedding"),
+        ];
+        for scale_dims in [&[][..], &[1], &[1, 4], &[4]] {
+            let original = model_with_scale(&nodes, scale_dims);
+            assert_eq!(
+                dequantize_after_gather(&original).unwrap(),
+                (original, 0),
+                "scale {scale_dims:?}"
+            );
+        }
     }
 
     #[test]

@@ -23,6 +23,10 @@ pub(super) const WRITE_QUEUE: usize = 4_096;
 /// The longest the writer waits for the model to embed the questions of one batch.
 const LATE_EMBEDDING: Duration = Duration::from_secs(2);
 
+/// How long a write batch waits for the readings started beside provider calls: the
+/// writer must not wait on the model for long, or its queue fills and answers drop.
+const READING_WAIT: Duration = Duration::from_millis(250);
+
 pub(super) struct WriteJob {
     pending: PendingEntry,
     entry: Arc<StoredEntry>,
@@ -341,11 +345,11 @@ async fn write_batch(cache: &Cache, jobs: Vec<WriteJob>, backlog: &mut Backlog) 
 }
 
 /// Give each job whose question was embedded beside its provider call the vector and
-/// token vectors of that reading. The readings run side by side, so the batch waits at
-/// most [`LATE_EMBEDDING`] for all of them; a job whose reading failed or is late keeps
-/// none: it is stored exact-only and goes to the backlog.
+/// token vectors of that reading. The batch waits at most [`READING_WAIT`] for all of
+/// them (one runs at a time, a model call of a few milliseconds); a job whose reading
+/// failed or is late keeps none: it is stored exact-only and goes to the backlog.
 async fn finish_readings(cache: &Cache, jobs: &mut [WriteJob]) {
-    let deadline = tokio::time::Instant::now() + LATE_EMBEDDING;
+    let deadline = tokio::time::Instant::now() + READING_WAIT;
     for job in jobs.iter_mut() {
         let Some(in_flight) = job.pending.reading_in_flight.take() else {
             continue;
