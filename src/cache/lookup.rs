@@ -203,11 +203,11 @@ impl Cache {
         lookup
     }
 
-    /// Whether the request's context partition surely holds no semantic entry. Only
-    /// the embedded store answers: a shared store gets entries from other replicas this
-    /// one learns of only at its next maintenance run.
+    /// Whether the request's context partition surely holds no semantic entry. Only a
+    /// store this process alone writes answers: a shared one gets entries from other
+    /// replicas this one learns of only at its next maintenance run.
     fn partition_is_empty(&self, keys: &CacheKeys) -> bool {
-        self.store.kind() == "embedded" && self.usage.partition_is_empty(&keys.context)
+        self.store.sole_writer() && self.usage.partition_is_empty(&keys.context)
     }
 
     fn semantic_eligible(&self, request: &ChatRequest, question: &str) -> bool {

@@ -162,7 +162,7 @@ pub struct Lookup {
 
 /// Everything needed to store the answer to a request, computed during its lookup (the
 /// question's vector included, so it is embedded once).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct PendingEntry {
     keys: CacheKeys,
     scope: Scope,
@@ -190,46 +190,26 @@ pub struct PendingEntry {
 
 /// An embedding running in the background ([`embedder::Embedder::read_in_background`]);
 /// `None` when it failed (the entry is then stored exact-only and embedded later by the
-/// writer). When the last clone is dropped (the answer will not be stored), the reading
-/// is given up.
-#[derive(Clone)]
-pub struct ReadingInFlight {
-    reading: futures_util::future::Shared<
-        futures_util::future::BoxFuture<'static, Option<reading::Reading>>,
-    >,
-    _abort: Arc<AbortOnDrop>,
-}
-
-/// Aborts the reading's task when dropped.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
+/// writer). Dropped unfinished (the answer will not be stored), the reading is given up.
+#[derive(Debug)]
+pub struct ReadingInFlight(tokio::task::JoinHandle<Option<reading::Reading>>);
 
 impl ReadingInFlight {
     /// Start reading `question` now, when the model is free (`None` when it is busy).
     fn start(embedder: &embedder::Embedder, question: String) -> Option<ReadingInFlight> {
-        use futures_util::FutureExt;
-        let running = tokio::spawn(embedder.read_in_background(question)?);
-        let abort = Arc::new(AbortOnDrop(running.abort_handle()));
-        Some(ReadingInFlight {
-            reading: running.map(|joined| joined.ok().flatten()).boxed().shared(),
-            _abort: abort,
-        })
+        Some(ReadingInFlight(tokio::spawn(
+            embedder.read_in_background(question)?,
+        )))
     }
 
-    async fn finish(self) -> Option<reading::Reading> {
-        let ReadingInFlight { reading, _abort } = self;
-        reading.await
+    async fn finish(mut self) -> Option<reading::Reading> {
+        (&mut self.0).await.ok().flatten()
     }
 }
 
-impl std::fmt::Debug for ReadingInFlight {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str("ReadingInFlight")
+impl Drop for ReadingInFlight {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

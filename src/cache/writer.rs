@@ -25,7 +25,7 @@ const LATE_EMBEDDING: Duration = Duration::from_secs(2);
 
 /// How long a write batch waits for the readings started beside provider calls: the
 /// writer must not wait on the model for long, or its queue fills and answers drop.
-const READING_WAIT: Duration = Duration::from_millis(250);
+const READING_WAIT: Duration = Duration::from_secs(1);
 
 pub(super) struct WriteJob {
     pending: PendingEntry,

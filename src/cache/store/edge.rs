@@ -423,6 +423,11 @@ impl VectorStore for EdgeStore {
         "embedded"
     }
 
+    /// The folder belongs to this process: an embedded store is never shared.
+    fn sole_writer(&self) -> bool {
+        true
+    }
+
     fn upsert(&self, points: Vec<StoredPoint>) -> BoxFuture<'_, Result<(), StoreError>> {
         let count = points.len() as u64;
         let writes = self.writes_since_optimize.clone();

@@ -148,6 +148,10 @@ impl VectorStore for GuardedStore {
         self.inner.kind()
     }
 
+    fn sole_writer(&self) -> bool {
+        self.inner.sole_writer()
+    }
+
     fn upsert(&self, points: Vec<StoredPoint>) -> BoxFuture<'_, Result<(), StoreError>> {
         self.call("upsert", true, None, self.inner.upsert(points))
             .boxed()

@@ -87,6 +87,12 @@ impl Purge {
 pub trait VectorStore: Send + Sync {
     /// `embedded` or `qdrant`, for the status page.
     fn kind(&self) -> &'static str;
+    /// Whether this process is the store's only writer, so an index kept from its own
+    /// writes (the bound's, with its partition counts) covers every entry. A shared
+    /// server store also holds other replicas' entries.
+    fn sole_writer(&self) -> bool {
+        false
+    }
     fn upsert(&self, points: Vec<StoredPoint>) -> BoxFuture<'_, Result<(), StoreError>>;
     fn get(&self, id: u64) -> BoxFuture<'_, Result<Option<StoredEntry>, StoreError>>;
     /// Nearest semantic entries of the partition, best first, each with its cosine.
