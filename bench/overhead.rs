@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -120,6 +121,12 @@ struct Settings {
     client: String,
     /// BENCH_STREAM: clients ask for a stream (direct and through the gateway).
     stream: bool,
+    /// BENCH_CACHE: rung 1 in the gateway. `off` (default: the path through the
+    /// providers alone); `hits` (the cache on, every request the same prompt: all but the
+    /// first are exact hits); `misses` (the cache on, every request a prompt of its own
+    /// in one context: each is a semantic-eligible miss that is looked up, embedded and
+    /// stored). The direct run sends the same prompts to the mock.
+    cache: CacheMode,
     /// AIRBAG_BIN: the airbag binary; by default the release build next to this bench.
     #[serde(skip)]
     binary: Option<PathBuf>,
@@ -151,6 +158,7 @@ impl Settings {
                 stream_upstream: true,
                 client: "openai".to_string(),
                 stream: false,
+                cache: CacheMode::Off,
                 binary: std::env::var_os("AIRBAG_BIN").map(PathBuf::from),
                 output: PathBuf::new(),
             });
@@ -167,6 +175,7 @@ impl Settings {
             stream_upstream: env_number("BENCH_STREAM_UPSTREAM", true)?,
             client: std::env::var("BENCH_CLIENT").unwrap_or_else(|_| "openai".to_string()),
             stream: env_number("BENCH_STREAM", false)?,
+            cache: CacheMode::from_env()?,
             binary: std::env::var_os("AIRBAG_BIN").map(PathBuf::from),
             output: std::env::var_os("BENCH_OUTPUT").map_or_else(
                 || manifest_dir().join("bench/results/overhead.json"),
@@ -203,6 +212,28 @@ impl Settings {
             return Err("BENCH_CLIENT_THREADS must be between 1 and 64".to_string());
         }
         Ok(settings)
+    }
+}
+
+/// BENCH_CACHE: what rung 1 does in the gateway run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum CacheMode {
+    Off,
+    Hits,
+    Misses,
+}
+
+impl CacheMode {
+    fn from_env() -> Result<CacheMode, String> {
+        match std::env::var("BENCH_CACHE").as_deref().map(str::trim) {
+            Err(_) | Ok("" | "off") => Ok(CacheMode::Off),
+            Ok("hits") => Ok(CacheMode::Hits),
+            Ok("misses") => Ok(CacheMode::Misses),
+            Ok(other) => Err(format!(
+                "BENCH_CACHE must be off, hits or misses, not {other:?}"
+            )),
+        }
     }
 }
 
@@ -352,9 +383,27 @@ fn announced_address(line: &str, name: &str) -> Result<SocketAddr, String> {
 }
 
 /// The gateway's config: one provider (the mock, no key), one route to it, and the cache
-/// off. Retries are off so that a failed upstream call shows up as an error instead of a
+/// as BENCH_CACHE says. Retries are off so that a failed upstream call shows up as an error instead of a
 /// slow success.
-fn gateway_config(mock: SocketAddr, stream_upstream: bool) -> String {
+fn gateway_config(
+    mock: SocketAddr,
+    stream_upstream: bool,
+    cache: CacheMode,
+    folder: &Path,
+) -> String {
+    let model = manifest_dir().join(".cache/model");
+    let cache = match cache {
+        CacheMode::Off => "enabled = false\n".to_string(),
+        // As shipped (exact and semantic, the model from `make model`), in a fresh store.
+        CacheMode::Hits | CacheMode::Misses => format!(
+            "enabled = true\n\
+             [cache.semantic]\nmodel_dir = \"{}\"\nonnxruntime = \"{}\"\n\
+             [cache.store]\npath = \"{}\"\n",
+            model.join("all-minilm-l6-v2").display(),
+            model.join("onnxruntime/libonnxruntime.so").display(),
+            folder.join("store").display()
+        ),
+    };
     format!(
         r#"# Written by bench/overhead.rs for one run.
 [server]
@@ -375,12 +424,9 @@ stream_upstream = {stream_upstream}
 model = "bench"
 chain = ["mock/m"]
 
-# Every request sends the same prompt: with the cache on, all but the first would be
-# cache hits. This bench measures the path through the providers; bench/cache.rs
-# measures the cache.
+# BENCH_CACHE decides: off, or on as shipped in a store of its own.
 [cache]
-enabled = false
-"#
+{cache}"#
     )
 }
 
@@ -524,7 +570,7 @@ async fn start_processes(
     binary: &Path,
     folder: &Path,
     client: &reqwest::Client,
-    stream_upstream: bool,
+    settings: &Settings,
 ) -> Result<Processes, String> {
     let limit = Duration::from_secs(15);
     let mut mock = ChildGuard::spawn(
@@ -544,8 +590,11 @@ async fn start_processes(
     let mock_addr = announced_address(&line, "base_url")?;
 
     let config = folder.join("airbag.toml");
-    std::fs::write(&config, gateway_config(mock_addr, stream_upstream))
-        .map_err(|error| format!("cannot write {}: {error}", config.display()))?;
+    std::fs::write(
+        &config,
+        gateway_config(mock_addr, settings.stream_upstream, settings.cache, folder),
+    )
+    .map_err(|error| format!("cannot write {}: {error}", config.display()))?;
     let mut gateway = ChildGuard::spawn(
         "gateway",
         Command::new(binary)
@@ -614,7 +663,14 @@ struct Target {
     name: &'static str,
     client: reqwest::Client,
     url: String,
+    model: String,
+    /// The body when every request asks the same (BENCH_CACHE off or hits).
     body: Bytes,
+    /// Every request asks a question of its own (BENCH_CACHE=misses): the prompt ends
+    /// with this counter.
+    unique: Option<AtomicU64>,
+    /// The rung every measured answer through the gateway must come from.
+    expected_rung: &'static str,
     /// Through the gateway, answers must also carry the rung tag of one upstream attempt.
     via_gateway: bool,
     /// Speaks Anthropic's Messages API (else OpenAI's chat completions).
@@ -628,9 +684,11 @@ impl Target {
         base: SocketAddr,
         model: &str,
         via_gateway: bool,
-        anthropic: bool,
-        stream: bool,
+        settings: &Settings,
     ) -> Result<Self, String> {
+        // The direct run always speaks OpenAI to the mock.
+        let anthropic = via_gateway && settings.client == "anthropic";
+        let stream = settings.stream;
         // One client per target, each with its own pool, so the two never share or
         // warm each other's connections.
         let client = reqwest::Client::builder()
@@ -639,12 +697,6 @@ impl Target {
             .timeout(REQUEST_TIMEOUT)
             .build()
             .map_err(|error| format!("cannot build the load generator's client: {error}"))?;
-        let body = json!({
-            "model": model,
-            "messages": [{"role": "user", "content": PROMPT}],
-            "max_tokens": 32,
-            "stream": stream,
-        });
         let path = if anthropic {
             "v1/messages"
         } else {
@@ -654,12 +706,40 @@ impl Target {
             name,
             client,
             url: format!("http://{base}/{path}"),
-            body: Bytes::from(body.to_string()),
+            model: model.to_string(),
+            body: request_body(model, PROMPT, stream),
+            unique: (settings.cache == CacheMode::Misses).then(|| AtomicU64::new(0)),
+            expected_rung: match settings.cache {
+                CacheMode::Hits => "cache",
+                CacheMode::Off | CacheMode::Misses => "provider",
+            },
             via_gateway,
             anthropic,
             stream,
         })
     }
+
+    /// The next request's body.
+    fn body(&self) -> Bytes {
+        match &self.unique {
+            None => self.body.clone(),
+            Some(counter) => {
+                let number = counter.fetch_add(1, Ordering::Relaxed);
+                let prompt = format!("{PROMPT} This is request number {number}.");
+                request_body(&self.model, &prompt, self.stream)
+            }
+        }
+    }
+}
+
+fn request_body(model: &str, prompt: &str, stream: bool) -> Bytes {
+    let body = json!({
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": 32,
+        "stream": stream,
+    });
+    Bytes::from(body.to_string())
 }
 
 /// What came back, read in full before the clock stops and checked after.
@@ -696,7 +776,7 @@ async fn call(target: &Target) -> Result<Raw, String> {
         .post(&target.url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header("anthropic-version", "2023-06-01")
-        .body(target.body.clone())
+        .body(target.body())
         .send()
         .await
         .map_err(|error| classify(&error))?;
@@ -748,15 +828,15 @@ fn check(target: &Target, raw: &Raw) -> Result<(), String> {
             .pointer(pointer)
             .and_then(Value::as_str)
             .unwrap_or_default();
-        if !content.ends_with(PROMPT) {
+        if !content.contains(PROMPT) {
             return Err("unexpected_answer".to_string());
         }
     }
     if target.via_gateway {
-        if raw.rung.as_deref() != Some("provider") {
-            return Err("not_provider_rung".to_string());
+        if raw.rung.as_deref() != Some(target.expected_rung) {
+            return Err(format!("not_{}_rung", target.expected_rung));
         }
-        if raw.attempts.as_deref() != Some("1") {
+        if target.expected_rung == "provider" && raw.attempts.as_deref() != Some("1") {
             return Err("more_than_one_attempt".to_string());
         }
     }
@@ -1122,6 +1202,12 @@ async fn run(settings: Settings) -> Result<(), String> {
         }
     }
     println!(
+        "  client {}{}, cache {:?} (BENCH_CLIENT, BENCH_STREAM, BENCH_CACHE)",
+        settings.client,
+        if settings.stream { ", streamed" } else { "" },
+        settings.cache
+    );
+    println!(
         "  open loop {} req/s for {} s after {} s warm-up; closed loop {} connections for {} s",
         settings.rate,
         settings.seconds,
@@ -1136,24 +1222,20 @@ async fn run(settings: Settings) -> Result<(), String> {
         .timeout(Duration::from_secs(2))
         .build()
         .map_err(|error| format!("cannot build an HTTP client: {error}"))?;
-    let mut processes =
-        start_processes(&binary, folder.path(), &probe, settings.stream_upstream).await?;
-    let anthropic = settings.client == "anthropic";
+    let mut processes = start_processes(&binary, folder.path(), &probe, &settings).await?;
     let direct = Arc::new(Target::new(
         "direct",
         processes.mock_addr,
         "m",
         false,
-        false,
-        settings.stream,
+        &settings,
     )?);
     let gateway = Arc::new(Target::new(
         "gateway",
         processes.proxy_addr,
         "bench",
         true,
-        anthropic,
-        settings.stream,
+        &settings,
     )?);
 
     println!("\nopen loop: direct to the mock...");

@@ -58,9 +58,11 @@ impl QdrantStore {
         };
         // The client's own check prints a warning to stdout for any server two minor
         // versions away, even ones airbag is tested with; the version is checked below.
+        // Its own deadline is the set-up's (creating a collection and its indexes can
+        // take seconds on a busy server); every later call is bounded by `timeout`.
         let client = Qdrant::from_url(url)
             .api_key(api_key)
-            .timeout(timeout)
+            .timeout(timeout.max(SETUP_TIMEOUT))
             .connect_timeout(timeout)
             .skip_compatibility_check()
             .build()
@@ -150,6 +152,12 @@ impl QdrantStore {
         .boxed()
     }
 }
+
+/// The deadline of each set-up call at start (health, collection and index creation):
+/// `cache.store.timeout` when it is longer. A request-path deadline of a few hundred
+/// milliseconds should not fail a start on a server that takes a second to create a
+/// collection.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The Qdrant server versions airbag's shared-store tests run against.
 const TESTED_SERVERS: &str = "1.18 to 1.20";
