@@ -157,7 +157,7 @@ impl Drop for BackgroundSlot {
     }
 }
 
-/// Set by a test's [`Embedder::hold_model`]: the threads take no new batch meanwhile.
+/// Set by a test's [`Embedder::hold_model`]: the threads start no batch meanwhile.
 #[derive(Default)]
 struct Pause {
     paused: Mutex<bool>,
@@ -293,8 +293,9 @@ impl Embedder {
         })
     }
 
-    /// Stop the threads from taking new batches until the hold is dropped (a batch
-    /// already taken still runs). Only behaviour tests call it: a saturated model on
+    /// Stop the threads from starting a batch until the hold is dropped (a batch already
+    /// running still runs; a question already received waits, and is dropped unrun if
+    /// nobody waits for it any more). Only behaviour tests call it: a saturated model on
     /// demand.
     #[doc(hidden)]
     pub fn hold_model(&self) -> ModelHold {
@@ -581,6 +582,8 @@ impl Worker {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             let first = queue.recv().ok()?;
+            // A test's hold stops a batch that was being waited for too.
+            self.pause.wait();
             let mut count = first.texts.len();
             batch.push(first);
             while count < self.max_batch {
@@ -757,5 +760,74 @@ mod tests {
             count, 2,
             "the word and position tables (token types are stored as floats)"
         );
+    }
+
+    /// A background reading takes the one background place while it lives; given up
+    /// while queued, it frees the place and the model never runs it.
+    #[tokio::test]
+    async fn a_background_reading_given_up_frees_its_place_and_is_never_run() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/model");
+        let (embedded, abandoned) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let hooks = EmbedderHooks {
+            on_batch: Box::new({
+                let embedded = embedded.clone();
+                move |count, _| {
+                    embedded.fetch_add(count, Ordering::SeqCst);
+                }
+            }),
+            on_abandoned: Box::new({
+                let abandoned = abandoned.clone();
+                move |count| {
+                    abandoned.fetch_add(count, Ordering::SeqCst);
+                }
+            }),
+        };
+        let embedder = Embedder::start(
+            &root.join("all-minilm-l6-v2"),
+            &root.join("onnxruntime/libonnxruntime.so"),
+            &EmbedderOptions::with_batch(8),
+            hooks,
+        )
+        .expect("the model is in .cache/model: run `make model`");
+        embedder.read(vec!["Warm up.".to_string()]).await.unwrap();
+        assert_eq!(embedded.load(Ordering::SeqCst), 1);
+        let hold = embedder.hold_model();
+
+        let question = "How do I reset my password?".to_string();
+        let reading = embedder
+            .read_in_background(question.clone())
+            .expect("the model is free");
+        assert!(
+            embedder.read_in_background(question.clone()).is_none(),
+            "one background reading at a time"
+        );
+        let task = tokio::spawn(reading);
+        let queued = tokio::time::timeout(Duration::from_secs(10), async {
+            while embedder.waiting() == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        queued.await.expect("the reading is queued");
+        task.abort();
+        assert!(task.await.is_err(), "the reading was given up");
+        assert!(
+            embedder.read_in_background(question.clone()).is_none(),
+            "its question still waits for the model"
+        );
+
+        drop(hold);
+        let dropped = tokio::time::timeout(Duration::from_secs(10), async {
+            while abandoned.load(Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        dropped.await.expect("the given-up question is dropped");
+        assert_eq!(abandoned.load(Ordering::SeqCst), 1);
+        assert_eq!(embedded.load(Ordering::SeqCst), 1, "never run");
+        let again = embedder
+            .read_in_background(question)
+            .expect("its place is free again");
+        assert!(again.await.is_some());
+        assert_eq!(embedded.load(Ordering::SeqCst), 2);
     }
 }
