@@ -245,12 +245,18 @@ fn error_line(text: impl Display) {
 
 /// Logs go to stdout through a background writer, so a slow terminal or a full pipe
 /// never blocks a request; when its buffer is full, lines are dropped instead. The
-/// returned guard flushes what is left when `main` ends. `log.format = "json"` writes
+/// writer takes every line waiting and writes them with one call (stdout alone would
+/// make a call per line), then flushes. The returned guard flushes what is left when
+/// `main` ends. `log.format = "json"` writes
 /// one JSON object per line with the same fields (the request span's included).
 fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
+    const LOG_BUFFER: usize = 64 * 1024;
+    let (writer, guard) = tracing_appender::non_blocking(std::io::BufWriter::with_capacity(
+        LOG_BUFFER,
+        std::io::stdout(),
+    ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);

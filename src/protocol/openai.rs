@@ -917,9 +917,20 @@ impl StreamParser {
             self.done = true;
             return Ok(Vec::new());
         }
-        let chunk: UpstreamChunk = serde_json::from_str(&event.data).map_err(|error| {
+        let unreadable = |error: serde_json::Error| {
             StreamFailure::new("malformed", format!("unreadable stream chunk: {error}"))
-        })?;
+        };
+        // The first chunk is read whole once, for the provider's own fields too; the
+        // others only as far as airbag reads them.
+        let (chunk, first): (UpstreamChunk, _) = if self.started {
+            (serde_json::from_str(&event.data).map_err(unreadable)?, None)
+        } else {
+            let whole: Value = serde_json::from_str(&event.data).map_err(unreadable)?;
+            (
+                UpstreamChunk::deserialize(&whole).map_err(unreadable)?,
+                Some(whole),
+            )
+        };
         if let Some(error) = chunk.error {
             return Err(StreamFailure::new(
                 "upstream_error",
@@ -934,8 +945,8 @@ impl StreamParser {
         if !self.started {
             self.started = true;
             // The first chunk names them (`system_fingerprint`…); the writer repeats them.
-            if let Ok(Value::Object(raw)) = serde_json::from_str::<Value>(&event.data)
-                && let Some(fields) = ProviderFields::of(Protocol::OpenAi, &raw, WRITTEN_FIELDS)
+            if let Some(Value::Object(raw)) = &first
+                && let Some(fields) = ProviderFields::of(Protocol::OpenAi, raw, WRITTEN_FIELDS)
             {
                 events.push(StreamEvent::ResponseFields(fields));
             }
