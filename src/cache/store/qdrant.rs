@@ -42,8 +42,42 @@ pub struct ConnectError {
 
 impl QdrantStore {
     /// Connect, and create the collection with the right vector size and payload indexes
-    /// when it does not exist. An existing collection with another size is refused.
+    /// when it does not exist. An existing collection with another size is refused. A
+    /// failed set-up is tried again, `SETUP_ATTEMPTS` times in all: a server that is
+    /// restarting drops connections for a moment.
     pub async fn connect(
+        url: &str,
+        api_key: Option<String>,
+        collection: &str,
+        layout: CollectionLayout,
+        dimensions: usize,
+        timeout: Duration,
+    ) -> Result<QdrantStore, ConnectError> {
+        let mut attempt = 1;
+        loop {
+            let connected = QdrantStore::connect_once(
+                url,
+                api_key.clone(),
+                collection,
+                layout,
+                dimensions,
+                timeout,
+            )
+            .await;
+            match connected {
+                Err(error) if attempt < SETUP_ATTEMPTS => {
+                    tracing::warn!(
+                        "cache: {error}; trying again (attempt {attempt} of {SETUP_ATTEMPTS})"
+                    );
+                    tokio::time::sleep(SETUP_RETRY_PAUSE).await;
+                    attempt += 1;
+                }
+                connected => return connected,
+            }
+        }
+    }
+
+    async fn connect_once(
         url: &str,
         api_key: Option<String>,
         collection: &str,
@@ -158,6 +192,10 @@ impl QdrantStore {
 /// milliseconds should not fail a start on a server that takes a second to create a
 /// collection.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Set-up tries at start before airbag gives up, and the pause between two.
+const SETUP_ATTEMPTS: u32 = 3;
+const SETUP_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// The Qdrant server versions airbag's shared-store tests run against.
 const TESTED_SERVERS: &str = "1.18 to 1.20";
