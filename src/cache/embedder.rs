@@ -562,7 +562,6 @@ impl Worker {
     /// Runs until every Embedder handle is gone.
     fn run(mut self) {
         loop {
-            self.pause.wait();
             let Some(batch) = self.next_batch() else {
                 return;
             };
@@ -582,7 +581,7 @@ impl Worker {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             let first = queue.recv().ok()?;
-            // A test's hold stops a batch that was being waited for too.
+            // A test's hold: the batch starts only once it is dropped.
             self.pause.wait();
             let mut count = first.texts.len();
             batch.push(first);
