@@ -194,8 +194,8 @@ impl QdrantStore {
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Set-up tries at start before airbag gives up, and the pause between two.
-const SETUP_ATTEMPTS: u32 = 3;
-const SETUP_RETRY_PAUSE: Duration = Duration::from_millis(500);
+const SETUP_ATTEMPTS: u32 = 5;
+const SETUP_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 /// The Qdrant server versions airbag's shared-store tests run against.
 const TESTED_SERVERS: &str = "1.18 to 1.20";
